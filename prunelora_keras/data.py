@@ -1,0 +1,356 @@
+"""Data: CIFAR-10 from its usual sources, scikit-learn's digits, and the class-wise unlearning split.
+
+Images are kept as uint8 NHWC arrays on the host; normalisation and augmentation happen on the
+device inside the compiled step (see ``augment.py``), so the host never holds float copies.
+
+CIFAR-10 sources, in order: ``data_dir`` (the official ``cifar-10-batches-py`` folder, an
+image-folder tree ``train/<class>/*`` + ``test/<class>/*``, or a ``.tar.gz``/``.tar``/``.zip``
+of that tree), else Keras's own download and cache. ``tfds:cifar10`` reads through
+tensorflow-datasets. Decoded image folders and archives are cached as ``.npz`` files keyed by
+the source's path, size and modification time, so the second load skips JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from prunelora_keras.errors import UserError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# REFERENCE.md: the unlearning and evaluation normalisation, used throughout (also for pretraining).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split never changes with the run's seed
+
+
+@dataclass
+class Dataset:
+    """A labelled image classification data set: uint8 NHWC images, int32 labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])
+
+
+@dataclass
+class Subset:
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class UnlearningSplit:
+    """Class-wise unlearning: D_r, D_f, and the test sets of the remaining and forgotten classes."""
+
+    retain: Subset  # D_r: training images of every class but the forget class
+    forget: Subset  # D_f: training images of the forget class
+    test_retain: Subset  # test images of the remaining classes (TA)
+    test_forget: Subset  # test images of the forget class (not used by the paper's metrics)
+    train: Subset  # the (possibly subsampled) full training set, for pretraining
+    test: Subset  # the (possibly subsampled) full test set
+    forget_class: int
+
+
+# ----------------------------------------------------------------------------- digits
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits as 8x8 RGB uint8 images, with a fixed stratified split."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16 -> 0..255
+    images = np.repeat(images[..., None], 3, axis=-1)
+    labels = bunch.target.astype(np.int32)
+    x_train, x_test, y_train, y_test = train_test_split(
+        images, labels, test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_SEED
+    )
+    mean = float(x_train.mean() / 255.0)
+    std = float(x_train.std() / 255.0)
+    return Dataset("digits", x_train, y_train, x_test, y_test, tuple(str(i) for i in range(10)),
+                   (mean,) * 3, (std,) * 3)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+
+def cache_dir() -> Path:
+    """Where decoded arrays are cached: ``$PRUNELORA_CACHE`` or ``~/.cache/prunelora_keras``."""
+    root = os.environ.get("PRUNELORA_CACHE") or Path.home() / ".cache" / "prunelora_keras"
+    return Path(root)
+
+
+def _cache_key(path: Path) -> str:
+    """Identity of a source: its absolute path, and size+mtime of it (or of every file under it)."""
+    h = hashlib.sha256(str(path.resolve()).encode())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else ''}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _label_order(class_names: list[str]) -> list[str]:
+    """CIFAR-10's own label order when the folder names are its classes, else sorted names."""
+    if set(class_names) == set(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return sorted(class_names)
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UserError(f"cannot decode image {where} ({exc}): the file is corrupt or truncated") from None
+
+
+def _assemble(items: dict[str, dict[str, list[tuple[str, bytes]]]], source: str) -> tuple:
+    """``items[split][class] = [(name, bytes)]`` -> arrays, labels in CIFAR-10 order, files sorted by name."""
+    for split in ("train", "test"):
+        if not items.get(split):
+            raise UserError(f"{source} has no {split}/<class>/ images: expected train/<class>/*.jpg and test/<class>/*.jpg")
+    names = _label_order(list(items["train"]))
+    if sorted(items["test"]) != sorted(names):
+        raise UserError(f"{source}: train/ and test/ hold different class folders")
+    arrays = []
+    for split in ("train", "test"):
+        xs, ys = [], []
+        for label, cls in enumerate(names):
+            for name, data in sorted(items[split][cls]):
+                xs.append(_decode(data, f"{source}:{name}"))
+                ys.append(label)
+        shapes = {x.shape for x in xs}
+        if len(shapes) != 1:
+            raise UserError(f"{source}: images of different sizes {sorted(shapes)[:3]}; all must have one shape")
+        arrays += [np.stack(xs), np.asarray(ys, dtype=np.int32)]
+    return (*arrays, tuple(names))
+
+
+def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """(split, class) for a member path ``.../train/<class>/<file>``, else None."""
+    for i in range(len(parts) - 2):
+        if parts[i] in ("train", "test") and i == len(parts) - 3:
+            return parts[i], parts[i + 1]
+    return None
+
+
+def _read_image_folder(root: Path) -> tuple:
+    items: dict = {"train": {}, "test": {}}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            key = _split_class(path.relative_to(root).parts)
+            if key:
+                items[key[0]].setdefault(key[1], []).append((path.name, path.read_bytes()))
+    return _assemble(items, str(root))
+
+
+def _read_archive(path: Path) -> tuple:
+    items: dict = {"train": {}, "test": {}}
+    name = path.name.lower()
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    key = _split_class(tuple(Path(info.filename).parts))
+                    if key and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
+                        items[key[0]].setdefault(key[1], []).append((info.filename, zf.read(info)))
+        else:
+            with tarfile.open(path, "r:*") as tf:
+                for member in tf:
+                    key = _split_class(tuple(Path(member.name).parts))
+                    if member.isfile() and key and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                        items[key[0]].setdefault(key[1], []).append((member.name, tf.extractfile(member).read()))
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise UserError(f"cannot read archive {path} ({exc}): the file is corrupt or not a tar/zip archive") from None
+    return _assemble(items, str(path))
+
+
+def _read_batches_py(folder: Path) -> tuple:
+    """The official python release: data_batch_1..5 and test_batch, rows of 3072 bytes in CHW order."""
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            with open(folder / name, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+        except FileNotFoundError:
+            raise UserError(f"{folder} lacks {name}: expected the official cifar-10-batches-py folder") from None
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            raise UserError(f"{folder / name} is corrupt ({exc}): download CIFAR-10 again") from None
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return x, np.asarray(batch[b"labels"], dtype=np.int32)
+
+    train = [read(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = read("test_batch")
+    x_train = np.concatenate([x for x, _ in train])
+    y_train = np.concatenate([y for _, y in train])
+    return x_train, y_train, x_test, y_test, CIFAR10_CLASSES
+
+
+def _cached(path: Path, reader) -> tuple:
+    """Decode ``path`` with ``reader`` once; later loads read the ``.npz`` cache."""
+    target = cache_dir() / f"imagefolder-{_cache_key(path)}.npz"
+    if target.is_file():
+        try:
+            with np.load(target, allow_pickle=False) as z:
+                return z["x_train"], z["y_train"], z["x_test"], z["y_test"], tuple(str(c) for c in z["classes"])
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a damaged cache entry is rebuilt below
+    arrays = reader(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}.npz")
+    np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3],
+             classes=np.asarray(arrays[4]))
+    os.replace(tmp, target)
+    return arrays
+
+
+def read_cifar10_dir(path: str | Path) -> tuple:
+    """Read any of the three ``data_dir`` layouts. Returns x_train, y_train, x_test, y_test, classes."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise UserError(f"--data-dir {path} does not exist: point it at CIFAR-10 or use --preset quick (digits, offline)")
+    if path.is_file():
+        if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            raise UserError(f"--data-dir {path} is a file but not a .tar.gz/.tar/.zip archive of train/ and test/ folders")
+        return _cached(path, _read_archive)
+    for candidate in (path, path / "cifar-10-batches-py"):
+        if (candidate / "data_batch_1").is_file():
+            return _read_batches_py(candidate)
+    if any(path.rglob("train")):
+        return _cached(path, _read_image_folder)
+    raise UserError(f"--data-dir {path} holds neither cifar-10-batches-py nor train/<class>/ and test/<class>/ images")
+
+
+def _keras_cifar10() -> tuple:
+    """Keras's own CIFAR-10: the cached download if present, else a download attempt."""
+    cached = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "datasets" / "cifar-10-batches-py"
+    if (cached / "data_batch_1").is_file():
+        return _read_batches_py(cached)
+    import keras
+
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as exc:  # noqa: BLE001 - any download failure means the same to the user
+        raise UserError(
+            f"CIFAR-10 was not found and could not be downloaded ({exc.__class__.__name__}): "
+            "pass --data-dir PATH (cifar-10-batches-py, image folders or a .tar.gz of them) or use --preset quick"
+        ) from None
+    return x_train, y_train.reshape(-1).astype(np.int32), x_test, y_test.reshape(-1).astype(np.int32), CIFAR10_CLASSES
+
+
+def _tfds_cifar10() -> tuple:
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise UserError("dataset tfds:cifar10 needs tensorflow-datasets: pip install 'prunelora-keras[tfds]'") from None
+    try:
+        train, test = tfds.as_numpy(tfds.load("cifar10", split=["train", "test"], batch_size=-1, as_supervised=True))
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"tensorflow-datasets could not load cifar10 ({exc.__class__.__name__}): pass --data-dir PATH instead") from None
+    return train[0], train[1].astype(np.int32), test[0], test[1].astype(np.int32), CIFAR10_CLASSES
+
+
+def load_cifar10(data_dir: str = "", source: str = "cifar10") -> Dataset:
+    if source == "tfds:cifar10":
+        arrays = _tfds_cifar10()
+    elif data_dir:
+        arrays = read_cifar10_dir(data_dir)
+    else:
+        arrays = _keras_cifar10()
+    x_train, y_train, x_test, y_test, classes = arrays
+    return Dataset("cifar10", x_train, y_train, x_test, y_test, tuple(classes), CIFAR10_MEAN, CIFAR10_STD)
+
+
+DATASETS = ("cifar10", "digits", "tfds:cifar10")
+
+
+def load_dataset(name: str, data_dir: str = "") -> Dataset:
+    """Load a data set by name (see ``DATASETS``)."""
+    if name == "digits":
+        return load_digits()
+    if name in ("cifar10", "tfds:cifar10"):
+        return load_cifar10(data_dir, name)
+    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+# ----------------------------------------------------------------------------- split and batches
+
+
+def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A seeded, stratified sample of ``size`` indices (all indices, in order, when size is 0 or too big)."""
+    if size <= 0 or size >= len(labels):
+        return np.arange(len(labels))
+    from sklearn.model_selection import train_test_split
+
+    idx, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
+    return np.sort(idx)
+
+
+def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: int = 0, seed: int = 0) -> UnlearningSplit:
+    """Subsample (optionally) and split a data set for class-wise unlearning of ``forget_class``."""
+    if not 0 <= forget_class < ds.num_classes:
+        raise UserError(f"--forget-class {forget_class} is out of range: {ds.name} has classes 0..{ds.num_classes - 1}")
+    tr = stratified_indices(ds.y_train, train_size, seed)
+    te = stratified_indices(ds.y_test, test_size, seed + 1)
+    x_tr, y_tr, x_te, y_te = ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
+    f_tr, f_te = y_tr == forget_class, y_te == forget_class
+    split = UnlearningSplit(
+        retain=Subset(x_tr[~f_tr], y_tr[~f_tr]),
+        forget=Subset(x_tr[f_tr], y_tr[f_tr]),
+        test_retain=Subset(x_te[~f_te], y_te[~f_te]),
+        test_forget=Subset(x_te[f_te], y_te[f_te]),
+        train=Subset(x_tr, y_tr),
+        test=Subset(x_te, y_te),
+        forget_class=forget_class,
+    )
+    for name in ("retain", "forget", "test_retain"):
+        if len(getattr(split, name)) == 0:
+            raise UserError(f"the {name} set is empty for forget class {forget_class}: use a larger train_size/test_size")
+    return split
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
+            drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches in order, or shuffled by ``rng``. The last partial batch is kept unless ``drop_last``."""
+    order = rng.permutation(len(y)) if rng is not None else np.arange(len(y))
+    stop = len(y) - (len(y) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)

@@ -1,0 +1,367 @@
+"""THE training loop: one XLA-compiled step (``stateless_call`` + optax) and the epoch loop around it.
+
+Every method in the package (pretraining, Retrain, each unlearning paradigm) runs through
+``Trainer``; recipes differ only in what they hand it: a model, which of its variables train,
+optional masks to enforce, an optimiser, augmentation and the data.
+
+The step is a pure function of (trainable values, frozen values, non-trainable values,
+optimiser state, batch, key). Which variables train is the caller's choice (``train_vars``),
+never an edit of the model between steps. Buffers of the state are donated to XLA so updates
+happen in place. Masks (structured pruning) are enforced on gradients and again on the
+weights after every optimiser update, so neither momentum nor weight decay revives a zero.
+
+Also here: the compiled evaluation pass (logits and per-sample losses in padded batches, the
+last partial batch included), the optimisers and schedules the presets need, and memory/time
+measurement.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import optax
+
+from prunelora_keras.augment import prepare_batch, to_float, normalize
+from prunelora_keras.config import TrainConfig
+from prunelora_keras.data import batches, num_batches
+
+# ----------------------------------------------------------------------------- optimisers
+
+
+def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    """Learning-rate schedule over ``total_steps`` optimiser steps."""
+    total_steps = max(total_steps, 1)
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(cfg.lr)
+    if cfg.schedule == "cosine":
+        return optax.cosine_decay_schedule(cfg.lr, total_steps)
+    if cfg.schedule == "warmup_cosine":
+        warmup = min(cfg.warmup_steps, total_steps - 1)
+        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total_steps)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
+
+
+def _is_matrix(params):
+    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """The optimiser a recipe names, matching PyTorch's semantics.
+
+    sgd: torch.optim.SGD with momentum and *coupled* weight decay (added to the gradient) on
+    every parameter. adamw: decoupled weight decay on matrices only (ndim >= 2), as big_vision.
+    adam: plain Adam (torch's default betas and eps). Clipping, when set, comes first.
+    """
+    lr = make_schedule(cfg, total_steps)
+    parts = []
+    if cfg.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.optimizer == "sgd":
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))
+        parts.append(optax.sgd(lr, momentum=cfg.momentum or None))
+    elif cfg.optimizer == "adam":
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(cfg.weight_decay))  # torch Adam's L2 form
+        parts.append(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8))
+    elif cfg.optimizer == "adamw":
+        parts.append(optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.weight_decay, mask=_is_matrix))
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    return optax.chain(*parts)
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def peak_memory() -> tuple[int, str]:
+    """(bytes, kind): the accelerator's peak bytes in use where JAX reports it, else peak RSS."""
+    stats = None
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - backends without memory stats raise various errors
+        stats = None
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device"
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"
+
+
+def set_bn_policy(model: keras.Model, policy: str) -> None:
+    """``update``: BatchNorm uses batch statistics and updates its running statistics in training,
+    as PyTorch's train mode (its gamma and beta train only if the caller trains them).
+    ``freeze``: BatchNorm layers are set non-trainable, which in Keras 3 means inference mode
+    (running statistics used, never updated). Decided once by the recipe, before the step is built.
+    """
+    if policy not in ("update", "freeze"):
+        raise ValueError(f"unknown BatchNorm policy {policy!r}")
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = policy == "update"
+
+
+class Progress:
+    """A progress bar with ETA on a terminal; one plain log line per epoch otherwise."""
+
+    def __init__(self, label: str, epochs: int, steps: int, stream=None):
+        self.label, self.epochs, self.steps = label, epochs, steps
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+
+    def step(self, epoch: int, step: int, loss: float | None = None) -> None:
+        if not self.tty:
+            return
+        done = (epoch - 1) * self.steps + step
+        total = self.epochs * self.steps
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else 0.0
+        bar = "#" * int(20 * step / self.steps)
+        loss_txt = f" loss {loss:.4f}" if loss is not None else ""
+        self.stream.write(f"\r{self.label} epoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps}"
+                          f"{loss_txt} ETA {_fmt_s(eta)}   ")
+        self.stream.flush()
+
+    def epoch_end(self, stats: "EpochStats") -> None:
+        done = stats.epoch / self.epochs
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (1 - done)
+        line = (f"{self.label} epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f} acc {100 * stats.accuracy:.2f}% "
+                f"{stats.seconds:.1f}s" + (f" (+{stats.compile_s:.1f}s compile)" if stats.compile_s else "")
+                + f" ETA {_fmt_s(eta)}")
+        self.stream.write(("\r" if self.tty else "") + line + ("   \n" if self.tty else "\n"))
+        self.stream.flush()
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    accuracy: float  # training accuracy on the (un-mixed) labels, in [0, 1]
+    seconds: float  # wall time of the epoch's steps, compilation excluded
+    compile_s: float  # compilation time spent before this epoch (first epoch only)
+    peak_mem_bytes: int
+    mem_kind: str
+
+
+@dataclass
+class Trainer:
+    """Trains a chosen subset of a Keras model's variables with one compiled step.
+
+    ``train_vars``: the variables that receive gradients (default: ``model.trainable_variables``);
+    each must be one of the model's trainable variables. ``masks``: optional {variable path:
+    0/1 array} enforced on those variables after every update. The model's own variables are
+    updated only by ``sync_to_model`` (called at the end of ``fit``).
+    """
+
+    model: keras.Model
+    optimizer: optax.GradientTransformation
+    num_classes: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    train_vars: Sequence[keras.Variable] | None = None
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    augment: Sequence[str] = ()
+    mixup_alpha: float = 0.2
+    seed: int = 0
+    label: str = "train"
+
+    def __post_init__(self):
+        model_trainable = list(self.model.trainable_variables)
+        chosen = model_trainable if self.train_vars is None else list(self.train_vars)
+        ids = {id(v): i for i, v in enumerate(model_trainable)}
+        unknown = [v.path for v in chosen if id(v) not in ids]
+        if unknown:
+            raise ValueError(f"train_vars must be trainable variables of the model; not: {unknown[:3]}")
+        self.train_index = sorted({ids[id(v)] for v in chosen})
+        self.frozen_index = [i for i in range(len(model_trainable)) if i not in set(self.train_index)]
+        paths = [model_trainable[i].path for i in self.train_index]
+        missing = set(self.masks) - set(paths)
+        if missing:
+            raise ValueError(f"masks name variables that do not train: {sorted(missing)[:3]}")
+        self.mask_values = [None if p not in self.masks else jnp.asarray(self.masks[p], model_trainable[i].dtype)
+                            for p, i in zip(paths, self.train_index)]
+        # Copies: the step donates these buffers, and the model's own variables must stay valid.
+        self.train_values = self._apply_masks([jnp.array(model_trainable[i].value, copy=True)
+                                               for i in self.train_index])
+        self.frozen_values = [model_trainable[i].value for i in self.frozen_index]
+        self.non_trainable_values = [jnp.array(v.value, copy=True) for v in self.model.non_trainable_variables]
+        self.opt_state = self.optimizer.init(self.train_values)
+        self.global_step = 0
+        self._step = jax.jit(self._build_step(), donate_argnums=(0, 2, 3))
+        self._compiled: dict[tuple, Callable] = {}
+
+    @property
+    def trainable_count(self) -> int:
+        return int(sum(np.prod(v.shape) for v in self.train_values))
+
+    def _apply_masks(self, values):
+        return [v if m is None else v * m for v, m in zip(values, self.mask_values)]
+
+    def _merge(self, train_values, frozen_values):
+        full = [None] * (len(train_values) + len(frozen_values))
+        for i, v in zip(self.train_index, train_values):
+            full[i] = v
+        for i, v in zip(self.frozen_index, frozen_values):
+            full[i] = v
+        return full
+
+    def _build_step(self):
+        model, optimizer = self.model, self.optimizer
+        augment, alpha, num_classes = tuple(self.augment), self.mixup_alpha, self.num_classes
+        mean, std = tuple(self.mean), tuple(self.std)
+
+        def step(train_values, frozen_values, non_trainable_values, opt_state, images, labels, key):
+            x, targets = prepare_batch(key, images, labels, num_classes, mean, std, augment, alpha)
+
+            def loss_fn(tv):
+                logits, new_nt = model.stateless_call(self._merge(tv, frozen_values), non_trainable_values, x,
+                                                      training=True)
+                loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+                return loss, (logits, new_nt)
+
+            (loss, (logits, new_nt)), grads = jax.value_and_grad(loss_fn, has_aux=True)(train_values)
+            grads = self._apply_masks(grads)
+            updates, opt_state = optimizer.update(grads, opt_state, train_values)
+            train_values = self._apply_masks(optax.apply_updates(train_values, updates))
+            correct = jnp.sum(jnp.argmax(logits, axis=-1) == labels)
+            return train_values, new_nt, opt_state, loss, correct
+
+        return step
+
+    def _args(self, images, labels, key):
+        return (self.train_values, self.frozen_values, self.non_trainable_values, self.opt_state, images, labels, key)
+
+    def compile(self, batch_shapes: Sequence[tuple[int, ...]]) -> float:
+        """Compile the step for each batch shape ahead of time; returns the seconds spent."""
+        start = time.perf_counter()
+        key = jax.random.key(0)
+        for shape in batch_shapes:
+            if shape in self._compiled:
+                continue
+            images = jax.ShapeDtypeStruct(shape, jnp.uint8)
+            labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+            self._compiled[shape] = self._step.lower(*self._args(images, labels, key)).compile()
+        return time.perf_counter() - start
+
+    def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,
+            on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1) -> list[EpochStats]:
+        """Train for ``epochs`` epochs over (x, y), shuffled per epoch from ``seed`` and the epoch number."""
+        n = len(y)
+        steps = num_batches(n, batch_size, drop_last)
+        shapes = [(min(batch_size, n), *x.shape[1:])]
+        if not drop_last and n % batch_size and n > batch_size:
+            shapes.append((n % batch_size, *x.shape[1:]))
+        compile_s = self.compile(shapes)
+        progress = Progress(self.label, first_epoch + epochs - 1, steps)
+        history = []
+        base_key = jax.random.key(self.seed)
+        for epoch in range(first_epoch, first_epoch + epochs):
+            rng = np.random.default_rng([self.seed, epoch])
+            losses, corrects, sizes = [], [], []
+            start = time.perf_counter()
+            for i, (xb, yb) in enumerate(batches(x, y, batch_size, rng, drop_last), start=1):
+                key = jax.random.fold_in(base_key, self.global_step)
+                step = self._compiled[xb.shape]
+                (self.train_values, self.non_trainable_values, self.opt_state, loss, correct) = step(
+                    *self._args(xb, yb.astype(np.int32), key))
+                self.global_step += 1
+                losses.append(loss)
+                corrects.append(correct)
+                sizes.append(len(yb))
+                if progress.tty:  # reading the previous step's loss keeps one step in flight
+                    progress.step(epoch, i, float(losses[-2]) if i > 1 else None)
+            jax.block_until_ready(self.train_values)
+            seconds = time.perf_counter() - start
+            total_loss = float(np.dot(np.asarray(jax.device_get(losses)), sizes))
+            total_correct, seen = int(np.sum(jax.device_get(corrects))), int(np.sum(sizes))
+            mem, kind = peak_memory()
+            stats = EpochStats(epoch, total_loss / seen, total_correct / seen, seconds,
+                               compile_s if epoch == first_epoch else 0.0, mem, kind)
+            history.append(stats)
+            progress.epoch_end(stats)
+            if not math.isfinite(stats.loss):
+                raise FloatingPointError(f"{self.label}: loss is {stats.loss} at epoch {epoch}")
+            if on_epoch_end:
+                self.sync_to_model()
+                on_epoch_end(stats)
+        self.sync_to_model()
+        return history
+
+    def sync_to_model(self) -> None:
+        """Write the trained state back into the Keras model's variables."""
+        trainable = self.model.trainable_variables
+        for i, value in zip(self.train_index, self.train_values):
+            trainable[i].assign(value)
+        for var, value in zip(self.model.non_trainable_variables, self.non_trainable_values):
+            var.assign(value)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+_EVAL_FNS: dict[int, tuple[keras.Model, Callable]] = {}
+
+
+def _eval_fn(model: keras.Model, mean, std) -> Callable:
+    """A jitted (trainable, non-trainable, uint8 batch) -> logits function, cached per model."""
+    key = id(model)
+    cached = _EVAL_FNS.get(key)
+    if cached is not None and cached[0] is model:
+        return cached[1]
+    mean, std = tuple(mean), tuple(std)
+
+    @jax.jit
+    def logits_fn(trainable, non_trainable, images):
+        x = normalize(to_float(images), mean, std)
+        logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
+        return logits.astype(jnp.float32)
+
+    _EVAL_FNS[key] = (model, logits_fn)
+    return logits_fn
+
+
+def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                   batch_size: int = 512) -> np.ndarray:
+    """Logits over a whole data set in compiled batches; the last batch is padded, then cut back."""
+    fn = _eval_fn(model, mean, std)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    n = len(x)
+    batch_size = min(batch_size, max(n, 1))
+    out = []
+    for start in range(0, n, batch_size):
+        xb = x[start:start + batch_size]
+        valid = len(xb)
+        if valid < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
+        out.append(np.asarray(fn(trainable, non_trainable, xb))[:valid])
+    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def per_sample_losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cross-entropy of each sample, computed stably in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return -log_probs[np.arange(len(labels)), labels]
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of correct argmax predictions, in [0, 1] (0 for an empty set)."""
+    return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else 0.0
