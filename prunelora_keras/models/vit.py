@@ -78,8 +78,10 @@ class DotProductAttention(layers.Layer):
         return {**super().get_config(), "num_heads": self.num_heads}
 
 
-def _gelu(x):
-    return keras.activations.gelu(x, approximate=False)  # torch's nn.GELU() default is exact
+@keras.saving.register_keras_serializable(package="prunelora_keras")
+def gelu_exact(x):
+    """GELU with the exact erf form, as torch's nn.GELU() default (Keras's default is tanh-approximate)."""
+    return keras.activations.gelu(x, approximate=False)
 
 
 def simple_vit(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3), patch_size: int = 4,
@@ -103,7 +105,7 @@ def simple_vit(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 3
         y = layers.Dense(dim, name=f"{p}_attn_out")(y)
         x = layers.Add(name=f"{p}_attn_residual")([x, y])
         y = layers.LayerNormalization(epsilon=1e-6, name=f"{p}_ln2")(x)
-        y = layers.Dense(mlp_dim, activation=_gelu, name=f"{p}_mlp_fc1")(y)
+        y = layers.Dense(mlp_dim, activation=gelu_exact, name=f"{p}_mlp_fc1")(y)
         y = layers.Dense(dim, name=f"{p}_mlp_fc2")(y)
         x = layers.Add(name=f"{p}_mlp_residual")([x, y])
     x = layers.GlobalAveragePooling1D(name="pool")(x)

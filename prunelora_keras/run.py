@@ -1,0 +1,140 @@
+"""The command: ``python -m prunelora_keras.run --model vit [--preset quick] ...``.
+
+Parses arguments, resolves and validates a typed ``Config``, runs the pipeline into a run
+folder and prints the results table. Bad input ends with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is imported)
+from prunelora_keras.config import MODEL_NAMES, available_presets, build_config
+from prunelora_keras.errors import UserError
+
+EXIT_USAGE = 2
+# Rough training throughput of a 2-core x86 CPU (measured here on the quick and cpu presets),
+# used only to warn how long the paper preset would take without an accelerator.
+CPU_TRAIN_FLOPS_PER_S = 2.0e10
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m prunelora_keras.run",
+        description="Class-wise machine unlearning (PruneLoRA and baselines) on CIFAR-10 or digits, "
+                    "with Keras 3 on JAX. Trains the original model and the Retrain baseline, then evaluates.",
+        epilog="Example: python -m prunelora_keras.run --model vit --preset quick",
+    )
+    parser.add_argument("--model", required=True, choices=MODEL_NAMES, metavar="{" + ",".join(MODEL_NAMES) + "}",
+                        help="architecture; presets scale it (e.g. width for ResNets, depth and width for the ViT)")
+    parser.add_argument("--preset", default="paper", metavar="NAME",
+                        help=f"TOML preset from configs/: {', '.join(available_presets())} (default: paper, "
+                             "full scale, meant for a GPU; quick runs offline on digits in minutes)")
+    parser.add_argument("--config", metavar="FILE.toml", help="a TOML file laid out like a preset, applied on top of it")
+    parser.add_argument("--dataset", help="cifar10, digits or tfds:cifar10 (default: the preset's)")
+    parser.add_argument("--data-dir", metavar="PATH",
+                        help="CIFAR-10 as cifar-10-batches-py, an image-folder tree train/<class>/ test/<class>/, "
+                             "or a .tar.gz/.tar/.zip of that tree (default: Keras's download cache)")
+    parser.add_argument("--forget-class", type=int, metavar="N", help="the class to unlearn (default: the preset's, 3)")
+    parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")
+    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
+                        help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
+                             "(sections: model, data, pretrain, retrain); repeatable")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="run again into a run folder that holds finished results for another configuration")
+
+    def error(message: str) -> None:  # argparse's own errors: one line, exit 2, no usage dump
+        raise UserError(f"{message} (see --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+def estimate_train_seconds(cfg, n_train: int, n_retain: int, image_shape, num_classes: int) -> float:
+    """Seconds to pretrain and retrain on this CPU: 3x forward FLOPs (XLA's count) x images x epochs."""
+    import jax
+    import jax.numpy as jnp
+    import keras
+
+    from prunelora_keras.models import build_model
+
+    model = build_model(cfg.model, num_classes, image_shape)
+    tv = [v.value for v in model.trainable_variables]
+    ntv = [v.value for v in model.non_trainable_variables]
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    lowered = jax.jit(lambda a, b, c: model.stateless_call(a, b, c)[0]).lower(tv, ntv, x)
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float((cost or {}).get("flops", 0.0))
+    keras.backend.clear_session()
+    images = n_train * cfg.pretrain.epochs + n_retain * cfg.retrain.epochs
+    return 3.0 * flops * images / CPU_TRAIN_FLOPS_PER_S
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        overrides = {}
+        if args.dataset is not None:
+            overrides["data.dataset"] = args.dataset
+        if args.data_dir is not None:
+            overrides["data.data_dir"] = args.data_dir
+        if args.forget_class is not None:
+            overrides["data.forget_class"] = args.forget_class
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        cfg = build_config(args.model, args.preset, args.config, overrides, args.sets)
+        return run(cfg, args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run(cfg, args: argparse.Namespace) -> int:
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise UserError(f"KERAS_BACKEND={keras.backend.backend()}: the experiment runner needs the jax backend; "
+                        "unset KERAS_BACKEND or set it to jax")
+    from prunelora_keras import pipeline
+
+    out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: pass a folder")
+    previous = out_dir / "results.json"
+    if previous.is_file() and not args.overwrite:
+        try:
+            old = json.loads(previous.read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("config") == cfg.to_dict():
+            print(f"{out_dir} already holds finished results for this configuration:", file=sys.stderr)
+            print(pipeline.accuracy_table(old))
+            return 0
+        raise UserError(f"{out_dir} holds results of another configuration: pass --overwrite or choose another --out")
+
+    ds, split = pipeline.load_data(cfg)  # fail on data problems before anything trains
+    if not pipeline.has_accelerator() and cfg.preset == "paper":
+        seconds = estimate_train_seconds(cfg, len(split.train), len(split.retain), ds.image_shape, ds.num_classes)
+        pipeline.log(f"warning: no GPU found; the paper preset trains {cfg.model.name} at full scale, "
+                     f"roughly {seconds / 3600:.0f} h on this CPU. For a CPU-sized run use --preset cpu "
+                     "(CIFAR-10) or --preset quick (digits).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pipeline.log(f"run folder: {out_dir}  device: {pipeline.device_description()}")
+    results = pipeline.run_pipeline(cfg, out_dir, ds, split)
+    pipeline.write_results(results, out_dir)
+    print(pipeline.accuracy_table(results))
+    print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

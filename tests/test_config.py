@@ -1,0 +1,76 @@
+import pytest
+
+from prunelora_keras.config import available_presets, build_config, coerce, parse_set
+from prunelora_keras.errors import UserError
+
+
+def test_presets_ship():
+    assert {"paper", "cpu", "quick"} <= set(available_presets())
+
+
+def test_paper_preset_matches_reference_recipes():
+    r = build_config("resnet50", "paper")
+    assert (r.pretrain.optimizer, r.pretrain.lr, r.pretrain.momentum, r.pretrain.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
+    assert (r.pretrain.epochs, r.pretrain.schedule, r.pretrain.augment) == (200, "cosine", ["crop", "flip"])
+    assert r.model.width == 1.0 and r.data.batch_size == 128 and r.data.forget_class == 3
+    v = build_config("vit", "paper")
+    assert (v.model.patch_size, v.model.depth, v.model.heads, v.model.dim, v.model.mlp_dim) == (4, 12, 6, 384, 1536)
+    assert (v.pretrain.optimizer, v.pretrain.lr, v.pretrain.weight_decay, v.pretrain.epochs) == ("adamw", 1e-3, 0.1, 90)
+    assert (v.pretrain.warmup_steps, v.pretrain.clip_norm, v.pretrain.augment) == (10000, 1.0, ["flip", "mixup"])
+    assert v.retrain == v.pretrain  # Retrain = the same recipe
+
+
+def test_precedence_preset_file_flags_set(tmp_path):
+    f = tmp_path / "mine.toml"
+    f.write_text('[data]\nbatch_size = 32\nforget_class = 5\n[models.vit.pretrain]\nepochs = 7\n')
+    cfg = build_config("vit", "quick", str(f), {"data.forget_class": 2}, ["pretrain.lr=0.5", "retrain.epochs=3"])
+    assert cfg.data.dataset == "digits"  # preset
+    assert cfg.data.batch_size == 32  # file over preset
+    assert cfg.data.forget_class == 2  # flag over file
+    assert cfg.pretrain.epochs == 7 and cfg.pretrain.lr == 0.5
+    assert cfg.retrain.lr == 0.5 and cfg.retrain.epochs == 3  # retrain follows pretrain, plus its own keys
+
+
+def test_set_values_are_typed():
+    assert parse_set("pretrain.augment=crop,flip") == ("pretrain.augment", "crop,flip")
+    assert parse_set("pretrain.lr=1e-3") == ("pretrain.lr", 1e-3)
+    cfg = build_config("vit", "quick", sets=["pretrain.augment=crop,flip", "pretrain.lr=1", "model.dim=32"])
+    assert cfg.pretrain.augment == ["crop", "flip"] and cfg.pretrain.lr == 1.0 and isinstance(cfg.pretrain.lr, float)
+    assert coerce(3, float, "x") == 3.0
+    with pytest.raises(UserError, match="expected an integer"):
+        coerce(2.5, int, "x")
+    with pytest.raises(UserError, match="expected an integer"):
+        coerce(True, int, "x")
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["pretrain.nope=1"], "unknown key pretrain.nope"),
+    (["nosection=1"], "unknown key 'nosection'"),
+    (["pretrain.epochs=abc"], "expected an integer"),
+    (["pretrain.epochs=0"], "pretrain.epochs must be >= 1"),
+    (["pretrain.optimizer=rmsprop"], "choose one of sgd, adam, adamw"),
+    (["pretrain.augment=crop,rotate"], "augment may only hold"),
+    (["model.heads=3"], "divisible by model.heads"),
+    (["data.batch_size=0"], "batch_size must be >= 1"),
+    (["noequals"], "expected KEY=VALUE"),
+])
+def test_bad_overrides_are_user_errors(sets, message):
+    with pytest.raises(UserError, match=message):
+        build_config("vit", "quick", sets=sets)
+
+
+def test_bad_files_and_names(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[data\nbatch_size = ")
+    with pytest.raises(UserError, match="not valid TOML"):
+        build_config("vit", "quick", str(bad))
+    with pytest.raises(UserError, match="does not exist"):
+        build_config("vit", "quick", str(tmp_path / "missing.toml"))
+    with pytest.raises(UserError, match="unknown preset"):
+        build_config("vit", "nope")
+    with pytest.raises(UserError, match="unknown model"):
+        build_config("vgg", "quick")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("[trainer]\nepochs = 1\n")
+    with pytest.raises(UserError, match="unknown key 'trainer'"):
+        build_config("vit", "quick", str(unknown))

@@ -1,0 +1,129 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, clean_env
+from prunelora_keras.run import main
+
+TINY = ["--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16", "--set", "model.depth=1",
+        "--set", "model.heads=2", "--set", "model.mlp_dim=16", "--set", "data.train_size=300"]
+
+
+def run_main(capsys, argv):
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vgg16"], "invalid choice: 'vgg16'"),
+    (["--model", "vit", "--preset", "quick", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
+     "--data-dir /nonexistent/cifar does not exist"),
+    (["--model", "vit", "--preset", "quick", "--forget-class", "12"], "--forget-class 12 is out of range"),
+    (["--model", "vit", "--preset", "quick", "--set", "pretrain.bogus=1"], "unknown key pretrain.bogus"),
+    (["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=three"], "expected an integer"),
+    (["--model", "vit", "--preset", "nope"], "unknown preset 'nope'"),
+    (["--model", "vit", "--preset", "quick", "--set", "model.patch_size=3"], "does not divide"),
+    (["--model", "vit", "--preset", "quick", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code, out, err = run_main(capsys, argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_malformed_toml_config(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[pretrain]\nepochs = = 3\n")
+    code, _, err = run_main(capsys, ["--model", "vit", "--preset", "quick", "--config", str(bad)])
+    assert code == 2 and "is not valid TOML" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--model", "--preset", "--config", "--dataset", "--data-dir", "--forget-class", "--seed",
+                   "--out", "--set", "--overwrite"):
+        assert option in out
+
+
+def test_cifar_not_found_names_the_fixes(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    import keras
+
+    def no_network():
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", no_network)
+    code, _, err = run_main(capsys, ["--model", "vit", "--preset", "cpu", "--out", str(tmp_path / "r")])
+    assert code == 2 and "--data-dir" in err and "--preset quick" in err
+
+
+def _subprocess(code: str, env: dict, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_backend_is_jax_despite_keras_json(tmp_path):
+    home = tmp_path / "home"
+    (home / ".keras").mkdir(parents=True)
+    (home / ".keras" / "keras.json").write_text(json.dumps({"backend": "tensorflow", "floatx": "float32",
+                                                            "epsilon": 1e-07, "image_data_format": "channels_last"}))
+    env = clean_env() | {"HOME": str(home), "KERAS_HOME": str(home / ".keras")}
+    proc = _subprocess("import prunelora_keras, keras; print(keras.backend.backend())", env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "jax"
+    # an explicit KERAS_BACKEND still wins
+    proc = _subprocess("import prunelora_keras, keras; print(keras.backend.backend())",
+                       env | {"KERAS_BACKEND": "numpy"}, tmp_path)
+    assert proc.stdout.strip() == "numpy", proc.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, table, err = run_main(capsys, ["--model", "vit", *TINY, "--out", str(out)])
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["stages"]) == {"original", "retrain"}
+    retrain = results["stages"]["retrain"]["accuracies"]
+    assert retrain["forget"] == 0.0  # Retrain never saw the forget class
+    assert results["config"]["pretrain"]["epochs"] == 2 and results["data"]["train"] == 300
+    assert len(results["stages"]["original"]["history"]) == 2
+    assert "| original |" in table and (out / "results.md").is_file()
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(ckpts) == 2 and all(p.endswith(".keras") for p in ckpts)
+
+    # same configuration again: finished results are shown, nothing retrains
+    code, table2, err = run_main(capsys, ["--model", "vit", *TINY, "--out", str(out)])
+    assert code == 0 and "already holds finished results" in err and table2.strip() == table.strip()
+
+    # another configuration into the same folder: refused without --overwrite
+    code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--set", "retrain.epochs=1", "--out", str(out)])
+    assert code == 2 and "--overwrite" in err
+    # with --overwrite: the original model is reused (same key), only Retrain trains again
+    code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--set", "retrain.epochs=1", "--out", str(out),
+                                     "--overwrite"])
+    assert code == 0 and "original: reusing" in err and "retrain: reusing" not in err
+    again = json.loads((out / "results.json").read_text())
+    assert again["stages"]["original"]["accuracies"] == results["stages"]["original"]["accuracies"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vit", "resnet50"])
+def test_quick_preset_reaches_90_percent_on_digits(tmp_path, model):
+    """The README's main command, as a user runs it (a fresh process, no KERAS_BACKEND)."""
+    proc = subprocess.run([sys.executable, "-m", "prunelora_keras.run", "--model", model, "--preset", "quick",
+                           "--out", str(tmp_path / model)], env=clean_env(), cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / model / "results.json").read_text())
+    original = results["stages"]["original"]["accuracies"]
+    assert original["test"] >= 90.0, original
+    assert results["stages"]["retrain"]["accuracies"]["forget"] == 0.0
+    assert "| retrain |" in proc.stdout
