@@ -192,9 +192,10 @@ class Trainer:
         self.train_index = sorted({ids[id(v)] for v in chosen})
         self.frozen_index = [i for i in range(len(model_trainable)) if i not in set(self.train_index)]
         paths = [model_trainable[i].path for i in self.train_index]
-        missing = set(self.masks) - set(paths)
+        missing = set(self.masks) - {v.path for v in self.model.variables}
         if missing:
-            raise ValueError(f"masks name variables that do not train: {sorted(missing)[:3]}")
+            raise ValueError(f"masks name variables the model does not have: {sorted(missing)[:3]}")
+        # A mask on a variable that does not train is kept by construction; only trained ones need it.
         self.mask_values = [None if p not in self.masks else jnp.asarray(self.masks[p], model_trainable[i].dtype)
                             for p, i in zip(paths, self.train_index)]
         # Copies: the step donates these buffers, and the model's own variables must stay valid.

@@ -1,0 +1,192 @@
+"""Structured L2 pruning: whole output channels / units, and whole attention heads.
+
+Semantics follow ``torch.nn.utils.prune.ln_structured(amount, n=2, dim=0)``: a unit is one
+output channel (Conv2D) or output unit (Dense); its score is the L2 norm of its weights over all
+other axes; ``round(amount * units)`` units are pruned (Python's round, half to even, as torch),
+and the highest-scoring rest are kept (among equal scores, the lower index is kept first).
+Only the kernel is masked unless the caller asks for the bias too.
+
+Keras kernels put the output axis last ((kh, kw, in, out) and (in, out)), where torch puts it
+first; the scores are the same numbers.
+
+Two modes:
+- ``reference``: zeros are written once and nothing is enforced afterwards (torch's
+  ``prune.remove``): training may grow pruned weights back.
+- ``persistent``: the masks are also returned, for ``Trainer(masks=...)`` to enforce after every
+  optimiser step (gradients and weights both masked, so Adam moments and weight decay cannot
+  revive a zero), and LoRA adapters on pruned layers get their unit/input masks set, so
+  ``lora.merge`` keeps the zeros.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+MODES = ("reference", "persistent")
+
+
+def unit_scores(kernel: np.ndarray) -> np.ndarray:
+    """L2 norm of each output unit (last axis) over every other axis."""
+    k = np.asarray(kernel, dtype=np.float32)
+    return np.sqrt(np.sum(np.square(k), axis=tuple(range(k.ndim - 1))))
+
+
+def n_to_prune(amount: float, units: int) -> int:
+    """torch's ``_compute_nparams_toprune`` for a float amount: round(amount * units)."""
+    if not 0.0 <= amount < 1.0:
+        raise ValueError(f"pruning amount must be in [0, 1), got {amount}")
+    return round(amount * units)
+
+
+def keep_mask(scores: np.ndarray, amount: float) -> np.ndarray:
+    """1 for the units kept (highest scores), 0 for the ``round(amount * n)`` pruned."""
+    n = len(scores)
+    keep = n - n_to_prune(amount, n)
+    order = np.argsort(-np.asarray(scores), kind="stable")  # descending, ties by lower index
+    mask = np.zeros(n, np.float32)
+    mask[order[:keep]] = 1.0
+    return mask
+
+
+def head_scores(qkv_kernel: np.ndarray, out_kernel: np.ndarray, num_heads: int) -> np.ndarray:
+    """L2 norm of each attention head's slices of the fused q|k|v projection and the out-projection."""
+    qkv = np.asarray(qkv_kernel, np.float32)
+    out = np.asarray(out_kernel, np.float32)
+    dim = out.shape[0]
+    hd = dim // num_heads
+    scores = np.zeros(num_heads, np.float32)
+    for h in range(num_heads):
+        cols = np.concatenate([np.arange(part * dim + h * hd, part * dim + (h + 1) * hd) for part in range(3)])
+        scores[h] = np.sqrt(np.sum(qkv[:, cols] ** 2) + np.sum(out[h * hd:(h + 1) * hd] ** 2))
+    return scores
+
+
+@dataclass
+class PruneResult:
+    """What was pruned: {variable path: 0/1 mask of the variable's shape} and the unit masks per layer."""
+
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    unit_masks: dict[str, np.ndarray] = field(default_factory=dict)
+    mode: str = "reference"
+    # {layer name: (output-unit mask or None, input-feature mask or None)} for LoRA adapters
+    adapter_gates: dict[str, tuple] = field(default_factory=dict)
+
+    def enforced(self) -> dict[str, np.ndarray]:
+        """The masks a Trainer must enforce: all of them in persistent mode, none in reference mode."""
+        return dict(self.masks) if self.mode == "persistent" else {}
+
+
+def _target_layers(model: keras.Model, targets: Sequence[str]) -> list:
+    found = [layer for layer in model.layers
+             if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
+             and any(re.fullmatch(p, layer.name) for p in targets)]
+    if not found:
+        raise ValueError(f"no Dense or Conv2D layer name matches the pruning targets {list(targets)}")
+    return found
+
+
+def _apply(var, mask: np.ndarray, result: PruneResult) -> None:
+    var.assign(np.asarray(var.numpy()) * mask.astype(var.dtype))
+    prev = result.masks.get(var.path)
+    result.masks[var.path] = mask if prev is None else prev * mask
+
+
+def _record_gate(result: PruneResult, name: str, unit_mask=None, input_mask=None) -> None:
+    old_unit, old_input = result.adapter_gates.get(name, (None, None))
+    combine = lambda a, b: b if a is None else (a if b is None else a * b)  # noqa: E731
+    result.adapter_gates[name] = (combine(old_unit, unit_mask), combine(old_input, input_mask))
+
+
+def gate_adapters(model: keras.Model, result: PruneResult) -> list[str]:
+    """Persistent mode: set the unit/input masks of the LoRA layers on pruned layers, so their
+    update never reaches a pruned unit (call after ``lora.add_lora`` when pruning came first).
+    Returns the names of the gated layers; does nothing in reference mode."""
+    if result.mode != "persistent":
+        return []
+    gated = []
+    for name, (unit_mask, input_mask) in result.adapter_gates.items():
+        layer = model.get_layer(name)
+        if not hasattr(layer, "unit_mask"):
+            continue
+        if unit_mask is not None:
+            layer.unit_mask.assign(unit_mask.astype("float32"))
+        if input_mask is not None:
+            layer.input_mask.assign(input_mask.astype("float32"))
+        gated.append(name)
+    return gated
+
+
+def prune_units(model: keras.Model, targets: Sequence[str], amount: float = 0.5, mode: str = "reference",
+                include_bias: bool = False, result: PruneResult | None = None) -> PruneResult:
+    """Zero the lowest-L2 output units of every Dense/Conv2D whose name matches ``targets`` (in place)."""
+    if mode not in MODES:
+        raise ValueError(f"pruning mode must be one of {MODES}, got {mode!r}")
+    result = result or PruneResult(mode=mode)
+    result.mode = mode
+    for layer in _target_layers(model, targets):
+        units = keep_mask(unit_scores(layer.kernel.numpy()), amount)
+        _apply(layer.kernel, np.broadcast_to(units, layer.kernel.shape).copy(), result)
+        if include_bias and layer.bias is not None:
+            _apply(layer.bias, units.copy(), result)
+        result.unit_masks[layer.name] = units * result.unit_masks.get(layer.name, 1.0)
+        _record_gate(result, layer.name, unit_mask=units)
+    gate_adapters(model, result)
+    return result
+
+
+def prune_heads(model: keras.Model, blocks: Sequence[str], num_heads: int, amount: float = 0.5,
+                mode: str = "reference", result: PruneResult | None = None) -> PruneResult:
+    """Zero whole attention heads of the named ViT blocks (``block11`` -> ``block11_attn_qkv``/``_attn_out``).
+
+    A pruned head loses its q, k and v columns (kernel and bias) in the fused projection and its
+    rows of the out-projection, so it contributes nothing.
+    """
+    if mode not in MODES:
+        raise ValueError(f"pruning mode must be one of {MODES}, got {mode!r}")
+    result = result or PruneResult(mode=mode)
+    result.mode = mode
+    for block in blocks:
+        qkv, out = model.get_layer(f"{block}_attn_qkv"), model.get_layer(f"{block}_attn_out")
+        dim = out.kernel.shape[0]
+        hd = dim // num_heads
+        heads = keep_mask(head_scores(qkv.kernel.numpy(), out.kernel.numpy(), num_heads), amount)
+        per_feature = np.repeat(heads, hd)  # (dim,) over the heads' features
+        qkv_cols = np.tile(per_feature, 3)  # (3 * dim,) q | k | v
+        _apply(qkv.kernel, np.broadcast_to(qkv_cols, qkv.kernel.shape).copy(), result)
+        if qkv.bias is not None:
+            _apply(qkv.bias, qkv_cols.copy(), result)
+        _apply(out.kernel, np.broadcast_to(per_feature[:, None], out.kernel.shape).copy(), result)
+        result.unit_masks[f"{block}_heads"] = heads
+        _record_gate(result, qkv.name, unit_mask=qkv_cols)
+        _record_gate(result, out.name, input_mask=per_feature)
+    gate_adapters(model, result)
+    return result
+
+
+def sparsity_report(model: keras.Model, layer_names: Sequence[str] | None = None) -> dict:
+    """Fraction of zero weights and of all-zero output units per layer, and overall.
+
+    Covers the kernels of every Dense/Conv2D (or only ``layer_names``). ``overall`` pools the
+    listed layers; for LoRA layers the effective (merged) kernel is measured.
+    """
+    rows = {}
+    zeros = total = zero_units = units = 0
+    for layer in model.layers:
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
+            continue
+        if layer_names is not None and layer.name not in layer_names:
+            continue
+        kernel = np.asarray(layer.merged_kernel() if hasattr(layer, "merged_kernel") else layer.kernel.numpy())
+        unit_zero = np.all(kernel.reshape(-1, kernel.shape[-1]) == 0, axis=0)
+        rows[layer.name] = {"zero_weights": float(np.mean(kernel == 0)), "zero_units": float(np.mean(unit_zero))}
+        zeros += int(np.sum(kernel == 0))
+        total += kernel.size
+        zero_units += int(np.sum(unit_zero))
+        units += kernel.shape[-1]
+    overall = {"zero_weights": zeros / total if total else 0.0, "zero_units": zero_units / units if units else 0.0}
+    return {"layers": rows, "overall": overall}

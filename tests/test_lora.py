@@ -1,0 +1,170 @@
+import keras
+import numpy as np
+import pytest
+
+from prunelora_keras.config import ModelConfig
+from prunelora_keras.lora import LoRAConv2D, LoRADense, add_lora, count_params, lora_layer_names, merge
+from prunelora_keras.models import build_model, resnet50, simple_vit
+
+RESNET_LORA = [r"stage\d_block\d+_conv\d"]  # the three convs of every bottleneck; not stem, not shortcuts
+
+
+def np_(t):
+    return keras.ops.convert_to_numpy(t)
+
+
+def randomise_adapters(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, (LoRADense, LoRAConv2D)):
+            layer.lora_b.assign(rng.normal(scale=0.2, size=layer.lora_b.shape).astype("float32"))
+
+
+def test_reference_trainable_counts():
+    """REFERENCE.md: ResNet-50 608,778 (48 conv adapters 588,288 + Linear 20,490); ViT 18,592 (12,288 + 6,304)."""
+    r, r_vars = add_lora(resnet50(), RESNET_LORA, rank=8, alpha=16, dropout=0.1, modules_to_save=["head"])
+    assert len(lora_layer_names(r)) == 48
+    assert count_params(r_vars) == 608_778
+    adapters = [v for v in r_vars if "lora_" in v.path]
+    assert count_params(adapters) == 588_288
+    v, v_vars = add_lora(simple_vit(), ["block11_attn_out", "head"], rank=16, alpha=32, dropout=0.1)
+    assert count_params(v_vars) == 18_592
+    assert count_params([x for x in v_vars if x.path.startswith("block11_attn_out/")]) == 12_288
+    assert count_params([x for x in v_vars if x.path.startswith("head/")]) == 6_304
+    # the base stays frozen inside the adapter layers
+    assert all(not w.trainable for w in (v.get_layer("head").kernel, v.get_layer("head").bias))
+
+
+def test_fresh_adapters_change_nothing_and_init_bounds():
+    base = build_model(ModelConfig("resnet50", width=0.0625), 10, (8, 8, 3))
+    adapted, _ = add_lora(base, RESNET_LORA, rank=4, alpha=8, seed=1)
+    x = np.random.default_rng(0).normal(size=(3, 8, 8, 3)).astype("float32")
+    np.testing.assert_array_equal(np_(adapted(x)), np_(base(x)))
+    layer = adapted.get_layer("stage2_block1_conv2")
+    a = np_(layer.lora_a)
+    fan_in = 3 * 3 * a.shape[2]
+    assert np.abs(a).max() <= 1 / np.sqrt(fan_in) and np.abs(a).max() > 0.8 / np.sqrt(fan_in)
+    assert np.all(np_(layer.lora_b) == 0)
+
+
+@pytest.mark.parametrize("model_cfg, targets", [
+    (ModelConfig("resnet50", width=0.0625), RESNET_LORA + ["stem_conv", r".*shortcut_conv", "head"]),
+    (ModelConfig("vit", patch_size=2, dim=16, depth=2, heads=2, mlp_dim=32), [r"block\d_.*", "head"]),
+])
+def test_merge_equals_unmerged(model_cfg, targets):
+    base = build_model(model_cfg, 10, (8, 8, 3))
+    for v in base.trainable_variables:
+        v.assign(np.random.default_rng(1).normal(scale=0.2, size=v.shape).astype("float32"))
+    adapted, _ = add_lora(base, targets, rank=3, alpha=6, dropout=0.1, seed=0)
+    randomise_adapters(adapted)
+    merged = merge(adapted)
+    assert not lora_layer_names(merged)
+    x = np.random.default_rng(2).normal(size=(4, 8, 8, 3)).astype("float32")
+    out_adapted = np_(adapted(x, training=False))
+    assert not np.allclose(out_adapted, np_(base(x)))  # the adapters do something
+    np.testing.assert_allclose(np_(merged(x)), out_adapted, rtol=1e-5, atol=1e-5 * np.abs(out_adapted).max())
+    # the adapted model is untouched by merging and can keep training
+    assert lora_layer_names(adapted) and all(v.trainable for v in adapted.get_layer("head").adapter_variables)
+
+
+def test_user_functional_model_and_errors():
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(5, activation="relu", name="enc")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    adapted, train_vars = add_lora(model, ["enc"], rank=2, alpha=4, modules_to_save=["out"])
+    assert [v.path for v in train_vars] == ["enc/lora_a", "enc/lora_b", "out/kernel", "out/bias"]
+    randomise_adapters(adapted)
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    a = np_(adapted.get_layer("enc").lora_a)
+    b = np_(adapted.get_layer("enc").lora_b)
+    w, bias = (np_(t) for t in model.get_layer("enc").weights)
+    expected_h = np.maximum(x @ w + bias + 2.0 * (x @ a @ b), 0)  # activation after the adapter
+    inner = keras.Model(adapted.input, adapted.get_layer("enc").output)
+    np.testing.assert_allclose(np_(inner(x)), expected_h, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no Dense or Conv2D"):
+        add_lora(model, ["nothing"])
+
+
+def test_keras_save_load_keeps_adapters(tmp_path):
+    base = build_model(ModelConfig("vit", patch_size=2, dim=16, depth=1, heads=2, mlp_dim=32), 10, (8, 8, 3))
+    adapted, _ = add_lora(base, ["block0_attn_out", "head"], rank=4, alpha=8, dropout=0.1, seed=0)
+    randomise_adapters(adapted)
+    path = tmp_path / "adapted.keras"
+    adapted.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert lora_layer_names(loaded) == ["block0_attn_out", "head"]
+    head = loaded.get_layer("head")
+    assert head.get_config()["adapter_rank"] == 4 and head.get_config()["adapter_dropout"] == 0.1
+    assert [v.path for v in loaded.trainable_variables if "lora" in v.path] == \
+        [v.path for v in adapted.trainable_variables if "lora" in v.path]
+    assert not head.kernel.trainable
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np_(loaded(x)), np_(adapted(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_dropout_only_in_training():
+    layer = LoRADense(4, adapter_rank=2, adapter_alpha=2, adapter_dropout=0.5, adapter_seed=0)
+    x = np.ones((64, 8), "float32")
+    layer.build(x.shape)
+    layer.lora_b.assign(np.ones((2, 4), "float32"))
+    np.testing.assert_array_equal(np_(layer(x, training=False)), np_(layer(x, training=False)))
+    assert not np.allclose(np_(layer(x, training=True)), np_(layer(x, training=False)))
+
+
+# ----------------------------------------------------------------------------- parity with peft
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0 && pip install -e '.[torch]'")
+peft = pytest.importorskip("peft", reason="peft is not installed: pip install -e '.[torch]'")
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+def _peft(module, rank, alpha):
+    cfg = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["inner"])
+    return peft.get_peft_model(_Wrap(module), cfg)
+
+
+def test_lora_dense_matches_peft():
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 7)
+    pm = _peft(lin, rank=4, alpha=8)
+    lora = pm.base_model.model.inner
+    with torch.no_grad():
+        lora.lora_B["default"].weight.copy_(torch.tensor(rng.normal(size=(7, 4)), dtype=torch.float32))
+    layer = LoRADense(7, adapter_rank=4, adapter_alpha=8)
+    layer.build((None, 12))
+    layer.kernel.assign(lin.weight.detach().numpy().T)
+    layer.bias.assign(lin.bias.detach().numpy())
+    layer.lora_a.assign(lora.lora_A["default"].weight.detach().numpy().T)
+    layer.lora_b.assign(lora.lora_B["default"].weight.detach().numpy().T)
+    x = rng.normal(size=(5, 12)).astype("float32")
+    expected = pm(torch.tensor(x)).detach().numpy()
+    np.testing.assert_allclose(np_(layer(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(3, 1, "same"), (3, 2, "valid"), (1, 1, "valid"), (1, 2, "valid")])
+def test_lora_conv_matches_peft(kernel, stride, padding):
+    rng = np.random.default_rng(1)
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(5, 6, kernel, stride=stride, padding=1 if padding == "same" else 0, bias=True)
+    pm = _peft(conv, rank=3, alpha=6)
+    lora = pm.base_model.model.inner
+    with torch.no_grad():
+        lora.lora_B["default"].weight.copy_(torch.tensor(rng.normal(size=(6, 3, 1, 1)), dtype=torch.float32))
+    layer = LoRAConv2D(6, kernel, strides=stride, padding=padding, adapter_rank=3, adapter_alpha=6)
+    layer.build((None, 9, 9, 5))
+    layer.kernel.assign(conv.weight.detach().numpy().transpose(2, 3, 1, 0))
+    layer.bias.assign(conv.bias.detach().numpy())
+    layer.lora_a.assign(lora.lora_A["default"].weight.detach().numpy().transpose(2, 3, 1, 0))
+    layer.lora_b.assign(lora.lora_B["default"].weight.detach().numpy().transpose(2, 3, 1, 0))
+    x = rng.normal(size=(2, 9, 9, 5)).astype("float32")
+    expected = pm(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(np_(layer(x)), expected, rtol=1e-5, atol=1e-5)
