@@ -69,6 +69,31 @@ class TrainConfig:
     bn: str = "update"  # update: batch statistics and running-stat updates (torch train mode); freeze
 
 
+PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora")
+
+
+@dataclass
+class UnlearnConfig:
+    """The approximate-unlearning paradigms (REFERENCE.md): Adam 1e-3, batch 128, 5 and 10 epochs on D_r."""
+
+    paradigms: list[str] = field(default_factory=lambda: list(PARADIGMS))
+    epochs: list[int] = field(default_factory=lambda: [5, 10])  # one run of max(epochs); earlier columns on the way
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 128
+    bn: str = "update"  # update: BN running statistics update, as torch train mode under peft; freeze
+    prune_amount: float = 0.5
+    prune_mode: str = "reference"  # reference: zeros once (torch prune.remove); persistent: enforced
+    prune_heads: bool = False  # ViT: also prune whole attention heads of the last block (our addition)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
+    vit_lora_targets: str = "reference"  # reference: head adapter only (what ran in the paper); intended: out-proj + head
+    mia_member_fraction: float = 0.2  # loss_logreg: 9,000 of 45,000 retain samples at full scale
+    mia_nonmember_fraction: float = 5000 / 9000  # loss_logreg: 5,000 of 9,000 remaining-class test samples
+
+
 @dataclass
 class Config:
     """Everything one run needs, resolved for one model."""
@@ -79,12 +104,14 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     retrain: TrainConfig = field(default_factory=TrainConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "pretrain": TrainConfig, "retrain": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "pretrain": TrainConfig, "retrain": TrainConfig,
+            "unlearn": UnlearnConfig}
 CHOICES = {
     ("model", "name"): MODEL_NAMES,
     ("pretrain", "optimizer"): ("sgd", "adam", "adamw"),
@@ -93,6 +120,10 @@ CHOICES = {
     ("retrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
     ("pretrain", "bn"): ("update", "freeze"),
     ("retrain", "bn"): ("update", "freeze"),
+    ("unlearn", "optimizer"): ("sgd", "adam", "adamw"),
+    ("unlearn", "bn"): ("update", "freeze"),
+    ("unlearn", "prune_mode"): ("reference", "persistent"),
+    ("unlearn", "vit_lora_targets"): ("reference", "intended"),
 }
 AUGMENTATIONS = ("crop", "flip", "mixup")
 
@@ -146,6 +177,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+            if item_tp is not str:
+                value = [parse_set(f"item={v}")[1] for v in value]
         if not isinstance(value, list):
             raise UserError(f"{where}: expected a list, got {value!r}")
         return [coerce(v, item_tp, where) for v in value]
@@ -259,6 +292,19 @@ def validate(cfg: Config) -> None:
             (t.mixup_alpha > 0, f"{section}.mixup_alpha must be > 0"),
             (set(t.augment) <= set(AUGMENTATIONS), f"{section}.augment may only hold {', '.join(AUGMENTATIONS)}"),
         ]
+    u = cfg.unlearn
+    checks += [
+        (len(u.paradigms) >= 1 and set(u.paradigms) <= set(PARADIGMS),
+         f"unlearn.paradigms must name some of {', '.join(PARADIGMS)}"),
+        (len(set(u.paradigms)) == len(u.paradigms), "unlearn.paradigms lists a paradigm twice"),
+        (len(u.epochs) >= 1 and all(e >= 1 for e in u.epochs), "unlearn.epochs must be one or more integers >= 1"),
+        (u.lr > 0 and u.batch_size >= 1, "unlearn.lr must be > 0 and unlearn.batch_size >= 1"),
+        (0 <= u.prune_amount < 1, "unlearn.prune_amount must be in [0, 1)"),
+        (u.lora_rank >= 1, "unlearn.lora_rank must be >= 1"),
+        (0 <= u.lora_dropout < 1, "unlearn.lora_dropout must be in [0, 1)"),
+        (0 < u.mia_member_fraction <= 1 and 0 < u.mia_nonmember_fraction <= 1,
+         "unlearn.mia_member_fraction and mia_nonmember_fraction must be in (0, 1]"),
+    ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)

@@ -1,4 +1,4 @@
-"""The experiment: data -> original model (pretrain) -> Retrain -> evaluation -> run folder.
+"""The experiment: data -> original model -> Retrain -> each paradigm -> evaluation -> run folder.
 
 Each stage trains through the one ``Trainer`` loop. Trained models are saved as ``.keras`` files
 in the run folder under a key derived from everything that determines them (model, data,
@@ -25,10 +25,13 @@ from prunelora_keras import __version__
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
 from prunelora_keras.errors import UserError
+from prunelora_keras.lora import count_params
+from prunelora_keras.metrics import cross_entropy, unlearning_metrics
 from prunelora_keras.models import build_model
-from prunelora_keras.train import EpochStats, Trainer, accuracy, make_optimizer, predict_logits, set_bn_policy
-
-CUSTOM_OBJECTS: dict[str, Any] = {}  # registered layers are found through keras.saving's registry
+from prunelora_keras.paradigms import build_recipe, prune_targets
+from prunelora_keras.pruning import sparsity_report
+from prunelora_keras.report import paper_table, write_report
+from prunelora_keras.train import EpochStats, Trainer, accuracy, make_optimizer, peak_memory, predict_logits, set_bn_policy
 
 
 def log(message: str) -> None:
@@ -97,9 +100,11 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
     ckpt = out_dir / "checkpoints" / f"{name}-{stage_key(cfg, name, recipe, data_id)}.keras"
     history: list[EpochStats] = []
     start = time.perf_counter()
+    sidecar = ckpt.with_suffix(".history.json")
     if ckpt.is_file():
         log(f"{name}: reusing {ckpt}")
         model = keras.saving.load_model(ckpt, compile=False, safe_mode=True)
+        history = [EpochStats(**h) for h in json.loads(sidecar.read_text())] if sidecar.is_file() else []
         reused = True
     else:
         keras.utils.set_random_seed(cfg.seed)
@@ -114,6 +119,7 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         tmp = ckpt.with_name(f".{ckpt.stem}.tmp.keras")
         model.save(tmp)
         os.replace(tmp, ckpt)
+        sidecar.write_text(json.dumps([asdict(h) for h in history]))
         reused = False
     acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
     result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
@@ -131,6 +137,73 @@ def load_data(cfg: Config) -> tuple[Dataset, UnlearningSplit]:
     return ds, split
 
 
+def evaluate_unlearning(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config
+                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """UA, both MIAs, RA, TA (percent), and the test/forget per-sample losses for Figure 2."""
+    sets = {"retain": split.retain, "forget": split.forget, "test_retain": split.test_retain}
+    logits = {k: predict_logits(model, v.x, ds.mean, ds.std, cfg.data.eval_batch_size) for k, v in sets.items()}
+    labels = {k: v.y for k, v in sets.items()}
+    metrics = unlearning_metrics(logits, labels, cfg.seed, cfg.unlearn.mia_member_fraction,
+                                 cfg.unlearn.mia_nonmember_fraction)
+    losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
+              "forget": cross_entropy(logits["forget"], labels["forget"])}
+    return metrics, losses
+
+
+def _sparsity_pct(model: keras.Model, cfg: Config) -> float:
+    import re
+
+    names = [layer.name for layer in model.layers if any(re.fullmatch(p, layer.name) for p in prune_targets(cfg.model))]
+    return 100.0 * sparsity_report(model, names)["overall"]["zero_weights"]
+
+
+def _mean_seconds(history: list[EpochStats], upto: int) -> float:
+    seconds = [h.seconds for h in history[:upto]]
+    return float(np.mean(seconds)) if seconds else float("nan")
+
+
+def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit
+                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count."""
+    u = cfg.unlearn
+    keras.utils.set_random_seed(cfg.seed)
+    original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
+    recipe = build_recipe(name, original, cfg)
+    set_bn_policy(recipe.model, u.bn)
+    total = max(u.epochs)
+    steps = num_batches(len(split.retain), u.batch_size) * total
+    optimizer = make_optimizer(TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
+                                           schedule="constant"), steps)
+    trainer = Trainer(recipe.model, optimizer, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
+                      masks=recipe.masks, seed=cfg.seed, label=name)
+    rows: list[dict[str, Any]] = []
+    history: list[EpochStats] = []
+    last_losses: dict[str, np.ndarray] | None = None
+
+    def on_epoch_end(stats: EpochStats) -> None:
+        nonlocal last_losses
+        history.append(stats)
+        if stats.epoch not in u.epochs:
+            return
+        eval_model = recipe.eval_model()
+        metrics, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
+        rows.append({"paradigm": name, "epochs": stats.epoch, **metrics,
+                     "rte_s": _mean_seconds(history, stats.epoch), "compile_s": history[0].compile_s,
+                     "peak_mem_bytes": stats.peak_mem_bytes, "mem_kind": stats.mem_kind,
+                     "trainable_params": recipe.trainable_params, "sparsity": _sparsity_pct(eval_model, cfg),
+                     "status": "ok"})
+        log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
+            f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
+
+    try:
+        trainer.fit(split.retain.x, split.retain.y, total, u.batch_size, cfg.data.drop_last, on_epoch_end)
+    except FloatingPointError as exc:
+        log(f"{name}: stopped: {exc}")
+        done = {r["epochs"] for r in rows}
+        rows += [{"paradigm": name, "epochs": e, "status": f"non-finite loss ({exc})"} for e in u.epochs if e not in done]
+    return rows, last_losses
+
+
 def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
                  split: UnlearningSplit | None = None) -> dict[str, Any]:
     """Run the whole experiment for ``cfg`` into ``out_dir``; returns the results dictionary."""
@@ -140,8 +213,30 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)} of class "
         f"{split.forget_class} '{ds.class_names[split.forget_class]}'), test {len(split.test)}, images {ds.image_shape}")
     data_id = data_identity(cfg)
-    _, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id)
-    _, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id)
+    original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id)
+    original_metrics, _ = evaluate_unlearning(original_model, split, ds, cfg)
+    log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%")
+    rows: list[dict[str, Any]] = []
+    losses: dict[str, dict[str, np.ndarray]] = {}
+    stages = [original]
+    if "retrain" in cfg.unlearn.paradigms:
+        retrain_model, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id)
+        stages.append(retrain)
+        metrics, losses["retrain"] = evaluate_unlearning(retrain_model, split, ds, cfg)
+        hist = [EpochStats(**h) for h in retrain.history]
+        mem, kind = peak_memory()
+        for e in sorted(cfg.unlearn.epochs):  # one model, the same values in every epoch column
+            rows.append({"paradigm": "retrain", "epochs": e, **metrics, "rte_s": _mean_seconds(hist, len(hist)),
+                         "compile_s": hist[0].compile_s if hist else float("nan"), "peak_mem_bytes": mem,
+                         "mem_kind": kind, "trainable_params": count_params(retrain_model.trainable_variables),
+                         "sparsity": _sparsity_pct(retrain_model, cfg), "status": "ok"})
+    for name in cfg.unlearn.paradigms:
+        if name == "retrain":
+            continue
+        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, original.checkpoint, ds, split)
+        rows += paradigm_rows
+        if paradigm_losses is not None:
+            losses[name] = paradigm_losses
     results = {
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -150,16 +245,19 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         "data": {"dataset": ds.name, "train": len(split.train), "test": len(split.test), "retain": len(split.retain),
                  "forget": len(split.forget), "test_retain": len(split.test_retain),
                  "forget_class": split.forget_class, "class_name": ds.class_names[split.forget_class]},
-        "stages": {r.name: asdict(r) for r in (original, retrain)},
+        "original": {**original_metrics, "train_acc": original.accuracies["train"], "test_acc": original.accuracies["test"]},
+        "rows": rows,
+        "stages": {r.name: asdict(r) for r in stages},
         "wall_s": time.perf_counter() - start,
     }
+    write_report(results, out_dir, losses)
     return results
 
 
 def accuracy_table(results: dict[str, Any]) -> str:
-    """A markdown table of each stage's accuracy per evaluation set."""
-    cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "RA (D_r)"),
-            ("forget", "D_f acc"), ("test_retain", "TA (test, remaining)"), ("test_forget", "test, forget class")]
+    """A markdown table of each trained stage's accuracy per evaluation set."""
+    cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "D_r"),
+            ("forget", "D_f"), ("test_retain", "test, remaining"), ("test_forget", "test, forget class")]
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, stage in results["stages"].items():
         cells = [f"{stage['accuracies'][k]:.2f}" if k in stage["accuracies"] else "-" for k, _ in cols]
@@ -167,10 +265,6 @@ def accuracy_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_results(results: dict[str, Any], out_dir: Path) -> None:
-    """results.json and results.md, written atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.json", json.dumps(results, indent=2)), ("results.md", accuracy_table(results) + "\n")):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+def summary(results: dict[str, Any]) -> str:
+    """What the command prints at the end: stage accuracies, then the paper's table."""
+    return "Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)

@@ -26,7 +26,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m prunelora_keras.run",
         description="Class-wise machine unlearning (PruneLoRA and baselines) on CIFAR-10 or digits, "
-                    "with Keras 3 on JAX. Trains the original model and the Retrain baseline, then evaluates.",
+                    "with Keras 3 on JAX. Trains the original model, the Retrain baseline and each unlearning "
+                    "paradigm (Finetune, Pruned, LoRA, Pruned LoRA), then reports UA, MIA-Efficacy, RA, TA, "
+                    "seconds per epoch and peak memory.",
         epilog="Example: python -m prunelora_keras.run --model vit --preset quick",
     )
     parser.add_argument("--model", required=True, choices=MODEL_NAMES, metavar="{" + ",".join(MODEL_NAMES) + "}",
@@ -40,11 +42,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CIFAR-10 as cifar-10-batches-py, an image-folder tree train/<class>/ test/<class>/, "
                              "or a .tar.gz/.tar/.zip of that tree (default: Keras's download cache)")
     parser.add_argument("--forget-class", type=int, metavar="N", help="the class to unlearn (default: the preset's, 3)")
+    parser.add_argument("--paradigms", metavar="A,B,...",
+                        help="which to run, any of retrain,finetune,pruned,lora,pruned_lora (default: all five)")
+    parser.add_argument("--epochs", metavar="E1,E2,...",
+                        help="unlearning epoch columns, e.g. 5,10 (default); one run of the largest, the others "
+                             "evaluated on the way")
     parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
-                             "(sections: model, data, pretrain, retrain); repeatable")
+                             "(sections: model, data, pretrain, retrain, unlearn); repeatable")
     parser.add_argument("--overwrite", action="store_true",
                         help="run again into a run folder that holds finished results for another configuration")
 
@@ -88,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data.forget_class"] = args.forget_class
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if args.paradigms is not None:
+            overrides["unlearn.paradigms"] = args.paradigms
+        if args.epochs is not None:
+            overrides["unlearn.epochs"] = args.epochs
         cfg = build_config(args.model, args.preset, args.config, overrides, args.sets)
         return run(cfg, args)
     except UserError as exc:
@@ -117,7 +128,7 @@ def run(cfg, args: argparse.Namespace) -> int:
             old = {}
         if old.get("config") == cfg.to_dict():
             print(f"{out_dir} already holds finished results for this configuration:", file=sys.stderr)
-            print(pipeline.accuracy_table(old))
+            print(pipeline.summary(old))
             return 0
         raise UserError(f"{out_dir} holds results of another configuration: pass --overwrite or choose another --out")
 
@@ -130,8 +141,7 @@ def run(cfg, args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline.log(f"run folder: {out_dir}  device: {pipeline.device_description()}")
     results = pipeline.run_pipeline(cfg, out_dir, ds, split)
-    pipeline.write_results(results, out_dir)
-    print(pipeline.accuracy_table(results))
+    print(pipeline.summary(results))
     print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
     return 0
 

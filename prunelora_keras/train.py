@@ -355,14 +355,6 @@ def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std
     return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def per_sample_losses(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Cross-entropy of each sample, computed stably in float64."""
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return -log_probs[np.arange(len(labels)), labels]
-
-
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of correct argmax predictions, in [0, 1] (0 for an empty set)."""
     return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else 0.0

@@ -4,8 +4,8 @@ import pytest
 
 from prunelora_keras.config import ModelConfig, TrainConfig
 from prunelora_keras.models import build_model
-from prunelora_keras.train import (Trainer, accuracy, make_optimizer, make_schedule, per_sample_losses,
-                                   predict_logits, set_bn_policy)
+from prunelora_keras.metrics import cross_entropy as per_sample_losses
+from prunelora_keras.train import Trainer, accuracy, make_optimizer, make_schedule, predict_logits, set_bn_policy
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

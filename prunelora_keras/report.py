@@ -1,0 +1,149 @@
+"""The run folder's outputs: results.json, results.csv, results.md (the paper's table) and plots.
+
+Rows are keyed exactly ``paradigm, epochs, UA, MIA_loss_logreg, MIA_confidence_svc, RA, TA,
+rte_s, compile_s, peak_mem_bytes, mem_kind, trainable_params, sparsity`` (metrics in percent,
+``sparsity`` = percent of zero weights in the pruning targets), plus the attacks' own accuracies.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "rte_s", "compile_s",
+            "peak_mem_bytes", "mem_kind", "trainable_params", "sparsity", "attack_acc_loss_logreg",
+            "attack_acc_confidence_svc", "status")
+PARADIGM_LABELS = {"retrain": "Retrain", "finetune": "Finetune", "pruned": "Pruned", "lora": "LoRA",
+                   "pruned_lora": "Pruned LoRA"}
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def results_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in ROW_KEYS})
+    return buf.getvalue()
+
+
+def paper_table(results: dict[str, Any]) -> str:
+    """Markdown laid out like the paper's Table 1: each metric per epoch count, then RTE and memory."""
+    rows = results["rows"]
+    epochs = sorted({r["epochs"] for r in rows if r["paradigm"] != "retrain"} or {r["epochs"] for r in rows})
+    metrics = [("UA", "UA"), ("MIA_loss_logreg", "MIA (loss, LR)"), ("MIA_confidence_svc", "MIA (conf, SVC)"),
+               ("RA", "RA"), ("TA", "TA")]
+    head = ["paradigm"] + [f"{label} {e}ep" for _, label in metrics for e in epochs]
+    head += ["RTE s/epoch", "compile s", "peak mem GB", "trainable", "sparsity %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by_key = {(r["paradigm"], r["epochs"]): r for r in rows}
+    paradigms = list(dict.fromkeys(r["paradigm"] for r in rows))
+    for p in paradigms:
+        last = max((r for r in rows if r["paradigm"] == p), key=lambda r: r["epochs"])
+        if last.get("status", "ok") != "ok":
+            lines.append(f"| {PARADIGM_LABELS.get(p, p)} | failed: {last['status']} |")
+            continue
+        cells = [PARADIGM_LABELS.get(p, p)]
+        for key, _ in metrics:
+            for e in epochs:
+                row = by_key.get((p, e)) or (by_key.get((p, last["epochs"])) if p == "retrain" else None)
+                cells.append(_fmt(row.get(key)) if row else "-")
+        mem = last.get("peak_mem_bytes")
+        mem_txt = f"{mem / 1e9:.2f}" + (" (RSS)" if last.get("mem_kind") == "host_rss" else "") if mem else "-"
+        cells += [_fmt(last.get("rte_s")), _fmt(last.get("compile_s"), 1), mem_txt,
+                  f"{last.get('trainable_params', 0):,}", _fmt(last.get("sparsity"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    o = results.get("original", {})
+    if o:
+        lines.append("")
+        lines.append(f"Original model: UA {_fmt(o.get('UA'))}, MIA (loss, LR) {_fmt(o.get('MIA_loss_logreg'))}, "
+                     f"MIA (conf, SVC) {_fmt(o.get('MIA_confidence_svc'))}, RA {_fmt(o.get('RA'))}, "
+                     f"TA {_fmt(o.get('TA'))}. Attack accuracy on shadow data: loss/LR "
+                     f"{_fmt(o.get('attack_acc_loss_logreg'))}%, confidence/SVC {_fmt(o.get('attack_acc_confidence_svc'))}%.")
+    return "\n".join(lines)
+
+
+def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, title: str = "") -> None:
+    """The paper's Figure 2: per-sample loss histograms of the test and forget sets, log-scale counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(losses)
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    everything = np.concatenate([np.concatenate([v["test"], v["forget"]]) for v in losses.values()])
+    top = float(np.percentile(everything, 99.5)) if everything.size else 1.0
+    bins = np.linspace(0.0, max(top, 1e-3), 40)
+    for ax, name in zip(axes[0], names):
+        ax.hist(np.clip(losses[name]["test"], 0, bins[-1]), bins=bins, alpha=0.6, label="test", color="tab:blue")
+        ax.hist(np.clip(losses[name]["forget"], 0, bins[-1]), bins=bins, alpha=0.6, label="forget", color="tab:red")
+        ax.set_yscale("log")
+        ax.set_title(PARADIGM_LABELS.get(name, name), fontsize=9)
+        ax.set_xlabel("cross-entropy loss", fontsize=8)
+    axes[0][0].set_ylabel("count (log)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
+    """RA, TA and UA per paradigm at the largest epoch count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in results["rows"] if r.get("status", "ok") == "ok"]
+    if not rows:
+        return
+    final = {}
+    for r in rows:
+        if r["paradigm"] not in final or r["epochs"] > final[r["paradigm"]]["epochs"]:
+            final[r["paradigm"]] = r
+    names = list(final)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.2))
+    for i, (key, color) in enumerate((("RA", "tab:green"), ("TA", "tab:blue"), ("UA", "tab:red"))):
+        ax.bar(x + (i - 1) * 0.26, [final[n][key] for n in names], 0.26, label=key, color=color)
+    ax.set_xticks(x, [f"{PARADIGM_LABELS.get(n, n)}\n({final[n]['epochs']} ep)" for n in names], fontsize=8)
+    ax.set_ylabel("percent")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[str, np.ndarray]] | None = None) -> None:
+    """Write results.json, results.csv, results.md and the PNG plots (atomically, file by file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
+    _atomic_write(out_dir / "results.csv", results_csv(results["rows"]))
+    _atomic_write(out_dir / "results.md", paper_table(results) + "\n")
+    if losses:
+        plot_loss_histograms(losses, out_dir / "loss_histograms.png",
+                             f"{results['config']['model']['name']}: per-sample losses, test vs forget set")
+    plot_metric_bars(results, out_dir / "metrics.png")
