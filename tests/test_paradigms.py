@@ -1,0 +1,97 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from prunelora_keras.config import build_config
+from prunelora_keras.lora import count_params, lora_layer_names
+from prunelora_keras.models import build_model
+from prunelora_keras.paradigms import build_recipe
+from prunelora_keras.pipeline import evaluate_unlearning, load_data
+from prunelora_keras.report import ROW_KEYS
+from prunelora_keras.run import main
+
+
+def tiny_cfg(model="vit", *sets):
+    base = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=16", "model.width=0.0625"]
+    return build_config(model, "quick", sets=base + list(sets))
+
+
+def test_recipes_train_what_they_declare():
+    cfg = tiny_cfg("resnet50")
+    fresh = lambda: build_model(cfg.model, 10, (8, 8, 3))  # noqa: E731
+    ft = build_recipe("finetune", fresh(), cfg)
+    assert ft.train_vars == list(ft.model.trainable_variables) and not ft.uses_lora and not ft.masks
+    pr = build_recipe("pruned", fresh(), cfg)
+    assert len(pr.pruned_layers) == 53 and pr.masks == {}  # reference mode: nothing enforced
+    lo = build_recipe("lora", fresh(), cfg)
+    assert len(lora_layer_names(lo.model)) == 48
+    assert {v.path.split("/")[-1] for v in lo.train_vars} == {"lora_a", "lora_b", "kernel", "bias"}
+    assert all(v.path.startswith("head/") for v in lo.train_vars if not v.path.endswith(("lora_a", "lora_b")))
+    persistent = build_config("resnet50", "quick", sets=["model.width=0.0625", "unlearn.prune_mode=persistent"])
+    pl = build_recipe("pruned_lora", build_model(persistent.model, 10, (8, 8, 3)), persistent)
+    assert len(pl.masks) == 53 and np.all(keras.ops.convert_to_numpy(
+        pl.model.get_layer("stage1_block1_conv1").unit_mask).sum() == 2)  # 4 channels, round(0.5 * 4) = 2 pruned
+
+
+def test_vit_lora_targets_reference_and_intended():
+    ref = tiny_cfg("vit")
+    r = build_recipe("lora", build_model(ref.model, 10, (8, 8, 3)), ref)
+    assert lora_layer_names(r.model) == ["head"] and count_params(r.train_vars) == 16 * 16 + 16 * 10
+    intended = tiny_cfg("vit", "unlearn.vit_lora_targets=intended")
+    i = build_recipe("lora", build_model(intended.model, 10, (8, 8, 3)), intended)
+    assert lora_layer_names(i.model) == ["block1_attn_out", "head"]
+
+
+def test_merged_and_unmerged_lora_give_the_same_metrics():
+    cfg = tiny_cfg("vit", "data.train_size=300")
+    ds, split = load_data(cfg)
+    model = build_model(cfg.model, 10, ds.image_shape)
+    for v in model.trainable_variables:
+        v.assign(np.random.default_rng(0).normal(scale=0.3, size=v.shape).astype("float32"))
+    recipe = build_recipe("pruned_lora", model, cfg)
+    for layer in recipe.model.layers:
+        if hasattr(layer, "lora_b"):
+            layer.lora_b.assign(np.random.default_rng(1).normal(scale=0.3, size=layer.lora_b.shape).astype("float32"))
+    merged, _ = evaluate_unlearning(recipe.eval_model(), split, ds, cfg)
+    unmerged, _ = evaluate_unlearning(recipe.model, split, ds, cfg)
+    for key in ("UA", "RA", "TA", "MIA_loss_logreg", "MIA_confidence_svc"):
+        assert merged[key] == pytest.approx(unmerged[key], abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_whole_pipeline_invariants(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--model", "vit", "--preset", "quick", "--out", str(out), "--epochs", "2,4",
+            "--set", "model.dim=32", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=32",
+            "--set", "pretrain.epochs=12", "--set", "unlearn.batch_size=16", "--set", "unlearn.lr=3e-3",
+            "--set", "unlearn.prune_mode=persistent", "--set", "unlearn.vit_lora_targets=intended"]
+    assert main(argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    for key in ("config", "seed", "device", "versions", "original", "rows"):
+        assert key in results
+    rows = {(r["paradigm"], r["epochs"]): r for r in results["rows"]}
+    assert set(rows) == {(p, e) for p in ("retrain", "finetune", "pruned", "lora", "pruned_lora") for e in (2, 4)}
+    assert all(set(ROW_KEYS) <= set(r) for r in results["rows"])
+    assert rows[("retrain", 2)]["UA"] == 100.0 and rows[("retrain", 2)] == {**rows[("retrain", 4)], "epochs": 2}
+    original_ua = results["original"]["UA"]
+    for (p, e), r in rows.items():
+        if e == 4:
+            assert r["UA"] > original_ua, (p, r["UA"], original_ua)
+        assert r["rte_s"] > 0 and r["peak_mem_bytes"] > 0 and r["mem_kind"] in ("device", "host_rss")
+    # LoRA trains only its adapters (here: out-projection and head, the ViT's rank 16)
+    dim, rank = 32, 16
+    assert rows[("lora", 4)]["trainable_params"] == (dim * rank + rank * dim) + (dim * rank + rank * 10)
+    assert rows[("finetune", 4)]["trainable_params"] == rows[("retrain", 4)]["trainable_params"]
+    # persistent pruning of 50% of the out-projection and head units is still there after training
+    for p in ("pruned", "pruned_lora"):
+        expected = 100 * (16 * 32 + 5 * 32) / (32 * 32 + 10 * 32)  # zero columns / all weights of both layers
+        assert rows[(p, 4)]["sparsity"] == pytest.approx(expected, abs=0.01)
+    assert rows[("finetune", 4)]["sparsity"] < 1
+    for name in ("results.csv", "results.md", "loss_histograms.png", "metrics.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| Pruned LoRA |" in printed and "| Retrain |" in printed
+    csv_head = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert csv_head[:13] == list(ROW_KEYS[:13])
