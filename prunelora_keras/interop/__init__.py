@@ -1,0 +1,1 @@
+"""Interoperability with PyTorch: the same models in torch, and weight conversion both ways."""
