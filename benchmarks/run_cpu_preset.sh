@@ -12,3 +12,8 @@ for model in vit resnet50; do
     --overwrite > "$out/cpu-$model.log" 2>&1
   echo "$model wall_s=$(( $(date +%s) - start ))" >> "$out/cpu-wall.txt"
 done
+# The ViT's LoRA with the adapters the paper describes (out-projection and head), from the same original model:
+mkdir -p runs/cpu-vit-intended && cp -n runs/cpu-vit/checkpoints/original-* runs/cpu-vit-intended/ 2>/dev/null || true
+mkdir -p runs/cpu-vit-intended/checkpoints && mv runs/cpu-vit-intended/original-* runs/cpu-vit-intended/checkpoints/ 2>/dev/null || true
+python -m prunelora_keras.run --model vit --preset cpu --data-dir "$data" --out runs/cpu-vit-intended --overwrite \
+  --paradigms lora,pruned_lora --set unlearn.vit_lora_targets=intended > "$out/cpu-vit-intended.log" 2>&1
