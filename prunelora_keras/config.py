@@ -90,8 +90,10 @@ class UnlearnConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
     vit_lora_targets: str = "reference"  # reference: head adapter only (what ran in the paper); intended: out-proj + head
-    mia_member_fraction: float = 0.2  # loss_logreg: 9,000 of 45,000 retain samples at full scale
-    mia_nonmember_fraction: float = 5000 / 9000  # loss_logreg: 5,000 of 9,000 remaining-class test samples
+    mia_members: int = 9000  # loss_logreg: retain losses drawn at full scale (scaled down 9:5 on subsets)
+    mia_nonmembers: int = 5000  # loss_logreg: remaining-class test losses drawn at full scale
+    prefix_cache: str = "auto"  # auto: train only the suffix on cached prefix features when exact; off
+    prefix_cache_max_gb: float = 8.0  # host memory the cached features may take; larger -> uncached
 
 
 @dataclass
@@ -302,8 +304,9 @@ def validate(cfg: Config) -> None:
         (0 <= u.prune_amount < 1, "unlearn.prune_amount must be in [0, 1)"),
         (u.lora_rank >= 1, "unlearn.lora_rank must be >= 1"),
         (0 <= u.lora_dropout < 1, "unlearn.lora_dropout must be in [0, 1)"),
-        (0 < u.mia_member_fraction <= 1 and 0 < u.mia_nonmember_fraction <= 1,
-         "unlearn.mia_member_fraction and mia_nonmember_fraction must be in (0, 1]"),
+        (u.mia_members >= 1 and u.mia_nonmembers >= 1, "unlearn.mia_members and unlearn.mia_nonmembers must be >= 1"),
+        (u.prefix_cache in ("auto", "off"), "unlearn.prefix_cache must be 'auto' or 'off'"),
+        (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -20,6 +20,7 @@ import tarfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -342,14 +343,17 @@ def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: i
     return split
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator | None = None,
-            drop_last: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches in order, or shuffled by ``rng``. The last partial batch is kept unless ``drop_last``."""
+def batches(x: np.ndarray | list[np.ndarray], y: np.ndarray, batch_size: int,
+            rng: np.random.Generator | None = None, drop_last: bool = False) -> Iterator[tuple[Any, np.ndarray]]:
+    """Batches in order, or shuffled by ``rng``. The last partial batch is kept unless ``drop_last``.
+
+    ``x`` may be a list of arrays (a model with several inputs); each is indexed alike.
+    """
     order = rng.permutation(len(y)) if rng is not None else np.arange(len(y))
     stop = len(y) - (len(y) % batch_size if drop_last else 0)
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
-        yield x[idx], y[idx]
+        yield ([a[idx] for a in x] if isinstance(x, (list, tuple)) else x[idx]), y[idx]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

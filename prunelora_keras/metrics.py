@@ -54,20 +54,39 @@ class AttackResult:
     n_members: int
     n_nonmembers: int
 
+    def majority_pct(self) -> float:
+        """Shadow accuracy of the attack that predicts the larger class for everything."""
+        return 100.0 * max(self.n_members, self.n_nonmembers) / (self.n_members + self.n_nonmembers)
+
     def degenerate(self) -> bool:
-        """True when the attack cannot separate its own shadow data (at or near chance)."""
-        return self.attack_accuracy < 55.0
+        """True when the attack does no better on its shadow data than predicting the larger class
+        for everything (within 2 points): its efficacy then says nothing about the model."""
+        return self.attack_accuracy < self.majority_pct() + 2.0
+
+
+def attack_sizes(n_retain: int, n_test: int, members: int = 9000, nonmembers: int = 5000) -> tuple[int, int]:
+    """How many members and non-members the loss attack draws.
+
+    The reference draws 9,000 retain and 5,000 test losses from the full CIFAR-10 split. On a
+    subset both counts shrink by one common factor, so the attack keeps the reference's 9:5 class
+    balance: shrinking each by its own set's fraction would let a subset whose test set is large
+    next to its training set (e.g. 900 retain, 1,800 test) hand the logistic regression a 15:85
+    majority that it learns to predict for everything (a degenerate attack).
+    """
+    scale = min(1.0, n_retain / members, n_test / nonmembers)
+    return max(1, int(members * scale)), max(1, int(nonmembers * scale))
 
 
 def mia_loss_logreg(retain_losses: np.ndarray, test_losses: np.ndarray, forget_losses: np.ndarray,
-                    member_fraction: float = 0.2, nonmember_fraction: float = 5000 / 9000,
-                    seed: int = 0) -> AttackResult:
-    """The reference's attack on per-sample losses (members 0, non-members 1)."""
+                    members: int = 9000, nonmembers: int = 5000, seed: int = 0) -> AttackResult:
+    """The reference's attack on per-sample losses (members 0, non-members 1).
+
+    ``members`` and ``nonmembers`` are the full-scale draw sizes; see :func:`attack_sizes`.
+    """
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
-    n_m = max(1, min(len(retain_losses), round(member_fraction * len(retain_losses))))
-    n_n = max(1, min(len(test_losses), round(nonmember_fraction * len(test_losses))))
+    n_m, n_n = attack_sizes(len(retain_losses), len(test_losses), members, nonmembers)
     members = rng.choice(retain_losses, n_m, replace=False)
     nonmembers = rng.choice(test_losses, n_n, replace=False)
     x = np.concatenate([members, nonmembers])[:, None]
@@ -98,12 +117,12 @@ def mia_confidence_svc(retain_probs: np.ndarray, test_probs: np.ndarray, forget_
 
 
 def unlearning_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], seed: int = 0,
-                       member_fraction: float = 0.2, nonmember_fraction: float = 5000 / 9000) -> dict[str, float]:
+                       members: int = 9000, nonmembers: int = 5000) -> dict[str, float]:
     """All metrics from the logits of ``retain``, ``forget`` and ``test_retain`` (dicts keyed by set)."""
     losses = {k: cross_entropy(logits[k], labels[k]) for k in ("retain", "forget", "test_retain")}
     probs = {k: np.exp(-v) for k, v in losses.items()}
     loss_attack = mia_loss_logreg(losses["retain"], losses["test_retain"], losses["forget"],
-                                  member_fraction, nonmember_fraction, seed)
+                                  members, nonmembers, seed)
     conf_attack = mia_confidence_svc(probs["retain"], probs["test_retain"], probs["forget"], seed)
     return {
         "UA": unlearning_accuracy(logits["forget"], labels["forget"]),
@@ -113,4 +132,6 @@ def unlearning_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarr
         "TA": accuracy_pct(logits["test_retain"], labels["test_retain"]),
         "attack_acc_loss_logreg": loss_attack.attack_accuracy,
         "attack_acc_confidence_svc": conf_attack.attack_accuracy,
+        "attack_degenerate_loss_logreg": loss_attack.degenerate(),
+        "attack_degenerate_confidence_svc": conf_attack.degenerate(),
     }

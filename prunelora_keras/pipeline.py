@@ -28,7 +28,8 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.lora import count_params
 from prunelora_keras.metrics import cross_entropy, unlearning_metrics
 from prunelora_keras.models import build_model
-from prunelora_keras.paradigms import build_recipe, prune_targets
+from prunelora_keras.paradigms import Recipe, build_recipe, prune_targets
+from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
 from prunelora_keras.pruning import sparsity_report
 from prunelora_keras.report import paper_table, write_report
 from prunelora_keras.train import EpochStats, Trainer, accuracy, make_optimizer, peak_memory, predict_logits, set_bn_policy
@@ -143,8 +144,8 @@ def evaluate_unlearning(model: keras.Model, split: UnlearningSplit, ds: Dataset,
     sets = {"retain": split.retain, "forget": split.forget, "test_retain": split.test_retain}
     logits = {k: predict_logits(model, v.x, ds.mean, ds.std, cfg.data.eval_batch_size) for k, v in sets.items()}
     labels = {k: v.y for k, v in sets.items()}
-    metrics = unlearning_metrics(logits, labels, cfg.seed, cfg.unlearn.mia_member_fraction,
-                                 cfg.unlearn.mia_nonmember_fraction)
+    metrics = unlearning_metrics(logits, labels, cfg.seed, cfg.unlearn.mia_members,
+                                 cfg.unlearn.mia_nonmembers)
     losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
               "forget": cross_entropy(logits["forget"], labels["forget"])}
     return metrics, losses
@@ -162,6 +163,32 @@ def _mean_seconds(history: list[EpochStats], upto: int) -> float:
     return float(np.mean(seconds)) if seconds else float("nan")
 
 
+def training_inputs(recipe: Recipe, cfg: Config, ds: Dataset, retain: Subset
+                    ) -> tuple[keras.Model, Any, bool, dict[str, Any]]:
+    """What the loop trains on: the whole model on images, or (``unlearn.prefix_cache = "auto"``
+    and exact) the trained suffix on the frozen prefix's cached features.
+
+    Returns (model to train, inputs, inputs-are-features, facts for the results row).
+    """
+    if cfg.unlearn.prefix_cache == "off":
+        return recipe.model, retain.x, False, {"prefix_cache": False}
+    psplit, reason = split_frozen_prefix(recipe.model, recipe.train_vars)
+    if psplit is not None:
+        need = feature_bytes(psplit, len(retain))
+        if need > cfg.unlearn.prefix_cache_max_gb * 1e9:
+            psplit, reason = None, (f"features would take {need / 1e9:.1f} GB > unlearn.prefix_cache_max_gb "
+                                    f"{cfg.unlearn.prefix_cache_max_gb}")
+    if psplit is None:
+        log(f"{recipe.name}: training the whole model ({reason})")
+        return recipe.model, retain.x, False, {"prefix_cache": False}
+    cached = cache_features(psplit, retain.x, ds.mean, ds.std, cfg.data.eval_batch_size)
+    log(f"{recipe.name}: frozen prefix of {len(psplit.prefix_layers)} layers cached once "
+        f"({cached.nbytes / 1e6:.1f} MB in {cached.seconds:.1f} s); training {len(psplit.suffix_layers)} layers "
+        f"on the features")
+    return psplit.suffix, cached.features, True, {"prefix_cache": True, "cache_s": cached.seconds,
+                                                  "cached_layers": len(psplit.prefix_layers)}
+
+
 def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit
                  ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count."""
@@ -174,8 +201,12 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     steps = num_batches(len(split.retain), u.batch_size) * total
     optimizer = make_optimizer(TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
                                            schedule="constant"), steps)
-    trainer = Trainer(recipe.model, optimizer, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
-                      masks=recipe.masks, seed=cfg.seed, label=name)
+    train_model, train_x, features, cache_facts = training_inputs(recipe, cfg, ds, split.retain)
+    # masks on prefix variables can be dropped: nothing in the prefix trains, so its zeros stay
+    suffix_paths = {v.path for v in train_model.variables}
+    masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
+    trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
+                      masks=masks, seed=cfg.seed, label=name, features=features)
     rows: list[dict[str, Any]] = []
     history: list[EpochStats] = []
     last_losses: dict[str, np.ndarray] | None = None
@@ -192,12 +223,12 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
                      "rte_median_s": float(np.median([h.seconds for h in history])), "compile_s": history[0].compile_s,
                      "peak_mem_bytes": stats.peak_mem_bytes, "mem_kind": stats.mem_kind,
                      "trainable_params": recipe.trainable_params, "sparsity": _sparsity_pct(eval_model, cfg),
-                     "status": "ok"})
+                     **cache_facts, "status": "ok"})
         log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
             f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
 
     try:
-        trainer.fit(split.retain.x, split.retain.y, total, u.batch_size, cfg.data.drop_last, on_epoch_end)
+        trainer.fit(train_x, split.retain.y, total, u.batch_size, cfg.data.drop_last, on_epoch_end)
     except FloatingPointError as exc:
         log(f"{name}: stopped: {exc}")
         done = {r["epochs"] for r in rows}

@@ -77,6 +77,11 @@ def paper_table(results: dict[str, Any]) -> str:
                      f"MIA (conf, SVC) {_fmt(o.get('MIA_confidence_svc'))}, RA {_fmt(o.get('RA'))}, "
                      f"TA {_fmt(o.get('TA'))}. Attack accuracy on shadow data: loss/LR "
                      f"{_fmt(o.get('attack_acc_loss_logreg'))}%, confidence/SVC {_fmt(o.get('attack_acc_confidence_svc'))}%.")
+        for name, label in (("loss_logreg", "loss/LR"), ("confidence_svc", "confidence/SVC")):
+            if o.get(f"attack_degenerate_{name}"):
+                lines.append(f"Warning: the {label} attack does no better than predicting its larger class on the "
+                             "original model's shadow data, so its MIA-Efficacy column carries no information "
+                             "(the original model does not separate members from non-members).")
     return "\n".join(lines)
 
 

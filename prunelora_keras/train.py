@@ -17,6 +17,8 @@ measurement.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import resource
 import sys
@@ -168,6 +170,10 @@ class Trainer:
     each must be one of the model's trainable variables. ``masks``: optional {variable path:
     0/1 array} enforced on those variables after every update. The model's own variables are
     updated only by ``sync_to_model`` (called at the end of ``fit``).
+
+    ``features``: the model takes precomputed float features (one array, or a list of arrays for
+    a model with several inputs, as a frozen-prefix suffix has) instead of uint8 images; they are
+    used as they are (no normalisation, no augmentation).
     """
 
     model: keras.Model
@@ -181,8 +187,11 @@ class Trainer:
     mixup_alpha: float = 0.2
     seed: int = 0
     label: str = "train"
+    features: bool = False
 
     def __post_init__(self):
+        if self.features and self.augment:
+            raise ValueError("augmentation needs images; a trainer on precomputed features cannot augment")
         model_trainable = list(self.model.trainable_variables)
         chosen = model_trainable if self.train_vars is None else list(self.train_vars)
         ids = {id(v): i for i, v in enumerate(model_trainable)}
@@ -228,8 +237,14 @@ class Trainer:
         augment, alpha, num_classes = tuple(self.augment), self.mixup_alpha, self.num_classes
         mean, std = tuple(self.mean), tuple(self.std)
 
+        features = self.features
+
         def step(train_values, frozen_values, non_trainable_values, opt_state, images, labels, key):
-            x, targets = prepare_batch(key, images, labels, num_classes, mean, std, augment, alpha)
+            if features:  # a tuple of float arrays: the model's inputs as they are
+                x = list(images)
+                targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+            else:
+                x, targets = prepare_batch(key, images, labels, num_classes, mean, std, augment, alpha)
 
             def loss_fn(tv):
                 logits, new_nt = model.stateless_call(self._merge(tv, frozen_values), non_trainable_values, x,
@@ -256,19 +271,31 @@ class Trainer:
         for shape in batch_shapes:
             if shape in self._compiled:
                 continue
-            images = jax.ShapeDtypeStruct(shape, jnp.uint8)
-            labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+            if self.features:  # shape: one shape per input
+                images = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shape)
+                labels = jax.ShapeDtypeStruct(shape[0][:1], jnp.int32)
+            else:
+                images = jax.ShapeDtypeStruct(shape, jnp.uint8)
+                labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
             self._compiled[shape] = self._step.lower(*self._args(images, labels, key)).compile()
         return time.perf_counter() - start
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,
             on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1) -> list[EpochStats]:
-        """Train for ``epochs`` epochs over (x, y), shuffled per epoch from ``seed`` and the epoch number."""
+        """Train for ``epochs`` epochs over (x, y), shuffled per epoch from ``seed`` and the epoch number.
+
+        ``x``: uint8 images, or with ``features`` a list of float feature arrays (one per model input).
+        """
         n = len(y)
         steps = num_batches(n, batch_size, drop_last)
-        shapes = [(min(batch_size, n), *x.shape[1:])]
+        sizes_ = [min(batch_size, n)]
         if not drop_last and n % batch_size and n > batch_size:
-            shapes.append((n % batch_size, *x.shape[1:]))
+            sizes_.append(n % batch_size)
+        if self.features:
+            x = [np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])]
+            shapes = [tuple((b, *a.shape[1:]) for a in x) for b in sizes_]
+        else:
+            shapes = [(b, *x.shape[1:]) for b in sizes_]
         compile_s = self.compile(shapes)
         progress = Progress(self.label, first_epoch + epochs - 1, steps)
         history = []
@@ -279,7 +306,11 @@ class Trainer:
             start = time.perf_counter()
             for i, (xb, yb) in enumerate(batches(x, y, batch_size, rng, drop_last), start=1):
                 key = jax.random.fold_in(base_key, self.global_step)
-                step = self._compiled[xb.shape]
+                if self.features:
+                    xb = tuple(xb)
+                    step = self._compiled[tuple(a.shape for a in xb)]
+                else:
+                    step = self._compiled[xb.shape]
                 (self.train_values, self.non_trainable_values, self.opt_state, loss, correct) = step(
                     *self._args(xb, yb.astype(np.int32), key))
                 self.global_step += 1
@@ -316,16 +347,34 @@ class Trainer:
 
 # ----------------------------------------------------------------------------- evaluation
 
-_EVAL_FNS: dict[int, tuple[keras.Model, Callable]] = {}
+_EVAL_FNS: dict[str, tuple[keras.Model, Callable]] = {}
+
+
+def architecture_key(model: keras.Model) -> str:
+    """Equal for two models that compute the same function of (variables, input).
+
+    The pipeline evaluates many models of one architecture (the original, Retrain, each
+    paradigm's model, each merged LoRA model at every epoch column); keyed by this, one compiled
+    evaluation function serves them all instead of one XLA compilation each.
+    """
+    config = dict(model.get_config())
+    config.pop("name", None)
+    shapes = [(tuple(v.shape), str(v.dtype)) for v in model.trainable_variables]
+    shapes += [("nt", tuple(v.shape), str(v.dtype)) for v in model.non_trainable_variables]
+    text = json.dumps([type(model).__name__, config, shapes], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _eval_fn(model: keras.Model, mean, std) -> Callable:
-    """A jitted (trainable, non-trainable, uint8 batch) -> logits function, cached per model."""
-    key = id(model)
-    cached = _EVAL_FNS.get(key)
-    if cached is not None and cached[0] is model:
-        return cached[1]
+    """A jitted (trainable, non-trainable, uint8 batch) -> logits function, cached per architecture."""
     mean, std = tuple(mean), tuple(std)
+    try:
+        key = f"{architecture_key(model)}:{mean}:{std}"
+    except (NotImplementedError, TypeError):  # a model without a complete config: cache per object
+        key = f"id:{id(model)}:{mean}:{std}"
+    cached = _EVAL_FNS.get(key)
+    if cached is not None:  # same architecture: the first model's stateless_call computes this one's function
+        return cached[1]
 
     @jax.jit
     def logits_fn(trainable, non_trainable, images):
@@ -344,7 +393,7 @@ def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     n = len(x)
-    batch_size = min(batch_size, max(n, 1))
+    # One batch shape for every set (small sets are padded), so one compilation serves them all.
     out = []
     for start in range(0, n, batch_size):
         xb = x[start:start + batch_size]

@@ -3,7 +3,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
-from prunelora_keras.metrics import (accuracy_pct, cross_entropy, mia_confidence_svc, mia_loss_logreg,
+from prunelora_keras.metrics import (accuracy_pct, attack_sizes, cross_entropy, mia_confidence_svc, mia_loss_logreg,
                                      true_class_probability, unlearning_accuracy, unlearning_metrics)
 
 
@@ -27,17 +27,17 @@ def test_loss_attack_against_independent_sklearn_run():
     retain = rng.exponential(0.05, 1000)  # members: small losses
     test = rng.exponential(1.0, 400)  # non-members: larger losses
     forget = np.concatenate([np.full(30, 0.01), np.full(70, 5.0)])  # 70% look like non-members
-    res = mia_loss_logreg(retain, test, forget, member_fraction=0.2, nonmember_fraction=0.5, seed=3)
-    assert (res.n_members, res.n_nonmembers) == (200, 200)
+    res = mia_loss_logreg(retain, test, forget, members=1000, nonmembers=1000, seed=3)
+    assert (res.n_members, res.n_nonmembers) == (400, 400)  # one common scale: limited by |test| = 400
     # independent: the same draws, the same classifier, by hand
     r = np.random.default_rng(3)
-    m = r.choice(retain, 200, replace=False)
-    n = r.choice(test, 200, replace=False)
-    clf = LogisticRegression().fit(np.concatenate([m, n])[:, None], np.r_[np.zeros(200), np.ones(200)])
+    m = r.choice(retain, 400, replace=False)
+    n = r.choice(test, 400, replace=False)
+    clf = LogisticRegression().fit(np.concatenate([m, n])[:, None], np.r_[np.zeros(400), np.ones(400)])
     assert res.efficacy == pytest.approx(100 * np.mean(clf.predict(forget[:, None]) == 1))
     assert res.efficacy == pytest.approx(70.0)
     assert res.attack_accuracy > 70 and not res.degenerate()
-    again = mia_loss_logreg(retain, test, forget, 0.2, 0.5, seed=3)
+    again = mia_loss_logreg(retain, test, forget, 1000, 1000, seed=3)
     assert again == res  # seeded
 
 
@@ -72,3 +72,21 @@ def test_unlearning_metrics_bundle():
     assert m["TA"] == pytest.approx(accuracy_pct(logits["test_retain"], labels["test_retain"]))
     assert m["MIA_loss_logreg"] == 100.0  # forget losses are huge: every forget sample looks unseen
     assert set(m) >= {"MIA_confidence_svc", "attack_acc_loss_logreg", "attack_acc_confidence_svc"}
+
+
+def test_attack_sizes_keep_the_reference_balance_on_subsets():
+    assert attack_sizes(45_000, 9_000) == (9000, 5000)  # full CIFAR-10: the reference's draw
+    assert attack_sizes(900, 1_800) == (900, 500)  # cpu preset: 9:5, not 180 vs 1,000
+    assert attack_sizes(100_000, 100_000) == (9000, 5000)  # never more than the reference draws
+    m, n = attack_sizes(300, 90)
+    assert n == 90 and m == 162
+
+
+def test_degenerate_attack_is_judged_against_the_majority_class():
+    rng = np.random.default_rng(0)
+    same = rng.exponential(1.0, 2000)  # members and non-members indistinguishable
+    res = mia_loss_logreg(same[:900], same[900:1400], same[1400:], members=9000, nonmembers=5000)
+    assert res.majority_pct() == pytest.approx(100 * 9 / 14, abs=0.1)
+    assert res.degenerate()
+    sep = mia_loss_logreg(rng.exponential(0.01, 900), rng.exponential(2.0, 500), same[:10])
+    assert not sep.degenerate() and sep.attack_accuracy > 90

@@ -97,7 +97,9 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
     assert len(results["stages"]["original"]["history"]) == 2
     assert "| original |" in table and (out / "results.md").is_file()
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert len(ckpts) == 2 and all(p.endswith(".keras") for p in ckpts)
+    models = [name for name in ckpts if name.endswith(".keras")]
+    sidecars = [name for name in ckpts if name.endswith(".history.json")]
+    assert len(models) == 2 and len(sidecars) == 2 and len(ckpts) == 4, ckpts
 
     # same configuration again: finished results are shown, nothing retrains
     code, table2, err = run_main(capsys, ["--model", "vit", *TINY, "--out", str(out)])

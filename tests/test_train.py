@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import ModelConfig, TrainConfig
+from prunelora_keras.config import ModelConfig, TrainConfig, build_config
 from prunelora_keras.models import build_model
 from prunelora_keras.metrics import cross_entropy as per_sample_losses
 from prunelora_keras.train import Trainer, accuracy, make_optimizer, make_schedule, predict_logits, set_bn_policy
@@ -135,3 +135,25 @@ def test_losses_and_accuracy_against_independent_formula():
     np.testing.assert_allclose(losses[:2], expected, rtol=1e-12)
     assert losses[2] == pytest.approx(2000.0)  # stable for extreme logits
     assert accuracy(logits, labels) == pytest.approx(1 / 3)
+
+
+def test_one_compiled_evaluation_serves_models_of_one_architecture():
+    from prunelora_keras import train
+
+    cfg = build_config("vit", "quick", sets=["model.dim=16", "model.depth=1", "model.heads=2", "model.mlp_dim=16"])
+    a = build_model(cfg.model, 10, (8, 8, 3))
+    b = build_model(cfg.model, 10, (8, 8, 3))
+    rng = np.random.default_rng(0)
+    for v in b.trainable_variables:  # other weights, same architecture
+        v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
+    assert train.architecture_key(a) == train.architecture_key(b)
+    x = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+    before = len(train._EVAL_FNS)
+    la, lb = predict_logits(a, x, MEAN, STD, batch_size=4), predict_logits(b, x, MEAN, STD, batch_size=4)
+    assert len(train._EVAL_FNS) <= before + 1
+    expected = keras.ops.convert_to_numpy(b(((x / 255.0) - np.array(MEAN)) / np.array(STD), training=False))
+    np.testing.assert_allclose(lb, expected, rtol=1e-5, atol=1e-5)  # b's weights, not a's
+    assert not np.allclose(la, lb)
+    other = build_model(build_config("vit", "quick", sets=["model.dim=16", "model.depth=2", "model.heads=2",
+                                                           "model.mlp_dim=16"]).model, 10, (8, 8, 3))
+    assert train.architecture_key(other) != train.architecture_key(a)

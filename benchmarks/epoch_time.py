@@ -1,0 +1,99 @@
+"""Time unlearning epochs per paradigm, compile and steady state apart, on synthetic data.
+
+    python benchmarks/epoch_time.py --model resnet50 --preset cpu --images 1024 --epochs 3 \
+        --out benchmarks/results/epoch_time-resnet50.json
+
+Random uint8 images of the preset's shape (32x32 RGB for CIFAR presets), random labels; the
+model is the preset's, freshly initialised (timing does not depend on the weights). Reports per
+paradigm the compile seconds and the median steady-state seconds per epoch and per step, with the
+frozen-prefix cache off and, where the paradigm allows an exact cut, on (``--cache both``, the
+default; the one-off feature computation is reported as ``cache_s``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import prunelora_keras  # noqa: F401
+import keras
+import numpy as np
+
+from prunelora_keras.config import TrainConfig, build_config
+from prunelora_keras.data import Subset, num_batches
+from prunelora_keras.models import build_model
+from prunelora_keras.paradigms import build_recipe
+from prunelora_keras.pipeline import device_description, training_inputs, versions
+from prunelora_keras.train import Trainer, make_optimizer, set_bn_policy
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--images", type=int, default=1024)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3, help="epochs per paradigm (the first one's compile is apart)")
+    p.add_argument("--paradigms", default="finetune,pruned,lora,pruned_lora")
+    p.add_argument("--cache", choices=["both", "off", "auto"], default="both",
+                   help="frozen-prefix cache: time without it, with it (where exact), or both")
+    p.add_argument("--set", action="append", default=[], dest="sets")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    cfg = build_config(args.model, args.preset, None, {}, args.sets)
+    rng = np.random.default_rng(0)
+    shape = (args.image_size, args.image_size, 3)
+    x = rng.integers(0, 256, (args.images, *shape), dtype=np.uint8)
+    y = rng.integers(0, 10, args.images).astype(np.int32)
+    u = cfg.unlearn
+    stats = SimpleNamespace(mean=(0.5,) * 3, std=(0.25,) * 3)
+    modes = {"both": ["off", "auto"], "off": ["off"], "auto": ["auto"]}[args.cache]
+    rows = []
+    for name in args.paradigms.split(","):
+        for mode in modes:
+            keras.utils.set_random_seed(0)
+            recipe = build_recipe(name, build_model(cfg.model, 10, shape), cfg)
+            set_bn_policy(recipe.model, u.bn)
+            cfg.unlearn.prefix_cache = mode
+            model, inputs, features, facts = training_inputs(recipe, cfg, stats, Subset(x, y))
+            if mode == "auto" and not features and "off" in modes:
+                continue  # no exact cut for this paradigm: the uncached row says it all
+            steps = num_batches(args.images, u.batch_size)
+            opt = make_optimizer(TrainConfig(optimizer=u.optimizer, lr=u.lr, schedule="constant"), steps * args.epochs)
+            paths = {v.path for v in model.variables}
+            trainer = Trainer(model, opt, 10, stats.mean, stats.std, train_vars=recipe.train_vars,
+                              masks={k: m for k, m in recipe.masks.items() if k in paths}, label=name,
+                              features=features)
+            start = time.perf_counter()
+            history = trainer.fit(inputs, y, args.epochs, u.batch_size)
+            steady = [h.seconds for h in history[1:]] or [history[0].seconds]  # the first epoch warms up
+            rows.append({"paradigm": name, "prefix_cache": features, "cache_s": facts.get("cache_s", 0.0),
+                         "compile_s": history[0].compile_s, "epoch_s_median": float(np.median(steady)),
+                         "step_s_median": float(np.median(steady)) / steps, "steps_per_epoch": steps,
+                         "epoch_s_all": [h.seconds for h in history], "trainable_params": recipe.trainable_params,
+                         "wall_s": time.perf_counter() - start})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    result = {"model": args.model, "preset": args.preset, "images": args.images, "batch_size": u.batch_size,
+              "device": device_description(), "versions": versions(), "config": cfg.to_dict(), "rows": rows}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+    return 0
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['model']} ({result['preset']} preset), {result['images']} images, batch {result['batch_size']}, "
+             f"{result['device']}", "", "| paradigm | prefix cache | s/epoch (median) | s/step | compile s | cache s |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['paradigm']} | {'on' if r['prefix_cache'] else 'off'} | {r['epoch_s_median']:.3f} | "
+                     f"{r['step_s_median']:.4f} | {r['compile_s']:.1f} | {r['cache_s']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

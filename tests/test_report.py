@@ -1,0 +1,62 @@
+"""The report: the paper-style table, the CSV's columns, the degenerate-attack warning, the files."""
+
+import csv
+import io
+import json
+
+import numpy as np
+
+from prunelora_keras.report import ROW_KEYS, paper_table, results_csv, write_report
+
+
+def _row(paradigm, epochs, ua, **extra):
+    return {"paradigm": paradigm, "epochs": epochs, "UA": ua, "MIA_loss_logreg": 90.0, "MIA_confidence_svc": 80.0,
+            "RA": 99.0, "TA": 95.0, "rte_s": 1.5, "compile_s": 3.0, "peak_mem_bytes": 2e9, "mem_kind": "host_rss",
+            "trainable_params": 1234, "sparsity": 0.0, **extra}
+
+
+def _results(original_extra=None):
+    rows = [_row("retrain", 10, 100.0), _row("lora", 5, 40.0), _row("lora", 10, 60.0),
+            _row("pruned", 5, 0.0, status="non-finite loss at epoch 2, step 3")]
+    rows[-1]["status"] = "non-finite loss at epoch 2, step 3"
+    original = {"UA": 1.0, "MIA_loss_logreg": 5.0, "MIA_confidence_svc": 3.0, "RA": 99.0, "TA": 95.0,
+                "attack_acc_loss_logreg": 80.0, "attack_acc_confidence_svc": 70.0, **(original_extra or {})}
+    return {"config": {"model": {"name": "vit"}}, "rows": rows, "original": original}
+
+
+def test_paper_table_columns_per_epoch_and_retrain_repeated():
+    table = paper_table(_results())
+    lines = table.splitlines()
+    assert lines[0].startswith("| paradigm | UA 5ep | UA 10ep | MIA (loss, LR) 5ep")
+    retrain = next(line for line in lines if line.startswith("| Retrain"))
+    assert retrain.split(" | ")[1:3] == ["100.00", "100.00"]  # one model, shown in every epoch column
+    lora = next(line for line in lines if line.startswith("| LoRA"))
+    assert lora.split(" | ")[1:3] == ["40.00", "60.00"]
+    assert "2.00 (RSS)" in lora and "1,234" in lora
+    assert "| Pruned | failed: non-finite loss" in table
+    assert "Warning" not in table
+
+
+def test_degenerate_attack_on_the_original_model_is_flagged():
+    table = paper_table(_results({"attack_degenerate_loss_logreg": True}))
+    warnings = [line for line in table.splitlines() if line.startswith("Warning")]
+    assert len(warnings) == 1 and "loss/LR" in warnings[0]
+
+
+def test_csv_has_exactly_the_row_keys():
+    rows = list(csv.DictReader(io.StringIO(results_csv(_results()["rows"]))))
+    assert tuple(rows[0]) == ROW_KEYS and len(rows) == 4
+    assert rows[1]["paradigm"] == "lora" and float(rows[1]["UA"]) == 40.0
+
+
+def test_write_report_writes_every_file(tmp_path):
+    rng = np.random.default_rng(0)
+    losses = {"original": {"test": rng.exponential(1, 50), "forget": rng.exponential(0.1, 20)},
+              "lora": {"test": rng.exponential(1, 50), "forget": rng.exponential(2, 20)}}
+    results = _results()
+    write_report(results, tmp_path, losses)
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    for name in ("results.csv", "results.md", "loss_histograms.png", "metrics.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
