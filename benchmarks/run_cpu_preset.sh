@@ -1,19 +1,31 @@
 #!/usr/bin/env bash
-# Runs the `cpu` preset for both models on real CIFAR-10, one after the other (never two trainings
-# at once on two cores), logging to benchmarks/results/. Usage: bash benchmarks/run_cpu_preset.sh [DATA]
+# Runs the `cpu` preset on real CIFAR-10 for the models named (default: vit resnet50 vit-intended),
+# one after the other (never two trainings at once on two cores), into runs/cpu-<name>, logging to
+# benchmarks/results/cpu-<name>.log and the wall time to benchmarks/results/cpu-wall.txt.
+# Trained original and Retrain models already in a run folder's checkpoints/ are reused.
+# `vit-intended` is the ViT's LoRA and PruneLoRA with the adapters the paper describes
+# (out-projection and head), from the same original model as runs/cpu-vit.
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/run_cpu_preset.sh [vit] [resnet50] [vit-intended]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=${1:-../shared/data/cifar10-jpeg.tar.gz}
+data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 out=benchmarks/results
 mkdir -p "$out"
-for model in vit resnet50; do
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(vit resnet50 vit-intended)
+for name in "${names[@]}"; do
   start=$(date +%s)
-  python -m prunelora_keras.run --model "$model" --preset cpu --data-dir "$data" --out "runs/cpu-$model" \
-    --overwrite > "$out/cpu-$model.log" 2>&1
-  echo "$model wall_s=$(( $(date +%s) - start ))" >> "$out/cpu-wall.txt"
+  case "$name" in
+    vit-intended)
+      mkdir -p runs/cpu-vit-intended/checkpoints
+      cp -n runs/cpu-vit/checkpoints/original-* runs/cpu-vit-intended/checkpoints/ 2>/dev/null || true
+      python -m prunelora_keras.run --model vit --preset cpu --data-dir "$data" --out runs/cpu-vit-intended \
+        --overwrite --paradigms lora,pruned_lora --set unlearn.vit_lora_targets=intended > "$out/cpu-$name.log" 2>&1
+      ;;
+    *)
+      python -m prunelora_keras.run --model "$name" --preset cpu --data-dir "$data" --out "runs/cpu-$name" \
+        --overwrite > "$out/cpu-$name.log" 2>&1
+      ;;
+  esac
+  echo "$(date -u +%FT%TZ) $name wall_s=$(( $(date +%s) - start ))" >> "$out/cpu-wall.txt"
 done
-# The ViT's LoRA with the adapters the paper describes (out-projection and head), from the same original model:
-mkdir -p runs/cpu-vit-intended && cp -n runs/cpu-vit/checkpoints/original-* runs/cpu-vit-intended/ 2>/dev/null || true
-mkdir -p runs/cpu-vit-intended/checkpoints && mv runs/cpu-vit-intended/original-* runs/cpu-vit-intended/checkpoints/ 2>/dev/null || true
-python -m prunelora_keras.run --model vit --preset cpu --data-dir "$data" --out runs/cpu-vit-intended --overwrite \
-  --paradigms lora,pruned_lora --set unlearn.vit_lora_targets=intended > "$out/cpu-vit-intended.log" 2>&1

@@ -17,10 +17,18 @@ class PointwiseConv2D(layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if (self.kernel_size != (1, 1) or self.dilation_rate != (1, 1) or self.groups != 1
-                or self.data_format != "channels_last"):
-            return super().convolution_op(inputs, kernel)
-        sh, sw = self.strides
-        if (sh, sw) != (1, 1):
-            inputs = inputs[:, ::sh, ::sw, :]
-        return ops.matmul(inputs, ops.reshape(kernel, kernel.shape[2:]))
+        return pointwise_as_matmul(self, inputs, kernel, super().convolution_op)
+
+
+def pointwise_as_matmul(layer: layers.Conv2D, inputs, kernel, conv):
+    """``conv(inputs, kernel)``, computed as a matmul when ``layer`` is a plain 1x1 convolution.
+
+    The kernel may have any number of output channels (a LoRA adapter's A has ``rank``).
+    """
+    if (layer.kernel_size != (1, 1) or layer.dilation_rate != (1, 1) or layer.groups != 1
+            or layer.data_format != "channels_last"):
+        return conv(inputs, kernel)
+    sh, sw = layer.strides
+    if (sh, sw) != (1, 1):
+        inputs = inputs[:, ::sh, ::sw, :]
+    return ops.matmul(inputs, ops.reshape(kernel, kernel.shape[2:]))
