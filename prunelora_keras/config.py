@@ -94,6 +94,7 @@ class UnlearnConfig:
     mia_nonmembers: int = 5000  # loss_logreg: remaining-class test losses drawn at full scale
     prefix_cache: str = "auto"  # auto: train only the suffix on cached prefix features when exact; off
     prefix_cache_max_gb: float = 8.0  # host memory the cached features may take; larger -> uncached
+    precision: str = "float32"  # bfloat16: bfloat16 compute, float32 master weights (for GPUs/TPUs)
 
 
 @dataclass
@@ -306,6 +307,7 @@ def validate(cfg: Config) -> None:
         (0 <= u.lora_dropout < 1, "unlearn.lora_dropout must be in [0, 1)"),
         (u.mia_members >= 1 and u.mia_nonmembers >= 1, "unlearn.mia_members and unlearn.mia_nonmembers must be >= 1"),
         (u.prefix_cache in ("auto", "off"), "unlearn.prefix_cache must be 'auto' or 'off'"),
+        (u.precision in ("float32", "bfloat16"), "unlearn.precision must be 'float32' or 'bfloat16'"),
         (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
     ]
     for ok, message in checks:

@@ -51,7 +51,8 @@ class _LoRAMixin:
         self.adapter_rank, self.adapter_alpha = int(rank), float(alpha)
         self.adapter_dropout, self.adapter_seed = float(dropout), seed
         self.scale = self.adapter_alpha / self.adapter_rank
-        self.dropout_layer = layers.Dropout(dropout, seed=seed, name="lora_dropout")
+        # same dtype policy as the wrapped layer, so a bfloat16 adapter stays bfloat16 through dropout
+        self.dropout_layer = layers.Dropout(dropout, seed=seed, name="lora_dropout", dtype=self.dtype_policy)
 
     def _freeze_base_and_add_masks(self, in_features: int, out_features: int):
         self.kernel.trainable = False

@@ -195,6 +195,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     u = cfg.unlearn
     keras.utils.set_random_seed(cfg.seed)
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
+    original = training_model(original, u.precision)
     recipe = build_recipe(name, original, cfg)
     set_bn_policy(recipe.model, u.bn)
     total = max(u.epochs)
@@ -216,14 +217,14 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         history.append(stats)
         if stats.epoch not in u.epochs:
             return
-        eval_model = recipe.eval_model()
+        eval_model = evaluation_model(recipe.eval_model())
         metrics, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
         rows.append({"paradigm": name, "epochs": stats.epoch, **metrics,
                      "rte_s": _mean_seconds(history, stats.epoch),
                      "rte_median_s": float(np.median([h.seconds for h in history])), "compile_s": history[0].compile_s,
                      "peak_mem_bytes": stats.peak_mem_bytes, "mem_kind": stats.mem_kind,
                      "trainable_params": recipe.trainable_params, "sparsity": _sparsity_pct(eval_model, cfg),
-                     **cache_facts, "status": "ok"})
+                     **cache_facts, "precision": u.precision, "status": "ok"})
         log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
             f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
 

@@ -105,7 +105,8 @@ def split_frozen_prefix(model: keras.Model, train_vars: Sequence[keras.Variable]
 
 def compute_features(prefix: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
                      batch_size: int = 512) -> list[np.ndarray]:
-    """The prefix's outputs for every image of ``x`` (uint8), in compiled batches, kept on the host."""
+    """The prefix's outputs for every image of ``x`` (uint8), in compiled batches, kept on the host
+    as float32 (a bfloat16 prefix's features too: the suffix casts them to its compute dtype)."""
     mean, std = tuple(mean), tuple(std)
 
     @jax.jit
@@ -124,7 +125,7 @@ def compute_features(prefix: keras.Model, x: np.ndarray, mean: Sequence[float], 
         valid = len(xb)
         if valid < batch_size:  # one compiled shape: pad, then cut back
             xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
-        parts.append([np.asarray(f)[:valid] for f in features_fn(trainable, non_trainable, xb)])
+        parts.append([np.asarray(f, dtype=np.float32)[:valid] for f in features_fn(trainable, non_trainable, xb)])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(prefix.outputs))]
 
 

@@ -1,0 +1,107 @@
+"""bfloat16 compute on float32 master weights: the rebuilt models, the loop, the pipeline's rows."""
+
+import keras
+import numpy as np
+import pytest
+
+from prunelora_keras.config import build_config
+from prunelora_keras.errors import UserError
+from prunelora_keras.lora import add_lora, merge
+from prunelora_keras.models import build_model
+from prunelora_keras.pipeline import load_data, run_paradigm
+from prunelora_keras.precision import evaluation_model, training_model, with_dtype_policy
+from prunelora_keras.train import Trainer, make_optimizer, predict_logits
+from prunelora_keras.config import TrainConfig
+
+
+def tiny_cfg(model="vit", *sets):
+    base = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=16", "model.width=0.0625"]
+    return build_config(model, "quick", sets=base + list(sets))
+
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _images(n=24, seed=1):
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+
+
+def _randomise(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for v in model.trainable_variables:
+        v.assign(rng.normal(scale=0.2, size=v.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("arch", ["vit", "resnet50"])
+def test_mixed_model_computes_in_bfloat16_on_float32_weights(arch):
+    cfg = tiny_cfg(arch)
+    model = build_model(cfg.model, 10, (8, 8, 3))
+    _randomise(model)
+    mixed = training_model(model, "bfloat16")
+    computing = [layer for layer in mixed.layers if layer.weights]
+    assert computing and all(layer.compute_dtype == "bfloat16" for layer in computing)
+    assert all(v.dtype == "float32" for v in mixed.variables)  # master weights (and BN statistics) stay float32
+    x = _images()
+    ref = predict_logits(model, x, MEAN, STD)
+    low = predict_logits(mixed, x, MEAN, STD)
+    assert not np.array_equal(ref, low)  # it really computed in bfloat16
+    np.testing.assert_allclose(low, ref, rtol=0.1, atol=0.1 * np.abs(ref).max())
+    back = evaluation_model(mixed)  # same master weights in float32: exactly the original function
+    assert all(layer.compute_dtype == "float32" for layer in back.layers if layer.weights)
+    np.testing.assert_allclose(predict_logits(back, x, MEAN, STD), ref, rtol=1e-6, atol=1e-6)
+    assert training_model(model, "float32") is model and evaluation_model(model) is model
+
+
+def _train(precision, lora: bool, epochs: int):
+    cfg = tiny_cfg("vit")
+    keras.utils.set_random_seed(0)
+    model = training_model(build_model(cfg.model, 10, (8, 8, 3)), precision)
+    if lora:
+        model, train_vars = add_lora(model, ["head", "block1_attn_out"], rank=4, alpha=8, seed=0)
+    else:
+        train_vars = list(model.trainable_variables)
+    x, y = _images(64), np.arange(64) % 10
+    optimizer = make_optimizer(TrainConfig(epochs=epochs, optimizer="adam", lr=3e-3), 2 * epochs)
+    trainer = Trainer(model, optimizer, 10, MEAN, STD, train_vars=train_vars, seed=0)
+    return model, train_vars, np.array([h.loss for h in trainer.fit(x, y, epochs, 32)]), x
+
+
+def test_mixed_training_tracks_float32_training_on_float32_weights():
+    model, train_vars, losses, _ = _train("bfloat16", lora=False, epochs=15)
+    assert all(layer.compute_dtype == "bfloat16" for layer in model.layers if layer.weights)
+    assert all(v.dtype == "float32" for v in train_vars)
+    _, _, ref_losses, _ = _train("float32", lora=False, epochs=15)
+    assert ref_losses[-1] < 0.9 * ref_losses[0]
+    np.testing.assert_allclose(losses, ref_losses, rtol=0.01)  # the same descent, up to bfloat16 rounding
+    assert not np.array_equal(losses, ref_losses)
+
+
+def test_mixed_lora_trains_and_evaluates_merged_in_float32():
+    adapted, train_vars, _, x = _train("bfloat16", lora=True, epochs=3)
+    assert all(layer.compute_dtype == "bfloat16" for layer in adapted.layers if layer.weights)
+    assert all(v.dtype == "float32" for v in train_vars)
+    assert np.abs(np.asarray(adapted.get_layer("head").lora_b.value)).max() > 0  # the adapter trained
+    evaluated = evaluation_model(merge(adapted))
+    assert all(layer.compute_dtype == "float32" for layer in evaluated.layers if layer.weights)
+    np.testing.assert_allclose(predict_logits(evaluated, x, MEAN, STD),
+                               predict_logits(with_dtype_policy(adapted, "float32"), x, MEAN, STD),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_pipeline_rows_under_bfloat16(tmp_path):
+    cfg = tiny_cfg("vit", "data.train_size=300", "unlearn.epochs=[1]", "unlearn.batch_size=32",
+                   "unlearn.precision=bfloat16")
+    ds, split = load_data(cfg)
+    model = build_model(cfg.model, ds.num_classes, ds.image_shape)
+    _randomise(model)
+    ckpt = str(tmp_path / "original.keras")
+    model.save(ckpt)
+    for paradigm in ("finetune", "lora"):
+        rows, _ = run_paradigm(paradigm, cfg, ckpt, ds, split)
+        assert [r["status"] for r in rows] == ["ok"] and rows[0]["precision"] == "bfloat16"
+        assert 0 <= rows[0]["UA"] <= 100 and np.isfinite(rows[0]["rte_s"])
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(UserError, match="unlearn.precision"):
+        tiny_cfg("vit", "unlearn.precision=float16")
