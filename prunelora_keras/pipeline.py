@@ -29,6 +29,7 @@ from prunelora_keras.lora import count_params
 from prunelora_keras.metrics import cross_entropy, unlearning_metrics
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import Recipe, build_recipe, prune_targets
+from prunelora_keras.precision import evaluation_model, training_model
 from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
 from prunelora_keras.pruning import sparsity_report
 from prunelora_keras.report import paper_table, write_report
