@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from prunelora_keras.conv import PointwiseConv2D
+from prunelora_keras.conv import FlatDense, PointwiseConv2D, flat_matmul
 
 LORA_KEYS = ("adapter_rank", "adapter_alpha", "adapter_dropout", "adapter_seed")
 
@@ -85,7 +85,7 @@ class _LoRAMixin:
 
 
 @keras.saving.register_keras_serializable(package="prunelora_keras")
-class LoRADense(_LoRAMixin, layers.Dense):
+class LoRADense(_LoRAMixin, FlatDense):
     """A Dense layer with a frozen kernel and bias and a trainable low-rank adapter (A, B)."""
 
     def __init__(self, units, adapter_rank: int = 8, adapter_alpha: float = 16.0, adapter_dropout: float = 0.0,
@@ -102,9 +102,9 @@ class LoRADense(_LoRAMixin, layers.Dense):
         self._freeze_base_and_add_masks(in_features, self.units)
 
     def call(self, inputs, training=None):
-        y = ops.matmul(inputs, self.kernel)
+        y = flat_matmul(inputs, self.kernel)
         h = self.dropout_layer(inputs, training=training) * self.input_mask
-        delta = ops.matmul(ops.matmul(h, self.lora_a), self.lora_b)
+        delta = flat_matmul(flat_matmul(h, self.lora_a), self.lora_b)
         return self._finish(y + self.scale * delta * self.unit_mask)
 
     def merged_kernel(self):
@@ -144,7 +144,7 @@ class LoRAConv2D(_LoRAMixin, PointwiseConv2D):
         y = self.convolution_op(inputs, self.kernel)
         h = self.dropout_layer(inputs, training=training) * self.input_mask
         low = self.convolution_op(h, self.lora_a)  # same geometry as the base: 1x1 -> matmul, else conv
-        delta = ops.matmul(low, ops.reshape(self.lora_b, (self.adapter_rank, self.filters)))
+        delta = flat_matmul(low, ops.reshape(self.lora_b, (self.adapter_rank, self.filters)))
         return self._finish(y + self.scale * delta * self.unit_mask)
 
     def merged_kernel(self):
@@ -258,7 +258,7 @@ def merge(model: keras.Model) -> keras.Model:
         if isinstance(layer, LoRAConv2D):
             cls = PointwiseConv2D if tuple(layer.kernel_size) == (1, 1) else layers.Conv2D
             return cls(**cfg)
-        return layers.Dense(**cfg)
+        return FlatDense(**cfg)
 
     merged = _clone(model, replace)
     _copy_weights(model, merged)

@@ -25,7 +25,8 @@ from prunelora_keras import __version__
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
 from prunelora_keras.errors import UserError
-from prunelora_keras.lora import count_params
+from prunelora_keras.conv import FlatDense
+from prunelora_keras.lora import _clone, _copy_weights, count_params
 from prunelora_keras.metrics import cross_entropy, unlearning_metrics
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import Recipe, build_recipe, prune_targets
@@ -164,6 +165,26 @@ def _mean_seconds(history: list[EpochStats], upto: int) -> float:
     return float(np.mean(seconds)) if seconds else float("nan")
 
 
+def with_flat_dense(model: keras.Model) -> keras.Model:
+    """``model`` with every plain Dense on token inputs (rank >= 3) as a ``FlatDense``.
+
+    Models built by this version already use ``FlatDense``; checkpoints from before it (or a
+    user's own models) hold plain Dense layers, whose training step is slower on XLA:CPU.
+    Same weights and outputs; ``model`` itself when nothing changes.
+    """
+
+    def replace(layer):
+        if type(layer) is not keras.layers.Dense or len(layer.input.shape) < 3:
+            return None
+        return FlatDense.from_config(layer.get_config())
+
+    if not any(replace(layer) is not None for layer in model.layers):
+        return model
+    copy = _clone(model, replace)
+    _copy_weights(model, copy)
+    return copy
+
+
 def training_inputs(recipe: Recipe, cfg: Config, ds: Dataset, retain: Subset
                     ) -> tuple[keras.Model, Any, bool, dict[str, Any]]:
     """What the loop trains on: the whole model on images, or (``unlearn.prefix_cache = "auto"``
@@ -196,7 +217,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     u = cfg.unlearn
     keras.utils.set_random_seed(cfg.seed)
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
-    original = training_model(original, u.precision)
+    original = training_model(with_flat_dense(original), u.precision)
     recipe = build_recipe(name, original, cfg)
     set_bn_policy(recipe.model, u.bn)
     total = max(u.epochs)
@@ -208,7 +229,8 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     suffix_paths = {v.path for v in train_model.variables}
     masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
     trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
-                      masks=masks, seed=cfg.seed, label=name, features=features)
+                      masks=masks, seed=cfg.seed, label=name, features=features,
+                      share_key=f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}")
     rows: list[dict[str, Any]] = []
     history: list[EpochStats] = []
     last_losses: dict[str, np.ndarray] | None = None

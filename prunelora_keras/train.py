@@ -162,6 +162,9 @@ class EpochStats:
     mem_kind: str
 
 
+_SHARED_STEPS: dict[tuple, Callable] = {}  # (shared step key, batch shape) -> compiled step
+
+
 @dataclass
 class Trainer:
     """Trains a chosen subset of a Keras model's variables with one compiled step.
@@ -170,6 +173,12 @@ class Trainer:
     each must be one of the model's trainable variables. ``masks``: optional {variable path:
     0/1 array} enforced on those variables after every update. The model's own variables are
     updated only by ``sync_to_model`` (called at the end of ``fit``).
+
+    ``share_key``: a caller's name for everything about the step that the model and the trainer
+    do not show (the optimiser and its schedule). Trainers with equal share keys, equal model
+    architectures (``architecture_key``), the same trained variables and no masks compute the
+    same step, so they share its compiled executables: the pipeline's ``pruned`` (reference
+    mode) reuses ``finetune``'s and ``pruned_lora`` reuses ``lora``'s, instead of compiling again.
 
     ``features``: the model takes precomputed float features (one array, or a list of arrays for
     a model with several inputs, as a frozen-prefix suffix has) instead of uint8 images; they are
@@ -188,6 +197,7 @@ class Trainer:
     seed: int = 0
     label: str = "train"
     features: bool = False
+    share_key: str | None = None
 
     def __post_init__(self):
         if self.features and self.augment:
@@ -216,6 +226,21 @@ class Trainer:
         self.global_step = 0
         self._step = jax.jit(self._build_step(), donate_argnums=(0, 2, 3))
         self._compiled: dict[tuple, Callable] = {}
+        self._shared_prefix = self._shared_step_key()
+
+    def _shared_step_key(self) -> str | None:
+        """The key under which this trainer's compiled steps are shared, or None (not shared).
+
+        Masks are constants inside the step, so trainers with masks never share.
+        """
+        if self.share_key is None or any(m is not None for m in self.mask_values):
+            return None
+        try:
+            arch = architecture_key(self.model)
+        except (NotImplementedError, TypeError):
+            return None
+        return json.dumps([self.share_key, arch, self.train_index, list(self.augment), self.mixup_alpha,
+                           self.num_classes, list(self.mean), list(self.std), self.features], default=repr)
 
     @property
     def trainable_count(self) -> int:
@@ -277,7 +302,13 @@ class Trainer:
             else:
                 images = jax.ShapeDtypeStruct(shape, jnp.uint8)
                 labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+            shared = None if self._shared_prefix is None else (self._shared_prefix, shape)
+            if shared is not None and shared in _SHARED_STEPS:
+                self._compiled[shape] = _SHARED_STEPS[shared]
+                continue
             self._compiled[shape] = self._step.lower(*self._args(images, labels, key)).compile()
+            if shared is not None:
+                _SHARED_STEPS[shared] = self._compiled[shape]
         return time.perf_counter() - start
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,

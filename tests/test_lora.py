@@ -177,3 +177,25 @@ def test_lora_conv_matches_peft(kernel, stride, padding):
     x = rng.normal(size=(2, 9, 9, 5)).astype("float32")
     expected = pm(torch.tensor(x.transpose(0, 3, 1, 2))).detach().numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(np_(layer(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_flat_dense_equals_dense_on_token_inputs_and_old_checkpoints_convert(tmp_path):
+    from prunelora_keras.conv import FlatDense
+    from prunelora_keras.pipeline import with_flat_dense
+
+    inputs = keras.Input((5, 6))
+    h = keras.layers.Dense(7, activation="relu", name="tokens_in")(inputs)
+    pooled = keras.layers.GlobalAveragePooling1D()(h)
+    out = keras.layers.Dense(3, name="head")(pooled)
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(0).normal(size=(4, 5, 6)).astype("float32")
+    fast = with_flat_dense(model)
+    assert type(fast.get_layer("tokens_in")) is FlatDense  # token input: converted
+    assert type(fast.get_layer("head")) is keras.layers.Dense  # 2-D input: left alone
+    np.testing.assert_allclose(np.asarray(fast(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    assert with_flat_dense(fast) is fast
+    path = tmp_path / "fast.keras"
+    fast.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert type(loaded.get_layer("tokens_in")) is FlatDense
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from prunelora_keras.conv import FlatDense
+
 
 def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
     """big_vision's fixed position embedding, shape (h * w, dim): [sin x, cos x, sin y, cos y]."""
@@ -100,13 +102,13 @@ def simple_vit(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 3
     for i in range(depth):
         p = f"block{i}"
         y = layers.LayerNormalization(epsilon=1e-6, name=f"{p}_ln1")(x)
-        y = layers.Dense(3 * dim, name=f"{p}_attn_qkv")(y)
+        y = FlatDense(3 * dim, name=f"{p}_attn_qkv")(y)
         y = DotProductAttention(heads, name=f"{p}_attn")(y)
-        y = layers.Dense(dim, name=f"{p}_attn_out")(y)
+        y = FlatDense(dim, name=f"{p}_attn_out")(y)
         x = layers.Add(name=f"{p}_attn_residual")([x, y])
         y = layers.LayerNormalization(epsilon=1e-6, name=f"{p}_ln2")(x)
-        y = layers.Dense(mlp_dim, activation=gelu_exact, name=f"{p}_mlp_fc1")(y)
-        y = layers.Dense(dim, name=f"{p}_mlp_fc2")(y)
+        y = FlatDense(mlp_dim, activation=gelu_exact, name=f"{p}_mlp_fc1")(y)
+        y = FlatDense(dim, name=f"{p}_mlp_fc2")(y)
         x = layers.Add(name=f"{p}_mlp_residual")([x, y])
     x = layers.GlobalAveragePooling1D(name="pool")(x)
     x = layers.LayerNormalization(epsilon=1e-6, name="final_ln")(x)

@@ -1,0 +1,39 @@
+"""Paradigms with the same architecture and trained variables share one compiled training step."""
+
+import numpy as np
+
+from prunelora_keras import train
+from prunelora_keras.config import build_config
+from prunelora_keras.models import build_model
+from prunelora_keras.pipeline import load_data, run_paradigm
+
+
+def tiny_cfg(*sets):
+    base = ["model.dim=16", "model.depth=2", "model.heads=2", "model.mlp_dim=16", "data.train_size=200",
+            "unlearn.epochs=[1]", "unlearn.batch_size=32"]
+    return build_config("vit", "quick", sets=base + list(sets))
+
+
+def test_pruned_reuses_finetunes_compiled_step_and_gets_the_same_results(tmp_path):
+    cfg = tiny_cfg()
+    ds, split = load_data(cfg)
+    model = build_model(cfg.model, ds.num_classes, ds.image_shape)
+    rng = np.random.default_rng(0)
+    for v in model.trainable_variables:  # a non-zero head, so pruning and training change the outputs
+        v.assign(rng.normal(scale=0.2, size=v.shape).astype("float32"))
+    ckpt = str(tmp_path / "original.keras")
+    model.save(ckpt)
+    train._SHARED_STEPS.clear()
+    finetune, _ = run_paradigm("finetune", cfg, ckpt, ds, split)
+    shared, _ = run_paradigm("pruned", cfg, ckpt, ds, split)  # reference mode: no masks, same step
+    assert shared[0]["compile_s"] < 0.2 * finetune[0]["compile_s"]
+    train._SHARED_STEPS.clear()
+    alone, _ = run_paradigm("pruned", cfg, ckpt, ds, split)  # compiled for itself
+    assert alone[0]["compile_s"] > 0.5 * finetune[0]["compile_s"]
+    for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "sparsity"):
+        assert shared[0][key] == alone[0][key], key
+    # persistent masks are constants of the step: never shared
+    persistent = tiny_cfg("unlearn.prune_mode=persistent")
+    masked, _ = run_paradigm("pruned", persistent, ckpt, ds, split)
+    assert masked[0]["compile_s"] > 0.5 * finetune[0]["compile_s"]
+    assert np.isfinite(masked[0]["RA"])
