@@ -32,7 +32,7 @@ def _randomise(model, seed=0):
         v.assign(rng.normal(scale=0.2, size=v.shape).astype("float32"))
 
 
-@pytest.mark.parametrize("arch", ["vit", "resnet50"])
+@pytest.mark.parametrize("arch", ["vit"])
 def test_mixed_model_computes_in_bfloat16_on_float32_weights(arch):
     cfg = tiny_cfg(arch)
     model = build_model(cfg.model, 10, (8, 8, 3))
@@ -96,7 +96,7 @@ def test_pipeline_rows_under_bfloat16(tmp_path):
     _randomise(model)
     ckpt = str(tmp_path / "original.keras")
     model.save(ckpt)
-    for paradigm in ("finetune", "lora"):
+    for paradigm in ("finetune",):  # the adapters' bfloat16 path: test_mixed_lora_trains_...
         rows, _ = run_paradigm(paradigm, cfg, ckpt, ds, split)
         assert [r["status"] for r in rows] == ["ok"] and rows[0]["precision"] == "bfloat16"
         assert 0 <= rows[0]["UA"] <= 100 and np.isfinite(rows[0]["rte_s"])
