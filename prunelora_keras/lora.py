@@ -193,6 +193,18 @@ def _copy_weights(src: keras.Model, dst: keras.Model) -> None:
             layer.set_weights(old.get_weights())
 
 
+def replace_layers(model: keras.Model, replace) -> keras.Model:
+    """A copy of a functional ``model`` with layers swapped by ``replace(layer) -> new layer or None``.
+
+    Weights are copied by layer name (adapter layers get their base kernel and bias; a plain
+    layer replacing an adapter gets the merged kernel). The one model-surgery mechanism behind
+    ``add_lora``, ``merge``, dtype-policy changes and ``FlatDense`` conversion.
+    """
+    copy = _clone(model, replace)
+    _copy_weights(model, copy)
+    return copy
+
+
 def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: float = 16.0,
              dropout: float = 0.0, modules_to_save: Sequence[str] = (), seed: int | None = None
              ) -> tuple[keras.Model, list]:
@@ -227,10 +239,9 @@ def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: f
         matched.append(layer.name)
         return new
 
-    new_model = _clone(model, replace)
+    new_model = replace_layers(model, replace)
     if not matched:
         raise ValueError(f"no Dense or Conv2D layer name matches the LoRA targets {list(targets)}")
-    _copy_weights(model, new_model)
     train_vars = []
     for layer in new_model.layers:
         if isinstance(layer, LORA_LAYERS):
@@ -260,9 +271,7 @@ def merge(model: keras.Model) -> keras.Model:
             return cls(**cfg)
         return FlatDense(**cfg)
 
-    merged = _clone(model, replace)
-    _copy_weights(model, merged)
-    return merged
+    return replace_layers(model, replace)
 
 
 def count_params(variables) -> int:

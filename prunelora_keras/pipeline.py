@@ -26,7 +26,7 @@ from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
 from prunelora_keras.errors import UserError
 from prunelora_keras.conv import FlatDense
-from prunelora_keras.lora import _clone, _copy_weights, count_params
+from prunelora_keras.lora import count_params, replace_layers
 from prunelora_keras.metrics import cross_entropy, unlearning_metrics
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import Recipe, build_recipe, prune_targets
@@ -173,16 +173,12 @@ def with_flat_dense(model: keras.Model) -> keras.Model:
     Same weights and outputs; ``model`` itself when nothing changes.
     """
 
-    def replace(layer):
-        if type(layer) is not keras.layers.Dense or len(layer.input.shape) < 3:
-            return None
-        return FlatDense.from_config(layer.get_config())
+    def on_tokens(layer) -> bool:
+        return type(layer) is keras.layers.Dense and len(layer.input.shape) >= 3
 
-    if not any(replace(layer) is not None for layer in model.layers):
+    if not any(on_tokens(layer) for layer in model.layers):
         return model
-    copy = _clone(model, replace)
-    _copy_weights(model, copy)
-    return copy
+    return replace_layers(model, lambda layer: FlatDense.from_config(layer.get_config()) if on_tokens(layer) else None)
 
 
 def training_inputs(recipe: Recipe, cfg: Config, ds: Dataset, retain: Subset

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import keras
 
-from prunelora_keras.lora import _clone, _copy_weights
+from prunelora_keras.lora import replace_layers
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
@@ -33,9 +33,7 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
             return None
         return layer.__class__.from_config({**config, "dtype": policy})
 
-    copy = _clone(model, replace)
-    _copy_weights(model, copy)
-    return copy
+    return replace_layers(model, replace)
 
 
 def training_model(model: keras.Model, precision: str) -> keras.Model:
