@@ -12,6 +12,7 @@ flags (``--dataset``, ``--forget-class``, ...), ``--set section.key=value``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -23,6 +24,12 @@ from typing import Any
 from prunelora_keras.errors import UserError
 
 MODEL_NAMES = ("resnet18", "resnet50", "vit")
+DATASET_NAMES = ("cifar10", "digits", "tfds:cifar10")  # data.DATASETS; checked here so it fails before loading
+# Integers beyond int64 overflow as soon as numpy or JAX sees them; the seed also seeds numpy's
+# legacy generator and scikit-learn (< 2**32), and the test split draws with ``seed + 1``.
+INT_LIMIT = 2**63
+SEED_MAX = 2**32 - 2
+SHORT_REPR = 60
 
 
 @dataclass
@@ -171,8 +178,18 @@ def _type_name(tp: Any) -> str:
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
 
 
+def _short(value: Any) -> str:
+    """``repr`` cut to one short line, so a huge or nested bad value still gives a readable error."""
+    text = repr(value)
+    return text if len(text) <= SHORT_REPR else text[:SHORT_REPR - 3] + "..."
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against a dataclass field type, converting only where it is lossless."""
+    """Check ``value`` against a dataclass field type, converting only where it is lossless.
+
+    Numbers must also be usable: floats finite (TOML allows ``nan`` and ``inf``, which would
+    only surface as a NaN loss or an overflow hours later), integers within int64.
+    """
     if isinstance(tp, str):
         tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})  # noqa: S307
     origin = typing.get_origin(tp)
@@ -183,21 +200,27 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             if item_tp is not str:
                 value = [parse_set(f"item={v}")[1] for v in value]
         if not isinstance(value, list):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise UserError(f"{where}: expected a list, got {_short(value)}")
         return [coerce(v, item_tp, where) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= INT_LIMIT:
+                raise UserError(f"{where}: {_short(value)} is too large (integers must fit in 64 bits)")
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) >= INT_LIMIT:
+                raise UserError(f"{where}: {_short(value)} is too large")
+            if not math.isfinite(value):
+                raise UserError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise UserError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    raise UserError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
 
 
 def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) -> None:
@@ -273,6 +296,9 @@ def validate(cfg: Config) -> None:
         if value not in choices:
             raise UserError(f"{section}.{name} = {value!r} is not valid: choose one of {', '.join(choices)}")
     checks = [
+        (cfg.data.dataset in DATASET_NAMES,
+         f"unknown dataset {cfg.data.dataset!r}: choose one of {', '.join(DATASET_NAMES)}"),
+        (0 <= cfg.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX} (it seeds numpy and scikit-learn)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
         (cfg.data.train_size >= 0, "data.train_size must be >= 0 (0 keeps the whole training set)"),
@@ -281,6 +307,7 @@ def validate(cfg: Config) -> None:
         (cfg.model.width > 0, "model.width must be > 0"),
         (cfg.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (cfg.model.depth >= 1 and cfg.model.heads >= 1, "model.depth and model.heads must be >= 1"),
+        (cfg.model.dim >= 4 and cfg.model.mlp_dim >= 1, "model.dim must be >= 4 and model.mlp_dim >= 1"),
         (cfg.model.dim % max(cfg.model.heads, 1) == 0, "model.dim must be divisible by model.heads"),
         (cfg.model.dim % 4 == 0, "model.dim must be divisible by 4 (2-D sin-cos position embedding)"),
     ]
@@ -289,6 +316,7 @@ def validate(cfg: Config) -> None:
         checks += [
             (t.epochs >= 1, f"{section}.epochs must be >= 1"),
             (t.lr > 0, f"{section}.lr must be > 0"),
+            (0 <= t.momentum < 1, f"{section}.momentum must be in [0, 1)"),
             (t.weight_decay >= 0, f"{section}.weight_decay must be >= 0"),
             (t.clip_norm >= 0, f"{section}.clip_norm must be >= 0 (0 disables clipping)"),
             (t.warmup_steps >= 0, f"{section}.warmup_steps must be >= 0"),
@@ -302,8 +330,10 @@ def validate(cfg: Config) -> None:
         (len(set(u.paradigms)) == len(u.paradigms), "unlearn.paradigms lists a paradigm twice"),
         (len(u.epochs) >= 1 and all(e >= 1 for e in u.epochs), "unlearn.epochs must be one or more integers >= 1"),
         (u.lr > 0 and u.batch_size >= 1, "unlearn.lr must be > 0 and unlearn.batch_size >= 1"),
+        (u.weight_decay >= 0, "unlearn.weight_decay must be >= 0"),
         (0 <= u.prune_amount < 1, "unlearn.prune_amount must be in [0, 1)"),
         (u.lora_rank >= 1, "unlearn.lora_rank must be >= 1"),
+        (u.lora_alpha > 0, "unlearn.lora_alpha must be > 0"),
         (0 <= u.lora_dropout < 1, "unlearn.lora_dropout must be in [0, 1)"),
         (u.mia_members >= 1 and u.mia_nonmembers >= 1, "unlearn.mia_members and unlearn.mia_nonmembers must be >= 1"),
         (u.prefix_cache in ("auto", "off"), "unlearn.prefix_cache must be 'auto' or 'off'"),

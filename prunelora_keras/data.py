@@ -12,12 +12,15 @@ the source's path, size and modification time, so the second load skips JPEG dec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import lzma
 import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +38,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed: the digits train/test split never changes with the run's seed
+# What a damaged archive raises while it is read: tarfile/zipfile errors, a truncated or corrupt
+# gzip/xz/deflate stream, and zip features we cannot read (encryption, unknown compression).
+ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error, lzma.LZMAError,
+                  NotImplementedError, RuntimeError)
 
 
 @dataclass
@@ -79,6 +86,38 @@ class UnlearningSplit:
     train: Subset  # the (possibly subsampled) full training set, for pretraining
     test: Subset  # the (possibly subsampled) full test set
     forget_class: int
+
+
+def check_dataset(ds: Dataset) -> None:
+    """Refuse malformed data before anything trains, with one line that names the problem.
+
+    Every source ends here (digits, the three folder layouts, Keras, tfds), so one check covers
+    them all. Caught now, a wrong shape would surface as a shape error deep in a compiled step, a
+    label out of range as a silently wrong loss, and an empty class as a forget set of nothing.
+    """
+    n = ds.num_classes
+    if n < 2:
+        raise UserError(f"{ds.name} has {n} class(es): class-wise unlearning needs at least two classes")
+    for split, x, y in (("training", ds.x_train, ds.y_train), ("test", ds.x_test, ds.y_test)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape[1:3]:
+            raise UserError(f"{ds.name} {split} images have shape {x.shape[1:]} and dtype {x.dtype}: "
+                            "expected RGB images, H x W x 3 uint8, all of one shape")
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise UserError(f"{ds.name} {split} labels have shape {y.shape} and dtype {y.dtype} for {len(x)} "
+                            "images: expected one integer label per image")
+        bad = np.flatnonzero((y < 0) | (y >= n))
+        if bad.size:
+            raise UserError(f"{ds.name} {split} label {int(y[bad[0]])} (image {int(bad[0])}) is outside 0..{n - 1}: "
+                            f"labels must index the {n} class names")
+    if ds.x_test.shape[1:] != ds.x_train.shape[1:]:
+        raise UserError(f"{ds.name}: training images are {ds.x_train.shape[1:]} but test images "
+                        f"{ds.x_test.shape[1:]}: all images must have one shape")
+    empty = np.flatnonzero(np.bincount(ds.y_train, minlength=n) == 0)
+    if empty.size:
+        c = int(empty[0])
+        raise UserError(f"{ds.name} has no training images of class {c} ({ds.class_names[c]}): every class "
+                        "needs training images; add them or remove the class")
 
 
 # ----------------------------------------------------------------------------- digits
@@ -129,13 +168,18 @@ def _label_order(class_names: list[str]) -> list[str]:
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
+    """One image file -> H x W x 3 uint8; a damaged or non-image file is a ``UserError`` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UserError(f"cannot decode image {where} ({exc}): the file is corrupt or truncated") from None
+    except UnidentifiedImageError:
+        raise UserError(f"cannot decode image {where}: the file is corrupt or truncated, or not a JPEG/PNG; "
+                        "replace or remove it") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"cannot decode image {where} ({exc}): the file is corrupt or truncated; "
+                        "replace or remove it") from None
 
 
 def _assemble(items: dict[str, dict[str, list[tuple[str, bytes]]]], source: str) -> tuple:
@@ -144,8 +188,14 @@ def _assemble(items: dict[str, dict[str, list[tuple[str, bytes]]]], source: str)
         if not items.get(split):
             raise UserError(f"{source} has no {split}/<class>/ images: expected train/<class>/*.jpg and test/<class>/*.jpg")
     names = _label_order(list(items["train"]))
-    if sorted(items["test"]) != sorted(names):
-        raise UserError(f"{source}: train/ and test/ hold different class folders")
+    only_test = sorted(set(items["test"]) - set(names))
+    if only_test:
+        raise UserError(f"{source}: class {only_test[0]!r} has test/ images but no train/ images: "
+                        "every class needs training images")
+    only_train = sorted(set(names) - set(items["test"]))
+    if only_train:
+        raise UserError(f"{source}: class {only_train[0]!r} has train/ images but no test/ images: "
+                        "train/ and test/ must hold the same classes")
     arrays = []
     for split in ("train", "test"):
         xs, ys = [], []
@@ -172,9 +222,14 @@ def _read_image_folder(root: Path) -> tuple:
     items: dict = {"train": {}, "test": {}}
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            key = _split_class(path.relative_to(root).parts)
+            rel = path.relative_to(root)
+            key = _split_class(rel.parts)
             if key:
-                items[key[0]].setdefault(key[1], []).append((path.name, path.read_bytes()))
+                try:
+                    payload = path.read_bytes()
+                except OSError as exc:
+                    raise UserError(f"cannot read image {path} ({exc.__class__.__name__}): check its permissions") from None
+                items[key[0]].setdefault(key[1], []).append((str(rel), payload))
     return _assemble(items, str(root))
 
 
@@ -194,9 +249,28 @@ def _read_archive(path: Path) -> tuple:
                     key = _split_class(tuple(Path(member.name).parts))
                     if member.isfile() and key and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
                         items[key[0]].setdefault(key[1], []).append((member.name, tf.extractfile(member).read()))
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise UserError(f"cannot read archive {path} ({exc}): the file is corrupt or not a tar/zip archive") from None
+    except ARCHIVE_ERRORS as exc:
+        raise UserError(f"cannot read archive {path} ({exc.__class__.__name__}: {exc}): the file is corrupt, "
+                        "truncated or not a tar/zip archive; download it again") from None
     return _assemble(items, str(path))
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a batch file is data, never code.
+
+    ``pickle.load`` would call any function a file names; a doctored batch file could run
+    commands. The official batches need only numpy's array reconstruction.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only numpy arrays are allowed")
+        return super().find_class(module, name)
 
 
 def _read_batches_py(folder: Path) -> tuple:
@@ -205,13 +279,20 @@ def _read_batches_py(folder: Path) -> tuple:
     def read(name: str) -> tuple[np.ndarray, np.ndarray]:
         try:
             with open(folder / name, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _ArrayUnpickler(f, encoding="bytes").load()
         except FileNotFoundError:
             raise UserError(f"{folder} lacks {name}: expected the official cifar-10-batches-py folder") from None
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
-            raise UserError(f"{folder / name} is corrupt ({exc}): download CIFAR-10 again") from None
-        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return x, np.asarray(batch[b"labels"], dtype=np.int32)
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
+                KeyError, OSError, MemoryError) as exc:
+            raise UserError(f"{folder / name} is corrupt or not a CIFAR-10 batch ({exc.__class__.__name__}: {exc}): "
+                            "download CIFAR-10 again") from None
+        try:
+            x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+            y = np.asarray(batch[b"labels"], dtype=np.int32)
+        except (TypeError, KeyError, ValueError, IndexError, OverflowError) as exc:
+            raise UserError(f"{folder / name} is not a CIFAR-10 batch ({exc.__class__.__name__}: {exc}): expected "
+                            "a dict with b'data' (N x 3072 bytes) and b'labels'; download CIFAR-10 again") from None
+        return x, y
 
     train = [read(f"data_batch_{i}") for i in range(1, 6)]
     x_test, y_test = read("test_batch")
@@ -230,11 +311,15 @@ def _cached(path: Path, reader) -> tuple:
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache entry is rebuilt below
     arrays = reader(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}.npz")
-    np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3],
-             classes=np.asarray(arrays[4]))
-    os.replace(tmp, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, x_train=arrays[0], y_train=arrays[1], x_test=arrays[2], y_test=arrays[3],
+                 classes=np.asarray(arrays[4]))
+        os.replace(tmp, target)
+    except OSError:  # the cache only saves time: an unwritable cache folder must not stop the run
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     return arrays
 
 
@@ -246,7 +331,13 @@ def read_cifar10_dir(path: str | Path) -> tuple:
     if path.is_file():
         if not path.name.lower().endswith(ARCHIVE_SUFFIXES):
             raise UserError(f"--data-dir {path} is a file but not a .tar.gz/.tar/.zip archive of train/ and test/ folders")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"--data-dir {path} cannot be read: check its permissions")
         return _cached(path, _read_archive)
+    if not path.is_dir():
+        raise UserError(f"--data-dir {path} is neither a folder nor an archive: pass a folder or a .tar.gz/.tar/.zip")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise UserError(f"--data-dir {path} is a folder that cannot be read: check its permissions")
     for candidate in (path, path / "cifar-10-batches-py"):
         if (candidate / "data_batch_1").is_file():
             return _read_batches_py(candidate)
@@ -299,33 +390,49 @@ DATASETS = ("cifar10", "digits", "tfds:cifar10")
 
 
 def load_dataset(name: str, data_dir: str = "") -> Dataset:
-    """Load a data set by name (see ``DATASETS``)."""
+    """Load a data set by name (see ``DATASETS``), checked by ``check_dataset``."""
     if name == "digits":
-        return load_digits()
-    if name in ("cifar10", "tfds:cifar10"):
-        return load_cifar10(data_dir, name)
-    raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+        ds = load_digits()
+    elif name in ("cifar10", "tfds:cifar10"):
+        ds = load_cifar10(data_dir, name)
+    else:
+        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    check_dataset(ds)
+    return ds
 
 
 # ----------------------------------------------------------------------------- split and batches
 
 
-def stratified_indices(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """A seeded, stratified sample of ``size`` indices (all indices, in order, when size is 0 or too big)."""
+def stratified_indices(labels: np.ndarray, size: int, seed: int, what: str = "size") -> np.ndarray:
+    """A seeded, stratified sample of ``size`` indices (all indices, in order, when size is 0 or too big).
+
+    A stratified draw needs one image of every class on both sides of the cut and two of each class
+    in all; scikit-learn's own error for that is a traceback, so ``what`` (the setting) is named here.
+    """
     if size <= 0 or size >= len(labels):
         return np.arange(len(labels))
     from sklearn.model_selection import train_test_split
 
+    counts = np.bincount(labels)
+    classes = int(np.count_nonzero(counts))
+    if size < classes or len(labels) - size < classes:
+        raise UserError(f"{what} = {size} cannot be drawn stratified from {len(labels)} images of {classes} classes: "
+                        f"use 0 (all images) or a value in {classes}..{len(labels) - classes}")
+    if counts[counts > 0].min() < 2:
+        raise UserError(f"{what} = {size}: class {int(np.flatnonzero(counts == 1)[0])} has a single image, too few "
+                        f"to subsample stratified; set {what} = 0 to keep all images")
     idx, _ = train_test_split(np.arange(len(labels)), train_size=size, stratify=labels, random_state=seed)
     return np.sort(idx)
 
 
 def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: int = 0, seed: int = 0) -> UnlearningSplit:
     """Subsample (optionally) and split a data set for class-wise unlearning of ``forget_class``."""
+    check_dataset(ds)
     if not 0 <= forget_class < ds.num_classes:
         raise UserError(f"--forget-class {forget_class} is out of range: {ds.name} has classes 0..{ds.num_classes - 1}")
-    tr = stratified_indices(ds.y_train, train_size, seed)
-    te = stratified_indices(ds.y_test, test_size, seed + 1)
+    tr = stratified_indices(ds.y_train, train_size, seed, "data.train_size")
+    te = stratified_indices(ds.y_test, test_size, seed + 1, "data.test_size")
     x_tr, y_tr, x_te, y_te = ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
     f_tr, f_te = y_tr == forget_class, y_te == forget_class
     split = UnlearningSplit(
@@ -337,9 +444,11 @@ def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: i
         test=Subset(x_te, y_te),
         forget_class=forget_class,
     )
-    for name in ("retain", "forget", "test_retain"):
+    for name, setting in (("retain", "data.train_size"), ("forget", "data.train_size"),
+                          ("test_retain", "data.test_size")):
         if len(getattr(split, name)) == 0:
-            raise UserError(f"the {name} set is empty for forget class {forget_class}: use a larger train_size/test_size")
+            raise UserError(f"the {name} set is empty for forget class {forget_class}: use a larger {setting} "
+                            "(0 keeps all images)")
     return split
 
 

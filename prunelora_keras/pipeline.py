@@ -22,9 +22,10 @@ import keras
 import numpy as np
 
 from prunelora_keras import __version__
+from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_state
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
-from prunelora_keras.errors import UserError
+from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.conv import FlatDense
 from prunelora_keras.lora import count_params, replace_layers
 from prunelora_keras.metrics import cross_entropy, unlearning_metrics
@@ -99,8 +100,14 @@ def data_identity(cfg: Config) -> str:
 
 def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: Dataset, split: UnlearningSplit,
                 out_dir: Path, data_id: str) -> tuple[keras.Model, StageResult]:
-    """Train (or reuse) one model from scratch on ``data`` with ``recipe``; evaluate it."""
-    ckpt = out_dir / "checkpoints" / f"{name}-{stage_key(cfg, name, recipe, data_id)}.keras"
+    """Train (or reuse, or resume) one model from scratch on ``data`` with ``recipe``; evaluate it.
+
+    The finished model is ``checkpoints/<name>-<key>.keras``; while it trains, its epoch-end
+    state is ``checkpoints/<name>-<key>.state.npz``, from which a re-run continues.
+    """
+    key = stage_key(cfg, name, recipe, data_id)
+    ckpt = out_dir / "checkpoints" / f"{name}-{key}.keras"
+    state_path = ckpt.with_name(f"{name}-{key}.state.npz")
     history: list[EpochStats] = []
     start = time.perf_counter()
     sidecar = ckpt.with_suffix(".history.json")
@@ -116,17 +123,50 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         steps = num_batches(len(data), cfg.data.batch_size, cfg.data.drop_last) * recipe.epochs
         trainer = Trainer(model, make_optimizer(recipe, steps), ds.num_classes, ds.mean, ds.std,
                           augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name)
-        history = trainer.fit(data.x, data.y, recipe.epochs, cfg.data.batch_size, cfg.data.drop_last)
+        first = resume(trainer, state_path, name, history)
+
+        def on_epoch_end(stats: EpochStats) -> None:
+            history.append(stats)
+            save_state(state_path, trainer, {"stage": name, "epoch": stats.epoch,
+                                             "history": [asdict(h) for h in history]})
+            fault_point(name, stats.epoch)
+
+        if first <= recipe.epochs:
+            trainer.fit(data.x, data.y, recipe.epochs - first + 1, cfg.data.batch_size, cfg.data.drop_last,
+                        on_epoch_end, first_epoch=first)
+        trainer.sync_to_model()
         set_bn_policy(model, "update")  # saved models are plain: every layer trainable
         ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = ckpt.with_name(f".{ckpt.stem}.tmp.keras")
         model.save(tmp)
         os.replace(tmp, ckpt)
-        sidecar.write_text(json.dumps([asdict(h) for h in history]))
+        atomic_write_bytes(sidecar, json.dumps([asdict(h) for h in history]).encode())
+        state_path.unlink(missing_ok=True)
         reused = False
     acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
     result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
     return model, result
+
+
+def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochStats]) -> int:
+    """Restore ``trainer`` from a saved epoch-end state if there is one; returns the next epoch.
+
+    Fills ``history`` with the saved epochs' statistics. A state file that does not fit (written
+    by another version, or damaged) is set aside and training starts over.
+    """
+    meta = read_meta(state_path) if state_path.is_file() else None
+    if meta is None:
+        if state_path.is_file():
+            log(f"{name}: {state_path} cannot be read; starting this stage over")
+        return 1
+    try:
+        load_state(state_path, trainer)
+    except (ValueError, KeyError, OSError) as exc:
+        log(f"{name}: {exc}; starting this stage over")
+        return 1
+    history[:] = [EpochStats(**h) for h in meta["history"]]
+    log(f"{name}: resuming after epoch {meta['epoch']} from {state_path}")
+    return int(meta["epoch"]) + 1
 
 
 def load_data(cfg: Config) -> tuple[Dataset, UnlearningSplit]:
@@ -207,10 +247,50 @@ def training_inputs(recipe: Recipe, cfg: Config, ds: Dataset, retain: Subset
                                                   "cached_layers": len(psplit.prefix_layers)}
 
 
-def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit
-                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
-    """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count."""
+def paradigm_key(name: str, cfg: Config, original_ckpt: str) -> str:
+    """A short hash of everything that determines a paradigm's results (not which others run)."""
+    config = cfg.to_dict()
+    config["unlearn"] = {k: v for k, v in config["unlearn"].items() if k != "paradigms"}
+    payload = {"paradigm": name, "config": config, "original": Path(original_ckpt).name}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _load_finished(done: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    rows = json.loads(done.read_text())
+    losses_path = done.with_suffix(".losses.npz")
+    losses = None
+    if losses_path.is_file():
+        with np.load(losses_path, allow_pickle=False) as z:
+            losses = {k: z[k] for k in z.files}
+    return rows, losses
+
+
+def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.ndarray] | None) -> None:
+    import io
+
+    done.parent.mkdir(parents=True, exist_ok=True)
+    if losses is not None:
+        buf = io.BytesIO()
+        np.savez(buf, **losses)
+        atomic_write_bytes(done.with_suffix(".losses.npz"), buf.getvalue())
+    atomic_write_bytes(done, json.dumps(rows, indent=1).encode())  # last: its presence means "finished"
+
+
+def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
+                 out_dir: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count.
+
+    With ``out_dir``, the paradigm's epoch-end state goes to ``checkpoints/<name>-<key>.state.npz``
+    (a re-run resumes from it) and its finished rows to ``paradigms/<name>-<key>.json`` (a re-run
+    reuses them). Non-finite training loss ends the paradigm with failed rows; others still run.
+    """
     u = cfg.unlearn
+    key = paradigm_key(name, cfg, original_ckpt)
+    done = out_dir / "paradigms" / f"{name}-{key}.json" if out_dir is not None else None
+    state_path = out_dir / "checkpoints" / f"{name}-{key}.state.npz" if out_dir is not None else None
+    if done is not None and done.is_file():
+        log(f"{name}: reusing finished results {done}")
+        return _load_finished(done)
     keras.utils.set_random_seed(cfg.seed)
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
     original = training_model(with_flat_dense(original), u.precision)
@@ -230,29 +310,47 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     rows: list[dict[str, Any]] = []
     history: list[EpochStats] = []
     last_losses: dict[str, np.ndarray] | None = None
+    first = 1
+    if state_path is not None:
+        first = resume(trainer, state_path, name, history)
+        if first > 1:
+            rows = list(read_meta(state_path)["rows"])
 
     def on_epoch_end(stats: EpochStats) -> None:
         nonlocal last_losses
         history.append(stats)
-        if stats.epoch not in u.epochs:
-            return
-        eval_model = evaluation_model(recipe.eval_model())
-        metrics, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
-        rows.append({"paradigm": name, "epochs": stats.epoch, **metrics,
-                     "rte_s": _mean_seconds(history, stats.epoch),
-                     "rte_median_s": float(np.median([h.seconds for h in history])), "compile_s": history[0].compile_s,
-                     "peak_mem_bytes": stats.peak_mem_bytes, "mem_kind": stats.mem_kind,
-                     "trainable_params": recipe.trainable_params, "sparsity": _sparsity_pct(eval_model, cfg),
-                     **cache_facts, "precision": u.precision, "status": "ok"})
-        log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
-            f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
+        if stats.epoch in u.epochs:
+            eval_model = evaluation_model(recipe.eval_model())
+            metrics, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
+            rows.append({"paradigm": name, "epochs": stats.epoch, **metrics,
+                         "rte_s": _mean_seconds(history, stats.epoch),
+                         "rte_median_s": float(np.median([h.seconds for h in history])),
+                         "compile_s": history[0].compile_s,
+                         "peak_mem_bytes": stats.peak_mem_bytes, "mem_kind": stats.mem_kind,
+                         "trainable_params": recipe.trainable_params, "sparsity": _sparsity_pct(eval_model, cfg),
+                         **cache_facts, "precision": u.precision, "status": "ok"})
+            log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
+                f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
+        if state_path is not None:
+            save_state(state_path, trainer, {"stage": name, "epoch": stats.epoch, "rows": rows,
+                                             "history": [asdict(h) for h in history]})
+            fault_point(name, stats.epoch)
 
     try:
-        trainer.fit(train_x, split.retain.y, total, u.batch_size, cfg.data.drop_last, on_epoch_end)
+        if first <= total:
+            trainer.fit(train_x, split.retain.y, total - first + 1, u.batch_size, cfg.data.drop_last, on_epoch_end,
+                        first_epoch=first)
     except FloatingPointError as exc:
         log(f"{name}: stopped: {exc}")
-        done = {r["epochs"] for r in rows}
-        rows += [{"paradigm": name, "epochs": e, "status": f"non-finite loss ({exc})"} for e in u.epochs if e not in done]
+        done_epochs = {r["epochs"] for r in rows}
+        rows += [{"paradigm": name, "epochs": e, "status": f"non-finite loss ({exc})"}
+                 for e in u.epochs if e not in done_epochs]
+    if last_losses is None and first > total:  # killed after the last epoch's state, before the results
+        eval_model = evaluation_model(recipe.eval_model())
+        _, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
+    if done is not None:
+        _save_finished(done, rows, last_losses)
+        state_path.unlink(missing_ok=True)
     return rows, last_losses
 
 
@@ -265,14 +363,25 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)} of class "
         f"{split.forget_class} '{ds.class_names[split.forget_class]}'), test {len(split.test)}, images {ds.image_shape}")
     data_id = data_identity(cfg)
-    original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id)
+    try:
+        original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id)
+    except FloatingPointError as exc:  # nothing can be unlearned from a model that did not train
+        raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
+                             "then run the same command again") from None
     original_metrics, _ = evaluate_unlearning(original_model, split, ds, cfg)
     log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%")
     rows: list[dict[str, Any]] = []
     losses: dict[str, dict[str, np.ndarray]] = {}
     stages = [original]
+    retrain_model = None
     if "retrain" in cfg.unlearn.paradigms:
-        retrain_model, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id)
+        try:
+            retrain_model, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id)
+        except FloatingPointError as exc:
+            log(f"retrain: stopped: {exc}")
+            rows += [{"paradigm": "retrain", "epochs": e, "status": f"non-finite loss ({exc})"}
+                     for e in sorted(cfg.unlearn.epochs)]
+    if retrain_model is not None:
         stages.append(retrain)
         metrics, losses["retrain"] = evaluate_unlearning(retrain_model, split, ds, cfg)
         hist = [EpochStats(**h) for h in retrain.history]
@@ -285,7 +394,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     for name in cfg.unlearn.paradigms:
         if name == "retrain":
             continue
-        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, original.checkpoint, ds, split)
+        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, original.checkpoint, ds, split, out_dir)
         rows += paradigm_rows
         if paradigm_losses is not None:
             losses[name] = paradigm_losses

@@ -7,16 +7,19 @@ folder and prints the results table. Bad input ends with one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 from prunelora_keras.config import MODEL_NAMES, available_presets, build_config
-from prunelora_keras.errors import UserError
+from prunelora_keras.errors import TrainingFailed, UserError
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
 # Rough training throughput of a 2-core x86 CPU (measured here on the quick and cpu presets),
 # used only to warn how long the paper preset would take without an accelerator.
 CPU_TRAIN_FLOPS_PER_S = 2.0e10
@@ -83,6 +86,32 @@ def estimate_train_seconds(cfg, n_train: int, n_retain: int, image_shape, num_cl
     return 3.0 * flops * images / CPU_TRAIN_FLOPS_PER_S
 
 
+def checkpoint_bytes(cfg, num_classes: int, image_shape) -> int:
+    """Disk a run needs: the original and Retrain models (.keras), one stage's epoch-end state at a
+    time (weights, BatchNorm statistics and two Adam moments), one LoRA model's adapters, and
+    slack for reports and plots."""
+    import keras
+    import numpy as np
+
+    from prunelora_keras.models import build_model
+
+    model = build_model(cfg.model, num_classes, image_shape)
+    weights = sum(int(np.prod(v.shape)) for v in model.weights) * 4
+    keras.backend.clear_session()
+    return int(weights * 6 * 1.2) + 20_000_000
+
+
+def check_disk(out_dir: Path, need: int) -> None:
+    """Fail before training when the run folder's disk cannot hold the checkpoints."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < need:
+        raise UserError(f"the run needs about {need / 1e6:.0f} MB for checkpoints in {out_dir}, but only "
+                        f"{free / 1e6:.0f} MB are free there: free some space or choose another --out")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -103,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         return run(cfg, args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except TrainingFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"error: the disk is full ({exc.filename or 'writing the run folder'}): free some space and run the "
+              "same command again; it resumes from the last finished epoch", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -138,8 +176,11 @@ def run(cfg, args: argparse.Namespace) -> int:
         pipeline.log(f"warning: no GPU found; the paper preset trains {cfg.model.name} at full scale, "
                      f"roughly {seconds / 3600:.0f} h on this CPU. For a CPU-sized run use --preset cpu "
                      "(CIFAR-10) or --preset quick (digits).")
+    need = checkpoint_bytes(cfg, ds.num_classes, ds.image_shape)
+    check_disk(out_dir, need)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline.log(f"run folder: {out_dir}  device: {pipeline.device_description()}")
+    pipeline.log(f"run folder: {out_dir} (checkpoints: about {need / 1e6:.0f} MB)  "
+                 f"device: {pipeline.device_description()}")
     results = pipeline.run_pipeline(cfg, out_dir, ds, split)
     print(pipeline.summary(results))
     print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)

@@ -352,7 +352,8 @@ class Trainer:
                     progress.step(epoch, i, float(losses[-2]) if i > 1 else None)
             jax.block_until_ready(self.train_values)
             seconds = time.perf_counter() - start
-            total_loss = float(np.dot(np.asarray(jax.device_get(losses)), sizes))
+            step_losses = np.asarray(jax.device_get(losses), np.float64)
+            total_loss = float(np.dot(step_losses, sizes))
             total_correct, seen = int(np.sum(jax.device_get(corrects))), int(np.sum(sizes))
             mem, kind = peak_memory()
             stats = EpochStats(epoch, total_loss / seen, total_correct / seen, seconds,
@@ -360,7 +361,9 @@ class Trainer:
             history.append(stats)
             progress.epoch_end(stats)
             if not math.isfinite(stats.loss):
-                raise FloatingPointError(f"{self.label}: loss is {stats.loss} at epoch {epoch}")
+                bad = int(np.flatnonzero(~np.isfinite(step_losses))[0]) if not np.isfinite(step_losses).all() else 0
+                raise FloatingPointError(f"{self.label}: loss is {step_losses[bad]} at epoch {epoch}, step {bad + 1} "
+                                         f"of {len(step_losses)}")
             if on_epoch_end:
                 self.sync_to_model()
                 on_epoch_end(stats)

@@ -53,10 +53,39 @@ def test_set_values_are_typed():
     (["model.heads=3"], "divisible by model.heads"),
     (["data.batch_size=0"], "batch_size must be >= 1"),
     (["noequals"], "expected KEY=VALUE"),
+    (["pretrain.lr=nan"], "expected a finite number"),
+    (["model.width=inf"], "expected a finite number"),
+    (["unlearn.lora_alpha=1e400"], "expected a finite number"),
+    (["pretrain.epochs=9223372036854775808"], "fit in 64 bits"),
+    (["pretrain.lr=99999999999999999999999"], "too large"),
+    (["pretrain.lr=[0.1, 0.2]"], "expected a number, got \\[0.1, 0.2\\]"),
+    (["seed=-1"], "seed must be in 0..4294967294"),
+    (["seed=4294967295"], "seed must be in 0..4294967294"),
+    (["data.dataset=mnist"], "unknown dataset 'mnist': choose one of cifar10, digits, tfds:cifar10"),
+    (["model.dim=0"], "model.dim must be >= 4"),
+    (["model.mlp_dim=0"], "model.mlp_dim >= 1"),
+    (["pretrain.momentum=1.0"], "pretrain.momentum must be in \\[0, 1\\)"),
+    (["retrain.momentum=-0.1"], "retrain.momentum must be in \\[0, 1\\)"),
+    (["unlearn.weight_decay=-1"], "unlearn.weight_decay must be >= 0"),
+    (["unlearn.lora_alpha=0"], "unlearn.lora_alpha must be > 0"),
+    (["unlearn.lora_rank=0"], "unlearn.lora_rank must be >= 1"),
+    (["unlearn.prune_amount=1"], "prune_amount must be in"),
+    (["unlearn.prune_amount=-0.1"], "prune_amount must be in"),
+    (["unlearn.epochs=5,0"], "unlearn.epochs must be one or more integers >= 1"),
+    (["unlearn.batch_size=0"], "unlearn.batch_size >= 1"),
+    (["data.forget_class=-1"], "forget_class must be >= 0"),
+    (["model.patch_size=0"], "patch_size must be >= 1"),
 ])
 def test_bad_overrides_are_user_errors(sets, message):
     with pytest.raises(UserError, match=message):
         build_config("vit", "quick", sets=sets)
+
+
+def test_long_bad_values_are_cut_to_one_short_line():
+    with pytest.raises(UserError) as info:
+        build_config("vit", "quick", sets=["pretrain.lr=[" + ", ".join(["1"] * 500) + "]"])
+    assert len(str(info.value)) < 200 and "..." in str(info.value)
+    assert str(UserError("first\n  second\r\nthird")) == "first second third"
 
 
 def test_bad_files_and_names(tmp_path):

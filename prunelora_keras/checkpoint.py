@@ -1,0 +1,101 @@
+"""Epoch-end training state on disk, so a killed run resumes where it stopped.
+
+A stage's state is one ``.npz`` file: the trained values, the non-trainable values (BatchNorm
+statistics), the optimiser state's leaves, the global step and a JSON document (epoch, history,
+evaluation rows so far, anything else the stage needs). One file written to a temporary name and
+renamed over the old one, so a crash at any instant leaves either the previous epoch's state or
+this one's, never a torn mix. Nothing is pickled: loading runs no code.
+
+The random state needs no saving: the data order of epoch ``e`` is drawn from ``(seed, e)`` and
+every step's key is ``fold_in(key(seed), global_step)`` (``train.Trainer``), so restoring the
+global step restores the random stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (atomic on POSIX)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
+    """Save ``trainer``'s state and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz)."""
+    import io
+
+    arrays: dict[str, np.ndarray] = {}
+    for i, v in enumerate(trainer.train_values):
+        arrays[f"train_{i}"] = np.asarray(v)
+    for i, v in enumerate(trainer.non_trainable_values):
+        arrays[f"nt_{i}"] = np.asarray(v)
+    for i, v in enumerate(jax.tree_util.tree_leaves(trainer.opt_state)):
+        arrays[f"opt_{i}"] = np.asarray(v)
+    doc = {"format": FORMAT, "global_step": trainer.global_step, **meta}
+    arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_meta(path: Path) -> dict[str, Any] | None:
+    """The JSON document of a state file, or None if there is none or it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(z["meta"].tobytes().decode())
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def load_state(path: Path, trainer) -> dict[str, Any]:
+    """Restore ``trainer`` from ``path``; returns the saved JSON document.
+
+    Raises ``ValueError`` if the file does not match the trainer (another model or optimiser).
+    """
+    import jax.numpy as jnp
+
+    with np.load(path, allow_pickle=False) as z:
+        doc = json.loads(z["meta"].tobytes().decode())
+        train = [z[f"train_{i}"] for i in range(len(trainer.train_values))]
+        nt = [z[f"nt_{i}"] for i in range(len(trainer.non_trainable_values))]
+        leaves, treedef = jax.tree_util.tree_flatten(trainer.opt_state)
+        opt = [z[f"opt_{i}"] for i in range(len(leaves))]
+        extra = {k for k in z.files if k.split("_")[0] in ("train", "nt", "opt")} - (
+            {f"train_{i}" for i in range(len(train))} | {f"nt_{i}" for i in range(len(nt))}
+            | {f"opt_{i}" for i in range(len(opt))})
+    if doc.get("format") != FORMAT or extra:
+        raise ValueError(f"{path} does not hold this trainer's state")
+    for saved, current in zip(train + nt + opt, list(trainer.train_values) + list(trainer.non_trainable_values) + leaves):
+        if saved.shape != tuple(np.shape(current)) or saved.dtype != np.asarray(current).dtype:
+            raise ValueError(f"{path} does not hold this trainer's state (a shape or dtype differs)")
+    trainer.train_values = [jnp.asarray(v) for v in train]
+    trainer.non_trainable_values = [jnp.asarray(v) for v in nt]
+    trainer.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in opt])
+    trainer.global_step = int(doc["global_step"])
+    return doc
+
+
+def fault_point(stage: str, epoch: int) -> None:
+    """Testing hook: ``PRUNELORA_KILL_AFTER=stage:epoch`` kills this process with SIGKILL right
+    after that epoch's state is saved, exactly as a crash or an out-of-memory kill would."""
+    target = os.environ.get("PRUNELORA_KILL_AFTER")
+    if target and target == f"{stage}:{epoch}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
