@@ -57,6 +57,7 @@ class ModelConfig:
     heads: int = 6
     dim: int = 384
     mlp_dim: int = 1536
+    weights: str = ""  # a trained original model (.keras, or a PyTorch state dict .pt/.pth) to unlearn from; "": pretrain one
 
 
 @dataclass
@@ -340,6 +341,9 @@ def validate(cfg: Config) -> None:
         (u.precision in ("float32", "bfloat16"), "unlearn.precision must be 'float32' or 'bfloat16'"),
         (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
     ]
+    if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+        checks.append((False, f"model.weights {cfg.model.weights} is not a file: pass a .keras or .pt/.pth file, or "
+                              "leave it empty to pretrain the original model"))
     for ok, message in checks:
         if not ok:
             raise UserError(message)

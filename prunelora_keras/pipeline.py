@@ -35,6 +35,7 @@ from prunelora_keras.precision import evaluation_model, training_model
 from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
 from prunelora_keras.pruning import sparsity_report
 from prunelora_keras.report import paper_table, write_report
+from prunelora_keras.weights import load_weights_file
 from prunelora_keras.train import EpochStats, Trainer, accuracy, make_optimizer, peak_memory, predict_logits, set_bn_policy
 
 
@@ -86,9 +87,14 @@ def evaluate_sets(model: keras.Model, split: UnlearningSplit, ds: Dataset, batch
 
 def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str:
     """A short hash of everything that determines a trained model."""
-    payload = {"stage": stage, "model": asdict(cfg.model), "recipe": asdict(recipe), "seed": cfg.seed,
+    model = asdict(cfg.model)
+    weights = model.pop("weights", "")
+    payload = {"stage": stage, "model": model, "recipe": asdict(recipe), "seed": cfg.seed,
                "data": data_id, "forget_class": cfg.data.forget_class if stage == "retrain" else None,
                "batch_size": cfg.data.batch_size, "drop_last": cfg.data.drop_last}
+    if weights and stage == "original":  # given, not trained: the file (path, size, time) is the identity
+        stat = Path(weights).expanduser().stat()
+        payload["weights"] = [str(Path(weights).expanduser().resolve()), stat.st_size, stat.st_mtime_ns]
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -116,6 +122,15 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         model = keras.saving.load_model(ckpt, compile=False, safe_mode=True)
         history = [EpochStats(**h) for h in json.loads(sidecar.read_text())] if sidecar.is_file() else []
         reused = True
+    elif name == "original" and cfg.model.weights:
+        model = build_model(cfg.model, ds.num_classes, ds.image_shape)
+        load_weights_file(cfg.model.weights, model)  # safe: no code from the file runs; names and shapes checked
+        log(f"{name}: weights from {cfg.model.weights} (no pretraining)")
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt.with_name(f".{ckpt.stem}.tmp.keras")
+        model.save(tmp)
+        os.replace(tmp, ckpt)
+        reused = False
     else:
         keras.utils.set_random_seed(cfg.seed)
         model = build_model(cfg.model, ds.num_classes, ds.image_shape)

@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CIFAR-10 as cifar-10-batches-py, an image-folder tree train/<class>/ test/<class>/, "
                              "or a .tar.gz/.tar/.zip of that tree (default: Keras's download cache)")
     parser.add_argument("--forget-class", type=int, metavar="N", help="the class to unlearn (default: the preset's, 3)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="unlearn from this trained model instead of pretraining one: a .keras file or a PyTorch "
+                             "state dict (.pt/.pth) of the same architecture (loaded safely: no code from the file runs)")
     parser.add_argument("--paradigms", metavar="A,B,...",
                         help="which to run, any of retrain,finetune,pruned,lora,pruned_lora (default: all five)")
     parser.add_argument("--epochs", metavar="E1,E2,...",
@@ -124,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data.forget_class"] = args.forget_class
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if args.weights is not None:
+            overrides["model.weights"] = args.weights
         if args.paradigms is not None:
             overrides["unlearn.paradigms"] = args.paradigms
         if args.epochs is not None:

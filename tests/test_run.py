@@ -49,7 +49,7 @@ def test_help_explains_every_option(capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     for option in ("--model", "--preset", "--config", "--dataset", "--data-dir", "--forget-class", "--seed",
-                   "--out", "--set", "--overwrite"):
+                   "--out", "--set", "--overwrite", "--weights"):
         assert option in out
 
 
@@ -138,3 +138,27 @@ def test_quick_preset_reaches_90_percent_on_digits(tmp_path, model, extra):
         assert {r["epochs"] for r in results["rows"]} == {5, 10}
     else:
         assert [(r["paradigm"], r["epochs"]) for r in results["rows"]] == [("pruned_lora", 1)]
+
+
+def test_unlearning_from_the_users_own_pytorch_weights(capsys, tmp_path):
+    """--weights: the original model is the given one (loaded safely), not pretrained."""
+    import torch
+
+    from prunelora_keras.config import build_config
+    from prunelora_keras.interop.torch import keras_to_state_dict
+    from prunelora_keras.models import build_model
+
+    cfg = build_config("vit", "quick", None, {}, TINY[3::2])
+    model = build_model(cfg.model, 10, (8, 8, 3))
+    weights = tmp_path / "mine.pt"
+    torch.save(keras_to_state_dict(model), weights)
+    out = tmp_path / "run"
+    code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--weights", str(weights), "--paradigms", "finetune",
+                                     "--epochs", "1", "--out", str(out)])
+    assert code == 0, err
+    assert f"original: weights from {weights}" in err and "original epoch" not in err
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages"]["original"]["history"] == [] and results["config"]["model"]["weights"] == str(weights)
+    code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--weights", str(tmp_path / "nope.pt"), "--out",
+                                     str(tmp_path / "r2")])
+    assert code == 2 and "is not a file" in err
