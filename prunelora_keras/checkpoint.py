@@ -88,6 +88,7 @@ def load_state(path: Path, trainer) -> dict[str, Any]:
     trainer.non_trainable_values = [jnp.asarray(v) for v in nt]
     trainer.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in opt])
     trainer.global_step = int(doc["global_step"])
+    trainer.place_state()  # data-parallel: back onto every device
     return doc
 
 

@@ -111,6 +111,7 @@ class Config:
 
     preset: str = "paper"
     seed: int = 0
+    devices: int = 0  # data-parallel over this many local devices; 0: all of them (one on a plain CPU)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: TrainConfig = field(default_factory=TrainConfig)
@@ -121,6 +122,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
+TOP_LEVEL = ("seed", "devices")  # keys outside any section
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "pretrain": TrainConfig, "retrain": TrainConfig,
             "unlearn": UnlearnConfig}
 CHOICES = {
@@ -250,14 +252,14 @@ def _apply_tree(cfg: Config, tree: dict[str, Any], model: str, source: str, retr
         for key, value in layer_tree.items():
             if key == "models" and depth == 0:
                 continue
-            if key == "seed":
-                cfg.seed = coerce(value, int, f"{source}: seed")
+            if key in TOP_LEVEL:
+                setattr(cfg, key, coerce(value, int, f"{source}: {key}"))
             elif key == "retrain":
                 retrain_layers.append((value, source))
             elif key in SECTIONS:
                 _apply_section(getattr(cfg, key), value, key, source)
             else:
-                valid = ", ".join(["seed", "models", *SECTIONS])
+                valid = ", ".join([*TOP_LEVEL, "models", *SECTIONS])
                 raise UserError(f"{source}: unknown key {key!r}; valid top-level keys: {valid}")
 
 
@@ -276,12 +278,13 @@ def parse_set(assignment: str) -> tuple[str, Any]:
 
 def apply_value(cfg: Config, key: str, value: Any, where: str) -> None:
     """Set one dotted key (``section.name`` or ``seed``) with type checking."""
-    if key == "seed":
-        cfg.seed = coerce(value, int, where)
+    if key in TOP_LEVEL:
+        setattr(cfg, key, coerce(value, int, where))
         return
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
-        raise UserError(f"{where}: unknown key {key!r}; use section.key with section one of {', '.join(SECTIONS)} (or seed)")
+        raise UserError(f"{where}: unknown key {key!r}; use section.key with section one of {', '.join(SECTIONS)} "
+                        f"(or {' or '.join(TOP_LEVEL)})")
     _apply_section(getattr(cfg, section), {name: value}, section, where)
 
 
@@ -299,6 +302,7 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.data.dataset in DATASET_NAMES,
          f"unknown dataset {cfg.data.dataset!r}: choose one of {', '.join(DATASET_NAMES)}"),
+        (0 <= cfg.devices <= 1 << 20, "devices must be >= 0 (0: every local device)"),
         (0 <= cfg.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX} (it seeds numpy and scikit-learn)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
         (cfg.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),

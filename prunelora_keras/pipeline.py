@@ -25,6 +25,7 @@ from prunelora_keras import __version__
 from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_state
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
+from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
 from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.conv import FlatDense
 from prunelora_keras.lora import count_params, replace_layers
@@ -105,7 +106,7 @@ def data_identity(cfg: Config) -> str:
 
 
 def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: Dataset, split: UnlearningSplit,
-                out_dir: Path, data_id: str) -> tuple[keras.Model, StageResult]:
+                out_dir: Path, data_id: str, distribution: Any = None) -> tuple[keras.Model, StageResult]:
     """Train (or reuse, or resume) one model from scratch on ``data`` with ``recipe``; evaluate it.
 
     The finished model is ``checkpoints/<name>-<key>.keras``; while it trains, its epoch-end
@@ -137,7 +138,8 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         set_bn_policy(model, recipe.bn)
         steps = num_batches(len(data), cfg.data.batch_size, cfg.data.drop_last) * recipe.epochs
         trainer = Trainer(model, make_optimizer(recipe, steps), ds.num_classes, ds.mean, ds.std,
-                          augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name)
+                          augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name,
+                          distribution=distribution)
         first = resume(trainer, state_path, name, history)
 
         def on_epoch_end(stats: EpochStats) -> None:
@@ -266,6 +268,7 @@ def paradigm_key(name: str, cfg: Config, original_ckpt: str) -> str:
     """A short hash of everything that determines a paradigm's results (not which others run)."""
     config = cfg.to_dict()
     config["unlearn"] = {k: v for k, v in config["unlearn"].items() if k != "paradigms"}
+    config.pop("devices", None)  # results agree across device counts up to float summation order
     payload = {"paradigm": name, "config": config, "original": Path(original_ckpt).name}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -292,7 +295,8 @@ def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.
 
 
 def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
-                 out_dir: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+                 out_dir: Path | None = None, distribution: Any = None
+                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count.
 
     With ``out_dir``, the paradigm's epoch-end state goes to ``checkpoints/<name>-<key>.state.npz``
@@ -321,7 +325,8 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
     trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
                       masks=masks, seed=cfg.seed, label=name, features=features,
-                      share_key=f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}")
+                      share_key=f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}",
+                      distribution=distribution)
     rows: list[dict[str, Any]] = []
     history: list[EpochStats] = []
     last_losses: dict[str, np.ndarray] | None = None
@@ -369,6 +374,18 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     return rows, last_losses
 
 
+def make_distribution(cfg: Config) -> Any:
+    """The data-parallel distribution ``cfg.devices`` asks for (None: one device), with the global
+    batch sizes checked to split evenly over its devices."""
+    distribution = data_parallel(cfg.devices)
+    if distribution is not None:
+        check_batch_size(cfg.data.batch_size, distribution, "data.batch_size")
+        check_batch_size(cfg.unlearn.batch_size, distribution, "unlearn.batch_size")
+        log(f"data-parallel over {device_count(distribution)} devices: each global batch is split evenly; an epoch's "
+            "last, smaller batch is computed whole on every device when it does not split")
+    return distribution
+
+
 def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
                  split: UnlearningSplit | None = None) -> dict[str, Any]:
     """Run the whole experiment for ``cfg`` into ``out_dir``; returns the results dictionary."""
@@ -378,8 +395,10 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)} of class "
         f"{split.forget_class} '{ds.class_names[split.forget_class]}'), test {len(split.test)}, images {ds.image_shape}")
     data_id = data_identity(cfg)
+    distribution = make_distribution(cfg)
     try:
-        original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id)
+        original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id,
+                                               distribution)
     except FloatingPointError as exc:  # nothing can be unlearned from a model that did not train
         raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
                              "then run the same command again") from None
@@ -391,7 +410,8 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     retrain_model = None
     if "retrain" in cfg.unlearn.paradigms:
         try:
-            retrain_model, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id)
+            retrain_model, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id,
+                                                 distribution)
         except FloatingPointError as exc:
             log(f"retrain: stopped: {exc}")
             rows += [{"paradigm": "retrain", "epochs": e, "status": f"non-finite loss ({exc})"}
@@ -409,7 +429,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     for name in cfg.unlearn.paradigms:
         if name == "retrain":
             continue
-        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, original.checkpoint, ds, split, out_dir)
+        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, original.checkpoint, ds, split, out_dir, distribution)
         rows += paradigm_rows
         if paradigm_losses is not None:
             losses[name] = paradigm_losses
@@ -417,6 +437,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         "config": cfg.to_dict(),
         "seed": cfg.seed,
         "device": device_description(),
+        "devices": device_count(distribution),
         "versions": versions(),
         "data": {"dataset": ds.name, "train": len(split.train), "test": len(split.test), "retain": len(split.retain),
                  "forget": len(split.forget), "test_retain": len(split.test_retain),

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
                              "(sections: model, data, pretrain, retrain, unlearn); repeatable")
+    parser.add_argument("--devices", type=int, metavar="N",
+                        help="data-parallel training over N local devices (default 0: all of them; a CPU is one)")
     parser.add_argument("--overwrite", action="store_true",
                         help="run again into a run folder that holds finished results for another configuration")
 
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data.forget_class"] = args.forget_class
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if args.devices is not None:
+            overrides["devices"] = args.devices
         if args.weights is not None:
             overrides["model.weights"] = args.weights
         if args.paradigms is not None:
@@ -176,6 +180,7 @@ def run(cfg, args: argparse.Namespace) -> int:
         raise UserError(f"{out_dir} holds results of another configuration: pass --overwrite or choose another --out")
 
     ds, split = pipeline.load_data(cfg)  # fail on data problems before anything trains
+    pipeline.make_distribution(cfg)  # and on a device count the batch sizes do not split over
     if not pipeline.has_accelerator() and cfg.preset == "paper":
         seconds = estimate_train_seconds(cfg, len(split.train), len(split.retain), ds.image_shape, ds.num_classes)
         pipeline.log(f"warning: no GPU found; the paper preset trains {cfg.model.name} at full scale, "

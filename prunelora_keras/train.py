@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,7 @@ import optax
 from prunelora_keras.augment import prepare_batch, to_float, normalize
 from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import batches, num_batches
+from prunelora_keras.distributed import Placement, device_count
 
 # ----------------------------------------------------------------------------- optimisers
 
@@ -198,8 +200,10 @@ class Trainer:
     label: str = "train"
     features: bool = False
     share_key: str | None = None
+    distribution: Any = None  # a keras.distribution.DataParallel: batches split over its devices
 
     def __post_init__(self):
+        self.placement = Placement(self.distribution) if self.distribution is not None else None
         if self.features and self.augment:
             raise ValueError("augmentation needs images; a trainer on precomputed features cannot augment")
         model_trainable = list(self.model.trainable_variables)
@@ -224,9 +228,19 @@ class Trainer:
         self.non_trainable_values = [jnp.array(v.value, copy=True) for v in self.model.non_trainable_variables]
         self.opt_state = self.optimizer.init(self.train_values)
         self.global_step = 0
+        self.place_state()
         self._step = jax.jit(self._build_step(), donate_argnums=(0, 2, 3))
         self._compiled: dict[tuple, Callable] = {}
         self._shared_prefix = self._shared_step_key()
+
+    def place_state(self) -> None:
+        """Replicate the trained, frozen and non-trainable values and the optimiser state over the
+        devices (data-parallel); nothing to do on one device."""
+        if self.placement is None:
+            return
+        rep = self.placement.replicate
+        self.train_values, self.frozen_values = rep(self.train_values), rep(self.frozen_values)
+        self.non_trainable_values, self.opt_state = rep(self.non_trainable_values), rep(self.opt_state)
 
     def _shared_step_key(self) -> str | None:
         """The key under which this trainer's compiled steps are shared, or None (not shared).
@@ -240,7 +254,8 @@ class Trainer:
         except (NotImplementedError, TypeError):
             return None
         return json.dumps([self.share_key, arch, self.train_index, list(self.augment), self.mixup_alpha,
-                           self.num_classes, list(self.mean), list(self.std), self.features], default=repr)
+                           self.num_classes, list(self.mean), list(self.std), self.features,
+                           device_count(self.distribution)], default=repr)
 
     @property
     def trainable_count(self) -> int:
@@ -296,12 +311,15 @@ class Trainer:
         for shape in batch_shapes:
             if shape in self._compiled:
                 continue
+            spec = self.placement.spec if self.placement is not None else jax.ShapeDtypeStruct
             if self.features:  # shape: one shape per input
-                images = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in shape)
-                labels = jax.ShapeDtypeStruct(shape[0][:1], jnp.int32)
+                images = tuple(spec(s, jnp.float32) for s in shape)
+                labels = spec(shape[0][:1], jnp.int32)
             else:
-                images = jax.ShapeDtypeStruct(shape, jnp.uint8)
-                labels = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+                images = spec(shape, jnp.uint8)
+                labels = spec(shape[:1], jnp.int32)
+            if self.placement is not None:
+                key = self.placement.replicate(key)
             shared = None if self._shared_prefix is None else (self._shared_prefix, shape)
             if shared is not None and shared in _SHARED_STEPS:
                 self._compiled[shape] = _SHARED_STEPS[shared]
@@ -342,8 +360,13 @@ class Trainer:
                     step = self._compiled[tuple(a.shape for a in xb)]
                 else:
                     step = self._compiled[xb.shape]
+                yb = yb.astype(np.int32)
+                if self.placement is not None:  # the global batch, split over the devices
+                    put = self.placement.put_batch
+                    xb = tuple(put(a) for a in xb) if self.features else put(xb)
+                    yb, key = put(yb), self.placement.replicate(key)
                 (self.train_values, self.non_trainable_values, self.opt_state, loss, correct) = step(
-                    *self._args(xb, yb.astype(np.int32), key))
+                    *self._args(xb, yb, key))
                 self.global_step += 1
                 losses.append(loss)
                 corrects.append(correct)
