@@ -27,6 +27,7 @@ from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
 from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
 from prunelora_keras.errors import TrainingFailed, UserError
+from prunelora_keras.fit_loop import FitTrainer
 from prunelora_keras.conv import FlatDense
 from prunelora_keras.lora import count_params, replace_layers
 from prunelora_keras.metrics import cross_entropy, unlearning_metrics
@@ -137,16 +138,21 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         model = build_model(cfg.model, ds.num_classes, ds.image_shape)
         set_bn_policy(model, recipe.bn)
         steps = num_batches(len(data), cfg.data.batch_size, cfg.data.drop_last) * recipe.epochs
-        trainer = Trainer(model, make_optimizer(recipe, steps), ds.num_classes, ds.mean, ds.std,
-                          augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name,
-                          distribution=distribution)
-        first = resume(trainer, state_path, name, history)
+        if on_jax():
+            trainer = Trainer(model, make_optimizer(recipe, steps), ds.num_classes, ds.mean, ds.std,
+                              augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name,
+                              distribution=distribution)
+            first = resume(trainer, state_path, name, history)
+        else:
+            trainer, first = FitTrainer(model, recipe, steps, ds.num_classes, ds.mean, ds.std, augment=recipe.augment,
+                                        mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name), 1
 
         def on_epoch_end(stats: EpochStats) -> None:
             history.append(stats)
-            save_state(state_path, trainer, {"stage": name, "epoch": stats.epoch,
-                                             "history": [asdict(h) for h in history]})
-            fault_point(name, stats.epoch)
+            if on_jax():  # epoch-end state: the compiled loop's (Keras's fit on other backends is not resumable)
+                save_state(state_path, trainer, {"stage": name, "epoch": stats.epoch,
+                                                 "history": [asdict(h) for h in history]})
+                fault_point(name, stats.epoch)
 
         if first <= recipe.epochs:
             trainer.fit(data.x, data.y, recipe.epochs - first + 1, cfg.data.batch_size, cfg.data.drop_last,
@@ -245,7 +251,7 @@ def training_inputs(recipe: Recipe, cfg: Config, ds: Dataset, retain: Subset
 
     Returns (model to train, inputs, inputs-are-features, facts for the results row).
     """
-    if cfg.unlearn.prefix_cache == "off":
+    if cfg.unlearn.prefix_cache == "off" or not on_jax():
         return recipe.model, retain.x, False, {"prefix_cache": False}
     psplit, reason = split_frozen_prefix(recipe.model, recipe.train_vars)
     if psplit is not None:
@@ -317,16 +323,21 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     set_bn_policy(recipe.model, u.bn)
     total = max(u.epochs)
     steps = num_batches(len(split.retain), u.batch_size) * total
-    optimizer = make_optimizer(TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
-                                           schedule="constant"), steps)
+    unlearn_recipe = TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
+                                 schedule="constant")
     train_model, train_x, features, cache_facts = training_inputs(recipe, cfg, ds, split.retain)
     # masks on prefix variables can be dropped: nothing in the prefix trains, so its zeros stay
     suffix_paths = {v.path for v in train_model.variables}
     masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
-    trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
-                      masks=masks, seed=cfg.seed, label=name, features=features,
-                      share_key=f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}",
-                      distribution=distribution)
+    if on_jax():
+        trainer = Trainer(train_model, make_optimizer(unlearn_recipe, steps), ds.num_classes, ds.mean, ds.std,
+                          train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name, features=features,
+                          share_key=f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}",
+                          distribution=distribution)
+    else:
+        trainer = FitTrainer(train_model, unlearn_recipe, steps, ds.num_classes, ds.mean, ds.std,
+                             train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name)
+        state_path = None  # Keras's fit is not resumable mid-paradigm; finished paradigms still are reused
     rows: list[dict[str, Any]] = []
     history: list[EpochStats] = []
     last_losses: dict[str, np.ndarray] | None = None
@@ -370,13 +381,24 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         _, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
     if done is not None:
         _save_finished(done, rows, last_losses)
-        state_path.unlink(missing_ok=True)
+        if state_path is not None:
+            state_path.unlink(missing_ok=True)
     return rows, last_losses
+
+
+def on_jax() -> bool:
+    """The compiled JAX loop (``train.Trainer``) on the jax backend; Keras's fit elsewhere."""
+    return keras.backend.backend() == "jax"
 
 
 def make_distribution(cfg: Config) -> Any:
     """The data-parallel distribution ``cfg.devices`` asks for (None: one device), with the global
     batch sizes checked to split evenly over its devices."""
+    if not on_jax():
+        if cfg.devices > 1:
+            raise UserError(f"--devices {cfg.devices}: data-parallel training runs on the jax backend only; "
+                            f"unset KERAS_BACKEND (now {keras.backend.backend()}) or pass --devices 1")
+        return None
     distribution = data_parallel(cfg.devices)
     if distribution is not None:
         check_batch_size(cfg.data.batch_size, distribution, "data.batch_size")

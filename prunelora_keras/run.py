@@ -159,10 +159,11 @@ def main(argv: list[str] | None = None) -> int:
 def run(cfg, args: argparse.Namespace) -> int:
     import keras
 
-    if keras.backend.backend() != "jax":
-        raise UserError(f"KERAS_BACKEND={keras.backend.backend()}: the experiment runner needs the jax backend; "
-                        "unset KERAS_BACKEND or set it to jax")
     from prunelora_keras import pipeline
+
+    if not pipeline.on_jax():
+        pipeline.log(f"backend {keras.backend.backend()}: training with Keras's fit (the compiled JAX loop, resume "
+                     "within a stage, the prefix cache and data-parallel training need the jax backend)")
 
     out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -181,7 +182,7 @@ def run(cfg, args: argparse.Namespace) -> int:
 
     ds, split = pipeline.load_data(cfg)  # fail on data problems before anything trains
     pipeline.make_distribution(cfg)  # and on a device count the batch sizes do not split over
-    if not pipeline.has_accelerator() and cfg.preset == "paper":
+    if not pipeline.has_accelerator() and cfg.preset == "paper" and pipeline.on_jax():
         seconds = estimate_train_seconds(cfg, len(split.train), len(split.retain), ds.image_shape, ds.num_classes)
         pipeline.log(f"warning: no GPU found; the paper preset trains {cfg.model.name} at full scale, "
                      f"roughly {seconds / 3600:.0f} h on this CPU. For a CPU-sized run use --preset cpu "

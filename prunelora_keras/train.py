@@ -445,7 +445,16 @@ def _eval_fn(model: keras.Model, mean, std) -> Callable:
 
 def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
                    batch_size: int = 512) -> np.ndarray:
-    """Logits over a whole data set in compiled batches; the last batch is padded, then cut back."""
+    """Logits over a whole data set in compiled batches; the last batch is padded, then cut back.
+
+    On Keras's other backends: the model's own inference call, batch by batch.
+    """
+    if keras.backend.backend() != "jax":
+        mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        out = [keras.ops.convert_to_numpy(model((x[i:i + batch_size].astype(np.float32) / 255.0 - mean_) / std_,
+                                                training=False)).astype(np.float32)
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
     fn = _eval_fn(model, mean, std)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
