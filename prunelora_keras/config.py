@@ -39,6 +39,7 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | digits | tfds:cifar10
     data_dir: str = ""  # cifar-10-batches-py folder, image-folder tree, or .tar.gz/.tar/.zip of one
     forget_class: int = 3
+    forget_fraction: float = 0.0  # > 0: random-sample forgetting of this stratified fraction of the training set
     train_size: int = 0  # seeded stratified subsample of the training set; 0 keeps all
     test_size: int = 0  # same for the test set
     batch_size: int = 128
@@ -77,14 +78,15 @@ class TrainConfig:
     bn: str = "update"  # update: batch statistics and running-stat updates (torch train mode); freeze
 
 
-PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora")
+PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora", "ga", "rl", "l1_sparse", "salun")
+PAPER_PARADIGMS = PARADIGMS[:5]  # the default: the paper's table
 
 
 @dataclass
 class UnlearnConfig:
     """The approximate-unlearning paradigms (REFERENCE.md): Adam 1e-3, batch 128, 5 and 10 epochs on D_r."""
 
-    paradigms: list[str] = field(default_factory=lambda: list(PARADIGMS))
+    paradigms: list[str] = field(default_factory=lambda: list(PAPER_PARADIGMS))
     epochs: list[int] = field(default_factory=lambda: [5, 10])  # one run of max(epochs); earlier columns on the way
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -103,6 +105,16 @@ class UnlearnConfig:
     prefix_cache: str = "auto"  # auto: train only the suffix on cached prefix features when exact; off
     prefix_cache_max_gb: float = 8.0  # host memory the cached features may take; larger -> uncached
     precision: str = "float32"  # bfloat16: bfloat16 compute, float32 master weights (for GPUs/TPUs)
+    paradigm_l1: float = 0.0  # > 0: decaying l1 penalty on the paper paradigms' trained variables (lora: "LoRA + l1")
+    # the baselines (baselines.py): SGD as in Unlearn-Sparse / SalUn, each method's published lr
+    baseline_momentum: float = 0.9
+    baseline_weight_decay: float = 5e-4
+    ga_lr: float = 1e-4
+    rl_lr: float = 0.013
+    l1_lr: float = 0.01
+    l1_alpha: float = 1e-4
+    salun_lr: float = 0.013
+    salun_ratio: float = 0.5  # fraction of weights SalUn's saliency mask lets move
 
 
 @dataclass
@@ -309,6 +321,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.train_size >= 0, "data.train_size must be >= 0 (0 keeps the whole training set)"),
         (cfg.data.test_size >= 0, "data.test_size must be >= 0 (0 keeps the whole test set)"),
         (cfg.data.forget_class >= 0, "data.forget_class must be >= 0"),
+        (0 <= cfg.data.forget_fraction < 1, "data.forget_fraction must be in [0, 1) (0: class-wise forgetting)"),
         (cfg.model.width > 0, "model.width must be > 0"),
         (cfg.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (cfg.model.depth >= 1 and cfg.model.heads >= 1, "model.depth and model.heads must be >= 1"),
@@ -344,6 +357,11 @@ def validate(cfg: Config) -> None:
         (u.prefix_cache in ("auto", "off"), "unlearn.prefix_cache must be 'auto' or 'off'"),
         (u.precision in ("float32", "bfloat16"), "unlearn.precision must be 'float32' or 'bfloat16'"),
         (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
+        (u.paradigm_l1 >= 0 and u.l1_alpha >= 0, "unlearn.paradigm_l1 and unlearn.l1_alpha must be >= 0"),
+        (min(u.ga_lr, u.rl_lr, u.l1_lr, u.salun_lr) > 0, "unlearn.ga_lr, rl_lr, l1_lr and salun_lr must be > 0"),
+        (0 <= u.baseline_momentum < 1 and u.baseline_weight_decay >= 0,
+         "unlearn.baseline_momentum must be in [0, 1) and unlearn.baseline_weight_decay >= 0"),
+        (0 < u.salun_ratio <= 1, "unlearn.salun_ratio must be in (0, 1]"),
     ]
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         checks.append((False, f"model.weights {cfg.model.weights} is not a file: pass a .keras or .pt/.pth file, or "

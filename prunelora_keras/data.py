@@ -426,15 +426,39 @@ def stratified_indices(labels: np.ndarray, size: int, seed: int, what: str = "si
     return np.sort(idx)
 
 
-def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: int = 0, seed: int = 0) -> UnlearningSplit:
-    """Subsample (optionally) and split a data set for class-wise unlearning of ``forget_class``."""
+def random_forget_mask(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A seeded stratified sample: round(fraction * n_c) images of every class c (True = forget).
+
+    Every class keeps the rest of its images, so D_r holds every class (random-sample forgetting
+    must not turn into class-wise forgetting of a small class)."""
+    rng = np.random.default_rng([seed, 104729])
+    mask = np.zeros(len(labels), bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        k = min(int(round(fraction * len(idx))), len(idx) - 1)
+        mask[rng.choice(idx, k, replace=False)] = True
+    return mask
+
+
+def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: int = 0, seed: int = 0,
+               forget_fraction: float = 0.0) -> UnlearningSplit:
+    """Subsample (optionally) and split a data set for unlearning.
+
+    Class-wise (``forget_fraction`` 0): D_f is the training images of ``forget_class``. Random-sample
+    forgetting (``forget_fraction`` > 0): D_f is a seeded stratified sample of that fraction of the
+    training set, D_r the rest, TA on the whole test set; ``forget_class`` is then -1.
+    """
     check_dataset(ds)
-    if not 0 <= forget_class < ds.num_classes:
+    if not forget_fraction and not 0 <= forget_class < ds.num_classes:
         raise UserError(f"--forget-class {forget_class} is out of range: {ds.name} has classes 0..{ds.num_classes - 1}")
     tr = stratified_indices(ds.y_train, train_size, seed, "data.train_size")
     te = stratified_indices(ds.y_test, test_size, seed + 1, "data.test_size")
     x_tr, y_tr, x_te, y_te = ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
-    f_tr, f_te = y_tr == forget_class, y_te == forget_class
+    if forget_fraction:
+        forget_class = -1
+        f_tr, f_te = random_forget_mask(y_tr, forget_fraction, seed), np.zeros(len(y_te), bool)
+    else:
+        f_tr, f_te = y_tr == forget_class, y_te == forget_class
     split = UnlearningSplit(
         retain=Subset(x_tr[~f_tr], y_tr[~f_tr]),
         forget=Subset(x_tr[f_tr], y_tr[f_tr]),
@@ -447,8 +471,8 @@ def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: i
     for name, setting in (("retain", "data.train_size"), ("forget", "data.train_size"),
                           ("test_retain", "data.test_size")):
         if len(getattr(split, name)) == 0:
-            raise UserError(f"the {name} set is empty for forget class {forget_class}: use a larger {setting} "
-                            "(0 keeps all images)")
+            what = f"forget fraction {forget_fraction}" if forget_fraction else f"forget class {forget_class}"
+            raise UserError(f"the {name} set is empty for {what}: use a larger {setting} (0 keeps all images)")
     return split
 
 

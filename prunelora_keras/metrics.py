@@ -135,3 +135,18 @@ def unlearning_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarr
         "attack_degenerate_loss_logreg": loss_attack.degenerate(),
         "attack_degenerate_confidence_svc": conf_attack.degenerate(),
     }
+
+
+GAP_METRICS = ("UA", "MIA_confidence_svc", "RA", "TA")
+
+
+def add_avg_gap(rows: list[dict]) -> None:
+    """Each finished row's "Avg. Gap": the mean absolute difference to Retrain (same epoch column)
+    over UA, MIA-Efficacy (confidence/SVC, the attack of the SalUn line of work), RA and TA, in
+    percentage points; the closeness-to-exact-unlearning summary of Jia et al. 2023 and Fan et al.
+    2024. Retrain's own gap is 0; without a Retrain row there is no gap."""
+    retrain = {r["epochs"]: r for r in rows if r["paradigm"] == "retrain" and r.get("status", "ok") == "ok"}
+    for r in rows:
+        ref = retrain.get(r["epochs"])
+        if ref is not None and r.get("status", "ok") == "ok":
+            r["avg_gap"] = float(np.mean([abs(r[m] - ref[m]) for m in GAP_METRICS]))

@@ -20,8 +20,10 @@ from typing import Any
 import jax
 import keras
 import numpy as np
+import optax
 
-from prunelora_keras import __version__
+from prunelora_keras import __version__, baselines
+from prunelora_keras.baselines import BASELINES
 from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_state
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
@@ -30,7 +32,7 @@ from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.fit_loop import FitTrainer
 from prunelora_keras.conv import FlatDense
 from prunelora_keras.lora import count_params, replace_layers
-from prunelora_keras.metrics import cross_entropy, unlearning_metrics
+from prunelora_keras.metrics import add_avg_gap, cross_entropy, unlearning_metrics
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import Recipe, build_recipe, prune_targets
 from prunelora_keras.precision import evaluation_model, training_model
@@ -93,6 +95,7 @@ def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str
     weights = model.pop("weights", "")
     payload = {"stage": stage, "model": model, "recipe": asdict(recipe), "seed": cfg.seed,
                "data": data_id, "forget_class": cfg.data.forget_class if stage == "retrain" else None,
+               **({"forget_fraction": cfg.data.forget_fraction} if stage == "retrain" and cfg.data.forget_fraction else {}),
                "batch_size": cfg.data.batch_size, "drop_last": cfg.data.drop_last}
     if weights and stage == "original":  # given, not trained: the file (path, size, time) is the identity
         stat = Path(weights).expanduser().stat()
@@ -194,7 +197,8 @@ def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochSta
 
 def load_data(cfg: Config) -> tuple[Dataset, UnlearningSplit]:
     ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    split = make_split(ds, cfg.data.forget_class, cfg.data.train_size, cfg.data.test_size, cfg.seed)
+    split = make_split(ds, cfg.data.forget_class, cfg.data.train_size, cfg.data.test_size, cfg.seed,
+                       cfg.data.forget_fraction)
     if cfg.model.name == "vit":
         h, w = ds.image_shape[:2]
         if h % cfg.model.patch_size or w % cfg.model.patch_size:
@@ -319,21 +323,37 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     keras.utils.set_random_seed(cfg.seed)
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
     original = training_model(with_flat_dense(original), u.precision)
-    recipe = build_recipe(name, original, cfg)
+    baseline = name in BASELINES
+    recipe = build_recipe("finetune" if baseline else name, original, cfg)  # baselines train the whole model
     set_bn_policy(recipe.model, u.bn)
     total = max(u.epochs)
     steps = num_batches(len(split.retain), u.batch_size) * total
     unlearn_recipe = TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
                                  schedule="constant")
-    train_model, train_x, features, cache_facts = training_inputs(recipe, cfg, ds, split.retain)
+    if baseline:
+        if not on_jax():
+            raise UserError(f"{name}: the baselines run on the jax backend only; unset KERAS_BACKEND or drop {name} "
+                            "from --paradigms")
+        method = baselines.plan(name, recipe.model, recipe.train_vars, cfg, split, ds)
+        log(f"{name}: {method.description}")
+        train_model, train_x, train_y, features = recipe.model, method.x, method.y, False
+        cache_facts = {"prefix_cache": False}
+        steps = num_batches(len(train_y), u.batch_size) * total
+        optimizer, share_key = method.optimizer, None
+    else:
+        train_model, train_x, features, cache_facts = training_inputs(recipe, cfg, ds, split.retain)
+        train_y = split.retain.y
+        optimizer = make_optimizer(unlearn_recipe, steps)
+        if u.paradigm_l1 > 0:  # e.g. "LoRA + l1": the l1-sparse penalty on the paradigm's trained variables
+            optimizer = optax.chain(baselines.decaying_l1(u.paradigm_l1, steps // total, total), optimizer)
+        share_key = f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}:l1={u.paradigm_l1}"
     # masks on prefix variables can be dropped: nothing in the prefix trains, so its zeros stay
     suffix_paths = {v.path for v in train_model.variables}
     masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
     if on_jax():
-        trainer = Trainer(train_model, make_optimizer(unlearn_recipe, steps), ds.num_classes, ds.mean, ds.std,
+        trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std,
                           train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name, features=features,
-                          share_key=f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}",
-                          distribution=distribution)
+                          share_key=share_key, distribution=distribution)
     else:
         trainer = FitTrainer(train_model, unlearn_recipe, steps, ds.num_classes, ds.mean, ds.std,
                              train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name)
@@ -369,7 +389,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
 
     try:
         if first <= total:
-            trainer.fit(train_x, split.retain.y, total - first + 1, u.batch_size, cfg.data.drop_last, on_epoch_end,
+            trainer.fit(train_x, train_y, total - first + 1, u.batch_size, cfg.data.drop_last, on_epoch_end,
                         first_epoch=first)
     except FloatingPointError as exc:
         log(f"{name}: stopped: {exc}")
@@ -389,6 +409,12 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
 def on_jax() -> bool:
     """The compiled JAX loop (``train.Trainer``) on the jax backend; Keras's fit elsewhere."""
     return keras.backend.backend() == "jax"
+
+
+def forget_description(split: UnlearningSplit, ds: Dataset) -> str:
+    if split.forget_class < 0:
+        return f"a random {len(split.forget) / len(split.train):.0%} of the training set, every class"
+    return f"class {split.forget_class} '{ds.class_names[split.forget_class]}'"
 
 
 def make_distribution(cfg: Config) -> Any:
@@ -414,8 +440,8 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     start = time.perf_counter()
     if ds is None or split is None:
         ds, split = load_data(cfg)
-    log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)} of class "
-        f"{split.forget_class} '{ds.class_names[split.forget_class]}'), test {len(split.test)}, images {ds.image_shape}")
+    log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)}: "
+        f"{forget_description(split, ds)}), test {len(split.test)}, images {ds.image_shape}")
     data_id = data_identity(cfg)
     distribution = make_distribution(cfg)
     try:
@@ -455,6 +481,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         rows += paradigm_rows
         if paradigm_losses is not None:
             losses[name] = paradigm_losses
+    add_avg_gap(rows)
     results = {
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -463,7 +490,8 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         "versions": versions(),
         "data": {"dataset": ds.name, "train": len(split.train), "test": len(split.test), "retain": len(split.retain),
                  "forget": len(split.forget), "test_retain": len(split.test_retain),
-                 "forget_class": split.forget_class, "class_name": ds.class_names[split.forget_class]},
+                 "forget_class": split.forget_class, "forgetting": forget_description(split, ds),
+                 "class_name": ds.class_names[split.forget_class] if split.forget_class >= 0 else None},
         "original": {**original_metrics, "train_acc": original.accuracies["train"], "test_acc": original.accuracies["test"]},
         "rows": rows,
         "stages": {r.name: asdict(r) for r in stages},

@@ -18,9 +18,9 @@ import numpy as np
 
 ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "rte_s", "compile_s",
             "peak_mem_bytes", "mem_kind", "trainable_params", "sparsity", "attack_acc_loss_logreg",
-            "attack_acc_confidence_svc", "status")
+            "attack_acc_confidence_svc", "avg_gap", "status")
 PARADIGM_LABELS = {"retrain": "Retrain", "finetune": "Finetune", "pruned": "Pruned", "lora": "LoRA",
-                   "pruned_lora": "Pruned LoRA"}
+                   "pruned_lora": "Pruned LoRA", "ga": "GA", "rl": "RL", "l1_sparse": "l1-sparse", "salun": "SalUn"}
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
@@ -50,6 +50,8 @@ def paper_table(results: dict[str, Any]) -> str:
     epochs = sorted({r["epochs"] for r in rows if r["paradigm"] != "retrain"} or {r["epochs"] for r in rows})
     metrics = [("UA", "UA"), ("MIA_loss_logreg", "MIA (loss, LR)"), ("MIA_confidence_svc", "MIA (conf, SVC)"),
                ("RA", "RA"), ("TA", "TA")]
+    if any("avg_gap" in r for r in rows):
+        metrics.append(("avg_gap", "Avg. Gap"))
     head = ["paradigm"] + [f"{label} {e}ep" for _, label in metrics for e in epochs]
     head += ["RTE s/epoch", "compile s", "peak mem GB", "trainable", "sparsity %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

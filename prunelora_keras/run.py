@@ -48,8 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", metavar="FILE",
                         help="unlearn from this trained model instead of pretraining one: a .keras file or a PyTorch "
                              "state dict (.pt/.pth) of the same architecture (loaded safely: no code from the file runs)")
+    parser.add_argument("--forget-fraction", type=float, metavar="F",
+                        help="random-sample forgetting: forget a seeded stratified fraction F of the training set "
+                             "(e.g. 0.1) instead of one class")
     parser.add_argument("--paradigms", metavar="A,B,...",
-                        help="which to run, any of retrain,finetune,pruned,lora,pruned_lora (default: all five)")
+                        help="which to run, any of retrain,finetune,pruned,lora,pruned_lora (the paper's five, the "
+                             "default) and the baselines ga,rl,l1_sparse,salun")
     parser.add_argument("--epochs", metavar="E1,E2,...",
                         help="unlearning epoch columns, e.g. 5,10 (default); one run of the largest, the others "
                              "evaluated on the way")
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["data.forget_class"] = args.forget_class
         if args.seed is not None:
             overrides["seed"] = args.seed
+        if args.forget_fraction is not None:
+            overrides["data.forget_fraction"] = args.forget_fraction
         if args.devices is not None:
             overrides["devices"] = args.devices
         if args.weights is not None:

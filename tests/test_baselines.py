@@ -1,0 +1,142 @@
+"""The baselines' defining behaviours, random-sample forgetting and Avg. Gap, on tiny data."""
+
+import json
+
+import keras
+import numpy as np
+import optax
+import pytest
+
+from prunelora_keras import baselines
+from prunelora_keras.config import build_config
+from prunelora_keras.data import make_split, random_forget_mask
+from prunelora_keras.metrics import add_avg_gap, cross_entropy
+from prunelora_keras.pipeline import load_data
+from prunelora_keras.run import main
+from prunelora_keras.train import Trainer, make_optimizer, predict_logits
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small CNN fitted to digits (300 images), the data set and its class-wise split."""
+    cfg = build_config("resnet18", "quick", None, {}, ["data.train_size=300", "unlearn.batch_size=32"])
+    ds, split = load_data(cfg)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(ds.image_shape)
+    h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inputs)
+    h = keras.layers.Flatten()(h)
+    model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, name="head")(h))
+    Trainer(model, optax.adam(1e-2), ds.num_classes, ds.mean, ds.std).fit(split.train.x, split.train.y, 15, 32)
+    return cfg, ds, split, [np.asarray(v) for v in model.get_weights()], model
+
+
+def _fresh(trained):
+    cfg, ds, split, weights, model = trained
+    model.set_weights(weights)
+    return model
+
+
+def _forget_loss(model, trained):
+    cfg, ds, split, _, _ = trained
+    return float(cross_entropy(predict_logits(model, split.forget.x, ds.mean, ds.std), split.forget.y).mean())
+
+
+def _run(name, trained, epochs=2, **overrides):
+    cfg, ds, split, _, _ = trained
+    for key, value in overrides.items():
+        setattr(cfg.unlearn, key, value)
+    model = _fresh(trained)
+    plan = baselines.plan(name, model, model.trainable_variables, cfg, split, ds)
+    trainer = Trainer(model, plan.optimizer, ds.num_classes, ds.mean, ds.std, seed=0)
+    trainer.fit(plan.x, plan.y, epochs, 32)
+    return model, plan
+
+
+def test_ga_ascends_the_forget_loss_on_d_f_only(trained):
+    before = _forget_loss(_fresh(trained), trained)
+    model, plan = _run("ga", trained, epochs=10, ga_lr=0.1)  # one step per epoch on ~30 images
+    assert len(plan.y) == len(trained[2].forget) and set(plan.y) == {trained[2].forget_class}
+    assert _forget_loss(model, trained) > max(10 * before, before + 0.1)
+
+
+def test_rl_relabels_every_forget_image_and_changes_its_predictions(trained):
+    cfg, ds, split, _, _ = trained
+    relabelled = baselines.random_other_labels(split.forget.y, ds.num_classes, seed=0)
+    assert np.all(relabelled != split.forget.y) and len(set(relabelled)) > 3
+    np.testing.assert_array_equal(relabelled, baselines.random_other_labels(split.forget.y, ds.num_classes, seed=0))
+    right_before = np.mean(np.argmax(predict_logits(_fresh(trained), split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
+    model, plan = _run("rl", trained, epochs=3, rl_lr=0.05)
+    assert len(plan.y) == len(split.retain) + len(split.forget)
+    right_after = np.mean(np.argmax(predict_logits(model, split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
+    assert right_before > 0.8 and right_after < right_before - 0.3
+
+
+def test_salun_moves_only_the_salient_weights(trained):
+    before = [np.asarray(v) for v in _fresh(trained).trainable_variables]
+    model = _fresh(trained)
+    cfg, ds, split, _, _ = trained
+    masks = baselines.saliency_masks(model, model.trainable_variables, split.forget.x, split.forget.y, ds, 0.3, 64)
+    total = sum(m.size for m in masks)
+    assert sum(m.sum() for m in masks) == pytest.approx(0.3 * total, abs=2)
+    model, _ = _run("salun", trained, salun_ratio=0.3, salun_lr=0.05)
+    moved = 0
+    for b, v, m in zip(before, model.trainable_variables, masks):
+        v = np.asarray(v)
+        np.testing.assert_array_equal(v[m == 0], b[m == 0])  # frozen: not even weight decay moves them
+        moved += int(np.sum(v[m == 1] != b[m == 1]))
+    assert moved > 0.5 * sum(m.sum() for m in masks)
+
+
+def test_l1_penalty_decays_linearly_over_the_epochs(trained):
+    transform = baselines.decaying_l1(0.1, steps_per_epoch=2, epochs=4)
+    params = [np.array([2.0, -3.0, 0.0], np.float32)]
+    state = transform.init(params)
+    seen = []
+    for _ in range(8):
+        updates, state = transform.update([np.zeros(3, np.float32)], state, params)
+        seen.append(np.asarray(updates[0]))
+    for step, u in enumerate(seen):
+        coef = 0.1 * (1 - (step // 2) / 4)
+        np.testing.assert_allclose(u, coef * np.array([1.0, -1.0, 0.0]), rtol=1e-6)
+    model, _ = _run("l1_sparse", trained, epochs=1, l1_alpha=1e-2)  # a penalty that visibly shrinks weights
+    assert np.abs(np.asarray(model.get_layer("head").kernel)).sum() < np.abs(trained[3][2]).sum()
+
+
+def test_random_forgetting_keeps_every_class_in_the_retain_set():
+    cfg = build_config("vit", "quick", None, {}, [])
+    ds, _ = load_data(cfg)
+    split = make_split(ds, 3, 300, 0, seed=0, forget_fraction=0.1)
+    assert split.forget_class == -1 and len(split.test_forget) == 0 and len(split.test_retain) == len(split.test)
+    assert set(split.retain.y) == set(range(ds.num_classes)) and len(set(split.forget.y)) == ds.num_classes
+    assert len(split.forget) == pytest.approx(30, abs=ds.num_classes)
+    assert len(split.retain) + len(split.forget) == len(split.train)
+    y = np.repeat(np.arange(3), [1, 5, 50])  # a class of one image is never forgotten whole
+    mask = random_forget_mask(y, 0.5, seed=1)
+    assert not mask[0] and mask[1:6].sum() == 2 and mask[6:].sum() == 25
+    np.testing.assert_array_equal(mask, random_forget_mask(y, 0.5, seed=1))
+    assert not np.array_equal(mask, random_forget_mask(y, 0.5, seed=2))
+
+
+def test_avg_gap_is_the_mean_absolute_distance_to_retrain():
+    rows = [{"paradigm": "retrain", "epochs": 5, "UA": 100.0, "MIA_confidence_svc": 100.0, "RA": 90.0, "TA": 80.0},
+            {"paradigm": "ga", "epochs": 5, "UA": 90.0, "MIA_confidence_svc": 96.0, "RA": 70.0, "TA": 78.0},
+            {"paradigm": "rl", "epochs": 5, "status": "non-finite loss"}]
+    add_avg_gap(rows)
+    assert rows[0]["avg_gap"] == 0.0 and rows[1]["avg_gap"] == pytest.approx((10 + 4 + 20 + 2) / 4)
+    assert "avg_gap" not in rows[2]
+
+
+@pytest.mark.slow
+def test_every_baseline_runs_in_the_experiment_with_random_forgetting(capsys, tmp_path):
+    args = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16",
+            "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
+            "--set", "data.train_size=300", "--paradigms", "retrain,lora,ga,rl,l1_sparse,salun", "--epochs", "1",
+            "--forget-fraction", "0.1", "--set", "unlearn.paradigm_l1=1e-4", "--out", str(tmp_path / "r")]
+    assert main(args) == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    rows = {r["paradigm"]: r for r in results["rows"]}
+    assert set(rows) == {"retrain", "lora", "ga", "rl", "l1_sparse", "salun"}
+    assert all(r["status"] == "ok" and "avg_gap" in r for r in rows.values())
+    assert results["data"]["forget_class"] == -1 and "random 10%" in results["data"]["forgetting"]
+    table = (tmp_path / "r" / "results.md").read_text()
+    assert "Avg. Gap 1ep" in table and "| SalUn |" in table and "| l1-sparse |" in table
