@@ -35,12 +35,22 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    """A value, or "mean ± std" for rows folded over several seeds."""
+    if f"{key}_std" in row:
+        return f"{_fmt(row.get(key))} ± {_fmt(row[f'{key}_std'])}"
+    return _fmt(row.get(key))
+
+
 def results_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore", lineterminator="\n")
+    keys = list(ROW_KEYS)
+    if any("n_seeds" in r for r in rows):  # folded over seeds: each metric's standard deviation beside it
+        keys += ["n_seeds"] + sorted({k for r in rows for k in r if k.endswith("_std")})
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: row.get(k, "") for k in ROW_KEYS})
+        writer.writerow({k: row.get(k, "") for k in keys})
     return buf.getvalue()
 
 
@@ -66,18 +76,18 @@ def paper_table(results: dict[str, Any]) -> str:
         for key, _ in metrics:
             for e in epochs:
                 row = by_key.get((p, e)) or (by_key.get((p, last["epochs"])) if p == "retrain" else None)
-                cells.append(_fmt(row.get(key)) if row else "-")
+                cells.append(_cell(row, key) if row else "-")
         mem = last.get("peak_mem_bytes")
         mem_txt = f"{mem / 1e9:.2f}" + (" (RSS)" if last.get("mem_kind") == "host_rss" else "") if mem else "-"
-        cells += [_fmt(last.get("rte_s")), _fmt(last.get("compile_s"), 1), mem_txt,
+        cells += [_cell(last, "rte_s"), _fmt(last.get("compile_s"), 1), mem_txt,
                   f"{last.get('trainable_params', 0):,}", _fmt(last.get("sparsity"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     o = results.get("original", {})
     if o:
         lines.append("")
-        lines.append(f"Original model: UA {_fmt(o.get('UA'))}, MIA (loss, LR) {_fmt(o.get('MIA_loss_logreg'))}, "
-                     f"MIA (conf, SVC) {_fmt(o.get('MIA_confidence_svc'))}, RA {_fmt(o.get('RA'))}, "
-                     f"TA {_fmt(o.get('TA'))}. Attack accuracy on shadow data: loss/LR "
+        lines.append(f"Original model: UA {_cell(o, 'UA')}, MIA (loss, LR) {_cell(o, 'MIA_loss_logreg')}, "
+                     f"MIA (conf, SVC) {_cell(o, 'MIA_confidence_svc')}, RA {_cell(o, 'RA')}, "
+                     f"TA {_cell(o, 'TA')}. Attack accuracy on shadow data: loss/LR "
                      f"{_fmt(o.get('attack_acc_loss_logreg'))}%, confidence/SVC {_fmt(o.get('attack_acc_confidence_svc'))}%.")
         for name, label in (("loss_logreg", "loss/LR"), ("confidence_svc", "confidence/SVC")):
             if o.get(f"attack_degenerate_{name}"):
@@ -117,7 +127,7 @@ def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, t
 
 
 def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
-    """RA, TA and UA per paradigm at the largest epoch count."""
+    """RA, TA and UA per paradigm at the largest epoch count (error bars: the spread over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +144,9 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.2))
     for i, (key, color) in enumerate((("RA", "tab:green"), ("TA", "tab:blue"), ("UA", "tab:red"))):
-        ax.bar(x + (i - 1) * 0.26, [final[n][key] for n in names], 0.26, label=key, color=color)
+        spread = [final[n].get(f"{key}_std", 0.0) for n in names]
+        ax.bar(x + (i - 1) * 0.26, [final[n][key] for n in names], 0.26, label=key, color=color,
+               yerr=spread if any(spread) else None, capsize=2)
     ax.set_xticks(x, [f"{PARADIGM_LABELS.get(n, n)}\n({final[n]['epochs']} ep)" for n in names], fontsize=8)
     ax.set_ylabel("percent")
     ax.set_ylim(0, 105)

@@ -7,6 +7,7 @@ folder and prints the results table. Bad input ends with one line on stderr and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import os
@@ -58,6 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="unlearning epoch columns, e.g. 5,10 (default); one run of the largest, the others "
                              "evaluated on the way")
     parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")
+    parser.add_argument("--seeds", metavar="S1,S2,...",
+                        help="run everything once per seed (into <out>/seed<N>/) and report mean and standard "
+                             "deviation, e.g. --seeds 0,1,2")
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
@@ -162,6 +166,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:
+    """The results a run folder already holds for ``cfg`` (None if it holds none).
+
+    A folder holding another configuration's results is refused unless ``overwrite``.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: pass a folder")
+    previous = out_dir / "results.json"
+    if not previous.is_file() or overwrite:
+        return None
+    try:
+        old = json.loads(previous.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if old.get("config") == cfg.to_dict():
+        return old
+    raise UserError(f"{out_dir} holds results of another configuration: pass --overwrite or choose another --out")
+
+
 def run(cfg, args: argparse.Namespace) -> int:
     import keras
 
@@ -170,22 +193,46 @@ def run(cfg, args: argparse.Namespace) -> int:
     if not pipeline.on_jax():
         pipeline.log(f"backend {keras.backend.backend()}: training with Keras's fit (the compiled JAX loop, resume "
                      "within a stage, the prefix cache and data-parallel training need the jax backend)")
+    seeds = None
+    if args.seeds is not None:
+        from prunelora_keras.seeds import parse_seeds
 
-    out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+        try:
+            seeds = parse_seeds(args.seeds)
+        except ValueError:
+            raise UserError(f"--seeds {args.seeds!r}: pass distinct non-negative integers, e.g. --seeds 0,1,2") from None
+    if seeds is None:
+        out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+        results = run_one(cfg, out_dir, args.overwrite)
+        print(pipeline.summary(results))
+        print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
+        return 0
+    from prunelora_keras.report import paper_table, write_report
+    from prunelora_keras.seeds import aggregate
+
+    out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file: pass a folder")
-    previous = out_dir / "results.json"
-    if previous.is_file() and not args.overwrite:
-        try:
-            old = json.loads(previous.read_text())
-        except (OSError, ValueError):
-            old = {}
-        if old.get("config") == cfg.to_dict():
-            print(f"{out_dir} already holds finished results for this configuration:", file=sys.stderr)
-            print(pipeline.summary(old))
-            return 0
-        raise UserError(f"{out_dir} holds results of another configuration: pass --overwrite or choose another --out")
+    runs = []
+    for seed in seeds:  # each seed's run is complete, reusable and resumable in its own folder
+        pipeline.log(f"--- seed {seed} ---")
+        runs.append(run_one(dataclasses.replace(cfg, seed=seed), out_dir / f"seed{seed}", args.overwrite))
+    folded = aggregate(runs)
+    write_report(folded, out_dir)
+    print(paper_table(folded))
+    print(f"results: {out_dir / 'results.json'} (mean ± std over seeds {args.seeds}; each seed in "
+          f"{out_dir}/seed<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
+    return 0
 
+
+def run_one(cfg, out_dir: Path, overwrite: bool) -> dict:
+    """One seed's whole experiment into ``out_dir`` (or the results it already holds)."""
+    from prunelora_keras import pipeline
+
+    old = finished_results(out_dir, cfg, overwrite)
+    if old is not None:
+        pipeline.log(f"{out_dir} already holds finished results for this configuration")
+        return old
     ds, split = pipeline.load_data(cfg)  # fail on data problems before anything trains
     pipeline.make_distribution(cfg)  # and on a device count the batch sizes do not split over
     if not pipeline.has_accelerator() and cfg.preset == "paper" and pipeline.on_jax():
@@ -198,10 +245,7 @@ def run(cfg, args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline.log(f"run folder: {out_dir} (checkpoints: about {need / 1e6:.0f} MB)  "
                  f"device: {pipeline.device_description()}")
-    results = pipeline.run_pipeline(cfg, out_dir, ds, split)
-    print(pipeline.summary(results))
-    print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
-    return 0
+    return pipeline.run_pipeline(cfg, out_dir, ds, split)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import numpy as np
 
 import pytest
 
@@ -162,3 +163,21 @@ def test_unlearning_from_the_users_own_pytorch_weights(capsys, tmp_path):
     code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--weights", str(tmp_path / "nope.pt"), "--out",
                                      str(tmp_path / "r2")])
     assert code == 2 and "is not a file" in err
+
+
+@pytest.mark.slow
+def test_seeds_run_everything_per_seed_and_report_mean_and_spread(capsys, tmp_path):
+    out = tmp_path / "seeds"
+    code, table, err = run_main(capsys, ["--model", "vit", *TINY, "--paradigms", "retrain,finetune", "--epochs", "1",
+                                         "--seeds", "0,1", "--out", str(out)])
+    assert code == 0, err
+    folded = json.loads((out / "results.json").read_text())
+    per_seed = [json.loads((out / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert folded["seeds"] == [0, 1] and [r["seed"] for r in per_seed] == [0, 1]
+    ft = next(r for r in folded["rows"] if r["paradigm"] == "finetune")
+    values = [next(r for r in run["rows"] if r["paradigm"] == "finetune")["RA"] for run in per_seed]
+    assert ft["n_seeds"] == 2 and ft["RA"] == pytest.approx(np.mean(values)) and ft["RA_std"] == pytest.approx(np.std(values))
+    assert "avg_gap_std" in ft and " ± " in table and (out / "metrics.png").is_file()
+    assert "RA_std" in (out / "results.csv").read_text().splitlines()[0]
+    code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--seeds", "0,0", "--out", str(tmp_path / "bad")])
+    assert code == 2 and "--seeds '0,0'" in err

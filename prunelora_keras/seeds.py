@@ -1,0 +1,61 @@
+"""Several seeds, one table: mean and standard deviation of every metric per paradigm and epoch.
+
+``--seeds 0,1,2`` runs the whole experiment once per seed (data subsample, original model, Retrain,
+every paradigm, MIA draws: all seeded) into ``<out>/seed<N>/``, then this module folds the runs
+into ``<out>/results.json`` (rows with ``<metric>`` the mean and ``<metric>_std`` the population
+standard deviation over the seeds that finished, and ``n_seeds``), the CSV, the table
+(``mean ± std``) and the plots (error bars). A paradigm that failed in every seed stays failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SPREAD_KEYS = ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "avg_gap", "rte_s", "sparsity",
+               "peak_mem_bytes")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; raises ValueError on anything else (run.py turns it into one line)."""
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(text)
+    return seeds
+
+
+def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dictionary from per-seed results dictionaries (same configuration but the seed)."""
+    first = runs[0]
+    keys = list(dict.fromkeys((r["paradigm"], r["epochs"]) for run in runs for r in run["rows"]))
+    rows = []
+    for paradigm, epochs in keys:
+        found = [r for run in runs for r in run["rows"] if (r["paradigm"], r["epochs"]) == (paradigm, epochs)]
+        ok = [r for r in found if r.get("status", "ok") == "ok"]
+        if not ok:
+            rows.append({"paradigm": paradigm, "epochs": epochs, "status": found[0].get("status", "failed"),
+                         "n_seeds": 0})
+            continue
+        row = {"paradigm": paradigm, "epochs": epochs, "n_seeds": len(ok),
+               "status": "ok" if len(ok) == len(found) else f"ok in {len(ok)} of {len(found)} seeds",
+               "trainable_params": ok[0].get("trainable_params"), "mem_kind": ok[0].get("mem_kind"),
+               "compile_s": float(np.mean([r.get("compile_s", np.nan) for r in ok]))}
+        for key in SPREAD_KEYS:
+            values = [r[key] for r in ok if r.get(key) is not None]
+            if values:
+                row[key] = float(np.mean(values))
+                row[f"{key}_std"] = float(np.std(values))
+        rows.append(row)
+    original = {}
+    for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "train_acc", "test_acc",
+                "attack_acc_loss_logreg", "attack_acc_confidence_svc"):
+        values = [run["original"][key] for run in runs if key in run.get("original", {})]
+        if values:
+            original[key], original[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
+    config = dict(first["config"])
+    config["seed"] = [run["seed"] for run in runs]
+    return {"config": config, "seeds": [run["seed"] for run in runs], "device": first.get("device"),
+            "versions": first.get("versions"), "data": first.get("data"), "original": original, "rows": rows,
+            "per_seed": [{"seed": run["seed"], "rows": run["rows"], "wall_s": run.get("wall_s")} for run in runs],
+            "wall_s": float(sum(run.get("wall_s", 0.0) for run in runs))}
