@@ -39,6 +39,7 @@ class DataConfig:
     dataset: str = "cifar10"  # cifar10 | digits | tfds:cifar10
     data_dir: str = ""  # cifar-10-batches-py folder, image-folder tree, or .tar.gz/.tar/.zip of one
     forget_class: int = 3
+    forget_classes: list[int] = field(default_factory=list)  # continual unlearning: forget requests in order, e.g. [3, 5, 7]
     forget_fraction: float = 0.0  # > 0: random-sample forgetting of this stratified fraction of the training set
     train_size: int = 0  # seeded stratified subsample of the training set; 0 keeps all
     test_size: int = 0  # same for the test set
@@ -322,6 +323,10 @@ def validate(cfg: Config) -> None:
         (cfg.data.test_size >= 0, "data.test_size must be >= 0 (0 keeps the whole test set)"),
         (cfg.data.forget_class >= 0, "data.forget_class must be >= 0"),
         (0 <= cfg.data.forget_fraction < 1, "data.forget_fraction must be in [0, 1) (0: class-wise forgetting)"),
+        (len(set(cfg.data.forget_classes)) == len(cfg.data.forget_classes) and min(cfg.data.forget_classes, default=0) >= 0,
+         "data.forget_classes must list distinct classes >= 0, e.g. --forget-class 3,5,7"),
+        (not (cfg.data.forget_classes and cfg.data.forget_fraction),
+         "continual class requests (--forget-class 3,5,...) and --forget-fraction exclude each other: choose one"),
         (cfg.model.width > 0, "model.width must be > 0"),
         (cfg.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (cfg.model.depth >= 1 and cfg.model.heads >= 1, "model.depth and model.heads must be >= 1"),

@@ -21,7 +21,7 @@ import pickle
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Sequence, Iterator
 from dataclasses import dataclass
 from typing import Any
 from pathlib import Path
@@ -86,6 +86,7 @@ class UnlearningSplit:
     train: Subset  # the (possibly subsampled) full training set, for pretraining
     test: Subset  # the (possibly subsampled) full test set
     forget_class: int
+    forget_classes: tuple[int, ...] = ()  # every class forgotten (continual unlearning: more than one)
 
 
 def check_dataset(ds: Dataset) -> None:
@@ -440,7 +441,7 @@ def random_forget_mask(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     return mask
 
 
-def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: int = 0, seed: int = 0,
+def make_split(ds: Dataset, forget_class: int | Sequence[int], train_size: int = 0, test_size: int = 0, seed: int = 0,
                forget_fraction: float = 0.0) -> UnlearningSplit:
     """Subsample (optionally) and split a data set for unlearning.
 
@@ -449,8 +450,14 @@ def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: i
     training set, D_r the rest, TA on the whole test set; ``forget_class`` is then -1.
     """
     check_dataset(ds)
-    if not forget_fraction and not 0 <= forget_class < ds.num_classes:
-        raise UserError(f"--forget-class {forget_class} is out of range: {ds.name} has classes 0..{ds.num_classes - 1}")
+    classes = tuple(int(c) for c in forget_class) if isinstance(forget_class, (list, tuple)) else (int(forget_class),)
+    for c in classes if not forget_fraction else ():
+        if not 0 <= c < ds.num_classes:
+            raise UserError(f"--forget-class {c} is out of range: {ds.name} has classes 0..{ds.num_classes - 1}")
+    if len(classes) >= ds.num_classes:
+        raise UserError(f"--forget-class {','.join(map(str, classes))} forgets every class of {ds.name}: "
+                        "leave at least one class to retain")
+    forget_class = classes[-1]
     tr = stratified_indices(ds.y_train, train_size, seed, "data.train_size")
     te = stratified_indices(ds.y_test, test_size, seed + 1, "data.test_size")
     x_tr, y_tr, x_te, y_te = ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
@@ -458,7 +465,7 @@ def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: i
         forget_class = -1
         f_tr, f_te = random_forget_mask(y_tr, forget_fraction, seed), np.zeros(len(y_te), bool)
     else:
-        f_tr, f_te = y_tr == forget_class, y_te == forget_class
+        f_tr, f_te = np.isin(y_tr, classes), np.isin(y_te, classes)
     split = UnlearningSplit(
         retain=Subset(x_tr[~f_tr], y_tr[~f_tr]),
         forget=Subset(x_tr[f_tr], y_tr[f_tr]),
@@ -467,6 +474,7 @@ def make_split(ds: Dataset, forget_class: int, train_size: int = 0, test_size: i
         train=Subset(x_tr, y_tr),
         test=Subset(x_te, y_te),
         forget_class=forget_class,
+        forget_classes=() if forget_fraction else classes,
     )
     for name, setting in (("retain", "data.train_size"), ("forget", "data.train_size"),
                           ("test_retain", "data.test_size")):

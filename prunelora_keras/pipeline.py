@@ -7,6 +7,7 @@ recipe, seed), so a later run with the same settings reuses them instead of trai
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -96,6 +97,7 @@ def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str
     payload = {"stage": stage, "model": model, "recipe": asdict(recipe), "seed": cfg.seed,
                "data": data_id, "forget_class": cfg.data.forget_class if stage == "retrain" else None,
                **({"forget_fraction": cfg.data.forget_fraction} if stage == "retrain" and cfg.data.forget_fraction else {}),
+               **({"forget_classes": cfg.data.forget_classes} if stage == "retrain" and cfg.data.forget_classes else {}),
                "batch_size": cfg.data.batch_size, "drop_last": cfg.data.drop_last}
     if weights and stage == "original":  # given, not trained: the file (path, size, time) is the identity
         stat = Path(weights).expanduser().stat()
@@ -199,6 +201,8 @@ def load_data(cfg: Config) -> tuple[Dataset, UnlearningSplit]:
     ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     split = make_split(ds, cfg.data.forget_class, cfg.data.train_size, cfg.data.test_size, cfg.seed,
                        cfg.data.forget_fraction)
+    if cfg.data.forget_classes:  # continual: every request must be valid before anything trains
+        make_split(ds, cfg.data.forget_classes, cfg.data.train_size, cfg.data.test_size, cfg.seed)
     if cfg.model.name == "vit":
         h, w = ds.image_shape[:2]
         if h % cfg.model.patch_size or w % cfg.model.patch_size:
@@ -305,7 +309,7 @@ def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.
 
 
 def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
-                 out_dir: Path | None = None, distribution: Any = None
+                 out_dir: Path | None = None, distribution: Any = None, save_to: Path | None = None
                  ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count.
 
@@ -317,7 +321,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     key = paradigm_key(name, cfg, original_ckpt)
     done = out_dir / "paradigms" / f"{name}-{key}.json" if out_dir is not None else None
     state_path = out_dir / "checkpoints" / f"{name}-{key}.state.npz" if out_dir is not None else None
-    if done is not None and done.is_file():
+    if done is not None and done.is_file() and (save_to is None or save_to.is_file()):
         log(f"{name}: reusing finished results {done}")
         return _load_finished(done)
     keras.utils.set_random_seed(cfg.seed)
@@ -399,6 +403,11 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     if last_losses is None and first > total:  # killed after the last epoch's state, before the results
         eval_model = evaluation_model(recipe.eval_model())
         _, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
+    if save_to is not None:  # the unlearned model, the start of the next request (continual unlearning)
+        save_to.parent.mkdir(parents=True, exist_ok=True)
+        tmp = save_to.with_name(f".{save_to.stem}.tmp.keras")
+        evaluation_model(recipe.eval_model()).save(tmp)
+        os.replace(tmp, save_to)
     if done is not None:
         _save_finished(done, rows, last_losses)
         if state_path is not None:
@@ -412,6 +421,8 @@ def on_jax() -> bool:
 
 
 def forget_description(split: UnlearningSplit, ds: Dataset) -> str:
+    if len(split.forget_classes) > 1:
+        return "classes " + ", ".join(f"{c} '{ds.class_names[c]}'" for c in split.forget_classes)
     if split.forget_class < 0:
         return f"a random {len(split.forget) / len(split.train):.0%} of the training set, every class"
     return f"class {split.forget_class} '{ds.class_names[split.forget_class]}'"
@@ -434,27 +445,14 @@ def make_distribution(cfg: Config) -> Any:
     return distribution
 
 
-def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
-                 split: UnlearningSplit | None = None) -> dict[str, Any]:
-    """Run the whole experiment for ``cfg`` into ``out_dir``; returns the results dictionary."""
-    start = time.perf_counter()
-    if ds is None or split is None:
-        ds, split = load_data(cfg)
-    log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)}: "
-        f"{forget_description(split, ds)}), test {len(split.test)}, images {ds.image_shape}")
-    data_id = data_identity(cfg)
-    distribution = make_distribution(cfg)
-    try:
-        original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id,
-                                               distribution)
-    except FloatingPointError as exc:  # nothing can be unlearned from a model that did not train
-        raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
-                             "then run the same command again") from None
-    original_metrics, _ = evaluate_unlearning(original_model, split, ds, cfg)
-    log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%")
+def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict[str, str], original_ckpt: str,
+                  out_dir: Path, data_id: str, distribution: Any, stages: list[StageResult],
+                  save_dir: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], dict]:
+    """Retrain and every paradigm for one forget request. ``starts``: each paradigm's start model
+    (default the original). With ``save_dir``, each unlearned model is saved there; returns (rows,
+    Figure-2 losses, {paradigm: saved model path})."""
     rows: list[dict[str, Any]] = []
     losses: dict[str, dict[str, np.ndarray]] = {}
-    stages = [original]
     retrain_model = None
     if "retrain" in cfg.unlearn.paradigms:
         try:
@@ -474,14 +472,83 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
                          "compile_s": hist[0].compile_s if hist else float("nan"), "peak_mem_bytes": mem,
                          "mem_kind": kind, "trainable_params": count_params(retrain_model.trainable_variables),
                          "sparsity": _sparsity_pct(retrain_model, cfg), "status": "ok"})
+    saved: dict[str, str] = {}
     for name in cfg.unlearn.paradigms:
         if name == "retrain":
             continue
-        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, original.checkpoint, ds, split, out_dir, distribution)
+        save_to = save_dir / f"{name}.keras" if save_dir is not None else None
+        paradigm_rows, paradigm_losses = run_paradigm(name, cfg, starts.get(name, original_ckpt), ds, split, out_dir,
+                                                      distribution, save_to)
+        if save_to is not None:
+            saved[name] = str(save_to)
         rows += paradigm_rows
         if paradigm_losses is not None:
             losses[name] = paradigm_losses
     add_avg_gap(rows)
+    return rows, losses, saved
+
+
+def unlearn_continually(cfg: Config, ds: Dataset, original: StageResult, out_dir: Path, data_id: str,
+                        distribution: Any, stages: list[StageResult]
+                        ) -> tuple[list[dict[str, Any]], dict[str, dict[str, np.ndarray]], list[dict[str, Any]]]:
+    """Continual unlearning: the forget requests of ``cfg.data.forget_classes`` one after another.
+
+    Request k forgets classes[:k] in all: each paradigm starts from its own model after request
+    k-1 (the first from the original), Retrain trains from scratch without all of them, and the
+    metrics (UA and MIA on every class forgotten so far, RA on the rest) are taken after each
+    request. Rows carry ``request`` and ``forgotten``; each request's own table is in
+    ``request<k>/results.md``.
+    """
+    sequence = list(cfg.data.forget_classes)
+    all_rows: list[dict[str, Any]] = []
+    requests = []
+    starts: dict[str, str] = {}
+    losses: dict[str, dict[str, np.ndarray]] = {}
+    for k in range(1, len(sequence) + 1):
+        cfg_k = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, forget_class=sequence[k - 1],
+                                                                  forget_classes=sequence[:k]))
+        split_k = make_split(ds, sequence[:k], cfg.data.train_size, cfg.data.test_size, cfg.seed)
+        log(f"--- request {k} of {len(sequence)}: forget {forget_description(split_k, ds)} "
+            f"(retain {len(split_k.retain)}, forget {len(split_k.forget)}) ---")
+        request_stages: list[StageResult] = []
+        rows, losses, saved = unlearn_round(cfg_k, split_k, ds, starts, original.checkpoint, out_dir, data_id,
+                                            distribution, request_stages, out_dir / "continual" / f"request{k}")
+        for stage in request_stages:
+            stage.name = f"{stage.name}_request{k}"
+        stages += request_stages
+        starts = saved
+        for r in rows:
+            r.update(request=k, forgotten=sequence[:k])
+        all_rows += rows
+        requests.append({"request": k, "forgotten": sequence[:k], "rows": rows})
+        write_report({"config": cfg_k.to_dict(), "rows": rows, "original": {}}, out_dir / f"request{k}", losses)
+    return all_rows, losses, requests
+
+
+def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
+                 split: UnlearningSplit | None = None) -> dict[str, Any]:
+    """Run the whole experiment for ``cfg`` into ``out_dir``; returns the results dictionary."""
+    start = time.perf_counter()
+    if ds is None or split is None:
+        ds, split = load_data(cfg)
+    log(f"data: {ds.name}, train {len(split.train)} (retain {len(split.retain)}, forget {len(split.forget)}: "
+        f"{forget_description(split, ds)}), test {len(split.test)}, images {ds.image_shape}")
+    data_id = data_identity(cfg)
+    distribution = make_distribution(cfg)
+    try:
+        original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id,
+                                               distribution)
+    except FloatingPointError as exc:  # nothing can be unlearned from a model that did not train
+        raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
+                             "then run the same command again") from None
+    original_metrics, _ = evaluate_unlearning(original_model, split, ds, cfg)
+    log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%")
+    stages = [original]
+    if cfg.data.forget_classes:
+        rows, losses, requests = unlearn_continually(cfg, ds, original, out_dir, data_id, distribution, stages)
+    else:
+        rows, losses, _ = unlearn_round(cfg, split, ds, {}, original.checkpoint, out_dir, data_id, distribution, stages)
+        requests = None
     results = {
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -495,6 +562,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         "original": {**original_metrics, "train_acc": original.accuracies["train"], "test_acc": original.accuracies["test"]},
         "rows": rows,
         "stages": {r.name: asdict(r) for r in stages},
+        **({"requests": requests} if requests is not None else {}),
         "wall_s": time.perf_counter() - start,
     }
     write_report(results, out_dir, losses)

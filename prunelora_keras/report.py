@@ -55,8 +55,20 @@ def results_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def paper_table(results: dict[str, Any]) -> str:
-    """Markdown laid out like the paper's Table 1: each metric per epoch count, then RTE and memory."""
+    """Markdown laid out like the paper's Table 1: each metric per epoch count, then RTE and memory.
+
+    Continual unlearning (rows with ``request``): one such table after each forget request."""
     rows = results["rows"]
+    requests = list(dict.fromkeys(r["request"] for r in rows if "request" in r))
+    if requests:
+        parts = []
+        for k in requests:
+            sub = [{key: v for key, v in r.items() if key != "request"} for r in rows if r.get("request") == k]
+            forgotten = ", ".join(map(str, sub[0].get("forgotten", [])))
+            parts.append(f"After request {k} (forgotten so far: classes {forgotten}):\n\n"
+                         + paper_table({**results, "rows": sub, "original": {} if k != requests[-1] else
+                                        results.get("original", {})}))
+        return "\n\n".join(parts)
     epochs = sorted({r["epochs"] for r in rows if r["paradigm"] != "retrain"} or {r["epochs"] for r in rows})
     metrics = [("UA", "UA"), ("MIA_loss_logreg", "MIA (loss, LR)"), ("MIA_confidence_svc", "MIA (conf, SVC)"),
                ("RA", "RA"), ("TA", "TA")]

@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data-dir", metavar="PATH",
                         help="CIFAR-10 as cifar-10-batches-py, an image-folder tree train/<class>/ test/<class>/, "
                              "or a .tar.gz/.tar/.zip of that tree (default: Keras's download cache)")
-    parser.add_argument("--forget-class", type=int, metavar="N", help="the class to unlearn (default: the preset's, 3)")
+    parser.add_argument("--forget-class", metavar="N[,N...]",
+                        help="the class to unlearn (default: the preset's, 3); several, e.g. 3,5,7: continual "
+                             "unlearning, one request after another on the same models, metrics after each")
     parser.add_argument("--weights", metavar="FILE",
                         help="unlearn from this trained model instead of pretraining one: a .keras file or a PyTorch "
                              "state dict (.pt/.pth) of the same architecture (loaded safely: no code from the file runs)")
@@ -134,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.data_dir is not None:
             overrides["data.data_dir"] = args.data_dir
         if args.forget_class is not None:
-            overrides["data.forget_class"] = args.forget_class
+            classes = [c.strip() for c in args.forget_class.split(",") if c.strip()]
+            if not classes or not all(c.lstrip("-").isdigit() for c in classes):
+                raise UserError(f"--forget-class {args.forget_class!r}: pass a class number or a list such as 3,5,7")
+            overrides["data.forget_class"] = int(classes[0])
+            if len(classes) > 1:
+                overrides["data.forget_classes"] = [int(c) for c in classes]
         if args.seed is not None:
             overrides["seed"] = args.seed
         if args.forget_fraction is not None:

@@ -140,3 +140,26 @@ def test_every_baseline_runs_in_the_experiment_with_random_forgetting(capsys, tm
     assert results["data"]["forget_class"] == -1 and "random 10%" in results["data"]["forgetting"]
     table = (tmp_path / "r" / "results.md").read_text()
     assert "Avg. Gap 1ep" in table and "| SalUn |" in table and "| l1-sparse |" in table
+
+
+@pytest.mark.slow
+def test_continual_unlearning_applies_requests_one_after_another(capsys, tmp_path):
+    out = tmp_path / "c"
+    args = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16",
+            "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
+            "--set", "data.train_size=300", "--paradigms", "retrain,finetune,lora", "--epochs", "1",
+            "--forget-class", "3,5", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    results = json.loads((out / "results.json").read_text())
+    assert [r["forgotten"] for r in results["requests"]] == [[3], [3, 5]]
+    second = {r["paradigm"]: r for r in results["rows"] if r["request"] == 2}
+    assert set(second) == {"retrain", "finetune", "lora"} and all("avg_gap" in r for r in second.values())
+    assert results["stages"]["retrain_request2"]["accuracies"]["forget"] == 0.0  # never saw 3 or 5
+    # the second request starts from each paradigm's model after the first
+    assert (out / "continual" / "request1" / "finetune.keras").is_file()
+    table = (out / "results.md").read_text()
+    assert "After request 1 (forgotten so far: classes 3)" in table and "classes 3, 5" in table
+    assert (out / "request2" / "results.md").is_file()
+    code = main(args[:-4] + ["--forget-class", "3,3", "--out", str(tmp_path / "bad")])
+    assert code == 2 and "distinct classes" in capsys.readouterr().err
