@@ -35,6 +35,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def save_model(model, path: Path) -> None:
+    """``model.save(path)`` through a temporary name and a rename: a finished ``.keras`` file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
 def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
     """Save ``trainer``'s state and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz)."""
     import io

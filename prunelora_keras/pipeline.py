@@ -25,7 +25,7 @@ import optax
 
 from prunelora_keras import __version__, baselines
 from prunelora_keras.baselines import BASELINES
-from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_state
+from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_model, save_state
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
 from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
@@ -133,10 +133,7 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         model = build_model(cfg.model, ds.num_classes, ds.image_shape)
         load_weights_file(cfg.model.weights, model)  # safe: no code from the file runs; names and shapes checked
         log(f"{name}: weights from {cfg.model.weights} (no pretraining)")
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_name(f".{ckpt.stem}.tmp.keras")
-        model.save(tmp)
-        os.replace(tmp, ckpt)
+        save_model(model, ckpt)
         reused = False
     else:
         keras.utils.set_random_seed(cfg.seed)
@@ -164,10 +161,7 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
                         on_epoch_end, first_epoch=first)
         trainer.sync_to_model()
         set_bn_policy(model, "update")  # saved models are plain: every layer trainable
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_name(f".{ckpt.stem}.tmp.keras")
-        model.save(tmp)
-        os.replace(tmp, ckpt)
+        save_model(model, ckpt)
         atomic_write_bytes(sidecar, json.dumps([asdict(h) for h in history]).encode())
         state_path.unlink(missing_ok=True)
         reused = False
@@ -404,10 +398,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         eval_model = evaluation_model(recipe.eval_model())
         _, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
     if save_to is not None:  # the unlearned model, the start of the next request (continual unlearning)
-        save_to.parent.mkdir(parents=True, exist_ok=True)
-        tmp = save_to.with_name(f".{save_to.stem}.tmp.keras")
-        evaluation_model(recipe.eval_model()).save(tmp)
-        os.replace(tmp, save_to)
+        save_model(evaluation_model(recipe.eval_model()), save_to)
     if done is not None:
         _save_finished(done, rows, last_losses)
         if state_path is not None:
