@@ -1,9 +1,15 @@
 """Shared test setup: the package is imported first so Keras starts on the JAX backend."""
 
 import os
+import tempfile
 from pathlib import Path
 
-import prunelora_keras  # noqa: F401  (must precede any keras import)
+# One persistent XLA compilation cache for the whole session, its xdist workers and the
+# subprocesses the end-to-end tests start: a compiled step is reused instead of compiled again
+# (a tiny run's 40 s fall to 16 s). Same executables, same numbers.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"prunelora-test-xla-{os.getuid()}"))
+
+import prunelora_keras  # noqa: F401,E402  (must precede any keras import)
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent

@@ -119,9 +119,7 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, extra", [
-    ("vit", []),  # the README's main command, whole
-    # the ResNet-50's quick run, cut to its pretraining and one paradigm-epoch to keep CI short
-    ("resnet50", ["--paradigms", "pruned_lora", "--epochs", "1"]),
+    ("vit", []),  # the README's main command, whole (the ResNet-50's quick run: benchmarks/results/quick-wall.txt)
 ])
 def test_quick_preset_reaches_90_percent_on_digits(tmp_path, model, extra):
     """The README's main command, as a user runs it (a fresh process, no KERAS_BACKEND)."""
