@@ -28,16 +28,20 @@ def parse_seeds(text: str) -> list[int]:
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One results dictionary from per-seed results dictionaries (same configuration but the seed)."""
     first = runs[0]
-    keys = list(dict.fromkeys((r["paradigm"], r["epochs"]) for run in runs for r in run["rows"]))
+    def row_key(r):  # continual unlearning: one row per request too
+        return r["paradigm"], r["epochs"], r.get("request")
+
+    keys = list(dict.fromkeys(row_key(r) for run in runs for r in run["rows"]))
     rows = []
-    for paradigm, epochs in keys:
-        found = [r for run in runs for r in run["rows"] if (r["paradigm"], r["epochs"]) == (paradigm, epochs)]
+    for paradigm, epochs, request in keys:
+        found = [r for run in runs for r in run["rows"] if row_key(r) == (paradigm, epochs, request)]
         ok = [r for r in found if r.get("status", "ok") == "ok"]
+        where = {} if request is None else {"request": request, "forgotten": found[0].get("forgotten")}
         if not ok:
-            rows.append({"paradigm": paradigm, "epochs": epochs, "status": found[0].get("status", "failed"),
+            rows.append({"paradigm": paradigm, "epochs": epochs, **where, "status": found[0].get("status", "failed"),
                          "n_seeds": 0})
             continue
-        row = {"paradigm": paradigm, "epochs": epochs, "n_seeds": len(ok),
+        row = {"paradigm": paradigm, "epochs": epochs, **where, "n_seeds": len(ok),
                "status": "ok" if len(ok) == len(found) else f"ok in {len(ok)} of {len(found)} seeds",
                "trainable_params": ok[0].get("trainable_params"), "mem_kind": ok[0].get("mem_kind"),
                "compile_s": float(np.mean([r.get("compile_s", np.nan) for r in ok]))}

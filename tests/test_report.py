@@ -5,6 +5,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 
 from prunelora_keras.report import ROW_KEYS, paper_table, results_csv, write_report
 
@@ -60,3 +61,23 @@ def test_write_report_writes_every_file(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_seed_folding_keeps_continual_requests_apart_and_failures_out():
+    from prunelora_keras.seeds import aggregate, parse_seeds
+
+    def run(seed, ra, status="ok"):
+        return {"seed": seed, "config": {"seed": seed}, "original": {"RA": 90.0 + seed}, "wall_s": 10.0, "rows": [
+            {"paradigm": "ft", "epochs": 1, "request": 1, "forgotten": [3], "RA": ra, "status": "ok"},
+            {"paradigm": "ft", "epochs": 1, "request": 2, "forgotten": [3, 5], "RA": ra + 10, "status": status}]}
+
+    folded = aggregate([run(0, 50.0), run(1, 60.0), run(2, 70.0, status="non-finite loss")])
+    first, second = folded["rows"]
+    assert (first["request"], first["RA"], first["n_seeds"]) == (1, 60.0, 3)
+    assert first["RA_std"] == pytest.approx(np.std([50.0, 60.0, 70.0]))
+    assert (second["RA"], second["n_seeds"], second["status"]) == (65.0, 2, "ok in 2 of 3 seeds")
+    assert folded["seeds"] == [0, 1, 2] and folded["original"]["RA"] == 91.0 and folded["wall_s"] == 30.0
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("", "0,0", "-1", "a"):
+        with pytest.raises(ValueError):
+            parse_seeds(bad)
