@@ -14,7 +14,12 @@ def tiny_cfg(*sets):
     return build_config("vit", "quick", sets=base + list(sets))
 
 
-def test_pruned_reuses_finetunes_compiled_step_and_gets_the_same_results(tmp_path):
+def test_pruned_reuses_finetunes_compiled_step_and_gets_the_same_results(tmp_path, monkeypatch):
+    import jax
+
+    compiles = []  # counted at the request, so a persistent XLA cache (tests/conftest.py) cannot hide one
+    real = jax.stages.Lowered.compile
+    monkeypatch.setattr(jax.stages.Lowered, "compile", lambda self, *a, **k: compiles.append(1) or real(self, *a, **k))
     cfg = tiny_cfg()
     ds, split = load_data(cfg)
     model = build_model(cfg.model, ds.num_classes, ds.image_shape)
@@ -25,15 +30,17 @@ def test_pruned_reuses_finetunes_compiled_step_and_gets_the_same_results(tmp_pat
     model.save(ckpt)
     train._SHARED_STEPS.clear()
     finetune, _ = run_paradigm("finetune", cfg, ckpt, ds, split)
+    after_finetune = len(compiles)
+    assert after_finetune >= 1
     shared, _ = run_paradigm("pruned", cfg, ckpt, ds, split)  # reference mode: no masks, same step
-    assert shared[0]["compile_s"] < 0.2 * finetune[0]["compile_s"]
+    assert len(compiles) == after_finetune
     train._SHARED_STEPS.clear()
     alone, _ = run_paradigm("pruned", cfg, ckpt, ds, split)  # compiled for itself
-    assert alone[0]["compile_s"] > 0.5 * finetune[0]["compile_s"]
+    assert len(compiles) == 2 * after_finetune
     for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "sparsity"):
         assert shared[0][key] == alone[0][key], key
     # persistent masks are constants of the step: never shared
     persistent = tiny_cfg("unlearn.prune_mode=persistent")
     masked, _ = run_paradigm("pruned", persistent, ckpt, ds, split)
-    assert masked[0]["compile_s"] > 0.5 * finetune[0]["compile_s"]
+    assert len(compiles) == 3 * after_finetune
     assert np.isfinite(masked[0]["RA"])
