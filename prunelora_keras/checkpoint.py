@@ -43,17 +43,18 @@ def save_model(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _state_groups(trainer) -> dict[str, list]:
+    """The trainer's arrays by file-key prefix: one layout for saving and loading."""
+    return {"train": list(trainer.train_values), "nt": list(trainer.non_trainable_values),
+            "opt": jax.tree_util.tree_leaves(trainer.opt_state)}
+
+
 def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
     """Save ``trainer``'s state and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz)."""
     import io
 
-    arrays: dict[str, np.ndarray] = {}
-    for i, v in enumerate(trainer.train_values):
-        arrays[f"train_{i}"] = np.asarray(v)
-    for i, v in enumerate(trainer.non_trainable_values):
-        arrays[f"nt_{i}"] = np.asarray(v)
-    for i, v in enumerate(jax.tree_util.tree_leaves(trainer.opt_state)):
-        arrays[f"opt_{i}"] = np.asarray(v)
+    arrays = {f"{prefix}_{i}": np.asarray(v) for prefix, values in _state_groups(trainer).items()
+              for i, v in enumerate(values)}
     doc = {"format": FORMAT, "global_step": trainer.global_step, **meta}
     arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -78,23 +79,21 @@ def load_state(path: Path, trainer) -> dict[str, Any]:
     """
     import jax.numpy as jnp
 
+    groups = _state_groups(trainer)
     with np.load(path, allow_pickle=False) as z:
         doc = json.loads(z["meta"].tobytes().decode())
-        train = [z[f"train_{i}"] for i in range(len(trainer.train_values))]
-        nt = [z[f"nt_{i}"] for i in range(len(trainer.non_trainable_values))]
-        leaves, treedef = jax.tree_util.tree_flatten(trainer.opt_state)
-        opt = [z[f"opt_{i}"] for i in range(len(leaves))]
-        extra = {k for k in z.files if k.split("_")[0] in ("train", "nt", "opt")} - (
-            {f"train_{i}" for i in range(len(train))} | {f"nt_{i}" for i in range(len(nt))}
-            | {f"opt_{i}" for i in range(len(opt))})
-    if doc.get("format") != FORMAT or extra:
-        raise ValueError(f"{path} does not hold this trainer's state")
-    for saved, current in zip(train + nt + opt, list(trainer.train_values) + list(trainer.non_trainable_values) + leaves):
-        if saved.shape != tuple(np.shape(current)) or saved.dtype != np.asarray(current).dtype:
-            raise ValueError(f"{path} does not hold this trainer's state (a shape or dtype differs)")
-    trainer.train_values = [jnp.asarray(v) for v in train]
-    trainer.non_trainable_values = [jnp.asarray(v) for v in nt]
-    trainer.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in opt])
+        expected = {f"{prefix}_{i}" for prefix, values in groups.items() for i in range(len(values))}
+        if doc.get("format") != FORMAT or set(z.files) - {"meta"} != expected:
+            raise ValueError(f"{path} does not hold this trainer's state")
+        saved = {prefix: [z[f"{prefix}_{i}"] for i in range(len(values))] for prefix, values in groups.items()}
+    for prefix, values in groups.items():
+        for array, current in zip(saved[prefix], values):
+            if array.shape != tuple(current.shape) or array.dtype != current.dtype:
+                raise ValueError(f"{path} does not hold this trainer's state (a shape or dtype differs)")
+    trainer.train_values = [jnp.asarray(v) for v in saved["train"]]
+    trainer.non_trainable_values = [jnp.asarray(v) for v in saved["nt"]]
+    treedef = jax.tree_util.tree_structure(trainer.opt_state)
+    trainer.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in saved["opt"]])
     trainer.global_step = int(doc["global_step"])
     trainer.place_state()  # data-parallel: back onto every device
     return doc
