@@ -90,15 +90,13 @@ class FitTrainer:
                       metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
         self.global_step = 0
 
-    def _epoch_batches(self, x: np.ndarray, y: np.ndarray, batch_size: int, epoch: int, drop_last: bool):
-        rng = np.random.default_rng([self.seed, epoch])
-        base = jax.random.key(self.seed)
-        for xb, yb in batches(x, y, batch_size, rng, drop_last):
-            key = jax.random.fold_in(base, self.global_step)
-            images, targets = prepare_batch(key, xb, yb.astype(np.int32), self.num_classes, self.mean, self.std,
-                                            self.augment, self.mixup_alpha)
-            self.global_step += 1
-            yield np.asarray(images), np.asarray(targets)
+    def _epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int, epoch: int, drop_last: bool) -> "_Batches":
+        """The epoch's batches in the compiled loop's order; each step's key from (seed, global step)."""
+        order = [idx for _, idx in batches(np.arange(len(y)), y, batch_size,
+                                           np.random.default_rng([self.seed, epoch]), drop_last)]
+        first_step = self.global_step
+        self.global_step += len(order)
+        return _Batches(self, x, y, order, first_step)
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,
             on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1) -> list[EpochStats]:
@@ -107,9 +105,9 @@ class FitTrainer:
         callbacks = [_ApplyMasks(self.masked)] if self.masked else []
         history = []
         for epoch in range(first_epoch, first_epoch + epochs):
-            data = list(self._epoch_batches(x, y, batch_size, epoch, drop_last))
+            data = self._epoch(x, y, batch_size, epoch, drop_last)
             start = time.perf_counter()
-            logs = self.model.fit(_Batches(data), epochs=1, verbose=0, shuffle=False, callbacks=callbacks).history
+            logs = self.model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=callbacks).history
             seconds = time.perf_counter() - start
             mem, kind = peak_memory()
             stats = EpochStats(epoch, float(logs["loss"][-1]), float(logs["accuracy"][-1]), seconds, 0.0, mem, kind)
@@ -126,14 +124,18 @@ class FitTrainer:
 
 
 class _Batches(keras.utils.PyDataset):
-    """One epoch's prepared batches, in order."""
+    """One epoch's batches, prepared on demand (normalised, augmented) rather than all at once."""
 
-    def __init__(self, data: list[tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, trainer: FitTrainer, x: np.ndarray, y: np.ndarray, order: list[np.ndarray], first_step: int):
         super().__init__()
-        self.data = data
+        self.trainer, self.x, self.y, self.order, self.first_step = trainer, x, y, order, first_step
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.order)
 
     def __getitem__(self, index: int):
-        return self.data[index]
+        t, idx = self.trainer, self.order[index]
+        key = jax.random.fold_in(jax.random.key(t.seed), self.first_step + index)
+        images, targets = prepare_batch(key, self.x[idx], self.y[idx].astype(np.int32), t.num_classes, t.mean,
+                                        t.std, t.augment, t.mixup_alpha)
+        return np.asarray(images), np.asarray(targets)
