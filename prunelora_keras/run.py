@@ -241,7 +241,6 @@ def run_one(cfg, out_dir: Path, overwrite: bool) -> dict:
         pipeline.log(f"{out_dir} already holds finished results for this configuration")
         return old
     ds, split = pipeline.load_data(cfg)  # fail on data problems before anything trains
-    pipeline.make_distribution(cfg)  # and on a device count the batch sizes do not split over
     if not pipeline.has_accelerator() and cfg.preset == "paper" and pipeline.on_jax():
         seconds = estimate_train_seconds(cfg, len(split.train), len(split.retain), ds.image_shape, ds.num_classes)
         pipeline.log(f"warning: no GPU found; the paper preset trains {cfg.model.name} at full scale, "
