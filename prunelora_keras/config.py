@@ -97,6 +97,9 @@ class UnlearnConfig:
     prune_amount: float = 0.5
     prune_mode: str = "reference"  # reference: zeros once (torch prune.remove); persistent: enforced
     prune_heads: bool = False  # ViT: also prune whole attention heads of the last block (our addition)
+    # reference: the classifier is a pruning target where the reference prunes it (the ViT's head, not the
+    # ResNet's Linear); true: on both models; false: on neither (the forget class's logit row is never zeroed)
+    prune_classifier: str = "reference"
     lora_rank: int = 8
     lora_alpha: float = 16.0
     lora_dropout: float = 0.1
@@ -116,6 +119,12 @@ class UnlearnConfig:
     l1_alpha: float = 1e-4
     salun_lr: float = 0.013
     salun_ratio: float = 0.5  # fraction of weights SalUn's saliency mask lets move
+    # relearn time (relearn.py): Adam on D_r plus this fraction of D_f, steps until the held-out rest of D_f is
+    # back at the original's accuracy minus 10 points; capped at relearn_max_steps (0: no relearning)
+    relearn_fraction: float = 0.1
+    relearn_max_steps: int = 200
+    relearn_eval_every: int = 5
+    relearn_lr: float = 1e-3
 
 
 @dataclass
@@ -150,6 +159,7 @@ CHOICES = {
     ("unlearn", "bn"): ("update", "freeze"),
     ("unlearn", "prune_mode"): ("reference", "persistent"),
     ("unlearn", "vit_lora_targets"): ("reference", "intended"),
+    ("unlearn", "prune_classifier"): ("reference", "true", "false"),
 }
 AUGMENTATIONS = ("crop", "flip", "mixup")
 
@@ -246,6 +256,8 @@ def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) 
     for key, value in values.items():
         if key not in names:
             raise UserError(f"{source}: unknown key {section}.{key}; valid keys: {', '.join(sorted(names))}")
+        if isinstance(value, bool) and "true" in CHOICES.get((section, key), ()):  # a choice that reads as TOML bool
+            value = "true" if value else "false"
         setattr(obj, key, coerce(value, names[key].type, f"{source}: {section}.{key}"))
 
 
@@ -367,6 +379,10 @@ def validate(cfg: Config) -> None:
         (0 <= u.baseline_momentum < 1 and u.baseline_weight_decay >= 0,
          "unlearn.baseline_momentum must be in [0, 1) and unlearn.baseline_weight_decay >= 0"),
         (0 < u.salun_ratio <= 1, "unlearn.salun_ratio must be in (0, 1]"),
+        (0 < u.relearn_fraction < 1, "unlearn.relearn_fraction must be in (0, 1)"),
+        (0 <= u.relearn_max_steps <= 1_000_000, "unlearn.relearn_max_steps must be in 0..1000000 (0: no relearning)"),
+        (u.relearn_eval_every >= 1, "unlearn.relearn_eval_every must be >= 1"),
+        (u.relearn_lr > 0, "unlearn.relearn_lr must be > 0"),
     ]
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         checks.append((False, f"model.weights {cfg.model.weights} is not a file: pass a .keras or .pt/.pth file, or "

@@ -32,10 +32,22 @@ from prunelora_keras.pruning import PruneResult, gate_adapters, prune_heads, pru
 RECIPES = ("finetune", "pruned", "lora", "pruned_lora")
 
 
-def prune_targets(model_cfg: ModelConfig) -> list[str]:
+CLASSIFIER = "head"  # the package's models name their classifier layer so
+
+
+def prune_targets(model_cfg: ModelConfig, unlearn: UnlearnConfig | None = None) -> list[str]:
+    """Name patterns of the layers a pruned paradigm prunes (REFERENCE.md), with the classifier
+    added or removed by ``unlearn.prune_classifier`` ("reference": as the reference does)."""
     if model_cfg.name.startswith("resnet"):
-        return ["stem_conv", r"stage\d+_block\d+_conv\d", r"stage\d+_block\d+_shortcut_conv"]
-    return [f"block{model_cfg.depth - 1}_attn_out", "head"]
+        targets = ["stem_conv", r"stage\d+_block\d+_conv\d", r"stage\d+_block\d+_shortcut_conv"]
+    else:
+        targets = [f"block{model_cfg.depth - 1}_attn_out", CLASSIFIER]
+    choice = unlearn.prune_classifier if unlearn is not None else "reference"
+    if choice == "true" and CLASSIFIER not in targets:
+        targets.append(CLASSIFIER)
+    if choice == "false":
+        targets = [t for t in targets if t != CLASSIFIER]
+    return targets
 
 
 def lora_targets(model_cfg: ModelConfig, unlearn: UnlearnConfig) -> tuple[list[str], list[str]]:
@@ -57,6 +69,7 @@ class Recipe:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     uses_lora: bool = False
     pruned_layers: list[str] = field(default_factory=list)
+    pruned: PruneResult | None = None  # what the pruning step zeroed (pruned paradigms)
 
     @property
     def trainable_params(self) -> int:
@@ -69,7 +82,7 @@ class Recipe:
 
 def _prune(model: keras.Model, cfg: Config) -> PruneResult:
     u = cfg.unlearn
-    result = prune_units(model, prune_targets(cfg.model), u.prune_amount, mode=u.prune_mode)
+    result = prune_units(model, prune_targets(cfg.model, u), u.prune_amount, mode=u.prune_mode)
     if u.prune_heads and cfg.model.name == "vit":
         prune_heads(model, [f"block{cfg.model.depth - 1}"], cfg.model.heads, u.prune_amount, u.prune_mode, result)
     return result
@@ -88,11 +101,11 @@ def build_recipe(name: str, original: keras.Model, cfg: Config) -> Recipe:
         pruned_layers = sorted({path.split("/")[0] for path in pruned.masks})
     if name in ("finetune", "pruned"):
         masks = pruned.enforced() if pruned else {}
-        return Recipe(name, model, list(model.trainable_variables), masks, False, pruned_layers)
+        return Recipe(name, model, list(model.trainable_variables), masks, False, pruned_layers, pruned)
     targets, full = lora_targets(cfg.model, u)
     model, train_vars = add_lora(model, targets, u.lora_rank, u.lora_alpha, u.lora_dropout, full, seed=cfg.seed)
     masks: dict[str, np.ndarray] = {}
     if pruned is not None:
         gate_adapters(model, pruned)
         masks = pruned.enforced()  # masks on fully trained layers (e.g. the ResNet's head) still apply
-    return Recipe(name, model, train_vars, masks, True, pruned_layers)
+    return Recipe(name, model, train_vars, masks, True, pruned_layers, pruned)

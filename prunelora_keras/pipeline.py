@@ -33,15 +33,16 @@ from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.fit_loop import FitTrainer
 from prunelora_keras.conv import FlatDense
 from prunelora_keras.lora import count_params, replace_layers
-from prunelora_keras.metrics import add_avg_gap, cross_entropy, unlearning_metrics
+from prunelora_keras.evaluate import Reference, evaluate_model, evaluate_sets, make_reference
+from prunelora_keras.metrics import add_avg_gap
 from prunelora_keras.models import build_model
-from prunelora_keras.paradigms import Recipe, build_recipe, prune_targets
+from prunelora_keras.paradigms import CLASSIFIER, Recipe, build_recipe, prune_targets
 from prunelora_keras.precision import evaluation_model, training_model
 from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
-from prunelora_keras.pruning import sparsity_report
+from prunelora_keras.pruning import pruning_diagnostics, sparsity_report
 from prunelora_keras.report import paper_table, write_report
 from prunelora_keras.weights import load_weights_file
-from prunelora_keras.train import EpochStats, Trainer, accuracy, make_optimizer, peak_memory, predict_logits, set_bn_policy
+from prunelora_keras.train import EpochStats, Trainer, make_optimizer, peak_memory, set_bn_policy
 
 
 def log(message: str) -> None:
@@ -79,17 +80,6 @@ class StageResult:
     seconds: float = 0.0
 
 
-def evaluate_sets(model: keras.Model, split: UnlearningSplit, ds: Dataset, batch_size: int) -> dict[str, float]:
-    """Accuracy in percent on each evaluation set of the split."""
-    sets = {"train": split.train, "test": split.test, "retain": split.retain, "forget": split.forget,
-            "test_retain": split.test_retain, "test_forget": split.test_forget}
-    out = {}
-    for name, subset in sets.items():
-        if len(subset):
-            out[name] = 100.0 * accuracy(predict_logits(model, subset.x, ds.mean, ds.std, batch_size), subset.y)
-    return out
-
-
 def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str:
     """A short hash of everything that determines a trained model."""
     model = asdict(cfg.model)
@@ -112,14 +102,16 @@ def data_identity(cfg: Config) -> str:
 
 
 def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: Dataset, split: UnlearningSplit,
-                out_dir: Path, data_id: str, distribution: Any = None) -> tuple[keras.Model, StageResult]:
+                out_dir: Path, data_id: str, distribution: Any = None, ckpt_dir: Path | None = None
+                ) -> tuple[keras.Model, StageResult]:
     """Train (or reuse, or resume) one model from scratch on ``data`` with ``recipe``; evaluate it.
 
-    The finished model is ``checkpoints/<name>-<key>.keras``; while it trains, its epoch-end
-    state is ``checkpoints/<name>-<key>.state.npz``, from which a re-run continues.
+    The finished model is ``checkpoints/<name>-<key>.keras`` (in ``ckpt_dir`` when given: e.g. one
+    original model shared by the per-class runs of ``--forget-each``); while it trains, its
+    epoch-end state is ``checkpoints/<name>-<key>.state.npz``, from which a re-run continues.
     """
     key = stage_key(cfg, name, recipe, data_id)
-    ckpt = out_dir / "checkpoints" / f"{name}-{key}.keras"
+    ckpt = (ckpt_dir or out_dir / "checkpoints") / f"{name}-{key}.keras"
     state_path = ckpt.with_name(f"{name}-{key}.state.npz")
     history: list[EpochStats] = []
     start = time.perf_counter()
@@ -205,23 +197,11 @@ def load_data(cfg: Config) -> tuple[Dataset, UnlearningSplit]:
     return ds, split
 
 
-def evaluate_unlearning(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config
-                        ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """UA, both MIAs, RA, TA (percent), and the test/forget per-sample losses for Figure 2."""
-    sets = {"retain": split.retain, "forget": split.forget, "test_retain": split.test_retain}
-    logits = {k: predict_logits(model, v.x, ds.mean, ds.std, cfg.data.eval_batch_size) for k, v in sets.items()}
-    labels = {k: v.y for k, v in sets.items()}
-    metrics = unlearning_metrics(logits, labels, cfg.seed, cfg.unlearn.mia_members,
-                                 cfg.unlearn.mia_nonmembers)
-    losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
-              "forget": cross_entropy(logits["forget"], labels["forget"])}
-    return metrics, losses
-
-
 def _sparsity_pct(model: keras.Model, cfg: Config) -> float:
     import re
 
-    names = [layer.name for layer in model.layers if any(re.fullmatch(p, layer.name) for p in prune_targets(cfg.model))]
+    targets = prune_targets(cfg.model, cfg.unlearn)
+    names = [layer.name for layer in model.layers if any(re.fullmatch(p, layer.name) for p in targets)]
     return 100.0 * sparsity_report(model, names)["overall"]["zero_weights"]
 
 
@@ -303,9 +283,11 @@ def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.
 
 
 def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
-                 out_dir: Path | None = None, distribution: Any = None, save_to: Path | None = None
-                 ) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+                 out_dir: Path | None = None, distribution: Any = None, save_to: Path | None = None,
+                 reference: Reference | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count.
+
+    ``reference``: Retrain's features and the relearning plan every row is measured against.
 
     With ``out_dir``, the paradigm's epoch-end state goes to ``checkpoints/<name>-<key>.state.npz``
     (a re-run resumes from it) and its finished rows to ``paradigms/<name>-<key>.json`` (a re-run
@@ -348,6 +330,8 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     # masks on prefix variables can be dropped: nothing in the prefix trains, so its zeros stay
     suffix_paths = {v.path for v in train_model.variables}
     masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
+    diagnostics = ({} if recipe.pruned is None else
+                   pruning_diagnostics(recipe.pruned, CLASSIFIER, split.forget_classes))
     if on_jax():
         trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std,
                           train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name, features=features,
@@ -370,8 +354,9 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         history.append(stats)
         if stats.epoch in u.epochs:
             eval_model = evaluation_model(recipe.eval_model())
-            metrics, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
-            rows.append({"paradigm": name, "epochs": stats.epoch, **metrics,
+            evaluation = evaluate_model(eval_model, split, ds, cfg, reference)
+            metrics, last_losses = evaluation.metrics, evaluation.losses
+            rows.append({"paradigm": name, "epochs": stats.epoch, **metrics, **diagnostics,
                          "rte_s": _mean_seconds(history, stats.epoch),
                          "rte_median_s": float(np.median([h.seconds for h in history])),
                          "compile_s": history[0].compile_s,
@@ -396,7 +381,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
                  for e in u.epochs if e not in done_epochs]
     if last_losses is None and first > total:  # killed after the last epoch's state, before the results
         eval_model = evaluation_model(recipe.eval_model())
-        _, last_losses = evaluate_unlearning(eval_model, split, ds, cfg)
+        last_losses = evaluate_model(eval_model, split, ds, cfg).losses
     if save_to is not None:  # the unlearned model, the start of the next request (continual unlearning)
         save_model(evaluation_model(recipe.eval_model()), save_to)
     if done is not None:
@@ -445,6 +430,9 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
     rows: list[dict[str, Any]] = []
     losses: dict[str, dict[str, np.ndarray]] = {}
     retrain_model = None
+    original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
+    reference = make_reference(original, split, ds, cfg)  # the relearning plan and target of this request
+    del original
     if "retrain" in cfg.unlearn.paradigms:
         try:
             retrain_model, retrain = train_stage("retrain", cfg, cfg.retrain, split.retain, ds, split, out_dir, data_id,
@@ -455,7 +443,10 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
                      for e in sorted(cfg.unlearn.epochs)]
     if retrain_model is not None:
         stages.append(retrain)
-        metrics, losses["retrain"] = evaluate_unlearning(retrain_model, split, ds, cfg)
+        evaluation = evaluate_model(retrain_model, split, ds, cfg, reference)
+        metrics, losses["retrain"] = evaluation.metrics, evaluation.losses
+        reference.retrain_features = {k: evaluation.features[k] for k in ("forget", "test_retain")}
+        metrics.update(cka_forget=1.0, cka_retain=1.0)  # Retrain against itself
         hist = [EpochStats(**h) for h in retrain.history]
         mem, kind = peak_memory()
         for e in sorted(cfg.unlearn.epochs):  # one model, the same values in every epoch column
@@ -469,7 +460,7 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
             continue
         save_to = save_dir / f"{name}.keras" if save_dir is not None else None
         paradigm_rows, paradigm_losses = run_paradigm(name, cfg, starts.get(name, original_ckpt), ds, split, out_dir,
-                                                      distribution, save_to)
+                                                      distribution, save_to, reference)
         if save_to is not None:
             saved[name] = str(save_to)
         rows += paradigm_rows
@@ -517,8 +508,12 @@ def unlearn_continually(cfg: Config, ds: Dataset, original: StageResult, out_dir
 
 
 def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
-                 split: UnlearningSplit | None = None) -> dict[str, Any]:
-    """Run the whole experiment for ``cfg`` into ``out_dir``; returns the results dictionary."""
+                 split: UnlearningSplit | None = None, original_dir: Path | None = None) -> dict[str, Any]:
+    """Run the whole experiment for ``cfg`` into ``out_dir``; returns the results dictionary.
+
+    ``original_dir``: where the original model's checkpoint lives (default ``out_dir/checkpoints``);
+    the per-class runs of ``--forget-each`` share one there.
+    """
     start = time.perf_counter()
     if ds is None or split is None:
         ds, split = load_data(cfg)
@@ -528,11 +523,11 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     distribution = make_distribution(cfg)
     try:
         original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id,
-                                               distribution)
+                                               distribution, original_dir)
     except FloatingPointError as exc:  # nothing can be unlearned from a model that did not train
         raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
                              "then run the same command again") from None
-    original_metrics, _ = evaluate_unlearning(original_model, split, ds, cfg)
+    original_metrics = evaluate_model(original_model, split, ds, cfg).metrics
     log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%")
     stages = [original]
     if cfg.data.forget_classes:

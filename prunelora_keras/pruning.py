@@ -190,3 +190,30 @@ def sparsity_report(model: keras.Model, layer_names: Sequence[str] | None = None
         units += kernel.shape[-1]
     overall = {"zero_weights": zeros / total if total else 0.0, "zero_units": zero_units / units if units else 0.0}
     return {"layers": rows, "overall": overall}
+
+
+def pruning_diagnostics(result: PruneResult, classifier: str | None = None,
+                        forget_classes: Sequence[int] = ()) -> dict:
+    """What a pruning step zeroed, for the results row.
+
+    Args:
+        result: the ``PruneResult`` of ``prune_units`` / ``prune_heads``.
+        classifier: the classifier layer's name; its zeroed output units are class rows.
+        forget_classes: the classes being forgotten (empty under random-sample forgetting).
+    Returns:
+        {"pruned_units": {layer: units zeroed} (heads for ``<block>_heads``),
+        "classifier_rows_pruned": sorted class indices whose logit row was zeroed,
+        "forget_row_pruned": whether a forgotten class's row is among them (None without
+        forget classes)}.
+
+    Example:
+        >>> r = PruneResult(unit_masks={"head": np.array([1, 0, 1, 0], np.float32)})
+        >>> pruning_diagnostics(r, "head", [3])["forget_row_pruned"]
+        True
+    """
+    units = {name: int(np.sum(mask == 0)) for name, mask in result.unit_masks.items()}
+    rows = []
+    if classifier is not None and classifier in result.unit_masks:
+        rows = [int(i) for i in np.flatnonzero(result.unit_masks[classifier] == 0)]
+    forget_hit = any(int(c) in rows for c in forget_classes) if len(forget_classes) else None
+    return {"pruned_units": units, "classifier_rows_pruned": rows, "forget_row_pruned": forget_hit}

@@ -115,10 +115,11 @@ def set_bn_policy(model: keras.Model, policy: str) -> None:
 class Progress:
     """A progress bar with ETA on a terminal; one plain log line per epoch otherwise."""
 
-    def __init__(self, label: str, epochs: int, steps: int, stream=None):
+    def __init__(self, label: str, epochs: int, steps: int, stream=None, quiet: bool = False):
         self.label, self.epochs, self.steps = label, epochs, steps
         self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.quiet = quiet
+        self.tty = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.start = time.perf_counter()
 
     def step(self, epoch: int, step: int, loss: float | None = None) -> None:
@@ -135,6 +136,8 @@ class Progress:
         self.stream.flush()
 
     def epoch_end(self, stats: "EpochStats") -> None:
+        if self.quiet:
+            return
         done = stats.epoch / self.epochs
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (1 - done)
@@ -201,6 +204,7 @@ class Trainer:
     features: bool = False
     share_key: str | None = None
     distribution: Any = None  # a keras.distribution.DataParallel: batches split over its devices
+    verbose: bool = True  # False: no progress bar or epoch lines (e.g. the many short relearning runs)
 
     def __post_init__(self):
         self.placement = Placement(self.distribution) if self.distribution is not None else None
@@ -330,10 +334,13 @@ class Trainer:
         return time.perf_counter() - start
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,
-            on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1) -> list[EpochStats]:
+            on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1,
+            on_step_end: Callable[[int], bool] | None = None) -> list[EpochStats]:
         """Train for ``epochs`` epochs over (x, y), shuffled per epoch from ``seed`` and the epoch number.
 
         ``x``: uint8 images, or with ``features`` a list of float feature arrays (one per model input).
+        ``on_step_end(steps)``: called after every step with the number of steps this call has
+        taken; returning True stops training there (the partial epoch's statistics are kept).
         """
         n = len(y)
         steps = num_batches(n, batch_size, drop_last)
@@ -346,8 +353,9 @@ class Trainer:
         else:
             shapes = [(b, *x.shape[1:]) for b in sizes_]
         compile_s = self.compile(shapes)
-        progress = Progress(self.label, first_epoch + epochs - 1, steps)
+        progress = Progress(self.label, first_epoch + epochs - 1, steps, quiet=not self.verbose)
         history = []
+        taken, stop = 0, False
         base_key = jax.random.key(self.seed)
         for epoch in range(first_epoch, first_epoch + epochs):
             rng = np.random.default_rng([self.seed, epoch])
@@ -373,6 +381,10 @@ class Trainer:
                 sizes.append(len(yb))
                 if progress.tty:  # reading the previous step's loss keeps one step in flight
                     progress.step(epoch, i, float(losses[-2]) if i > 1 else None)
+                taken += 1
+                if on_step_end is not None and on_step_end(taken):
+                    stop = True
+                    break
             jax.block_until_ready(self.train_values)
             seconds = time.perf_counter() - start
             step_losses = np.asarray(jax.device_get(losses), np.float64)
@@ -390,8 +402,15 @@ class Trainer:
             if on_epoch_end:
                 self.sync_to_model()
                 on_epoch_end(stats)
+            if stop:
+                break
         self.sync_to_model()
         return history
+
+    def current_values(self) -> tuple[list, list]:
+        """(the model's trainable values in its own order, its non-trainable values) as trained so
+        far, for evaluating without writing them into the model. Valid until the next step."""
+        return self._merge(self.train_values, self.frozen_values), list(self.non_trainable_values)
 
     def sync_to_model(self) -> None:
         """Write the trained state back into the Keras model's variables."""
@@ -444,9 +463,12 @@ def _eval_fn(model: keras.Model, mean, std) -> Callable:
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = 512) -> np.ndarray:
+                   batch_size: int = 512, values: tuple[list, list] | None = None) -> np.ndarray:
     """Logits over a whole data set in compiled batches; the last batch is padded, then cut back.
 
+    ``values``: (trainable, non-trainable) values to use instead of the model's own variables
+    (e.g. ``Trainer.current_values()``), in the order of ``model.trainable_variables`` and
+    ``model.non_trainable_variables``; jax backend only.
     On Keras's other backends: the model's own inference call, batch by batch.
     """
     if keras.backend.backend() != "jax":
@@ -456,8 +478,11 @@ def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std
                for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
     fn = _eval_fn(model, mean, std)
-    trainable = [v.value for v in model.trainable_variables]
-    non_trainable = [v.value for v in model.non_trainable_variables]
+    if values is not None:
+        trainable, non_trainable = values
+    else:
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
     n = len(x)
     # One batch shape for every set (small sets are padded), so one compilation serves them all.
     out = []

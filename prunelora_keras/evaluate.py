@@ -1,0 +1,118 @@
+"""Evaluating one trained model for unlearning: every metric from one pass over each data set.
+
+One forward pass per evaluation set gives logits and penultimate features together
+(``features.predict_logits_and_features``); from them come the output metrics (UA, RA, TA, the
+attacks: ``metrics.py``), the representation metrics (the linear probes, and CKA against
+Retrain's features: ``representation.py``) and, when a ``Reference`` holds a relearning plan,
+the relearn time (``relearn.py``, which trains a copy of the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from prunelora_keras.config import Config
+from prunelora_keras.data import Dataset, UnlearningSplit
+from prunelora_keras.features import predict_logits_and_features
+from prunelora_keras.metrics import accuracy_pct, cross_entropy, unlearning_metrics
+from prunelora_keras.relearn import RelearnPlan, relearn_plan, relearn_steps
+from prunelora_keras.representation import linear_cka, probe_forget_acc
+from prunelora_keras.train import predict_logits
+
+RELEARN_MARGIN = 10.0  # relearnt = the original's held-out D_f accuracy minus this many points
+
+
+@dataclass
+class Reference:
+    """What every row of one forget request is compared with.
+
+    ``retrain_features``: Retrain's penultimate features per evaluation set (for CKA);
+    ``relearn``: the fixed relearning stream and held-out D_f; ``relearn_target``: the accuracy
+    (percent) on the held-out D_f that counts as relearnt (the original's minus 10 points).
+    """
+
+    retrain_features: dict[str, np.ndarray] = field(default_factory=dict)
+    relearn: RelearnPlan | None = None
+    relearn_target: float | None = None
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    losses: dict[str, np.ndarray]  # per-sample losses of the test and forget sets (the paper's Figure 2)
+    features: dict[str, np.ndarray]
+
+
+def evaluation_sets(split: UnlearningSplit) -> dict[str, Any]:
+    sets = {"retain": split.retain, "forget": split.forget, "test_retain": split.test_retain}
+    if len(split.test_forget):
+        sets["test_forget"] = split.test_forget
+    return sets
+
+
+def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config) -> Reference:
+    """The relearning plan and target of a forget request, from the original model.
+
+    Relearning is off (no plan) when ``unlearn.relearn_max_steps`` is 0 or D_f has fewer than 2 images.
+    """
+    u = cfg.unlearn
+    if u.relearn_max_steps <= 0 or len(split.forget) < 2:
+        return Reference()
+    plan = relearn_plan(split.retain, split.forget, u.relearn_fraction, cfg.seed)
+    start = accuracy_pct(predict_logits(original, plan.heldout.x, ds.mean, ds.std, cfg.data.eval_batch_size),
+                         plan.heldout.y)
+    return Reference(relearn=plan, relearn_target=start - RELEARN_MARGIN)
+
+
+def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config,
+                   reference: Reference | None = None) -> Evaluation:
+    """UA, RA, TA, every attack, the probes, CKA against Retrain and relearn time of ``model``.
+
+    Args:
+        model: the model to evaluate (a LoRA model merged first); not modified.
+        split, ds: the forget request's data and the data set (normalisation, classes).
+        cfg: seeds, evaluation batch size, attack sizes and relearning options.
+        reference: Retrain's features (adds ``cka_forget``, ``cka_retain``) and the relearning
+            plan (adds ``relearn_steps``, ``relearn_capped``); None: neither.
+    Returns:
+        ``Evaluation`` with the metrics (percent; CKA in [0, 1]), the Figure-2 losses and the
+        features per evaluation set.
+    """
+    reference = reference or Reference()
+    sets = evaluation_sets(split)
+    outputs = {k: predict_logits_and_features(model, v.x, ds.mean, ds.std, cfg.data.eval_batch_size)
+               for k, v in sets.items()}
+    logits = {k: v[0] for k, v in outputs.items()}
+    feats = {k: v[1] for k, v in outputs.items()}
+    labels = {k: v.y for k, v in sets.items()}
+    metrics: dict[str, Any] = unlearning_metrics(logits, labels, cfg.seed, cfg.unlearn.mia_members,
+                                                 cfg.unlearn.mia_nonmembers)
+    metrics["probe_forget_acc"] = probe_forget_acc(feats["retain"], labels["retain"], feats["forget"],
+                                                   labels["forget"], cfg.seed)
+    if "test_forget" in feats:
+        metrics["probe_forget_acc_test"] = probe_forget_acc(feats["test_retain"], labels["test_retain"],
+                                                            feats["test_forget"], labels["test_forget"], cfg.seed)
+    for name, key in (("forget", "cka_forget"), ("test_retain", "cka_retain")):
+        if name in reference.retrain_features:
+            metrics[key] = linear_cka(feats[name], reference.retrain_features[name])
+    if reference.relearn is not None and reference.relearn_target is not None:
+        u = cfg.unlearn
+        metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, ds.num_classes, ds.mean,
+                                     ds.std, lr=u.relearn_lr, batch_size=u.batch_size,
+                                     max_steps=u.relearn_max_steps, eval_every=u.relearn_eval_every,
+                                     seed=cfg.seed, eval_batch_size=cfg.data.eval_batch_size))
+    losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
+              "forget": cross_entropy(logits["forget"], labels["forget"])}
+    return Evaluation(metrics, losses, feats)
+
+
+def evaluate_sets(model: keras.Model, split: UnlearningSplit, ds: Dataset, batch_size: int) -> dict[str, float]:
+    """Accuracy in percent on each evaluation set of the split."""
+    sets = {"train": split.train, "test": split.test, "retain": split.retain, "forget": split.forget,
+            "test_retain": split.test_retain, "test_forget": split.test_forget}
+    return {name: accuracy_pct(predict_logits(model, subset.x, ds.mean, ds.std, batch_size), subset.y)
+            for name, subset in sets.items() if len(subset)}
