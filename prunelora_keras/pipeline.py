@@ -40,7 +40,7 @@ from prunelora_keras.paradigms import CLASSIFIER, Recipe, build_recipe, prune_ta
 from prunelora_keras.precision import evaluation_model, training_model
 from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
 from prunelora_keras.pruning import pruning_diagnostics, sparsity_report
-from prunelora_keras.report import paper_table, write_report
+from prunelora_keras.report import evaluation_table, paper_table, write_report
 from prunelora_keras.weights import load_weights_file
 from prunelora_keras.train import EpochStats, Trainer, make_optimizer, peak_memory, set_bn_policy
 
@@ -183,8 +183,9 @@ def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochSta
     return int(meta["epoch"]) + 1
 
 
-def load_data(cfg: Config) -> tuple[Dataset, UnlearningSplit]:
-    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+def load_data(cfg: Config, ds: Dataset | None = None) -> tuple[Dataset, UnlearningSplit]:
+    """The data set (loaded unless given) and the unlearning split ``cfg`` asks for."""
+    ds = ds if ds is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
     split = make_split(ds, cfg.data.forget_class, cfg.data.train_size, cfg.data.test_size, cfg.seed,
                        cfg.data.forget_fraction)
     if cfg.data.forget_classes:  # continual: every request must be valid before anything trains
@@ -568,4 +569,6 @@ def accuracy_table(results: dict[str, Any]) -> str:
 
 def summary(results: dict[str, Any]) -> str:
     """What the command prints at the end: stage accuracies, then the paper's table."""
-    return "Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
+    extra = evaluation_table(results)
+    return ("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
+            + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else ""))

@@ -2,7 +2,11 @@
 
 Rows are keyed exactly ``paradigm, epochs, UA, MIA_loss_logreg, MIA_confidence_svc, RA, TA,
 rte_s, compile_s, peak_mem_bytes, mem_kind, trainable_params, sparsity`` (metrics in percent,
-``sparsity`` = percent of zero weights in the pruning targets), plus the attacks' own accuracies.
+``sparsity`` = percent of zero weights in the pruning targets), then the attacks' own accuracies,
+the summary scores, the extra attacks, the representation metrics, relearn time and the pruning
+diagnostics (``ROW_KEYS``). ``results.md`` holds the paper's table and, below it, the evaluation
+beyond the paper (``evaluation_table``). An attack that does no better than its majority class on
+its shadow data is marked with a dagger wherever its efficacy is shown.
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from prunelora_keras.checkpoint import atomic_write_bytes
 
 ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "rte_s", "compile_s",
             "peak_mem_bytes", "mem_kind", "trainable_params", "sparsity", "attack_acc_loss_logreg",
-            "attack_acc_confidence_svc", "avg_gap", "status")
+            "attack_acc_confidence_svc", "avg_gap", "status", "tow", "MIA_entropy_svc", "MIA_m_entropy_svc",
+            "attack_acc_entropy_svc", "attack_acc_m_entropy_svc", "attack_degenerate_loss_logreg",
+            "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc", "attack_degenerate_m_entropy_svc",
+            "probe_forget_acc", "probe_forget_acc_test", "cka_forget", "cka_retain", "relearn_steps", "relearn_capped",
+            "classifier_rows_pruned", "forget_row_pruned")
+DAGGER = "†"
+DAGGER_NOTE = (f"{DAGGER} degenerate attack: on its own shadow data it does no better than predicting its larger class "
+               "for everything (within 2 points), so that efficacy says nothing about the model.")
+ATTACKS = ("loss_logreg", "confidence_svc", "entropy_svc", "m_entropy_svc")
 PARADIGM_LABELS = {"retrain": "Retrain", "finetune": "Finetune", "pruned": "Pruned", "lora": "LoRA",
                    "pruned_lora": "Pruned LoRA", "ga": "GA", "rl": "RL", "l1_sparse": "l1-sparse", "salun": "SalUn"}
 
@@ -34,16 +46,25 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _cell(row: dict[str, Any], key: str) -> str:
-    """A value, or "mean ± std" for rows folded over several seeds."""
+def degenerate(row: dict[str, Any], metric: str) -> bool:
+    """Whether the attack behind ``metric`` (``MIA_<attack>``) was degenerate for this row (in any
+    seed or class of a folded row)."""
+    return metric.startswith("MIA_") and bool(row.get(f"attack_degenerate_{metric[4:]}"))
+
+
+def _cell(row: dict[str, Any], key: str, digits: int = 2) -> str:
+    """A value, or "mean ± std" for rows folded over several seeds or classes; a dagger after a
+    degenerate attack's efficacy."""
+    mark = DAGGER if degenerate(row, key) else ""
     if f"{key}_std" in row:
-        return f"{_fmt(row.get(key))} ± {_fmt(row[f'{key}_std'])}"
-    return _fmt(row.get(key))
+        return f"{_fmt(row.get(key), digits)} ± {_fmt(row[f'{key}_std'], digits)}{mark}"
+    return _fmt(row.get(key), digits) + mark
 
 
 def results_csv(rows: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
     keys = list(ROW_KEYS)
+    rows = [{k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in rows]
     if any("n_seeds" in r for r in rows):  # folded over seeds: each metric's standard deviation beside it
         keys += ["n_seeds"] + sorted({k for r in rows for k in r if k.endswith("_std")})
     writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
@@ -105,6 +126,57 @@ def paper_table(results: dict[str, Any]) -> str:
                 lines.append(f"Warning: the {label} attack does no better than predicting its larger class on the "
                              "original model's shadow data, so its MIA-Efficacy column carries no information "
                              "(the original model does not separate members from non-members).")
+    if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[:2]):
+        lines += ["", DAGGER_NOTE]
+    return "\n".join(lines)
+
+
+EVAL_COLUMNS = (("tow", "ToW", 3), ("MIA_entropy_svc", "MIA (entropy, SVC)", 2),
+                ("MIA_m_entropy_svc", "MIA (m-entropy, SVC)", 2), ("probe_forget_acc", "probe D_f", 1),
+                ("probe_forget_acc_test", "probe test", 1), ("cka_forget", "CKA D_f", 3), ("cka_retain", "CKA retain", 3),
+                ("relearn_steps", "relearn steps", 0))
+
+
+def final_rows(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each paradigm's row at its largest epoch count, in table order."""
+    final: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["paradigm"] not in final or r["epochs"] > final[r["paradigm"]]["epochs"]:
+            final[r["paradigm"]] = r
+    return final
+
+
+def evaluation_table(results: dict[str, Any]) -> str:
+    """The evaluation beyond the paper, at each paradigm's largest epoch count (markdown).
+
+    ToW; the entropy and modified-entropy attacks; the linear probes (percent of the held-out half
+    of D_f, and of the forget class's test half, labelled right from the frozen features); linear
+    CKA of the features with Retrain's on D_f and on the retained test images; relearn steps (a
+    ">" marks a run that hit the cap); which class rows of the classifier were pruned.
+    """
+    rows = [r for r in results["rows"] if r.get("status", "ok") == "ok" and "request" not in r]
+    if not rows or not any("probe_forget_acc" in r for r in rows):
+        return ""
+    head = ["paradigm", "epochs"] + [label for _, label, _ in EVAL_COLUMNS] + ["class rows pruned"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p, r in final_rows(rows).items():
+        cells = [PARADIGM_LABELS.get(p, p), str(r["epochs"])]
+        for key, _, digits in EVAL_COLUMNS:
+            text = _cell(r, key, digits)
+            if key == "relearn_steps" and r.get("relearn_capped") and "relearn_steps_std" not in r:
+                text = ">" + text
+            cells.append(text)
+        pruned = r.get("classifier_rows_pruned")
+        hit = r.get("forget_row_pruned")
+        cells.append("-" if pruned is None else (", ".join(map(str, pruned)) or "none")
+                     + (" (forget row)" if hit is True else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    o = results.get("original", {})
+    if "probe_forget_acc" in o:
+        lines += ["", f"Original model: probe D_f {_cell(o, 'probe_forget_acc', 1)}, probe test "
+                      f"{_cell(o, 'probe_forget_acc_test', 1)}."]
+    if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[2:]):
+        lines += ["", DAGGER_NOTE]
     return "\n".join(lines)
 
 
@@ -153,15 +225,28 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
             final[r["paradigm"]] = r
     names = list(final)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.2))
-    for i, (key, color) in enumerate((("RA", "tab:green"), ("TA", "tab:blue"), ("UA", "tab:red"))):
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.4))
+    series = (("UA", "tab:red"), ("MIA_loss_logreg", "tab:purple"), ("MIA_confidence_svc", "tab:orange"),
+              ("RA", "tab:green"), ("TA", "tab:blue"))
+    width = 0.8 / len(series)
+    for i, (key, color) in enumerate(series):
         spread = [final[n].get(f"{key}_std", 0.0) for n in names]
-        ax.bar(x + (i - 1) * 0.26, [final[n][key] for n in names], 0.26, label=key, color=color,
+        label = {"MIA_loss_logreg": "MIA (loss, LR)", "MIA_confidence_svc": "MIA (conf, SVC)"}.get(key, key)
+        xs = x + (i - (len(series) - 1) / 2) * width
+        ax.bar(xs, [final[n].get(key, 0.0) for n in names], width, label=label, color=color,
                yerr=spread if any(spread) else None, capsize=2)
+        for xi, n in zip(xs, names):  # a degenerate attack's bar carries the dagger
+            if degenerate(final[n], key):
+                ax.text(xi, final[n].get(key, 0.0) + 1, DAGGER, ha="center", fontsize=9)
+    if any(degenerate(final[n], f"MIA_{a}") for n in names for a in ATTACKS[:2]):
+        fig.text(0.01, 0.01, DAGGER + " degenerate attack (no better than its majority class on shadow data)", fontsize=7)
     ax.set_xticks(x, [f"{PARADIGM_LABELS.get(n, n)}\n({final[n]['epochs']} ep)" for n in names], fontsize=8)
     ax.set_ylabel("percent")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, ncol=3, loc="lower right")
+    ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    cfg, data = results.get("config", {}), results.get("data") or {}
+    ax.set_title(f"{cfg.get('model', {}).get('name', '')}, preset {cfg.get('preset', '')}, forgetting "
+                 f"{data.get('forgetting', '')}, seed {cfg.get('seed', '')}", fontsize=9, pad=22)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -172,7 +257,9 @@ def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
     _atomic_write(out_dir / "results.csv", results_csv(results["rows"]))
-    _atomic_write(out_dir / "results.md", paper_table(results) + "\n")
+    extra = evaluation_table(results)
+    _atomic_write(out_dir / "results.md", paper_table(results) + "\n"
+                  + (f"\nEvaluation beyond the paper (largest epoch count):\n\n{extra}\n" if extra else ""))
     if losses:
         plot_loss_histograms(losses, out_dir / "loss_histograms.png",
                              f"{results['config']['model']['name']}: per-sample losses, test vs forget set")

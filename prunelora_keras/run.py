@@ -48,6 +48,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--forget-class", metavar="N[,N...]",
                         help="the class to unlearn (default: the preset's, 3); several, e.g. 3,5,7: continual "
                              "unlearning, one request after another on the same models, metrics after each")
+    parser.add_argument("--forget-each", metavar="all|N,N,...",
+                        help="one independent class-wise experiment per class (all, or a list such as 0,3,7), each in "
+                             "<out>/class<N>/ from one shared original model, folded into mean ± std over classes and "
+                             "a per-class table")
     parser.add_argument("--weights", metavar="FILE",
                         help="unlearn from this trained model instead of pretraining one: a .keras file or a PyTorch "
                              "state dict (.pt/.pth) of the same architecture (loaded safely: no code from the file runs)")
@@ -154,6 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             overrides["unlearn.paradigms"] = args.paradigms
         if args.epochs is not None:
             overrides["unlearn.epochs"] = args.epochs
+        if args.forget_each is not None:
+            if args.forget_class is not None:
+                raise UserError("--forget-each and --forget-class exclude each other: --forget-each runs one experiment "
+                                "per class; --forget-class N,M,... forgets classes one request after another")
+            if args.forget_fraction is not None:
+                raise UserError("--forget-each (class-wise forgetting) and --forget-fraction (random samples) exclude "
+                                "each other: choose one")
         cfg = build_config(args.model, args.preset, args.config, overrides, args.sets)
         return run(cfg, args)
     except UserError as exc:
@@ -208,6 +219,8 @@ def run(cfg, args: argparse.Namespace) -> int:
             seeds = parse_seeds(args.seeds)
         except ValueError:
             raise UserError(f"--seeds {args.seeds!r}: pass distinct non-negative integers, e.g. --seeds 0,1,2") from None
+    if args.forget_each is not None:
+        return run_each_class(cfg, args, seeds)
     if seeds is None:
         out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
         results = run_one(cfg, out_dir, args.overwrite)
@@ -232,15 +245,53 @@ def run(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_one(cfg, out_dir: Path, overwrite: bool) -> dict:
-    """One seed's whole experiment into ``out_dir`` (or the results it already holds)."""
+def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None) -> int:
+    """``--forget-each``: one experiment per class (per seed), each in ``[seed<S>/]class<N>/``, sharing
+    one original model per seed; folded into ``<out>/results.*`` and ``per_class.png``."""
+    from prunelora_keras import pipeline, sweep
+    from prunelora_keras.data import load_dataset
+
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    classes = sweep.parse_classes(args.forget_each, ds.num_classes, ds.name)
+    seed_list = seeds if seeds is not None else [cfg.seed]
+    name = "all" if args.forget_each.strip() == "all" else "-".join(map(str, classes))
+    out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-each{name}-seed{'-'.join(map(str, seed_list))}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: pass a folder")
+    for c in classes:  # every request valid (e.g. a class without images in the subsample) before anything trains
+        pipeline.load_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, forget_class=c)), ds)
+    runs = []
+    for seed in seed_list:
+        seed_dir = out_dir / f"seed{seed}" if seeds is not None else out_dir
+        seed_runs = []
+        for c in classes:
+            pipeline.log(f"--- seed {seed}, forget class {c} ({ds.class_names[c]}) ---")
+            cfg_c = dataclasses.replace(cfg, seed=seed, data=dataclasses.replace(cfg.data, forget_class=c))
+            seed_runs.append(run_one(cfg_c, seed_dir / f"class{c}", args.overwrite, seed_dir / "checkpoints", ds))
+        if seeds is not None and len(seed_list) > 1:
+            sweep.write_class_report(sweep.fold_classes(seed_runs), seed_dir)
+        runs += seed_runs
+    folded = sweep.fold_classes(runs)
+    sweep.write_class_report(folded, out_dir)
+    print(sweep.summary(folded))
+    print(f"results: {out_dir / 'results.json'} (mean ± std over classes {classes}"
+          f"{'' if seeds is None else f' and seeds {seed_list}'}; each class in {out_dir}/"
+          f"{'seed<S>/' if seeds is not None else ''}class<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
+    return 0
+
+
+def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = None, ds=None) -> dict:
+    """One seed's whole experiment into ``out_dir`` (or the results it already holds).
+
+    ``original_dir``: where the original model's checkpoint is shared (``--forget-each``);
+    ``ds``: the data set when already loaded."""
     from prunelora_keras import pipeline
 
     old = finished_results(out_dir, cfg, overwrite)
     if old is not None:
         pipeline.log(f"{out_dir} already holds finished results for this configuration")
         return old
-    ds, split = pipeline.load_data(cfg)  # fail on data problems before anything trains
+    ds, split = pipeline.load_data(cfg, ds)  # fail on data problems before anything trains
     if not pipeline.has_accelerator() and cfg.preset == "paper" and pipeline.on_jax():
         seconds = estimate_train_seconds(cfg, len(split.train), len(split.retain), ds.image_shape, ds.num_classes)
         pipeline.log(f"warning: no GPU found; the paper preset trains {cfg.model.name} at full scale, "
@@ -251,7 +302,7 @@ def run_one(cfg, out_dir: Path, overwrite: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline.log(f"run folder: {out_dir} (checkpoints: about {need / 1e6:.0f} MB)  "
                  f"device: {pipeline.device_description()}")
-    return pipeline.run_pipeline(cfg, out_dir, ds, split)
+    return pipeline.run_pipeline(cfg, out_dir, ds, split, original_dir)
 
 
 if __name__ == "__main__":

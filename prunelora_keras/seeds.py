@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 
 SPREAD_KEYS = ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "avg_gap", "rte_s", "sparsity",
-               "peak_mem_bytes")
+               "peak_mem_bytes", "tow", "MIA_entropy_svc", "MIA_m_entropy_svc", "probe_forget_acc",
+               "probe_forget_acc_test", "cka_forget", "cka_retain", "relearn_steps")
+# true in a folded row when true in any of its runs (a dagger in the table)
+ANY_KEYS = ("attack_degenerate_loss_logreg", "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc",
+            "attack_degenerate_m_entropy_svc", "relearn_capped")
+# the fraction of runs in which it was true
+FRACTION_KEYS = ("forget_row_pruned",)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -46,14 +52,21 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                "trainable_params": ok[0].get("trainable_params"), "mem_kind": ok[0].get("mem_kind"),
                "compile_s": float(np.mean([r.get("compile_s", np.nan) for r in ok]))}
         for key in SPREAD_KEYS:
-            values = [r[key] for r in ok if r.get(key) is not None]
+            values = [r[key] for r in ok if r.get(key) is not None and np.isfinite(r[key])]
             if values:
                 row[key] = float(np.mean(values))
                 row[f"{key}_std"] = float(np.std(values))
+        for key in ANY_KEYS:
+            if any(key in r for r in ok):
+                row[key] = any(bool(r.get(key)) for r in ok)
+        for key in FRACTION_KEYS:
+            values = [bool(r[key]) for r in ok if r.get(key) is not None]
+            if values:
+                row[key] = float(np.mean(values))
         rows.append(row)
     original = {}
     for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "train_acc", "test_acc",
-                "attack_acc_loss_logreg", "attack_acc_confidence_svc"):
+                "attack_acc_loss_logreg", "attack_acc_confidence_svc", "probe_forget_acc", "probe_forget_acc_test"):
         values = [run["original"][key] for run in runs if key in run.get("original", {})]
         if values:
             original[key], original[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
