@@ -112,7 +112,7 @@ def paper_table(results: dict[str, Any]) -> str:
         mem = last.get("peak_mem_bytes")
         mem_txt = f"{mem / 1e9:.2f}" + (" (RSS)" if last.get("mem_kind") == "host_rss" else "") if mem else "-"
         cells += [_cell(last, "rte_s"), _fmt(last.get("compile_s"), 1), mem_txt,
-                  f"{last.get('trainable_params', 0):,}", _fmt(last.get("sparsity"), 1)]
+                  (f"{last['trainable_params']:,}" if last.get("trainable_params") is not None else "-"), _fmt(last.get("sparsity"), 1)]
         lines.append("| " + " | ".join(cells) + " |")
     o = results.get("original", {})
     if o:

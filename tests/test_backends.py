@@ -19,7 +19,8 @@ from prunelora_keras.config import build_config
 cfg = build_config("resnet18", "quick", None, {}, ["model.width=0.125", "data.train_size=300"])
 ds, split = pipeline.load_data(cfg)
 model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
-metrics, _ = pipeline.evaluate_unlearning(model, split, ds, cfg)
+from prunelora_keras.evaluate import evaluate_model
+metrics = evaluate_model(model, split, ds, cfg).metrics
 print(json.dumps({"backend": keras.backend.backend(), **metrics}))
 """
 
@@ -40,7 +41,9 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
         split.train.x, split.train.y, 2, 64)  # a trained model: predictions far from ties
     path = tmp_path / "model.keras"
     model.save(path)
-    jax_metrics, _ = pipeline.evaluate_unlearning(model, split, ds, cfg)
+    from prunelora_keras.evaluate import evaluate_model
+
+    jax_metrics = evaluate_model(model, split, ds, cfg).metrics
     proc = subprocess.run([sys.executable, "-c", EVALUATE, str(path)], env=clean_env() | TORCH_BACKEND, cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,6 +54,8 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     assert jax_metrics["RA"] > 20.0  # the comparison is of a model that learned something
     for m in ("MIA_loss_logreg", "MIA_confidence_svc"):
         assert torch_metrics[m] == pytest.approx(jax_metrics[m], abs=2.0), m
+    for m in ("probe_forget_acc", "probe_forget_acc_test"):  # the features agree across backends too
+        assert torch_metrics[m] == pytest.approx(jax_metrics[m], abs=2 * 100 / len(split.forget) + 1e-9), m
 
 
 TINY = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16",

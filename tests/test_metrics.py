@@ -1,10 +1,14 @@
+import math
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
-from prunelora_keras.metrics import (accuracy_pct, attack_sizes, cross_entropy, mia_confidence_svc, mia_loss_logreg,
-                                     true_class_probability, unlearning_accuracy, unlearning_metrics)
+from prunelora_keras.metrics import (accuracy_pct, add_avg_gap, attack_sizes, cross_entropy, entropy,
+                                     mia_confidence_svc, mia_loss_logreg, mia_svc, modified_entropy, stratified_sample,
+                                     svc_feature, true_class_probability, tug_of_war, unlearning_accuracy,
+                                     unlearning_metrics)
 
 
 def test_accuracies_on_known_inputs():
@@ -46,13 +50,101 @@ def test_confidence_attack_against_independent_svc():
     retain = np.clip(rng.normal(0.97, 0.02, 800), 0, 1)
     test = np.clip(rng.normal(0.6, 0.2, 300), 0, 1)
     forget = np.r_[np.full(40, 0.99), np.full(60, 0.3)]
-    res = mia_confidence_svc(retain, test, forget)
-    assert (res.n_members, res.n_nonmembers) == (300, 300)  # the first |test| retain samples
-    x = np.r_[retain[:300], test][:, None]
+    res = mia_confidence_svc(retain, test, forget, seed=5)
+    assert (res.n_members, res.n_nonmembers) == (300, 300)  # min(|D_r|, |test|) members
+    members = retain[stratified_sample(np.zeros(800, int), 300, 5)]
+    x = np.r_[members, test][:, None]
     y = np.r_[np.ones(300), np.zeros(300)]
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
     assert res.efficacy == pytest.approx(100 * (1 - clf.predict(forget[:, None]).mean()))
     assert res.efficacy == pytest.approx(60.0)
+
+
+def test_shadow_members_are_a_class_stratified_sample_not_the_first_classes():
+    # D_r stored class by class: classes 0-1 easy (confidence ~0.99), 2-4 hard (~0.5, like unseen data).
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 100)
+    retain = np.where(labels < 2, rng.normal(0.99, 0.003, 500), rng.normal(0.5, 0.05, 500))
+    test = rng.normal(0.5, 0.05, 200)
+    res = mia_svc(retain, test, test[:10], retain_labels=labels, seed=0)
+    # 200 members = 40 per class: 80 easy ones separable, 120 hard ones indistinguishable from the
+    # 200 non-members (the SVC calls that region non-member): (80 + 200) / 400 = 70% shadow accuracy.
+    # The first-|test| draw (members = classes 0-1 only) would separate perfectly: 100%.
+    assert res.attack_accuracy == pytest.approx(70.0, abs=3.0)
+    picked = labels[stratified_sample(labels, 200, 0)]
+    assert np.bincount(picked).tolist() == [40] * 5
+
+
+def test_stratified_sample_sizes_and_seeding():
+    labels = np.array([0] * 7 + [1] * 2 + [2] * 1)
+    idx = stratified_sample(labels, 5, 3)
+    assert len(idx) == 5 and len(set(idx)) == 5
+    # exact shares 3.5, 1.0, 0.5: floors 3, 1, 0, the one left over to the largest remainder (class 0, before 2)
+    assert np.bincount(labels[idx], minlength=3).tolist() == [4, 1, 0]
+    assert np.array_equal(idx, stratified_sample(labels, 5, 3))
+    many = np.repeat([0, 1], 50)
+    assert not np.array_equal(stratified_sample(many, 20, 3), stratified_sample(many, 20, 4))
+    assert np.array_equal(stratified_sample(labels, 50, 0), np.arange(10))
+
+
+def test_svc_features_against_hand_computed_values():
+    p = np.array([[0.7, 0.2, 0.1], [1.0, 0.0, 0.0]])
+    logits = np.log(np.array([[0.7, 0.2, 0.1], [1.0, 1e-300, 1e-300]]))
+    labels = np.array([0, 1])
+    ln = math.log
+    assert svc_feature("confidence", logits, labels)[0] == pytest.approx(0.7)
+    assert entropy(p)[0] == pytest.approx(-(0.7 * ln(0.7) + 0.2 * ln(0.2) + 0.1 * ln(0.1)))
+    assert entropy(p)[1] == 0.0  # 0 log 0 = 0
+    # Song & Mittal: -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)
+    assert modified_entropy(p, labels)[0] == pytest.approx(-(0.3 * ln(0.7)) - (0.2 * ln(0.8) + 0.1 * ln(0.9)))
+    # label 1 has p_y = 0 and p_0 = 1: both logs clamp at log(1e-30)
+    assert modified_entropy(p, labels)[1] == pytest.approx(2 * 30 * ln(10))
+    assert svc_feature("m_entropy", logits[:1], labels[:1])[0] == pytest.approx(modified_entropy(p, labels)[0])
+    assert svc_feature("entropy", logits[:1], labels[:1])[0] == pytest.approx(entropy(p)[0])
+    with pytest.raises(ValueError):
+        svc_feature("correctness", logits, labels)
+
+
+@pytest.mark.parametrize("feature", ["confidence", "entropy", "m_entropy"])
+def test_each_svc_attack_calls_unseen_looking_forget_data_non_member(feature):
+    """Members: confident and correct; non-members: unsure. A forget set that looks unsure gets a high
+    efficacy, one that looks like members a low one, whichever feature the attack uses."""
+    rng = np.random.default_rng(2)
+
+    def logits_with_confidence(conf, n):
+        p_true = np.clip(rng.normal(conf, 0.03, n), 0.05, 0.999)
+        rest = (1 - p_true)[:, None] * np.full((n, 9), 1 / 9)
+        return np.log(np.concatenate([p_true[:, None], rest], axis=1)), np.zeros(n, int)
+
+    members, m_y = logits_with_confidence(0.98, 400)
+    test, t_y = logits_with_confidence(0.4, 300)
+    seen, s_y = logits_with_confidence(0.98, 50)
+    unseen, u_y = logits_with_confidence(0.4, 50)
+    f = lambda z, y: svc_feature(feature, z, y)  # noqa: E731
+    high = mia_svc(f(members, m_y), f(test, t_y), f(unseen, u_y))
+    low = mia_svc(f(members, m_y), f(test, t_y), f(seen, s_y))
+    assert high.efficacy > 90 and low.efficacy < 10 and not high.degenerate()
+
+
+def test_unlearning_metrics_has_every_attack():
+    rng = np.random.default_rng(0)
+    logits = {k: rng.normal(size=(n, 4)) for k, n in (("retain", 80), ("forget", 20), ("test_retain", 40))}
+    labels = {k: rng.integers(0, 4, len(v)) for k, v in logits.items()}
+    m = unlearning_metrics(logits, labels)
+    for attack in ("loss_logreg", "confidence_svc", "entropy_svc", "m_entropy_svc"):
+        assert 0 <= m[f"MIA_{attack}"] <= 100 and f"attack_degenerate_{attack}" in m
+
+
+def test_tow_against_hand_computed_values():
+    assert tug_of_war(10, 90, 80, 0, 100, 80) == pytest.approx(0.9 * 0.9 * 1.0)
+    assert tug_of_war(50, 50, 50, 50, 50, 50) == 1.0
+    assert tug_of_war(100, 90, 80, 0, 90, 80) == 0.0
+    rows = [{"paradigm": "retrain", "epochs": 5, "UA": 100.0, "MIA_confidence_svc": 100.0, "RA": 99.0, "TA": 90.0},
+            {"paradigm": "lora", "epochs": 5, "UA": 80.0, "MIA_confidence_svc": 90.0, "RA": 97.0, "TA": 88.0}]
+    add_avg_gap(rows)
+    assert rows[0]["tow"] == 1.0 and rows[0]["avg_gap"] == 0.0
+    assert rows[1]["tow"] == pytest.approx((1 - 0.20) * (1 - 0.02) * (1 - 0.02))
+    assert rows[1]["avg_gap"] == pytest.approx((20 + 10 + 2 + 2) / 4)
 
 
 def test_degenerate_attack_is_visible():

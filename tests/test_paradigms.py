@@ -8,7 +8,8 @@ from prunelora_keras.config import build_config
 from prunelora_keras.lora import count_params, lora_layer_names
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.pipeline import evaluate_unlearning, load_data
+from prunelora_keras.evaluate import evaluate_model
+from prunelora_keras.pipeline import load_data
 from prunelora_keras.report import ROW_KEYS
 from prunelora_keras.run import main
 
@@ -54,10 +55,12 @@ def test_merged_and_unmerged_lora_give_the_same_metrics():
     for layer in recipe.model.layers:
         if hasattr(layer, "lora_b"):
             layer.lora_b.assign(np.random.default_rng(1).normal(scale=0.3, size=layer.lora_b.shape).astype("float32"))
-    merged, _ = evaluate_unlearning(recipe.eval_model(), split, ds, cfg)
-    unmerged, _ = evaluate_unlearning(recipe.model, split, ds, cfg)
-    for key in ("UA", "RA", "TA", "MIA_loss_logreg", "MIA_confidence_svc"):
-        assert merged[key] == pytest.approx(unmerged[key], abs=1e-9), key
+    merged = evaluate_model(recipe.eval_model(), split, ds, cfg)
+    unmerged = evaluate_model(recipe.model, split, ds, cfg)
+    for key in ("UA", "RA", "TA", "MIA_loss_logreg", "MIA_confidence_svc", "MIA_entropy_svc", "MIA_m_entropy_svc",
+                "probe_forget_acc", "probe_forget_acc_test"):
+        assert merged.metrics[key] == pytest.approx(unmerged.metrics[key], abs=1e-9), key
+    np.testing.assert_allclose(merged.features["forget"], unmerged.features["forget"], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -74,7 +77,13 @@ def test_whole_pipeline_invariants(tmp_path, capsys):
         assert key in results
     rows = {(r["paradigm"], r["epochs"]): r for r in results["rows"]}
     assert set(rows) == {(p, e) for p in ("retrain", "finetune", "pruned", "lora", "pruned_lora") for e in (2, 4)}
-    assert all(set(ROW_KEYS) <= set(r) for r in results["rows"])
+    always = set(ROW_KEYS) - {"classifier_rows_pruned", "forget_row_pruned"}
+    assert all(always <= set(r) for r in results["rows"]), always - set(results["rows"][0])
+    for (p, e), r in rows.items():  # pruning diagnostics on the pruned rows only; the ViT's head is a target
+        assert ("forget_row_pruned" in r) == (p in ("pruned", "pruned_lora")), p
+        if "forget_row_pruned" in r:
+            assert len(r["classifier_rows_pruned"]) == 5 and r["pruned_units"] == {"block0_attn_out": 16, "head": 5}
+            assert r["forget_row_pruned"] == (3 in r["classifier_rows_pruned"])
     assert rows[("retrain", 2)]["UA"] == 100.0 and rows[("retrain", 2)] == {**rows[("retrain", 4)], "epochs": 2}
     original_ua = results["original"]["UA"]
     for (p, e), r in rows.items():

@@ -1,0 +1,84 @@
+"""Relearn time: the plan, the step count through the compiled step, the cap, and that the model
+under test is never changed."""
+
+import keras
+import numpy as np
+import pytest
+
+from prunelora_keras.data import Subset
+from prunelora_keras.relearn import relearn_plan, relearn_steps
+from prunelora_keras.train import Trainer, accuracy, predict_logits
+import optax
+
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _images(labels, rng):
+    """4x4 images whose class is the brightest of 4 pixel positions (linearly separable)."""
+    x = rng.integers(0, 60, (len(labels), 4, 4, 3))
+    for i, c in enumerate(labels):
+        x[i, c // 2, (c % 2) * 2] = 255
+    return x.astype(np.uint8)
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    retain_y = np.repeat(np.arange(3), 40)
+    forget_y = np.full(40, 3)
+    return Subset(_images(retain_y, rng), retain_y), Subset(_images(forget_y, rng), forget_y)
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    outputs = keras.layers.Dense(4, name="head")(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, outputs)
+
+
+def test_plan_splits_the_forget_set_once_and_for_all():
+    retain, forget = _data()
+    plan = relearn_plan(retain, forget, 0.1, seed=0)
+    assert plan.n_forget_in_stream == 4 and len(plan.heldout) == 36
+    assert len(plan.stream) == len(retain) + 4 and np.sum(plan.stream.y == 3) == 4
+    again = relearn_plan(retain, forget, 0.1, seed=0)
+    assert np.array_equal(again.heldout.x, plan.heldout.x)  # the same plan for every model
+    in_stream = {x.tobytes() for x in plan.stream.x[plan.stream.y == 3]}
+    assert not in_stream & {x.tobytes() for x in plan.heldout.x}  # never measured on what it trains on
+    with pytest.raises(ValueError):
+        relearn_plan(retain, Subset(forget.x[:1], forget.y[:1]))
+
+
+def test_relearn_counts_steps_until_the_target_and_leaves_the_model_alone():
+    retain, forget = _data()
+    plan = relearn_plan(retain, forget, 0.25, seed=0)
+    # a model that knows classes 0-2 and has "forgotten" class 3 (its row never trained)
+    model = _model()
+    rows = np.isin(plan.stream.y, [0, 1, 2])
+    Trainer(model, optax.adam(0.05), 4, MEAN, STD).fit(plan.stream.x[rows], plan.stream.y[rows], 5, 16)
+    before = [w.copy() for w in model.get_weights()]
+    start = 100 * accuracy(predict_logits(model, plan.heldout.x, MEAN, STD), plan.heldout.y)
+    assert start < 10
+    kwargs = dict(lr=0.05, batch_size=16, eval_every=2, seed=0)
+    res = relearn_steps(model, plan, 90.0, 4, MEAN, STD, max_steps=200, **kwargs)
+    assert not res["relearn_capped"] and 0 < res["relearn_steps"] < 200 and res["relearn_final_acc"] >= 90.0
+    assert res["relearn_steps"] % 2 == 0  # checked every eval_every steps
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # the count is the first check at or above the target: capped just before it, the target is not reached
+    short = relearn_steps(model, plan, 90.0, 4, MEAN, STD, max_steps=res["relearn_steps"] - 2, **kwargs)
+    assert short["relearn_capped"] and short["relearn_final_acc"] < 90.0
+    assert short["relearn_steps"] == res["relearn_steps"] - 2
+    # already there: zero steps; out of reach: the cap, marked
+    assert relearn_steps(model, plan, 0.0, 4, MEAN, STD, max_steps=50, **kwargs)["relearn_steps"] == 0
+    capped = relearn_steps(model, plan, 101.0, 4, MEAN, STD, max_steps=6, **kwargs)
+    assert capped == {**capped, "relearn_steps": 6, "relearn_capped": True}
+
+
+def test_on_step_end_stops_the_trainer_exactly_there():
+    retain, _ = _data()
+    model = _model()
+    trainer = Trainer(model, optax.sgd(0.01), 4, MEAN, STD, verbose=False)
+    seen = []
+    history = trainer.fit(retain.x, retain.y, 5, 16, on_step_end=lambda s: seen.append(s) or s == 11)
+    assert seen == list(range(1, 12)) and trainer.global_step == 11
+    assert len(history) == 2  # one full epoch of 8 steps and the 3 steps of the second
