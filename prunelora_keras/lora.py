@@ -205,6 +205,25 @@ def replace_layers(model: keras.Model, replace) -> keras.Model:
     return copy
 
 
+def adapter_seed(seed: int | None, layer_name: str) -> int | None:
+    """The initialisation (and dropout) seed of the adapter on ``layer_name`` for a run seeded ``seed``.
+
+    A hash of both, so no two (seed, layer) pairs share an initialisation: with ``seed + layer
+    index`` (the earlier rule) seed s's adapter on layer i+1 equalled seed s+1's on layer i, and runs
+    over several seeds were correlated.
+
+    Example:
+        >>> adapter_seed(0, "head") == adapter_seed(1, "head"), adapter_seed(0, "head") == adapter_seed(0, "head")
+        (False, True)
+    """
+    if seed is None:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256(f"{int(seed)}:{layer_name}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: float = 16.0,
              dropout: float = 0.0, modules_to_save: Sequence[str] = (), seed: int | None = None
              ) -> tuple[keras.Model, list]:
@@ -222,7 +241,7 @@ def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: f
             return None
         cfg = layer.get_config()
         lora = {"adapter_rank": rank, "adapter_alpha": alpha, "adapter_dropout": dropout,
-                "adapter_seed": None if seed is None else seed + len(matched)}
+                "adapter_seed": adapter_seed(seed, layer.name)}
         if isinstance(layer, layers.Conv2D):
             if layer.data_format != "channels_last" or layer.groups != 1:
                 raise ValueError(f"LoRA supports channels_last ungrouped Conv2D only; {layer.name} is not")

@@ -413,12 +413,18 @@ class Trainer:
         return self._merge(self.train_values, self.frozen_values), list(self.non_trainable_values)
 
     def sync_to_model(self) -> None:
-        """Write the trained state back into the Keras model's variables."""
+        """Write the trained state back into the Keras model's variables, as copies.
+
+        The step donates the trainer's buffers to XLA, so the next step deletes them: the model
+        must never hold one. Copies make a sync in the middle of training (epoch-end callbacks,
+        saves between continual requests) safe; the model's arrays stay valid whatever the
+        trainer does next.
+        """
         trainable = self.model.trainable_variables
         for i, value in zip(self.train_index, self.train_values):
-            trainable[i].assign(value)
+            trainable[i].assign(jnp.array(value, copy=True))
         for var, value in zip(self.model.non_trainable_variables, self.non_trainable_values):
-            var.assign(value)
+            var.assign(jnp.array(value, copy=True))
 
 
 # ----------------------------------------------------------------------------- evaluation

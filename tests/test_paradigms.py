@@ -104,3 +104,27 @@ def test_whole_pipeline_invariants(tmp_path, capsys):
     assert "| Pruned LoRA |" in printed and "| Retrain |" in printed
     csv_head = (out / "results.csv").read_text().splitlines()[0].split(",")
     assert csv_head[:13] == list(ROW_KEYS[:13])
+
+
+def test_two_seeds_share_no_adapter_initialisation():
+    """Adapter seeds come from (seed, layer name), not seed + layer index (which made seed s's adapter
+    on layer i+1 equal seed s+1's on layer i: same shapes here, so the old rule fails this test)."""
+    import keras
+
+    from prunelora_keras.lora import add_lora
+
+    inputs = keras.Input((8,))
+    x = inputs
+    for k in range(4):
+        x = keras.layers.Dense(8, name=f"fc{k}")(x)
+    base = keras.Model(inputs, x)
+    inits = {}
+    for seed in (0, 1):
+        adapted, _ = add_lora(base, [r"fc\d"], rank=2, alpha=4, seed=seed)
+        inits[seed] = [adapted.get_layer(f"fc{k}").lora_a.numpy() for k in range(4)]
+    a_matrices = inits[0] + inits[1]
+    for i in range(len(a_matrices)):
+        for j in range(i + 1, len(a_matrices)):
+            assert not np.allclose(a_matrices[i], a_matrices[j]), (i, j)
+    again, _ = add_lora(base, [r"fc\d"], rank=2, alpha=4, seed=0)
+    np.testing.assert_array_equal(again.get_layer("fc2").lora_a.numpy(), inits[0][2])  # seeded: reproducible

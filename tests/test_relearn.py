@@ -82,3 +82,27 @@ def test_on_step_end_stops_the_trainer_exactly_there():
     history = trainer.fit(retain.x, retain.y, 5, 16, on_step_end=lambda s: seen.append(s) or s == 11)
     assert seen == list(range(1, 12)) and trainer.global_step == 11
     assert len(history) == 2  # one full epoch of 8 steps and the 3 steps of the second
+
+
+def test_syncing_mid_fit_never_hands_the_model_a_donated_buffer():
+    """The step donates the trainer's buffers; a sync in the middle of training (epoch-end callbacks,
+    continual unlearning's saves) must leave the model with arrays of its own."""
+    retain, _ = _data()
+    model = _model()
+    trainer = Trainer(model, optax.adam(0.01), 4, MEAN, STD, verbose=False)
+    seen, held = [], []
+
+    def read_weights(stats):
+        seen.append([np.asarray(w).copy() for w in model.get_weights()])  # the synced values, readable
+        held.append([v.value for v in model.variables])  # what the model holds until the next sync
+
+    trainer.fit(retain.x, retain.y, 3, 16, on_epoch_end=read_weights)
+    assert len(seen) == 3 and not np.array_equal(seen[0][0], seen[2][0])
+    for arrays in held:  # later steps donated the trainer's buffers: none of them may be the model's
+        for a in arrays:
+            assert not a.is_deleted()
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(a))
+    for w in model.get_weights():  # still readable after later steps donated the trainer's buffers
+        assert np.all(np.isfinite(w))
+    trainer.fit(retain.x, retain.y, 1, 16, first_epoch=4)
+    assert all(np.all(np.isfinite(np.asarray(v.value))) for v in model.variables)
