@@ -119,6 +119,7 @@ class UnlearnConfig:
     l1_alpha: float = 1e-4
     salun_lr: float = 0.013
     salun_ratio: float = 0.5  # fraction of weights SalUn's saliency mask lets move
+    rl_labels: str = "per_batch"  # rl/salun: per_batch (a new label from all classes each epoch, as the code bases); once_other
     # relearn time (relearn.py): Adam on D_r plus this fraction of D_f, steps until the held-out rest of D_f is
     # back at the original's accuracy minus 10 points; capped at relearn_max_steps (0: no relearning)
     relearn_fraction: float = 0.1
@@ -160,6 +161,7 @@ CHOICES = {
     ("unlearn", "prune_mode"): ("reference", "persistent"),
     ("unlearn", "vit_lora_targets"): ("reference", "intended"),
     ("unlearn", "prune_classifier"): ("reference", "true", "false"),
+    ("unlearn", "rl_labels"): ("per_batch", "once_other"),
 }
 AUGMENTATIONS = ("crop", "flip", "mixup")
 

@@ -305,10 +305,13 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
     original = training_model(with_flat_dense(original), u.precision)
     baseline = name in BASELINES
+    # The BatchNorm policy first: with "freeze" its gamma and beta stop being trainable variables, and
+    # the recipe must not capture them as variables to train.
+    set_bn_policy(original, u.bn)
     recipe = build_recipe("finetune" if baseline else name, original, cfg)  # baselines train the whole model
-    set_bn_policy(recipe.model, u.bn)
+    set_bn_policy(recipe.model, u.bn)  # adapters' model surgery keeps the flags; the same policy, stated
     total = max(u.epochs)
-    steps = num_batches(len(split.retain), u.batch_size) * total
+    steps = num_batches(len(split.retain), u.batch_size, cfg.data.drop_last) * total
     unlearn_recipe = TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
                                  schedule="constant")
     if baseline:
@@ -319,7 +322,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         log(f"{name}: {method.description}")
         train_model, train_x, train_y, features = recipe.model, method.x, method.y, False
         cache_facts = {"prefix_cache": False}
-        steps = num_batches(len(train_y), u.batch_size) * total
+        steps = num_batches(len(train_y), u.batch_size, cfg.data.drop_last) * total
         optimizer, share_key = method.optimizer, None
     else:
         train_model, train_x, features, cache_facts = training_inputs(recipe, cfg, ds, split.retain)
@@ -374,7 +377,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     try:
         if first <= total:
             trainer.fit(train_x, train_y, total - first + 1, u.batch_size, cfg.data.drop_last, on_epoch_end,
-                        first_epoch=first)
+                        first_epoch=first, **({"labels_for_epoch": method.labels_for_epoch} if baseline else {}))
     except FloatingPointError as exc:
         log(f"{name}: stopped: {exc}")
         done_epochs = {r["epochs"] for r in rows}

@@ -335,12 +335,15 @@ class Trainer:
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,
             on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1,
-            on_step_end: Callable[[int], bool] | None = None) -> list[EpochStats]:
+            on_step_end: Callable[[int], bool] | None = None,
+            labels_for_epoch: Callable[[int], np.ndarray] | None = None) -> list[EpochStats]:
         """Train for ``epochs`` epochs over (x, y), shuffled per epoch from ``seed`` and the epoch number.
 
         ``x``: uint8 images, or with ``features`` a list of float feature arrays (one per model input).
         ``on_step_end(steps)``: called after every step with the number of steps this call has
         taken; returning True stops training there (the partial epoch's statistics are kept).
+        ``labels_for_epoch(epoch)``: the labels to train on in that epoch instead of ``y`` (e.g.
+        random labels drawn afresh every epoch); a pure function of the epoch, so resuming agrees.
         """
         n = len(y)
         steps = num_batches(n, batch_size, drop_last)
@@ -361,7 +364,8 @@ class Trainer:
             rng = np.random.default_rng([self.seed, epoch])
             losses, corrects, sizes = [], [], []
             start = time.perf_counter()
-            for i, (xb, yb) in enumerate(batches(x, y, batch_size, rng, drop_last), start=1):
+            y_epoch = y if labels_for_epoch is None else labels_for_epoch(epoch)
+            for i, (xb, yb) in enumerate(batches(x, y_epoch, batch_size, rng, drop_last), start=1):
                 key = jax.random.fold_in(base_key, self.global_step)
                 if self.features:
                     xb = tuple(xb)

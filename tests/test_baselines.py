@@ -48,7 +48,7 @@ def _run(name, trained, epochs=2, **overrides):
     model = _fresh(trained)
     plan = baselines.plan(name, model, model.trainable_variables, cfg, split, ds)
     trainer = Trainer(model, plan.optimizer, ds.num_classes, ds.mean, ds.std, seed=0)
-    trainer.fit(plan.x, plan.y, epochs, 32)
+    trainer.fit(plan.x, plan.y, epochs, 32, labels_for_epoch=plan.labels_for_epoch)
     return model, plan
 
 
@@ -163,3 +163,67 @@ def test_continual_unlearning_applies_requests_one_after_another(capsys, tmp_pat
     assert (out / "request2" / "results.md").is_file()
     code = main(args[:-4] + ["--forget-class", "3,3", "--out", str(tmp_path / "bad")])
     assert code == 2 and "distinct classes" in capsys.readouterr().err
+
+
+def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
+    cfg, ds, split, _, _ = trained
+    model = _fresh(trained)
+    cfg.unlearn.rl_labels = "per_batch"
+    plan = baselines.plan("rl", model, model.trainable_variables, cfg, split, ds)
+    n_r = len(split.retain)
+    e1, e2 = plan.labels_for_epoch(1), plan.labels_for_epoch(2)
+    np.testing.assert_array_equal(e1[:n_r], split.retain.y)  # D_r keeps its labels
+    assert not np.array_equal(e1[n_r:], e2[n_r:])  # fresh labels every epoch
+    draws = np.concatenate([plan.labels_for_epoch(e)[n_r:] for e in range(1, 41)])
+    assert set(draws) == set(range(ds.num_classes))  # from all classes, the true one included
+    assert np.mean(draws == split.forget_class) == pytest.approx(1 / ds.num_classes, abs=0.03)
+    np.testing.assert_array_equal(e1, plan.labels_for_epoch(1))  # a function of the epoch: resumable
+    cfg.unlearn.rl_labels = "once_other"
+    once = baselines.plan("rl", model, model.trainable_variables, cfg, split, ds)
+    assert once.labels_for_epoch is None and np.all(once.y[n_r:] != split.forget.y)
+    cfg.unlearn.rl_labels = "per_batch"
+
+
+def test_salun_selects_exactly_the_ratio_even_with_ties():
+    """Gradient magnitudes that tie at the threshold must not let more than round(ratio x n) weights move."""
+    inputs = keras.Input((2, 2, 1))
+    h = keras.layers.Flatten()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False, kernel_initializer="zeros", name="head")(h))
+    # zero weights: every input pixel's gradient is the same for both classes -> massive ties
+    x = np.full((4, 2, 2, 1), 255, np.uint8)
+    y = np.array([0, 0, 1, 1])
+
+    class Data:
+        mean, std = (0.5,), (0.25,)
+
+    for ratio in (0.25, 0.5, 0.6):
+        masks = baselines.saliency_masks(model, model.trainable_variables, x, y, Data, ratio, 4)
+        assert sum(m.sum() for m in masks) == round(ratio * 8), ratio
+    first = baselines.saliency_masks(model, model.trainable_variables, x, y, Data, 0.25, 4)[0].ravel()
+    assert first.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]  # ties: the earlier entries, deterministically
+
+
+def test_l1_sparse_penalty_counts_steps_like_the_loop_with_drop_last(trained):
+    cfg, ds, split, _, _ = trained
+    model = _fresh(trained)
+    bs = cfg.unlearn.batch_size
+    assert len(split.retain) % bs  # there is a partial batch to drop
+    cfg.data.drop_last = True
+    try:
+        plan = baselines.plan("l1_sparse", model, model.trainable_variables, cfg, split, ds)
+    finally:
+        cfg.data.drop_last = False
+    assert plan.steps_per_epoch == len(split.retain) // bs  # the loop's count, not ceil
+    assert baselines.plan("l1_sparse", model, model.trainable_variables, cfg, split, ds).steps_per_epoch == \
+        -(-len(split.retain) // bs)
+    epochs = 3
+    transform = baselines.decaying_l1(1.0, plan.steps_per_epoch, epochs)
+    params = [np.ones(1, np.float32)]
+    state = transform.init(params)
+    coefs = []
+    for _ in range(epochs * plan.steps_per_epoch):  # every step the loop takes
+        updates, state = transform.update([np.zeros(1, np.float32)], state, params)
+        coefs.append(float(updates[0][0]))
+    # each epoch's steps carry that epoch's coefficient; the final step the last epoch's, 1 - (E - 1) / E
+    assert coefs[-1] == pytest.approx(1 / epochs) and coefs[plan.steps_per_epoch - 1] == pytest.approx(1.0)
+    assert coefs[plan.steps_per_epoch] == pytest.approx(1 - 1 / epochs)
