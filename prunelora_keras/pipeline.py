@@ -21,28 +21,25 @@ from typing import Any
 import jax
 import keras
 import numpy as np
-import optax
 
-from prunelora_keras import __version__, baselines
-from prunelora_keras.baselines import BASELINES
+from prunelora_keras import __version__
 from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_model, save_state
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
 from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
 from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.fit_loop import FitTrainer
-from prunelora_keras.conv import FlatDense
-from prunelora_keras.lora import count_params, replace_layers
+from prunelora_keras.lora import count_params
 from prunelora_keras.evaluate import Reference, evaluate_model, evaluate_sets, make_reference
 from prunelora_keras.metrics import add_avg_gap
 from prunelora_keras.models import build_model
-from prunelora_keras.paradigms import CLASSIFIER, Recipe, build_recipe, prune_targets
-from prunelora_keras.precision import evaluation_model, training_model
-from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
-from prunelora_keras.pruning import pruning_diagnostics, sparsity_report
+from prunelora_keras.paradigms import prune_targets
+from prunelora_keras.precision import evaluation_model
+from prunelora_keras.pruning import sparsity_report
 from prunelora_keras.report import evaluation_table, paper_table, write_report
 from prunelora_keras.weights import load_weights_file
 from prunelora_keras.train import EpochStats, Trainer, make_optimizer, peak_memory, set_bn_policy
+from prunelora_keras.unlearning import on_jax, prepare_paradigm, training_inputs, with_flat_dense  # noqa: F401
 
 
 def log(message: str) -> None:
@@ -211,48 +208,6 @@ def _mean_seconds(history: list[EpochStats], upto: int) -> float:
     return float(np.mean(seconds)) if seconds else float("nan")
 
 
-def with_flat_dense(model: keras.Model) -> keras.Model:
-    """``model`` with every plain Dense on token inputs (rank >= 3) as a ``FlatDense``.
-
-    Models built by this version already use ``FlatDense``; checkpoints from before it (or a
-    user's own models) hold plain Dense layers, whose training step is slower on XLA:CPU.
-    Same weights and outputs; ``model`` itself when nothing changes.
-    """
-
-    def on_tokens(layer) -> bool:
-        return type(layer) is keras.layers.Dense and len(layer.input.shape) >= 3
-
-    if not any(on_tokens(layer) for layer in model.layers):
-        return model
-    return replace_layers(model, lambda layer: FlatDense.from_config(layer.get_config()) if on_tokens(layer) else None)
-
-
-def training_inputs(recipe: Recipe, cfg: Config, ds: Dataset, retain: Subset
-                    ) -> tuple[keras.Model, Any, bool, dict[str, Any]]:
-    """What the loop trains on: the whole model on images, or (``unlearn.prefix_cache = "auto"``
-    and exact) the trained suffix on the frozen prefix's cached features.
-
-    Returns (model to train, inputs, inputs-are-features, facts for the results row).
-    """
-    if cfg.unlearn.prefix_cache == "off" or not on_jax():
-        return recipe.model, retain.x, False, {"prefix_cache": False}
-    psplit, reason = split_frozen_prefix(recipe.model, recipe.train_vars)
-    if psplit is not None:
-        need = feature_bytes(psplit, len(retain))
-        if need > cfg.unlearn.prefix_cache_max_gb * 1e9:
-            psplit, reason = None, (f"features would take {need / 1e9:.1f} GB > unlearn.prefix_cache_max_gb "
-                                    f"{cfg.unlearn.prefix_cache_max_gb}")
-    if psplit is None:
-        log(f"{recipe.name}: training the whole model ({reason})")
-        return recipe.model, retain.x, False, {"prefix_cache": False}
-    cached = cache_features(psplit, retain.x, ds.mean, ds.std, cfg.data.eval_batch_size)
-    log(f"{recipe.name}: frozen prefix of {len(psplit.prefix_layers)} layers cached once "
-        f"({cached.nbytes / 1e6:.1f} MB in {cached.seconds:.1f} s); training {len(psplit.suffix_layers)} layers "
-        f"on the features")
-    return psplit.suffix, cached.features, True, {"prefix_cache": True, "cache_s": cached.seconds,
-                                                  "cached_layers": len(psplit.prefix_layers)}
-
-
 def paradigm_key(name: str, cfg: Config, original_ckpt: str) -> str:
     """A short hash of everything that determines a paradigm's results (not which others run)."""
     config = cfg.to_dict()
@@ -301,48 +256,10 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     if done is not None and done.is_file() and (save_to is None or save_to.is_file()):
         log(f"{name}: reusing finished results {done}")
         return _load_finished(done)
-    keras.utils.set_random_seed(cfg.seed)
-    original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
-    original = training_model(with_flat_dense(original), u.precision)
-    baseline = name in BASELINES
-    # The BatchNorm policy first: with "freeze" its gamma and beta stop being trainable variables, and
-    # the recipe must not capture them as variables to train.
-    set_bn_policy(original, u.bn)
-    recipe = build_recipe("finetune" if baseline else name, original, cfg)  # baselines train the whole model
-    set_bn_policy(recipe.model, u.bn)  # adapters' model surgery keeps the flags; the same policy, stated
+    prep = prepare_paradigm(name, cfg, original_ckpt, ds, split, distribution)
+    recipe, trainer, diagnostics, cache_facts = prep.recipe, prep.trainer, prep.diagnostics, prep.cache_facts
     total = max(u.epochs)
-    steps = num_batches(len(split.retain), u.batch_size, cfg.data.drop_last) * total
-    unlearn_recipe = TrainConfig(epochs=total, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
-                                 schedule="constant")
-    if baseline:
-        if not on_jax():
-            raise UserError(f"{name}: the baselines run on the jax backend only; unset KERAS_BACKEND or drop {name} "
-                            "from --paradigms")
-        method = baselines.plan(name, recipe.model, recipe.train_vars, cfg, split, ds)
-        log(f"{name}: {method.description}")
-        train_model, train_x, train_y, features = recipe.model, method.x, method.y, False
-        cache_facts = {"prefix_cache": False}
-        steps = num_batches(len(train_y), u.batch_size, cfg.data.drop_last) * total
-        optimizer, share_key = method.optimizer, None
-    else:
-        train_model, train_x, features, cache_facts = training_inputs(recipe, cfg, ds, split.retain)
-        train_y = split.retain.y
-        optimizer = make_optimizer(unlearn_recipe, steps)
-        if u.paradigm_l1 > 0:  # e.g. "LoRA + l1": the l1-sparse penalty on the paradigm's trained variables
-            optimizer = optax.chain(baselines.decaying_l1(u.paradigm_l1, steps // total, total), optimizer)
-        share_key = f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}:l1={u.paradigm_l1}"
-    # masks on prefix variables can be dropped: nothing in the prefix trains, so its zeros stay
-    suffix_paths = {v.path for v in train_model.variables}
-    masks = {path: m for path, m in recipe.masks.items() if path in suffix_paths}
-    diagnostics = ({} if recipe.pruned is None else
-                   pruning_diagnostics(recipe.pruned, CLASSIFIER, split.forget_classes))
-    if on_jax():
-        trainer = Trainer(train_model, optimizer, ds.num_classes, ds.mean, ds.std,
-                          train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name, features=features,
-                          share_key=share_key, distribution=distribution)
-    else:
-        trainer = FitTrainer(train_model, unlearn_recipe, steps, ds.num_classes, ds.mean, ds.std,
-                             train_vars=recipe.train_vars, masks=masks, seed=cfg.seed, label=name)
+    if not prep.resumable:
         state_path = None  # Keras's fit is not resumable mid-paradigm; finished paradigms still are reused
     rows: list[dict[str, Any]] = []
     history: list[EpochStats] = []
@@ -376,8 +293,8 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
 
     try:
         if first <= total:
-            trainer.fit(train_x, train_y, total - first + 1, u.batch_size, cfg.data.drop_last, on_epoch_end,
-                        first_epoch=first, **({"labels_for_epoch": method.labels_for_epoch} if baseline else {}))
+            trainer.fit(prep.x, prep.y, total - first + 1, u.batch_size, cfg.data.drop_last, on_epoch_end,
+                        first_epoch=first, **prep.fit_kwargs)
     except FloatingPointError as exc:
         log(f"{name}: stopped: {exc}")
         done_epochs = {r["epochs"] for r in rows}
@@ -393,11 +310,6 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         if state_path is not None:
             state_path.unlink(missing_ok=True)
     return rows, last_losses
-
-
-def on_jax() -> bool:
-    """The compiled JAX loop (``train.Trainer``) on the jax backend; Keras's fit elsewhere."""
-    return keras.backend.backend() == "jax"
 
 
 def forget_description(split: UnlearningSplit, ds: Dataset) -> str:

@@ -1,7 +1,10 @@
-"""Every unlearning method runs on both ResNets under both BatchNorm policies (``unlearn.bn``).
+"""Every unlearning method prepares and trains on both ResNets under both BatchNorm policies.
 
-``freeze`` makes BatchNorm's gamma and beta non-trainable; a recipe that captured them as
-variables to train before the policy was applied used to crash Finetune, Pruned and the baselines.
+``unlearn.bn = "freeze"`` makes BatchNorm's gamma and beta non-trainable; a recipe that captured
+them as variables to train before the policy was applied crashed Finetune, Pruned and the
+baselines on the ResNets. Preparing (model surgery, variables, masks, optimiser, trainer) is
+checked for every method x policy x ResNet; training, which compiles a step per method, runs every
+method under ``freeze`` on the ResNet-18 and the paper's paradigms under ``freeze`` on the ResNet-50.
 """
 
 import keras
@@ -11,6 +14,7 @@ import pytest
 from prunelora_keras.config import build_config
 from prunelora_keras.models import build_model
 from prunelora_keras.pipeline import load_data, run_paradigm
+from prunelora_keras.unlearning import prepare_paradigm
 
 METHODS = ("finetune", "pruned", "lora", "pruned_lora", "ga", "rl", "l1_sparse", "salun")
 SMALL = ["model.width=0.0625", "data.train_size=100", "unlearn.epochs=[1]", "unlearn.batch_size=50",
@@ -33,13 +37,25 @@ def originals(tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
 @pytest.mark.parametrize("bn", ["update", "freeze"])
-def test_every_method_runs_under_both_batchnorm_policies(originals, model, bn):
+def test_every_method_prepares_under_both_batchnorm_policies(originals, model, bn):
     path, ds, split = originals[model]
-    cfg = build_config(model, "quick", sets=SMALL + [f"unlearn.bn={bn}", "unlearn.prune_mode=persistent"])
+    cfg = build_config(model, "quick", sets=SMALL + [f"unlearn.bn={bn}"])
     for method in METHODS:
+        prep = prepare_paradigm(method, cfg, path, ds, split)
+        bn_vars = [v for layer in prep.recipe.model.layers if isinstance(layer, keras.layers.BatchNormalization)
+                   for v in layer.trainable_weights]
+        assert (len(bn_vars) > 0) == (bn == "update"), method  # freeze: BatchNorm trains nothing
+        assert prep.recipe.train_vars and all(v.trainable for v in prep.recipe.train_vars), method
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, methods", [("resnet18", METHODS), ("resnet50", METHODS[:4])])
+def test_methods_train_with_frozen_batchnorm(originals, model, methods):
+    path, ds, split = originals[model]
+    cfg = build_config(model, "quick", sets=SMALL + ["unlearn.bn=freeze"])
+    for method in methods:
         rows, _ = run_paradigm(method, cfg, path, ds, split)
         assert [r["status"] for r in rows] == ["ok"], (method, rows)
-        assert np.isfinite(rows[0]["RA"]) and 0 <= rows[0]["UA"] <= 100, method
+        assert np.isfinite(rows[0]["RA"]), method
