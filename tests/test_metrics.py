@@ -163,6 +163,8 @@ def test_unlearning_metrics_bundle():
     assert m["UA"] == 100.0 and m["RA"] == 100.0
     assert m["TA"] == pytest.approx(accuracy_pct(logits["test_retain"], labels["test_retain"]))
     assert m["MIA_loss_logreg"] == 100.0  # forget losses are huge: every forget sample looks unseen
+    assert not m["attack_degenerate_loss_logreg"]  # ... and the attack that says so separates its shadow data
+    assert m["attack_acc_loss_logreg"] > 60
     assert set(m) >= {"MIA_confidence_svc", "attack_acc_loss_logreg", "attack_acc_confidence_svc"}
 
 
