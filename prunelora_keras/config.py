@@ -386,6 +386,12 @@ def validate(cfg: Config) -> None:
         (u.relearn_eval_every >= 1, "unlearn.relearn_eval_every must be >= 1"),
         (u.relearn_lr > 0, "unlearn.relearn_lr must be > 0"),
     ]
+    if cfg.data.data_dir and cfg.data.dataset != "cifar10":
+        checks.append((False, f"data.data_dir (--data-dir) applies to --dataset cifar10 only; {cfg.data.dataset} comes "
+                              "from its own package: drop --data-dir, or pass --dataset cifar10"))
+    if cfg.data.data_dir and not Path(cfg.data.data_dir).expanduser().exists():
+        checks.append((False, f"--data-dir {cfg.data.data_dir} does not exist: pass the CIFAR-10 folder or archive "
+                              "(e.g. ../shared/data/cifar10-jpeg.tar.gz)"))
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         checks.append((False, f"model.weights {cfg.model.weights} is not a file: pass a .keras or .pt/.pth file, or "
                               "leave it empty to pretrain the original model"))

@@ -36,7 +36,7 @@ from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import prune_targets
 from prunelora_keras.precision import evaluation_model
 from prunelora_keras.pruning import sparsity_report
-from prunelora_keras.report import evaluation_table, paper_table, write_report
+from prunelora_keras.report import evaluation_table, fit_width, paper_table, write_report
 from prunelora_keras.weights import load_weights_file
 from prunelora_keras.train import EpochStats, Trainer, make_optimizer, peak_memory, set_bn_policy
 from prunelora_keras.unlearning import on_jax, prepare_paradigm, training_inputs, with_flat_dense  # noqa: F401
@@ -485,5 +485,5 @@ def accuracy_table(results: dict[str, Any]) -> str:
 def summary(results: dict[str, Any]) -> str:
     """What the command prints at the end: stage accuracies, then the paper's table."""
     extra = evaluation_table(results)
-    return ("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
-            + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else ""))
+    return fit_width("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
+                     + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else ""))

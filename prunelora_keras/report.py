@@ -264,3 +264,62 @@ def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[
         plot_loss_histograms(losses, out_dir / "loss_histograms.png",
                              f"{results['config']['model']['name']}: per-sample losses, test vs forget set")
     plot_metric_bars(results, out_dir / "metrics.png")
+
+
+def fit_width(text: str, width: int = 100) -> str:
+    """``text`` with every markdown table wider than ``width`` split into narrower tables, and
+    longer prose lines wrapped.
+
+    Each part repeats the table's first column (the row names) and takes as many of the other
+    columns as fit; lines that are not table rows pass through. For the terminal: ``results.md``
+    keeps the wide tables.
+
+    Example:
+        >>> print(fit_width("| a | bbbb | cccc |\n|---|---|---|\n| x | 1 | 2 |", width=14))
+        | a | bbbb |
+        |---|---|
+        | x | 1 |
+        <BLANKLINE>
+        | a | cccc |
+        |---|---|
+        | x | 2 |
+    """
+    out: list[str] = []
+    block: list[str] = []
+
+    def flush() -> None:
+        if not block:
+            return
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
+        if max(len(line) for line in block) <= width or len(rows[0]) < 3:
+            out.extend(block)
+        else:
+            widths = [max(len(r[i]) if i < len(r) else 0 for r in rows) + 3 for i in range(len(rows[0]))]
+            groups, current, used = [], [], widths[0] + 1
+            for i in range(1, len(widths)):
+                if current and used + widths[i] > width:
+                    groups.append(current)
+                    current, used = [], widths[0] + 1
+                current.append(i)
+                used += widths[i]
+            groups.append(current)
+            for k, cols in enumerate(groups):
+                if k:
+                    out.append("")
+                for r in rows:
+                    if set(r[0]) <= {"-"}:  # the separator row
+                        out.append("|" + "---|" * (len(cols) + 1))
+                    elif len(r) == len(rows[0]) or k == 0:  # a short row (e.g. "failed: ...") once, as it is
+                        out.append("| " + " | ".join([r[0]] + [r[i] for i in cols if i < len(r)]) + " |")
+        block.clear()
+
+    import textwrap
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            block.append(line)
+        else:
+            flush()
+            out.extend(textwrap.wrap(line, width) if len(line) > width else [line])
+    flush()
+    return "\n".join(out)

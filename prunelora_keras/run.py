@@ -26,6 +26,33 @@ EXIT_FAILED = 1
 CPU_TRAIN_FLOPS_PER_S = 2.0e10
 
 
+def config_keys() -> list[tuple[str, str, str]]:
+    """(key, type, default) of every configuration key, from the typed Config's dataclasses."""
+    import dataclasses
+
+    from prunelora_keras.config import SECTIONS, TOP_LEVEL, Config
+
+    defaults = Config()
+    rows = [(key, "int", repr(getattr(defaults, key))) for key in TOP_LEVEL]
+    for section, cls in SECTIONS.items():
+        values = getattr(defaults, section)
+        for f in dataclasses.fields(cls):
+            tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            rows.append((f"{section}.{f.name}", tp, json.dumps(getattr(values, f.name))))
+    return rows
+
+
+class ListKeys(argparse.Action):
+    """``--list-keys``: print the keys and exit 0, like ``--help`` (needs no other argument)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        width = max(len(k) for k, _, _ in config_keys())
+        print(f"{'key':<{width}}  type         default (before presets; the preset files in configs/ set more)")
+        for key, tp, default in config_keys():
+            print(f"{key:<{width}}  {tp:<11}  {default}")
+        parser.exit(0)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m prunelora_keras.run",
@@ -71,9 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
-                             "(sections: model, data, pretrain, retrain, unlearn); repeatable")
+                             "(sections: model, data, pretrain, retrain, unlearn; --list-keys prints every key); "
+                             "repeatable")
     parser.add_argument("--devices", type=int, metavar="N",
                         help="data-parallel training over N local devices (default 0: all of them; a CPU is one)")
+    parser.add_argument("--list-keys", action=ListKeys, nargs=0,
+                        help="print every key --set and --config accept (section.key, type, default) and exit")
     parser.add_argument("--overwrite", action="store_true",
                         help="run again into a run folder that holds finished results for another configuration")
 
@@ -200,7 +230,24 @@ def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:
         old = {}
     if old.get("config") == cfg.to_dict():
         return old
-    raise UserError(f"{out_dir} holds results of another configuration: pass --overwrite or choose another --out")
+    raise UserError(f"{out_dir} holds results of another configuration ({config_diff(old.get('config') or {}, cfg.to_dict())}):"
+                    " pass --overwrite or choose another --out")
+
+
+def config_diff(old: dict, new: dict, limit: int = 3) -> str:
+    """The first ``limit`` keys whose values differ, as ``key old -> new`` (dotted keys, sorted)."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    parts = [f"{k} {json.dumps(a.get(k, '<unset>'))} -> {json.dumps(b.get(k, '<unset>'))}" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more if parts else "another version's layout"
 
 
 def run(cfg, args: argparse.Namespace) -> int:
@@ -227,7 +274,7 @@ def run(cfg, args: argparse.Namespace) -> int:
         print(pipeline.summary(results))
         print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
         return 0
-    from prunelora_keras.report import paper_table, write_report
+    from prunelora_keras.report import fit_width, paper_table, write_report
     from prunelora_keras.seeds import aggregate
 
     out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
@@ -239,7 +286,7 @@ def run(cfg, args: argparse.Namespace) -> int:
         runs.append(run_one(dataclasses.replace(cfg, seed=seed), out_dir / f"seed{seed}", args.overwrite))
     folded = aggregate(runs)
     write_report(folded, out_dir)
-    print(paper_table(folded))
+    print(fit_width(paper_table(folded)))
     print(f"results: {out_dir / 'results.json'} (mean ± std over seeds {args.seeds}; each seed in "
           f"{out_dir}/seed<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
     return 0

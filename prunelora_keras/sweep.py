@@ -18,7 +18,7 @@ import numpy as np
 
 from prunelora_keras.checkpoint import atomic_write_bytes
 from prunelora_keras.errors import UserError
-from prunelora_keras.report import PARADIGM_LABELS, _fmt, final_rows, paper_table, write_report
+from prunelora_keras.report import PARADIGM_LABELS, _fmt, final_rows, fit_width, paper_table, write_report
 from prunelora_keras.seeds import aggregate
 
 PER_CLASS_METRICS = (("UA", "UA", 1), ("RA", "RA", 1), ("probe_forget_acc", "probe D_f", 1),
@@ -148,4 +148,4 @@ def write_class_report(folded: dict[str, Any], out_dir: Path) -> None:
 
 def summary(folded: dict[str, Any]) -> str:
     """What the command prints for a class sweep: the folded table, then the per-class tables."""
-    return paper_table(folded) + "\n\n" + per_class_table(folded)
+    return fit_width(paper_table(folded) + "\n\n" + per_class_table(folded))

@@ -81,3 +81,24 @@ def test_seed_folding_keeps_continual_requests_apart_and_failures_out():
     for bad in ("", "0,0", "-1", "a"):
         with pytest.raises(ValueError):
             parse_seeds(bad)
+
+
+def test_printed_tables_fit_a_100_column_terminal():
+    from prunelora_keras.pipeline import summary
+    from prunelora_keras.report import fit_width
+
+    results = _results({"attack_degenerate_loss_logreg": True})
+    results["rows"][1]["attack_degenerate_confidence_svc"] = True
+    results["stages"] = {"original": {"accuracies": {"train": 99.0, "test": 50.0}}}
+    wide = paper_table(results)
+    assert max(len(line) for line in wide.splitlines()) > 100  # results.md keeps the wide table
+    text = summary(results)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    # nothing is lost: every cell of the wide table is in the split one, row by row
+    for line in wide.splitlines():
+        if line.startswith("| ") and not line.startswith("| paradigm"):
+            name, *cells = [c.strip() for c in line.strip("|").split("|")]
+            split_cells = [c.strip() for x in text.splitlines() if x.startswith(f"| {name} |")
+                           for c in x.strip("|").split("|")[1:]]
+            assert split_cells == cells, name
+    assert fit_width("| a | b |\n|---|---|\n| x | y |") == "| a | b |\n|---|---|\n| x | y |"  # narrow: unchanged

@@ -23,6 +23,7 @@ def run_main(capsys, argv):
     (["--model", "vit", "--preset", "quick", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
      "--data-dir /nonexistent/cifar does not exist"),
     (["--model", "vit", "--preset", "quick", "--forget-class", "12"], "--forget-class 12 is out of range"),
+    (["--model", "vit", "--preset", "quick", "--data-dir", "/no/such/path"], "applies to --dataset cifar10 only"),
     (["--model", "vit", "--preset", "quick", "--set", "pretrain.bogus=1"], "unknown key pretrain.bogus"),
     (["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=three"], "expected an integer"),
     (["--model", "vit", "--preset", "nope"], "unknown preset 'nope'"),
@@ -45,13 +46,48 @@ def test_malformed_toml_config(capsys, tmp_path):
 
 
 def test_help_explains_every_option(capsys):
+    import argparse
+
+    from prunelora_keras.run import parse_args
+
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--model", "--preset", "--config", "--dataset", "--data-dir", "--forget-class", "--seed",
-                   "--out", "--set", "--overwrite", "--weights"):
-        assert option in out
+    parser_actions = []
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        parser_actions.extend(self._actions)
+        return original(self, args, namespace)
+
+    argparse.ArgumentParser.parse_args = capture
+    try:
+        parse_args(["--model", "vit"])
+    finally:
+        argparse.ArgumentParser.parse_args = original
+    options = [a.option_strings[-1] for a in parser_actions if a.option_strings and a.dest != "help"]
+    assert len(options) >= 18
+    for action in parser_actions:  # every option is listed with a real explanation, not only its name
+        if action.option_strings and action.dest != "help":
+            assert action.option_strings[-1] in out and len(action.help or "") > 20, action.option_strings
+
+
+def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
+    import dataclasses
+
+    from prunelora_keras.config import SECTIONS
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--list-keys"])
+    assert exc.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for section, cls in SECTIONS.items():  # an independent enumeration of the dataclasses' fields
+        for f in dataclasses.fields(cls):
+            line = next((x for x in lines if x.split()[:1] == [f"{section}.{f.name}"]), None)
+            assert line is not None, f"{section}.{f.name}"
+    assert any(x.split()[:3] == ["unlearn.lr", "float", "0.001"] for x in lines)
+    assert any(x.split()[:2] == ["seed", "int"] for x in lines)
 
 
 def test_cifar_not_found_names_the_fixes(capsys, tmp_path, monkeypatch):
@@ -109,6 +145,7 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
     # another configuration into the same folder: refused without --overwrite
     code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--set", "retrain.epochs=1", "--out", str(out)])
     assert code == 2 and "--overwrite" in err
+    assert "(retrain.epochs 2 -> 1)" in err  # names what differs, old -> new
     # with --overwrite: the original model is reused (same key), only Retrain trains again
     code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--set", "retrain.epochs=1", "--out", str(out),
                                      "--overwrite"])
