@@ -190,7 +190,7 @@ def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, t
     names = list(losses)
     if not names:
         return
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.8), squeeze=False)
     everything = np.concatenate([np.concatenate([v["test"], v["forget"]]) for v in losses.values()])
     top = float(np.percentile(everything, 99.5)) if everything.size else 1.0
     bins = np.linspace(0.0, max(top, 1e-3), 40)
@@ -198,19 +198,29 @@ def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, t
         ax.hist(np.clip(losses[name]["test"], 0, bins[-1]), bins=bins, alpha=0.6, label="test", color="tab:blue")
         ax.hist(np.clip(losses[name]["forget"], 0, bins[-1]), bins=bins, alpha=0.6, label="forget", color="tab:red")
         ax.set_yscale("log")
-        ax.set_title(PARADIGM_LABELS.get(name, name), fontsize=9)
-        ax.set_xlabel("cross-entropy loss", fontsize=8)
-    axes[0][0].set_ylabel("count (log)", fontsize=8)
-    axes[0][0].legend(fontsize=7)
+        ax.set_title(PARADIGM_LABELS.get(name, name), fontsize=12)
+        ax.set_xlabel("cross-entropy loss", fontsize=11)
+        ax.tick_params(labelsize=10)
+    axes[0][0].set_ylabel("count (log)", fontsize=11)
+    axes[0][0].legend(fontsize=10)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def run_title(results: dict[str, Any]) -> str:
+    """"<model>, preset <p>, forgetting <what>, seed <s>": what a plot shows, for its title."""
+    cfg, data = results.get("config", {}), results.get("data") or {}
+    seed = results.get("seeds") or cfg.get("seed", "")
+    return (f"{cfg.get('model', {}).get('name', '')}, preset {cfg.get('preset', '')}, forgetting "
+            f"{data.get('forgetting', '')}, seed {seed}")
+
+
 def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
-    """RA, TA and UA per paradigm at the largest epoch count (error bars: the spread over seeds)."""
+    """Every percentage metric of the table per paradigm at its largest epoch count (UA, both MIAs, RA,
+    TA), and Avg. Gap beside them; error bars: the spread over seeds or classes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,7 +235,8 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
             final[r["paradigm"]] = r
     names = list(final)
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.4))
+    fig, (ax, gap_ax) = plt.subplots(1, 2, figsize=(1.9 * len(names) + 4, 4.6),
+                                     gridspec_kw={"width_ratios": [4, 1]})
     series = (("UA", "tab:red"), ("MIA_loss_logreg", "tab:purple"), ("MIA_confidence_svc", "tab:orange"),
               ("RA", "tab:green"), ("TA", "tab:blue"))
     width = 0.8 / len(series)
@@ -239,14 +250,20 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
             if degenerate(final[n], key):
                 ax.text(xi, final[n].get(key, 0.0) + 1, DAGGER, ha="center", fontsize=9)
     if any(degenerate(final[n], f"MIA_{a}") for n in names for a in ATTACKS[:2]):
-        fig.text(0.01, 0.01, DAGGER + " degenerate attack (no better than its majority class on shadow data)", fontsize=7)
-    ax.set_xticks(x, [f"{PARADIGM_LABELS.get(n, n)}\n({final[n]['epochs']} ep)" for n in names], fontsize=8)
-    ax.set_ylabel("percent")
+        fig.text(0.01, 0.01, DAGGER + " degenerate attack (no better than its majority class on shadow data)", fontsize=9)
+    labels = [f"{PARADIGM_LABELS.get(n, n)}\n({final[n]['epochs']} ep)" for n in names]
+    ax.set_xticks(x, labels, fontsize=10)
+    ax.tick_params(axis="y", labelsize=10)
+    ax.set_ylabel("percent", fontsize=11)
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    cfg, data = results.get("config", {}), results.get("data") or {}
-    ax.set_title(f"{cfg.get('model', {}).get('name', '')}, preset {cfg.get('preset', '')}, forgetting "
-                 f"{data.get('forgetting', '')}, seed {cfg.get('seed', '')}", fontsize=9, pad=22)
+    ax.legend(fontsize=10, ncol=5, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    gaps = [final[n].get("avg_gap", np.nan) for n in names]
+    gap_spread = [final[n].get("avg_gap_std", 0.0) for n in names]
+    gap_ax.bar(x, gaps, 0.6, color="tab:gray", yerr=gap_spread if any(gap_spread) else None, capsize=2)
+    gap_ax.set_xticks(x, [PARADIGM_LABELS.get(n, n) for n in names], fontsize=9, rotation=45, ha="right")
+    gap_ax.set_title("Avg. Gap to Retrain (points)", fontsize=11)
+    gap_ax.tick_params(axis="y", labelsize=10)
+    fig.suptitle(run_title(results), fontsize=12)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -261,8 +278,10 @@ def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[
     _atomic_write(out_dir / "results.md", paper_table(results) + "\n"
                   + (f"\nEvaluation beyond the paper (largest epoch count):\n\n{extra}\n" if extra else ""))
     if losses:
+        epochs = max((r["epochs"] for r in results["rows"] if r.get("status", "ok") == "ok"), default=0)
         plot_loss_histograms(losses, out_dir / "loss_histograms.png",
-                             f"{results['config']['model']['name']}: per-sample losses, test vs forget set")
+                             f"{run_title(results)}: per-sample losses, test vs forget set, after {epochs} unlearning "
+                             "epochs (Retrain: its final model)")
     plot_metric_bars(results, out_dir / "metrics.png")
 
 

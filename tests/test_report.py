@@ -102,3 +102,37 @@ def test_printed_tables_fit_a_100_column_terminal():
                            for c in x.strip("|").split("|")[1:]]
             assert split_cells == cells, name
     assert fit_width("| a | b |\n|---|---|\n| x | y |") == "| a | b |\n|---|---|\n| x | y |"  # narrow: unchanged
+
+
+def test_plots_say_what_they_show(tmp_path, monkeypatch):
+    """metrics.png and loss_histograms.png: titles naming model, preset, forgetting, seed (and the
+    epoch the losses are from), every percentage metric of the table plotted, readable fonts."""
+    import matplotlib.figure
+
+    figures = {}
+    original = matplotlib.figure.Figure.savefig
+
+    def capture(self, path, *args, **kwargs):
+        texts = [t.get_text() for t in self.texts] + ([self._suptitle.get_text()] if self._suptitle else [])
+        texts += [ax.get_title() for ax in self.axes]
+        legend = [t.get_text() for ax in self.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        sizes = [t.get_fontsize() for ax in self.axes for t in ax.get_xticklabels() + [ax.title]]
+        figures[str(path).rsplit("/", 1)[-1]] = (" ".join(texts), legend, sizes)
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    results = _results()
+    results["config"].update(preset="quick", seed=4)
+    results["data"] = {"forgetting": "class 3 'cat'"}
+    for r in results["rows"]:
+        r["avg_gap"] = 1.0
+    losses = {"retrain": {"test": np.ones(5), "forget": np.ones(5) * 3}, "lora": {"test": np.ones(5), "forget": np.ones(5)}}
+    write_report(results, tmp_path, losses)
+    for name in ("metrics.png", "loss_histograms.png"):
+        text, legend, sizes = figures[name]
+        for fact in ("vit", "preset quick", "class 3 'cat'", "seed 4"):
+            assert fact in text, (name, fact)
+        assert min(sizes) >= 9, name
+    assert "after 10 unlearning epochs" in figures["loss_histograms.png"][0]
+    assert figures["metrics.png"][1] == ["UA", "MIA (loss, LR)", "MIA (conf, SVC)", "RA", "TA"]
+    assert "Avg. Gap" in figures["metrics.png"][0]
