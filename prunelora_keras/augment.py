@@ -22,6 +22,15 @@ def normalize(images01: jax.Array, mean: Sequence[float], std: Sequence[float]) 
     return (images01 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
+def infer_images(model, trainable: list, non_trainable: list, images: jax.Array, mean: Sequence[float],
+                 std: Sequence[float]):
+    """``model``'s outputs on uint8 ``images`` in inference mode, from explicit variable values:
+    the one normalise + ``stateless_call`` sequence behind evaluation, features, the prefix cache
+    and SalUn's saliency (pure, so it traces into ``jax.jit`` and ``jax.grad``)."""
+    outputs, _ = model.stateless_call(trainable, non_trainable, normalize(to_float(images), mean, std), training=False)
+    return outputs
+
+
 def random_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     """torchvision's RandomCrop(size, padding=pad): zero-pad, then one random offset per image."""
     n, h, w, c = images.shape

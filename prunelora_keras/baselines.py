@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import optax
 
-from prunelora_keras.augment import normalize, to_float
+from prunelora_keras.augment import infer_images
 from prunelora_keras.config import Config
 from prunelora_keras.data import Dataset, UnlearningSplit, num_batches
 
@@ -135,8 +135,7 @@ def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], for
     @jax.jit
     def grad_sum(values, images, labels):
         def loss(vals):
-            logits, _ = model.stateless_call(vals, non_trainable, normalize(to_float(images), mean, std),
-                                             training=False)
+            logits = infer_images(model, vals, non_trainable, images, mean, std)
             return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).sum()
 
         return jax.grad(loss)(values)

@@ -315,11 +315,6 @@ def apply_value(cfg: Config, key: str, value: Any, where: str) -> None:
     _apply_section(getattr(cfg, section), {name: value}, section, where)
 
 
-def apply_set(cfg: Config, assignment: str) -> None:
-    key, value = parse_set(assignment)
-    apply_value(cfg, key, value, "--set")
-
-
 def validate(cfg: Config) -> None:
     """Ranges and choices that can be checked without data. Raises ``UserError``."""
     for (section, name), choices in CHOICES.items():

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
+from prunelora_keras.train import architecture_key, padded_batches
+
 _FEATURE_FNS: dict[str, Callable] = {}
 
 
@@ -51,8 +53,7 @@ def _jitted(fmodel: keras.Model, mean: tuple, std: tuple) -> Callable:
     import jax
     import jax.numpy as jnp
 
-    from prunelora_keras.augment import normalize, to_float
-    from prunelora_keras.train import architecture_key
+    from prunelora_keras.augment import infer_images
 
     try:
         key = f"{architecture_key(fmodel)}:{mean}:{std}"
@@ -62,8 +63,7 @@ def _jitted(fmodel: keras.Model, mean: tuple, std: tuple) -> Callable:
     if fn is None:
         @jax.jit
         def fn(trainable, non_trainable, images):
-            (logits, feats), _ = fmodel.stateless_call(trainable, non_trainable, normalize(to_float(images), mean, std),
-                                                      training=False)
+            logits, feats = infer_images(fmodel, trainable, non_trainable, images, mean, std)
             return logits.astype(jnp.float32), feats.astype(jnp.float32)
 
         _FEATURE_FNS[key] = fn
@@ -105,13 +105,5 @@ def predict_logits_and_features(model: keras.Model, x: np.ndarray, mean: Sequenc
     fn = _jitted(fmodel, mean, std)
     trainable = [v.value for v in fmodel.trainable_variables]
     non_trainable = [v.value for v in fmodel.non_trainable_variables]
-    logits, feats = [], []
-    for start in range(0, len(x), batch_size):
-        xb = x[start:start + batch_size]
-        valid = len(xb)
-        if valid < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
-        z, f = fn(trainable, non_trainable, xb)
-        logits.append(np.asarray(z)[:valid])
-        feats.append(np.asarray(f)[:valid].reshape(valid, -1))
-    return np.concatenate(logits), np.concatenate(feats)
+    logits, feats = padded_batches(lambda xb: fn(trainable, non_trainable, xb), x, batch_size)
+    return logits, feats.reshape(len(feats), -1)

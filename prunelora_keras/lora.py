@@ -160,7 +160,9 @@ class LoRAConv2D(_LoRAMixin, PointwiseConv2D):
 LORA_LAYERS = (LoRADense, LoRAConv2D)
 
 
-def _matches(name: str, patterns: Sequence[str]) -> bool:
+def matches_any(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a layer name fully matches one of the regular expressions (peft's ``target_modules``
+    style); the one name matcher behind LoRA targets, pruning targets and sparsity reports."""
     return any(re.fullmatch(p, name) for p in patterns)
 
 
@@ -237,7 +239,7 @@ def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: f
     matched: list[str] = []
 
     def replace(layer):
-        if not _matches(layer.name, targets) or isinstance(layer, LORA_LAYERS):
+        if not matches_any(layer.name, targets) or isinstance(layer, LORA_LAYERS):
             return None
         cfg = layer.get_config()
         lora = {"adapter_rank": rank, "adapter_alpha": alpha, "adapter_dropout": dropout,
@@ -265,7 +267,7 @@ def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: f
     for layer in new_model.layers:
         if isinstance(layer, LORA_LAYERS):
             train_vars += layer.adapter_variables
-        elif _matches(layer.name, modules_to_save):
+        elif matches_any(layer.name, modules_to_save):
             train_vars += list(layer.trainable_weights)
     return new_model, train_vars
 

@@ -29,7 +29,7 @@ from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset,
 from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
 from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.fit_loop import FitTrainer
-from prunelora_keras.lora import count_params
+from prunelora_keras.lora import count_params, matches_any
 from prunelora_keras.evaluate import Reference, evaluate_model, evaluate_sets, make_reference
 from prunelora_keras.metrics import add_avg_gap
 from prunelora_keras.models import build_model
@@ -141,9 +141,7 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         def on_epoch_end(stats: EpochStats) -> None:
             history.append(stats)
             if on_jax():  # epoch-end state: the compiled loop's (Keras's fit on other backends is not resumable)
-                save_state(state_path, trainer, {"stage": name, "epoch": stats.epoch,
-                                                 "history": [asdict(h) for h in history]})
-                fault_point(name, stats.epoch)
+                save_epoch(state_path, trainer, name, history)
 
         if first <= recipe.epochs:
             trainer.fit(data.x, data.y, recipe.epochs - first + 1, cfg.data.batch_size, cfg.data.drop_last,
@@ -157,6 +155,14 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
     acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
     result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
     return model, result
+
+
+def save_epoch(state_path: Path, trainer: Trainer, name: str, history: list[EpochStats], **extra: Any) -> None:
+    """A stage's epoch-end state (weights, optimiser, history and ``extra`` such as finished rows), from
+    which :func:`resume` continues; then the test hook that may kill the process right there."""
+    epoch = history[-1].epoch
+    save_state(state_path, trainer, {"stage": name, "epoch": epoch, **extra, "history": [asdict(h) for h in history]})
+    fault_point(name, epoch)
 
 
 def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochStats]) -> int:
@@ -196,10 +202,8 @@ def load_data(cfg: Config, ds: Dataset | None = None) -> tuple[Dataset, Unlearni
 
 
 def _sparsity_pct(model: keras.Model, cfg: Config) -> float:
-    import re
-
     targets = prune_targets(cfg.model, cfg.unlearn)
-    names = [layer.name for layer in model.layers if any(re.fullmatch(p, layer.name) for p in targets)]
+    names = [layer.name for layer in model.layers if matches_any(layer.name, targets)]
     return 100.0 * sparsity_report(model, names)["overall"]["zero_weights"]
 
 
@@ -287,9 +291,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
             log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
                 f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
         if state_path is not None:
-            save_state(state_path, trainer, {"stage": name, "epoch": stats.epoch, "rows": rows,
-                                             "history": [asdict(h) for h in history]})
-            fault_point(name, stats.epoch)
+            save_epoch(state_path, trainer, name, history, rows=rows)
 
     try:
         if first <= total:

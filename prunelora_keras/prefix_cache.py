@@ -29,7 +29,7 @@ import jax
 import keras
 import numpy as np
 
-from prunelora_keras.augment import normalize, to_float
+from prunelora_keras.augment import infer_images
 
 
 @dataclass
@@ -44,14 +44,6 @@ class PrefixSplit:
     @property
     def feature_shapes(self) -> list[tuple[int, ...]]:
         return [tuple(t.shape[1:]) for t in self.prefix.outputs]
-
-
-def _producer(tensor) -> object | None:
-    history = getattr(tensor, "_keras_history", None)
-    if history is None:
-        return None
-    operation, node_index, _ = history
-    return operation._inbound_nodes[node_index]
 
 
 def _changes_in_training(layer: keras.layers.Layer) -> bool:
@@ -111,8 +103,7 @@ def compute_features(prefix: keras.Model, x: np.ndarray, mean: Sequence[float], 
 
     @jax.jit
     def features_fn(trainable, non_trainable, images):
-        out, _ = prefix.stateless_call(trainable, non_trainable, normalize(to_float(images), mean, std),
-                                       training=False)
+        out = infer_images(prefix, trainable, non_trainable, images, mean, std)
         return out if isinstance(out, (list, tuple)) else [out]
 
     trainable = [v.value for v in prefix.trainable_variables]

@@ -20,12 +20,13 @@ Two modes:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+
+from prunelora_keras.lora import matches_any
 
 MODES = ("reference", "persistent")
 
@@ -84,7 +85,7 @@ class PruneResult:
 def _target_layers(model: keras.Model, targets: Sequence[str]) -> list:
     found = [layer for layer in model.layers
              if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))
-             and any(re.fullmatch(p, layer.name) for p in targets)]
+             and matches_any(layer.name, targets)]
     if not found:
         raise ValueError(f"no Dense or Conv2D layer name matches the pruning targets {list(targets)}")
     return found

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import optax
 
-from prunelora_keras.augment import prepare_batch, to_float, normalize
+from prunelora_keras.augment import infer_images, prepare_batch
 from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import batches, num_batches
 from prunelora_keras.distributed import Placement, device_count
@@ -464,9 +464,7 @@ def _eval_fn(model: keras.Model, mean, std) -> Callable:
 
     @jax.jit
     def logits_fn(trainable, non_trainable, images):
-        x = normalize(to_float(images), mean, std)
-        logits, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-        return logits.astype(jnp.float32)
+        return infer_images(model, trainable, non_trainable, images, mean, std).astype(jnp.float32)
 
     _EVAL_FNS[key] = (model, logits_fn)
     return logits_fn
@@ -493,16 +491,24 @@ def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std
     else:
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]
-    n = len(x)
-    # One batch shape for every set (small sets are padded), so one compilation serves them all.
-    out = []
-    for start in range(0, n, batch_size):
+    out = padded_batches(lambda xb: fn(trainable, non_trainable, xb), x, batch_size)
+    return out[0] if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def padded_batches(fn: Callable, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """``fn`` over ``x`` in batches of exactly ``batch_size`` (the last one zero-padded, its outputs
+    cut back), so one compilation serves every set; ``fn`` returns an array or a tuple of arrays,
+    and so does the result per output, concatenated over the batches (an empty list for empty ``x``)."""
+    parts = []
+    for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         valid = len(xb)
         if valid < batch_size:
             xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
-        out.append(np.asarray(fn(trainable, non_trainable, xb))[:valid])
-    return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+        outputs = fn(xb)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        parts.append([np.asarray(o)[:valid] for o in outputs])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))] if parts else []
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
