@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, clean_env
@@ -20,8 +21,10 @@ cfg = build_config("resnet18", "quick", None, {}, ["model.width=0.125", "data.tr
 ds, split = pipeline.load_data(cfg)
 model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
 from prunelora_keras.evaluate import evaluate_model
+from prunelora_keras.features import predict_logits_and_features
 metrics = evaluate_model(model, split, ds, cfg).metrics
-print(json.dumps({"backend": keras.backend.backend(), **metrics}))
+logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
+print(json.dumps({"backend": keras.backend.backend(), **metrics, "logits": logits.tolist(), "features": feats.tolist()}))
 """
 
 
@@ -49,6 +52,13 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     torch_metrics = json.loads(proc.stdout.strip().splitlines()[-1])
     assert torch_metrics["backend"] == "torch"
+    # the same function on both backends: logits and penultimate features agree to float32 rounding, far
+    # tighter than any metric could show (a wrong layer on either backend fails here)
+    from prunelora_keras.features import predict_logits_and_features
+
+    logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
+    np.testing.assert_allclose(np.asarray(torch_metrics["logits"]), logits, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(torch_metrics["features"]), feats, rtol=1e-4, atol=1e-4)
     for m in ("UA", "RA", "TA"):  # one image at most may flip on float rounding
         assert torch_metrics[m] == pytest.approx(jax_metrics[m], abs=100 / len(split.forget) + 1e-9), m
     assert jax_metrics["RA"] > 20.0  # the comparison is of a model that learned something
