@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import resource
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,55 +33,10 @@ import numpy as np
 import optax
 
 from prunelora_keras.augment import infer_images, prepare_batch
-from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import batches, num_batches
 from prunelora_keras.distributed import Placement, device_count
-
-# ----------------------------------------------------------------------------- optimisers
-
-
-def make_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
-    """Learning-rate schedule over ``total_steps`` optimiser steps."""
-    total_steps = max(total_steps, 1)
-    if cfg.schedule == "constant":
-        return optax.constant_schedule(cfg.lr)
-    if cfg.schedule == "cosine":
-        return optax.cosine_decay_schedule(cfg.lr, total_steps)
-    if cfg.schedule == "warmup_cosine":
-        warmup = min(cfg.warmup_steps, total_steps - 1)
-        return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, total_steps)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}")
-
-
-def _is_matrix(params):
-    return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
-
-
-def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """The optimiser a recipe names, matching PyTorch's semantics.
-
-    sgd: torch.optim.SGD with momentum and *coupled* weight decay (added to the gradient) on
-    every parameter. adamw: decoupled weight decay on matrices only (ndim >= 2), as big_vision.
-    adam: plain Adam (torch's default betas and eps). Clipping, when set, comes first.
-    """
-    lr = make_schedule(cfg, total_steps)
-    parts = []
-    if cfg.clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
-    if cfg.optimizer == "sgd":
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))
-        parts.append(optax.sgd(lr, momentum=cfg.momentum or None))
-    elif cfg.optimizer == "adam":
-        if cfg.weight_decay:
-            parts.append(optax.add_decayed_weights(cfg.weight_decay))  # torch Adam's L2 form
-        parts.append(optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8))
-    elif cfg.optimizer == "adamw":
-        parts.append(optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.weight_decay, mask=_is_matrix))
-    else:
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-    return optax.chain(*parts)
-
+from prunelora_keras.optim import make_optimizer, make_schedule  # noqa: F401  (the loop's optimisers, re-exported)
+from prunelora_keras.progress import Progress
 
 # ----------------------------------------------------------------------------- measurement
 
@@ -110,47 +64,6 @@ def set_bn_policy(model: keras.Model, policy: str) -> None:
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = policy == "update"
-
-
-class Progress:
-    """A progress bar with ETA on a terminal; one plain log line per epoch otherwise."""
-
-    def __init__(self, label: str, epochs: int, steps: int, stream=None, quiet: bool = False):
-        self.label, self.epochs, self.steps = label, epochs, steps
-        self.stream = stream or sys.stderr
-        self.quiet = quiet
-        self.tty = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
-
-    def step(self, epoch: int, step: int, loss: float | None = None) -> None:
-        if not self.tty:
-            return
-        done = (epoch - 1) * self.steps + step
-        total = self.epochs * self.steps
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (total - done) if done else 0.0
-        bar = "#" * int(20 * step / self.steps)
-        loss_txt = f" loss {loss:.4f}" if loss is not None else ""
-        self.stream.write(f"\r{self.label} epoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps}"
-                          f"{loss_txt} ETA {_fmt_s(eta)}   ")
-        self.stream.flush()
-
-    def epoch_end(self, stats: "EpochStats") -> None:
-        if self.quiet:
-            return
-        done = stats.epoch / self.epochs
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / done * (1 - done)
-        line = (f"{self.label} epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f} acc {100 * stats.accuracy:.2f}% "
-                f"{stats.seconds:.1f}s" + (f" (+{stats.compile_s:.1f}s compile)" if stats.compile_s else "")
-                + f" ETA {_fmt_s(eta)}")
-        self.stream.write(("\r" if self.tty else "") + line + ("   \n" if self.tty else "\n"))
-        self.stream.flush()
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 # ----------------------------------------------------------------------------- training

@@ -1,0 +1,48 @@
+"""Progress of a training run: a bar with ETA on a terminal, one line per epoch otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+
+class Progress:
+    """A progress bar with ETA on a terminal; one plain log line per epoch otherwise."""
+
+    def __init__(self, label: str, epochs: int, steps: int, stream=None, quiet: bool = False):
+        self.label, self.epochs, self.steps = label, epochs, steps
+        self.stream = stream or sys.stderr
+        self.quiet = quiet
+        self.tty = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.start = time.perf_counter()
+
+    def step(self, epoch: int, step: int, loss: float | None = None) -> None:
+        if not self.tty:
+            return
+        done = (epoch - 1) * self.steps + step
+        total = self.epochs * self.steps
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (total - done) if done else 0.0
+        bar = "#" * int(20 * step / self.steps)
+        loss_txt = f" loss {loss:.4f}" if loss is not None else ""
+        self.stream.write(f"\r{self.label} epoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps}"
+                          f"{loss_txt} ETA {_fmt_s(eta)}   ")
+        self.stream.flush()
+
+    def epoch_end(self, stats: Any) -> None:
+        if self.quiet:
+            return
+        done = stats.epoch / self.epochs
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / done * (1 - done)
+        line = (f"{self.label} epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f} acc {100 * stats.accuracy:.2f}% "
+                f"{stats.seconds:.1f}s" + (f" (+{stats.compile_s:.1f}s compile)" if stats.compile_s else "")
+                + f" ETA {_fmt_s(eta)}")
+        self.stream.write(("\r" if self.tty else "") + line + ("   \n" if self.tty else "\n"))
+        self.stream.flush()
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
