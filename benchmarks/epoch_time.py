@@ -27,7 +27,8 @@ from prunelora_keras.config import TrainConfig, build_config
 from prunelora_keras.data import Subset, num_batches
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.pipeline import device_description, training_inputs, versions
+from prunelora_keras.pipeline import device_description, versions
+from prunelora_keras.unlearning import training_inputs
 from prunelora_keras.train import Trainer, make_optimizer, set_bn_policy
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunelora_keras.report import PARADIGM_LABELS, final_rows
+from prunelora_keras.report import method_label, final_rows
 
 METRICS = (("UA", "UA", 1), ("MIA_confidence_svc", "MIA conf", 1), ("RA", "RA", 1), ("TA", "TA", 1),
            ("tow", "ToW", 3), ("probe_forget_acc", "probe D_f", 1), ("probe_forget_acc_test", "probe test", 1),
@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     folded = load(args.main)
     per = class_rows(folded)
-    labels = {p: PARADIGM_LABELS.get(p, p) for p in final_rows(folded["rows"])}
+    labels = {p: method_label(p) for p in final_rows(folded["rows"])}
     if args.variant and Path(args.variant).exists():
         for c, rows in class_rows(load(args.variant)).items():
             if "pruned_lora" in rows and c in per:

@@ -21,3 +21,30 @@ __version__ = "0.1.0"
 
 from prunelora_keras import conv, lora  # noqa: E402,F401  (register the custom layers with Keras)
 from prunelora_keras.models import vit  # noqa: E402,F401
+
+# The public API, flat: ``import prunelora_keras as plk; plk.unlearn(...)``. Loaded on first use, so
+# that ``import prunelora_keras`` (e.g. to load a saved model) stays light.
+_PUBLIC = {
+    "unlearn": "prunelora_keras.api", "evaluate": "prunelora_keras.api", "UnlearnResult": "prunelora_keras.api",
+    "find_targets": "prunelora_keras.api", "prune": "prunelora_keras.api", "copy_model": "prunelora_keras.api",
+    "unlearn_options": "prunelora_keras.api", "FoundTargets": "prunelora_keras.api",
+    "add_lora": "prunelora_keras.lora", "merge": "prunelora_keras.lora",
+    "PruneMasks": "prunelora_keras.pruning", "PruneResult": "prunelora_keras.pruning",
+    "sparsity_report": "prunelora_keras.pruning",
+    "Trainer": "prunelora_keras.train", "train_step": "prunelora_keras.step", "LossInputs": "prunelora_keras.step",
+    "UnlearnConfig": "prunelora_keras.options", "methods": "prunelora_keras.methods",
+}
+__all__ = sorted(_PUBLIC) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'prunelora_keras' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_PUBLIC[name])
+    return module if name == "methods" else getattr(module, name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -14,7 +14,10 @@ import jax.numpy as jnp
 
 
 def to_float(images: jax.Array) -> jax.Array:
-    """uint8 pixels -> float32 in [0, 1]."""
+    """Integer pixels (uint8 images) -> float32 in [0, 1]; float inputs (a user's model's own input
+    domain) -> float32 as they are. With mean (0,) and std (1,) float inputs reach the model unchanged."""
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images.astype(jnp.float32)
     return images.astype(jnp.float32) / 255.0
 
 
@@ -60,7 +63,7 @@ def mixup(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float) -
 def prepare_batch(key: jax.Array | None, images: jax.Array, labels: jax.Array, num_classes: int,
                   mean: Sequence[float], std: Sequence[float], augment: Sequence[str] = (),
                   mixup_alpha: float = 0.2) -> tuple[jax.Array, jax.Array]:
-    """uint8 batch -> (normalised float images, soft targets), augmenting in pixel space first."""
+    """uint8 (or float) batch -> (normalised float inputs, soft targets), augmenting in pixel space first."""
     x = to_float(images)
     y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if augment:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelora_keras.errors import UserError
+from prunelora_keras.options import PAPER_PARADIGMS, UnlearnConfig, unlearn_checks  # noqa: F401  (re-exported)
 
 MODEL_NAMES = ("resnet18", "resnet50", "vit")
 DATASET_NAMES = ("cifar10", "digits", "tfds:cifar10")  # data.DATASETS; checked here so it fails before loading
@@ -77,55 +78,6 @@ class TrainConfig:
     augment: list[str] = field(default_factory=list)  # any of crop, flip, mixup
     mixup_alpha: float = 0.2
     bn: str = "update"  # update: batch statistics and running-stat updates (torch train mode); freeze
-
-
-PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora", "ga", "rl", "l1_sparse", "salun")
-PAPER_PARADIGMS = PARADIGMS[:5]  # the default: the paper's table
-
-
-@dataclass
-class UnlearnConfig:
-    """The approximate-unlearning paradigms (REFERENCE.md): Adam 1e-3, batch 128, 5 and 10 epochs on D_r."""
-
-    paradigms: list[str] = field(default_factory=lambda: list(PAPER_PARADIGMS))
-    epochs: list[int] = field(default_factory=lambda: [5, 10])  # one run of max(epochs); earlier columns on the way
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 128
-    bn: str = "update"  # update: BN running statistics update, as torch train mode under peft; freeze
-    prune_amount: float = 0.5
-    prune_mode: str = "reference"  # reference: zeros once (torch prune.remove); persistent: enforced
-    prune_heads: bool = False  # ViT: also prune whole attention heads of the last block (our addition)
-    # reference: the classifier is a pruning target where the reference prunes it (the ViT's head, not the
-    # ResNet's Linear); true: on both models; false: on neither (the forget class's logit row is never zeroed)
-    prune_classifier: str = "reference"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
-    vit_lora_targets: str = "reference"  # reference: head adapter only (what ran in the paper); intended: out-proj + head
-    mia_members: int = 9000  # loss_logreg: retain losses drawn at full scale (scaled down 9:5 on subsets)
-    mia_nonmembers: int = 5000  # loss_logreg: remaining-class test losses drawn at full scale
-    prefix_cache: str = "auto"  # auto: train only the suffix on cached prefix features when exact; off
-    prefix_cache_max_gb: float = 8.0  # host memory the cached features may take; larger -> uncached
-    precision: str = "float32"  # bfloat16: bfloat16 compute, float32 master weights (for GPUs/TPUs)
-    paradigm_l1: float = 0.0  # > 0: decaying l1 penalty on the paper paradigms' trained variables (lora: "LoRA + l1")
-    # the baselines (baselines.py): SGD as in Unlearn-Sparse / SalUn, each method's published lr
-    baseline_momentum: float = 0.9
-    baseline_weight_decay: float = 5e-4
-    ga_lr: float = 1e-4
-    rl_lr: float = 0.013
-    l1_lr: float = 0.01
-    l1_alpha: float = 1e-4
-    salun_lr: float = 0.013
-    salun_ratio: float = 0.5  # fraction of weights SalUn's saliency mask lets move
-    rl_labels: str = "per_batch"  # rl/salun: per_batch (a new label from all classes each epoch, as the code bases); once_other
-    # relearn time (relearn.py): Adam on D_r plus this fraction of D_f, steps until the held-out rest of D_f is
-    # back at the original's accuracy minus 10 points; capped at relearn_max_steps (0: no relearning)
-    relearn_fraction: float = 0.1
-    relearn_max_steps: int = 200
-    relearn_eval_every: int = 5
-    relearn_lr: float = 1e-3
 
 
 @dataclass
@@ -355,32 +307,7 @@ def validate(cfg: Config) -> None:
             (t.mixup_alpha > 0, f"{section}.mixup_alpha must be > 0"),
             (set(t.augment) <= set(AUGMENTATIONS), f"{section}.augment may only hold {', '.join(AUGMENTATIONS)}"),
         ]
-    u = cfg.unlearn
-    checks += [
-        (len(u.paradigms) >= 1 and set(u.paradigms) <= set(PARADIGMS),
-         f"unlearn.paradigms must name some of {', '.join(PARADIGMS)}"),
-        (len(set(u.paradigms)) == len(u.paradigms), "unlearn.paradigms lists a paradigm twice"),
-        (len(u.epochs) >= 1 and all(e >= 1 for e in u.epochs), "unlearn.epochs must be one or more integers >= 1"),
-        (u.lr > 0 and u.batch_size >= 1, "unlearn.lr must be > 0 and unlearn.batch_size >= 1"),
-        (u.weight_decay >= 0, "unlearn.weight_decay must be >= 0"),
-        (0 <= u.prune_amount < 1, "unlearn.prune_amount must be in [0, 1)"),
-        (u.lora_rank >= 1, "unlearn.lora_rank must be >= 1"),
-        (u.lora_alpha > 0, "unlearn.lora_alpha must be > 0"),
-        (0 <= u.lora_dropout < 1, "unlearn.lora_dropout must be in [0, 1)"),
-        (u.mia_members >= 1 and u.mia_nonmembers >= 1, "unlearn.mia_members and unlearn.mia_nonmembers must be >= 1"),
-        (u.prefix_cache in ("auto", "off"), "unlearn.prefix_cache must be 'auto' or 'off'"),
-        (u.precision in ("float32", "bfloat16"), "unlearn.precision must be 'float32' or 'bfloat16'"),
-        (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
-        (u.paradigm_l1 >= 0 and u.l1_alpha >= 0, "unlearn.paradigm_l1 and unlearn.l1_alpha must be >= 0"),
-        (min(u.ga_lr, u.rl_lr, u.l1_lr, u.salun_lr) > 0, "unlearn.ga_lr, rl_lr, l1_lr and salun_lr must be > 0"),
-        (0 <= u.baseline_momentum < 1 and u.baseline_weight_decay >= 0,
-         "unlearn.baseline_momentum must be in [0, 1) and unlearn.baseline_weight_decay >= 0"),
-        (0 < u.salun_ratio <= 1, "unlearn.salun_ratio must be in (0, 1]"),
-        (0 < u.relearn_fraction < 1, "unlearn.relearn_fraction must be in (0, 1)"),
-        (0 <= u.relearn_max_steps <= 1_000_000, "unlearn.relearn_max_steps must be in 0..1000000 (0: no relearning)"),
-        (u.relearn_eval_every >= 1, "unlearn.relearn_eval_every must be >= 1"),
-        (u.relearn_lr > 0, "unlearn.relearn_lr must be > 0"),
-    ]
+    checks += unlearn_checks(cfg.unlearn)
     if cfg.data.data_dir and cfg.data.dataset != "cifar10":
         checks.append((False, f"data.data_dir (--data-dir) applies to --dataset cifar10 only; {cfg.data.dataset} comes "
                               "from its own package: drop --data-dir, or pass --dataset cifar10"))

@@ -12,13 +12,16 @@ from collections.abc import Callable, Sequence
 import keras
 import numpy as np
 
+from prunelora_keras.augment import to_float
+
 from prunelora_keras.train import architecture_key, padded_batches
 
 _FEATURE_FNS: dict[str, Callable] = {}
 
 
 def classifier_layer(model: keras.Model) -> keras.layers.Layer:
-    """The layer that produces ``model``'s output: a Dense-like layer with a kernel.
+    """The layer that produces ``model``'s logits: the last layer with a kernel (Dense, a 1x1 Conv2D),
+    reached from the output through layers that only reshape (Flatten, Reshape, a linear Activation).
 
     Args:
         model: a functional or Sequential Keras model with one output.
@@ -37,10 +40,26 @@ def classifier_layer(model: keras.Model) -> keras.layers.Layer:
     if len(outputs) != 1:
         raise ValueError(f"{model.name} has {len(outputs)} outputs: the features need a model with one classifier")
     layer = outputs[0]._keras_history.operation
+    # Walk back through layers that only reshape (keras.applications' MobileNets end Conv2D "Logits" ->
+    # Flatten -> Activation(None)): the classifier is the first layer with a kernel.
+    while not hasattr(layer, "kernel") and isinstance(layer, _PASS_THROUGH) and _linear(layer):
+        layer = layer.input._keras_history.operation
     if not hasattr(layer, "kernel"):
-        raise ValueError(f"{model.name}'s output comes from {layer.name} ({type(layer).__name__}), not a layer with a "
-                         "kernel: end the model with its classifier (logits), e.g. a Dense layer")
+        raise ValueError(f"{model.name}'s output comes from {layer.name} ({type(layer).__name__}), not from a layer "
+                         "with a kernel: end the model with its classifier's logits (keras.applications: "
+                         "classifier_activation=None)")
     return layer
+
+
+_PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Activation, keras.layers.Dropout,
+                 keras.layers.Identity)
+
+
+def _linear(layer) -> bool:
+    """A layer that leaves logits logits: not a softmax or other non-linear activation."""
+    if not isinstance(layer, keras.layers.Activation):
+        return True
+    return getattr(layer.activation, "__name__", "") == "linear"
 
 
 def feature_model(model: keras.Model) -> keras.Model:
@@ -98,7 +117,7 @@ def predict_logits_and_features(model: keras.Model, x: np.ndarray, mean: Sequenc
         return np.zeros((0, classes), np.float32), np.zeros((0, dim), np.float32)
     if keras.backend.backend() != "jax":
         m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        parts = [fmodel((x[i:i + batch_size].astype(np.float32) / 255.0 - m) / s, training=False)
+        parts = [fmodel((np.asarray(to_float(x[i:i + batch_size])) - m) / s, training=False)
                  for i in range(0, len(x), batch_size)]
         return (np.concatenate([keras.ops.convert_to_numpy(p[0]) for p in parts]).astype(np.float32),
                 np.concatenate([keras.ops.convert_to_numpy(p[1]).reshape(len(p[1]), -1) for p in parts]).astype(np.float32))

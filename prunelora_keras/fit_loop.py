@@ -22,6 +22,7 @@ import numpy as np
 from prunelora_keras.augment import prepare_batch
 from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import batches, num_batches
+from prunelora_keras.pruning import PruneMasks
 from prunelora_keras.train import EpochStats, Progress, peak_memory
 
 
@@ -53,18 +54,6 @@ def keras_optimizer(cfg: TrainConfig, total_steps: int, variables: Sequence[kera
         opt.exclude_from_weight_decay(var_list=[v for v in variables if len(v.shape) < 2])  # matrices only
         return opt
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-
-
-class _ApplyMasks(keras.callbacks.Callback):
-    """Re-zero the pruned entries after every optimiser step (a persistent mask)."""
-
-    def __init__(self, masked: list[tuple[keras.Variable, np.ndarray]]):
-        super().__init__()
-        self.masked = masked
-
-    def on_train_batch_end(self, batch, logs=None):
-        for var, mask in self.masked:
-            var.assign(keras.ops.multiply(var, keras.ops.cast(mask, var.dtype)))
 
 
 class FitTrainer:
@@ -102,7 +91,7 @@ class FitTrainer:
             on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1) -> list[EpochStats]:
         steps = num_batches(len(y), batch_size, drop_last)
         progress = Progress(self.label, first_epoch + epochs - 1, steps)
-        callbacks = [_ApplyMasks(self.masked)] if self.masked else []
+        callbacks = [PruneMasks({v.path: m for v, m in self.masked})] if self.masked else []
         history = []
         for epoch in range(first_epoch, first_epoch + epochs):
             data = self._epoch(x, y, batch_size, epoch, drop_last)

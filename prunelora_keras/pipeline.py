@@ -1,8 +1,11 @@
-"""The experiment: data -> original model -> Retrain -> each paradigm -> evaluation -> run folder.
+"""The experiment: data -> original model -> Retrain -> each method -> evaluation -> run folder.
 
-Each stage trains through the one ``Trainer`` loop. Trained models are saved as ``.keras`` files
-in the run folder under a key derived from everything that determines them (model, data,
-recipe, seed), so a later run with the same settings reuses them instead of training again.
+Written on the library: the original and Retrain are trained by ``stages.train_stage``; every
+method, whatever it is, is prepared by ``unlearning.prepare_method`` (the registry's entry and the
+one training loop, as ``api.unlearn`` does) and scored by ``evaluation.evaluate_model``. What is
+the experiment's own: reuse and resume of finished work (keys derived from everything that
+determines a result), evaluation at every requested epoch column, continual requests and the
+report. No method has a branch here.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +26,21 @@ import keras
 import numpy as np
 
 from prunelora_keras import __version__
-from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_model, save_state
-from prunelora_keras.config import Config, TrainConfig
-from prunelora_keras.data import Dataset, UnlearningSplit, Subset, load_dataset, make_split, num_batches
+from prunelora_keras.checkpoint import atomic_write_bytes, read_meta, save_model
+from prunelora_keras.config import Config
+from prunelora_keras.data import Dataset, UnlearningSplit, load_dataset, make_split
 from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
 from prunelora_keras.errors import TrainingFailed, UserError
-from prunelora_keras.fit_loop import FitTrainer
 from prunelora_keras.lora import count_params, matches_any
-from prunelora_keras.evaluate import Reference, evaluate_model, evaluate_sets, make_reference
+from prunelora_keras.evaluation import Reference, evaluate_model, make_reference
 from prunelora_keras.metrics import add_avg_gap
-from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import prune_targets
 from prunelora_keras.precision import evaluation_model
 from prunelora_keras.pruning import sparsity_report
 from prunelora_keras.report import evaluation_table, fit_width, paper_table, write_report
-from prunelora_keras.weights import load_weights_file
-from prunelora_keras.train import EpochStats, Trainer, make_optimizer, peak_memory, set_bn_policy
-from prunelora_keras.unlearning import on_jax, prepare_paradigm, training_inputs, with_flat_dense  # noqa: F401
+from prunelora_keras.stages import StageResult, data_identity, resume, save_epoch, train_stage
+from prunelora_keras.train import EpochStats, peak_memory
+from prunelora_keras.unlearning import on_jax, prepare_paradigm, with_flat_dense  # noqa: F401  (re-exported)
 
 
 def log(message: str) -> None:
@@ -63,127 +64,6 @@ def versions() -> dict[str, str]:
 
 def has_accelerator() -> bool:
     return any(d.platform != "cpu" for d in jax.devices())
-
-
-@dataclass
-class StageResult:
-    """What one trained model scores, plus how its training went."""
-
-    name: str
-    accuracies: dict[str, float]  # percent, per evaluation set
-    history: list[dict[str, Any]] = field(default_factory=list)
-    checkpoint: str = ""
-    reused: bool = False
-    seconds: float = 0.0
-
-
-def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str:
-    """A short hash of everything that determines a trained model."""
-    model = asdict(cfg.model)
-    weights = model.pop("weights", "")
-    payload = {"stage": stage, "model": model, "recipe": asdict(recipe), "seed": cfg.seed,
-               "data": data_id, "forget_class": cfg.data.forget_class if stage == "retrain" else None,
-               **({"forget_fraction": cfg.data.forget_fraction} if stage == "retrain" and cfg.data.forget_fraction else {}),
-               **({"forget_classes": cfg.data.forget_classes} if stage == "retrain" and cfg.data.forget_classes else {}),
-               "batch_size": cfg.data.batch_size, "drop_last": cfg.data.drop_last}
-    if weights and stage == "original":  # given, not trained: the file (path, size, time) is the identity
-        stat = Path(weights).expanduser().stat()
-        payload["weights"] = [str(Path(weights).expanduser().resolve()), stat.st_size, stat.st_mtime_ns]
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def data_identity(cfg: Config) -> str:
-    d = cfg.data
-    return json.dumps({"dataset": d.dataset, "data_dir": str(Path(d.data_dir).resolve()) if d.data_dir else "",
-                       "train_size": d.train_size, "test_size": d.test_size})
-
-
-def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: Dataset, split: UnlearningSplit,
-                out_dir: Path, data_id: str, distribution: Any = None, ckpt_dir: Path | None = None
-                ) -> tuple[keras.Model, StageResult]:
-    """Train (or reuse, or resume) one model from scratch on ``data`` with ``recipe``; evaluate it.
-
-    The finished model is ``checkpoints/<name>-<key>.keras`` (in ``ckpt_dir`` when given: e.g. one
-    original model shared by the per-class runs of ``--forget-each``); while it trains, its
-    epoch-end state is ``checkpoints/<name>-<key>.state.npz``, from which a re-run continues.
-    """
-    key = stage_key(cfg, name, recipe, data_id)
-    ckpt = (ckpt_dir or out_dir / "checkpoints") / f"{name}-{key}.keras"
-    state_path = ckpt.with_name(f"{name}-{key}.state.npz")
-    history: list[EpochStats] = []
-    start = time.perf_counter()
-    sidecar = ckpt.with_suffix(".history.json")
-    if ckpt.is_file():
-        log(f"{name}: reusing {ckpt}")
-        model = keras.saving.load_model(ckpt, compile=False, safe_mode=True)
-        history = [EpochStats(**h) for h in json.loads(sidecar.read_text())] if sidecar.is_file() else []
-        reused = True
-    elif name == "original" and cfg.model.weights:
-        model = build_model(cfg.model, ds.num_classes, ds.image_shape)
-        load_weights_file(cfg.model.weights, model)  # safe: no code from the file runs; names and shapes checked
-        log(f"{name}: weights from {cfg.model.weights} (no pretraining)")
-        save_model(model, ckpt)
-        reused = False
-    else:
-        keras.utils.set_random_seed(cfg.seed)
-        model = build_model(cfg.model, ds.num_classes, ds.image_shape)
-        set_bn_policy(model, recipe.bn)
-        steps = num_batches(len(data), cfg.data.batch_size, cfg.data.drop_last) * recipe.epochs
-        if on_jax():
-            trainer = Trainer(model, make_optimizer(recipe, steps), ds.num_classes, ds.mean, ds.std,
-                              augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name,
-                              distribution=distribution)
-            first = resume(trainer, state_path, name, history)
-        else:
-            trainer, first = FitTrainer(model, recipe, steps, ds.num_classes, ds.mean, ds.std, augment=recipe.augment,
-                                        mixup_alpha=recipe.mixup_alpha, seed=cfg.seed, label=name), 1
-
-        def on_epoch_end(stats: EpochStats) -> None:
-            history.append(stats)
-            if on_jax():  # epoch-end state: the compiled loop's (Keras's fit on other backends is not resumable)
-                save_epoch(state_path, trainer, name, history)
-
-        if first <= recipe.epochs:
-            trainer.fit(data.x, data.y, recipe.epochs - first + 1, cfg.data.batch_size, cfg.data.drop_last,
-                        on_epoch_end, first_epoch=first)
-        trainer.sync_to_model()
-        set_bn_policy(model, "update")  # saved models are plain: every layer trainable
-        save_model(model, ckpt)
-        atomic_write_bytes(sidecar, json.dumps([asdict(h) for h in history]).encode())
-        state_path.unlink(missing_ok=True)
-        reused = False
-    acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
-    result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
-    return model, result
-
-
-def save_epoch(state_path: Path, trainer: Trainer, name: str, history: list[EpochStats], **extra: Any) -> None:
-    """A stage's epoch-end state (weights, optimiser, history and ``extra`` such as finished rows), from
-    which :func:`resume` continues; then the test hook that may kill the process right there."""
-    epoch = history[-1].epoch
-    save_state(state_path, trainer, {"stage": name, "epoch": epoch, **extra, "history": [asdict(h) for h in history]})
-    fault_point(name, epoch)
-
-
-def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochStats]) -> int:
-    """Restore ``trainer`` from a saved epoch-end state if there is one; returns the next epoch.
-
-    Fills ``history`` with the saved epochs' statistics. A state file that does not fit (written
-    by another version, or damaged) is set aside and training starts over.
-    """
-    meta = read_meta(state_path) if state_path.is_file() else None
-    if meta is None:
-        if state_path.is_file():
-            log(f"{name}: {state_path} cannot be read; starting this stage over")
-        return 1
-    try:
-        load_state(state_path, trainer)
-    except (ValueError, KeyError, OSError) as exc:
-        log(f"{name}: {exc}; starting this stage over")
-        return 1
-    history[:] = [EpochStats(**h) for h in meta["history"]]
-    log(f"{name}: resuming after epoch {meta['epoch']} from {state_path}")
-    return int(meta["epoch"]) + 1
 
 
 def load_data(cfg: Config, ds: Dataset | None = None) -> tuple[Dataset, UnlearningSplit]:

@@ -124,7 +124,19 @@ def gate_adapters(model: keras.Model, result: PruneResult) -> list[str]:
 
 def prune_units(model: keras.Model, targets: Sequence[str], amount: float = 0.5, mode: str = "reference",
                 include_bias: bool = False, result: PruneResult | None = None) -> PruneResult:
-    """Zero the lowest-L2 output units of every Dense/Conv2D whose name matches ``targets`` (in place)."""
+    """Zero the lowest-L2 output units of every Dense/Conv2D whose name matches ``targets``, IN PLACE.
+
+    ``model``'s own variables change (``api.prune`` returns a pruned copy instead). Returns the
+    ``PruneResult``: the masks (enforce them with ``PruneMasks`` in a plain ``fit``, or the
+    trainer's ``masks``) and the unit masks per layer.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="a")])
+        >>> result = prune_units(m, ["a"], 0.5)
+        >>> int(result.unit_masks["a"].sum())
+        3
+    """
     if mode not in MODES:
         raise ValueError(f"pruning mode must be one of {MODES}, got {mode!r}")
     result = result or PruneResult(mode=mode)
@@ -138,6 +150,47 @@ def prune_units(model: keras.Model, targets: Sequence[str], amount: float = 0.5,
         _record_gate(result, layer.name, unit_mask=units)
     gate_adapters(model, result)
     return result
+
+
+class PruneMasks(keras.callbacks.Callback):
+    """Enforce pruning masks inside a plain ``model.fit``: re-zero the pruned entries after every
+    optimiser step (and once when training starts), so neither gradients, momentum nor weight decay
+    revive them. The compiled loop (``train.Trainer``) does the same inside its step.
+
+    Args:
+        masks: {variable path: 0/1 array of the variable's shape}, e.g. ``PruneResult.masks``
+            (a ``PruneResult`` is accepted too).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="a")])
+        >>> m.compile("sgd", "mse")
+        >>> result = prune_units(m, ["a"], 0.5, mode="persistent")
+        >>> _ = m.fit(np.ones((8, 4)), np.ones((8, 2)), epochs=2, verbose=0, callbacks=[PruneMasks(result)])
+        >>> int((m.get_layer("a").kernel.numpy() == 0).all(axis=0).sum())
+        1
+    """
+
+    def __init__(self, masks: "dict[str, np.ndarray] | PruneResult"):
+        super().__init__()
+        self.masks = dict(masks.masks if isinstance(masks, PruneResult) else masks)
+        self._masked: list | None = None
+
+    def _apply(self) -> None:
+        if self._masked is None:
+            by_path = {v.path: v for v in self.model.variables}
+            missing = sorted(set(self.masks) - set(by_path))
+            if missing:
+                raise ValueError(f"PruneMasks: the model has no variables {missing[:3]}")
+            self._masked = [(by_path[p], np.asarray(m)) for p, m in self.masks.items()]
+        for var, mask in self._masked:
+            var.assign(keras.ops.multiply(var, keras.ops.cast(mask, var.dtype)))
+
+    def on_train_begin(self, logs=None):
+        self._apply()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._apply()
 
 
 def prune_heads(model: keras.Model, blocks: Sequence[str], num_heads: int, amount: float = 0.5,

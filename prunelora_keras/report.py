@@ -32,8 +32,11 @@ DAGGER = "†"
 DAGGER_NOTE = (f"{DAGGER} degenerate attack: on its own shadow data it does no better than predicting its larger class "
                "for everything (within 2 points), so that efficacy says nothing about the model.")
 ATTACKS = ("loss_logreg", "confidence_svc", "entropy_svc", "m_entropy_svc")
-PARADIGM_LABELS = {"retrain": "Retrain", "finetune": "Finetune", "pruned": "Pruned", "lora": "LoRA",
-                   "pruned_lora": "Pruned LoRA", "ga": "GA", "rl": "RL", "l1_sparse": "l1-sparse", "salun": "SalUn"}
+def method_label(name: str) -> str:
+    """The report's label of a method ("Pruned LoRA"), from the registry (the one source of names)."""
+    from prunelora_keras.methods import registry
+
+    return registry.label(name)
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
@@ -102,9 +105,9 @@ def paper_table(results: dict[str, Any]) -> str:
     for p in paradigms:
         last = max((r for r in rows if r["paradigm"] == p), key=lambda r: r["epochs"])
         if last.get("status", "ok") != "ok":
-            lines.append(f"| {PARADIGM_LABELS.get(p, p)} | failed: {last['status']} |")
+            lines.append(f"| {method_label(p)} | failed: {last['status']} |")
             continue
-        cells = [PARADIGM_LABELS.get(p, p)]
+        cells = [method_label(p)]
         for key, _ in metrics:
             for e in epochs:
                 row = by_key.get((p, e)) or (by_key.get((p, last["epochs"])) if p == "retrain" else None)
@@ -160,7 +163,7 @@ def evaluation_table(results: dict[str, Any]) -> str:
     head = ["paradigm", "epochs"] + [label for _, label, _ in EVAL_COLUMNS] + ["class rows pruned"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p, r in final_rows(rows).items():
-        cells = [PARADIGM_LABELS.get(p, p), str(r["epochs"])]
+        cells = [method_label(p), str(r["epochs"])]
         for key, _, digits in EVAL_COLUMNS:
             text = _cell(r, key, digits)
             if key == "relearn_steps" and r.get("relearn_capped") and "relearn_steps_std" not in r:
@@ -198,7 +201,7 @@ def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, t
         ax.hist(np.clip(losses[name]["test"], 0, bins[-1]), bins=bins, alpha=0.6, label="test", color="tab:blue")
         ax.hist(np.clip(losses[name]["forget"], 0, bins[-1]), bins=bins, alpha=0.6, label="forget", color="tab:red")
         ax.set_yscale("log")
-        ax.set_title(PARADIGM_LABELS.get(name, name), fontsize=12)
+        ax.set_title(method_label(name), fontsize=12)
         ax.set_xlabel("cross-entropy loss", fontsize=11)
         ax.tick_params(labelsize=10)
     axes[0][0].set_ylabel("count (log)", fontsize=11)
@@ -251,7 +254,7 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
                 ax.text(xi, final[n].get(key, 0.0) + 1, DAGGER, ha="center", fontsize=9)
     if any(degenerate(final[n], f"MIA_{a}") for n in names for a in ATTACKS[:2]):
         fig.text(0.01, 0.01, DAGGER + " degenerate attack (no better than its majority class on shadow data)", fontsize=9)
-    labels = [f"{PARADIGM_LABELS.get(n, n)}\n({final[n]['epochs']} ep)" for n in names]
+    labels = [f"{method_label(n)}\n({final[n]['epochs']} ep)" for n in names]
     ax.set_xticks(x, labels, fontsize=10)
     ax.tick_params(axis="y", labelsize=10)
     ax.set_ylabel("percent", fontsize=11)
@@ -260,7 +263,7 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
     gaps = [final[n].get("avg_gap", np.nan) for n in names]
     gap_spread = [final[n].get("avg_gap_std", 0.0) for n in names]
     gap_ax.bar(x, gaps, 0.6, color="tab:gray", yerr=gap_spread if any(gap_spread) else None, capsize=2)
-    gap_ax.set_xticks(x, [PARADIGM_LABELS.get(n, n) for n in names], fontsize=9, rotation=45, ha="right")
+    gap_ax.set_xticks(x, [method_label(n) for n in names], fontsize=9, rotation=45, ha="right")
     gap_ax.set_title("Avg. Gap to Retrain (points)", fontsize=11)
     gap_ax.tick_params(axis="y", labelsize=10)
     fig.suptitle(run_title(results), fontsize=12)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 from prunelora_keras.config import MODEL_NAMES, available_presets, build_config
+from prunelora_keras import methods
 from prunelora_keras.errors import TrainingFailed, UserError
 
 EXIT_USAGE = 2
@@ -86,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="random-sample forgetting: forget a seeded stratified fraction F of the training set "
                              "(e.g. 0.1) instead of one class")
     parser.add_argument("--paradigms", metavar="A,B,...",
-                        help="which to run, any of retrain,finetune,pruned,lora,pruned_lora (the paper's five, the "
-                             "default) and the baselines ga,rl,l1_sparse,salun")
+                        help="which methods to run, any of " + ",".join(methods.names("paper")) + " (the paper's "
+                             "five, the default) and the baselines " + ",".join(methods.names("baseline")))
     parser.add_argument("--epochs", metavar="E1,E2,...",
                         help="unlearning epoch columns, e.g. 5,10 (default); one run of the largest, the others "
                              "evaluated on the way")

@@ -18,7 +18,7 @@ import numpy as np
 
 from prunelora_keras.checkpoint import atomic_write_bytes
 from prunelora_keras.errors import UserError
-from prunelora_keras.report import PARADIGM_LABELS, _fmt, final_rows, fit_width, paper_table, write_report
+from prunelora_keras.report import method_label, _fmt, final_rows, fit_width, paper_table, write_report
 from prunelora_keras.seeds import aggregate
 
 PER_CLASS_METRICS = (("UA", "UA", 1), ("RA", "RA", 1), ("probe_forget_acc", "probe D_f", 1),
@@ -81,7 +81,7 @@ def per_class_table(folded: dict[str, Any]) -> str:
         lines = [f"{label} per forget class:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         any_value = False
         for p in paradigms:
-            cells, values = [PARADIGM_LABELS.get(p, p)], []
+            cells, values = [method_label(p)], []
             for c in per_class:
                 row = final_rows([r for r in c["rows"] if r.get("status", "ok") == "ok"]).get(p)
                 v = None if row is None else row.get(key)
@@ -123,7 +123,7 @@ def plot_per_class(folded: dict[str, Any], path: Path) -> None:
             for c in per_class:
                 row = final_rows([r for r in c["rows"] if r.get("status", "ok") == "ok"]).get(p)
                 values.append(np.nan if row is None or row.get(key) is None else row[key])
-            ax.bar(x + (i - (len(paradigms) - 1) / 2) * width, values, width, label=PARADIGM_LABELS.get(p, p))
+            ax.bar(x + (i - (len(paradigms) - 1) / 2) * width, values, width, label=method_label(p))
         ax.set_title(label, fontsize=11)
         ax.set_xticks(x, [f"{c['class']}\n{c.get('class_name') or ''}" for c in per_class], fontsize=9)
         ax.set_xlabel("forget class", fontsize=10)

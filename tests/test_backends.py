@@ -20,7 +20,7 @@ from prunelora_keras.config import build_config
 cfg = build_config("resnet18", "quick", None, {}, ["model.width=0.125", "data.train_size=300"])
 ds, split = pipeline.load_data(cfg)
 model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
-from prunelora_keras.evaluate import evaluate_model
+from prunelora_keras.evaluation import evaluate_model
 from prunelora_keras.features import predict_logits_and_features
 metrics = evaluate_model(model, split, ds, cfg).metrics
 logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
@@ -44,7 +44,7 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
         split.train.x, split.train.y, 2, 64)  # a trained model: predictions far from ties
     path = tmp_path / "model.keras"
     model.save(path)
-    from prunelora_keras.evaluate import evaluate_model
+    from prunelora_keras.evaluation import evaluate_model
 
     jax_metrics = evaluate_model(model, split, ds, cfg).metrics
     proc = subprocess.run([sys.executable, "-c", EVALUATE, str(path)], env=clean_env() | TORCH_BACKEND, cwd=REPO,

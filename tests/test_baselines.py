@@ -7,7 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from prunelora_keras import baselines
+from prunelora_keras import methods
+from prunelora_keras.methods import common
+from prunelora_keras.unlearning import config_context
 from prunelora_keras.config import build_config
 from prunelora_keras.data import make_split, random_forget_mask
 from prunelora_keras.metrics import add_avg_gap, cross_entropy
@@ -41,12 +43,17 @@ def _forget_loss(model, trained):
     return float(cross_entropy(predict_logits(model, split.forget.x, ds.mean, ds.std), split.forget.y).mean())
 
 
+def _plan(name, model, cfg, split, ds):
+    """The registry's plan of baseline ``name`` for ``model`` under ``cfg``."""
+    return methods.get(name).prepare(config_context(cfg, model, ds, split))
+
+
 def _run(name, trained, epochs=2, **overrides):
     cfg, ds, split, _, _ = trained
     for key, value in overrides.items():
         setattr(cfg.unlearn, key, value)
     model = _fresh(trained)
-    plan = baselines.plan(name, model, model.trainable_variables, cfg, split, ds)
+    plan = _plan(name, model, cfg, split, ds)
     trainer = Trainer(model, plan.optimizer, ds.num_classes, ds.mean, ds.std, seed=0)
     trainer.fit(plan.x, plan.y, epochs, 32, labels_for_epoch=plan.labels_for_epoch)
     return model, plan
@@ -61,9 +68,9 @@ def test_ga_ascends_the_forget_loss_on_d_f_only(trained):
 
 def test_rl_relabels_every_forget_image_and_changes_its_predictions(trained):
     cfg, ds, split, _, _ = trained
-    relabelled = baselines.random_other_labels(split.forget.y, ds.num_classes, seed=0)
+    relabelled = common.random_other_labels(split.forget.y, ds.num_classes, seed=0)
     assert np.all(relabelled != split.forget.y) and len(set(relabelled)) > 3
-    np.testing.assert_array_equal(relabelled, baselines.random_other_labels(split.forget.y, ds.num_classes, seed=0))
+    np.testing.assert_array_equal(relabelled, common.random_other_labels(split.forget.y, ds.num_classes, seed=0))
     right_before = np.mean(np.argmax(predict_logits(_fresh(trained), split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
     model, plan = _run("rl", trained, epochs=3, rl_lr=0.05)
     assert len(plan.y) == len(split.retain) + len(split.forget)
@@ -75,7 +82,7 @@ def test_salun_moves_only_the_salient_weights(trained):
     before = [np.asarray(v) for v in _fresh(trained).trainable_variables]
     model = _fresh(trained)
     cfg, ds, split, _, _ = trained
-    masks = baselines.saliency_masks(model, model.trainable_variables, split.forget.x, split.forget.y, ds, 0.3, 64)
+    masks = common.saliency_masks(model, model.trainable_variables, split.forget.x, split.forget.y, ds.mean, ds.std, 0.3, 64)
     total = sum(m.size for m in masks)
     assert sum(m.sum() for m in masks) == pytest.approx(0.3 * total, abs=2)
     model, _ = _run("salun", trained, salun_ratio=0.3, salun_lr=0.05)
@@ -88,7 +95,7 @@ def test_salun_moves_only_the_salient_weights(trained):
 
 
 def test_l1_penalty_decays_linearly_over_the_epochs(trained):
-    transform = baselines.decaying_l1(0.1, steps_per_epoch=2, epochs=4)
+    transform = common.decaying_l1(0.1, steps_per_epoch=2, epochs=4)
     params = [np.array([2.0, -3.0, 0.0], np.float32)]
     state = transform.init(params)
     seen = []
@@ -172,7 +179,7 @@ def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     cfg, ds, split, _, _ = trained
     model = _fresh(trained)
     cfg.unlearn.rl_labels = "per_batch"
-    plan = baselines.plan("rl", model, model.trainable_variables, cfg, split, ds)
+    plan = _plan("rl", model, cfg, split, ds)
     n_r = len(split.retain)
     e1, e2 = plan.labels_for_epoch(1), plan.labels_for_epoch(2)
     np.testing.assert_array_equal(e1[:n_r], split.retain.y)  # D_r keeps its labels
@@ -182,7 +189,7 @@ def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     assert np.mean(draws == split.forget_class) == pytest.approx(1 / ds.num_classes, abs=0.03)
     np.testing.assert_array_equal(e1, plan.labels_for_epoch(1))  # a function of the epoch: resumable
     cfg.unlearn.rl_labels = "once_other"
-    once = baselines.plan("rl", model, model.trainable_variables, cfg, split, ds)
+    once = _plan("rl", model, cfg, split, ds)
     assert once.labels_for_epoch is None and np.all(once.y[n_r:] != split.forget.y)
     cfg.unlearn.rl_labels = "per_batch"
 
@@ -200,33 +207,34 @@ def test_salun_selects_exactly_the_ratio_even_with_ties():
         mean, std = (0.5,), (0.25,)
 
     for ratio in (0.25, 0.5, 0.6):
-        masks = baselines.saliency_masks(model, model.trainable_variables, x, y, Data, ratio, 4)
+        masks = common.saliency_masks(model, model.trainable_variables, x, y, Data.mean, Data.std, ratio, 4)
         assert sum(m.sum() for m in masks) == round(ratio * 8), ratio
-    first = baselines.saliency_masks(model, model.trainable_variables, x, y, Data, 0.25, 4)[0].ravel()
+    first = common.saliency_masks(model, model.trainable_variables, x, y, Data.mean, Data.std, 0.25, 4)[0].ravel()
     assert first.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]  # ties: the earlier entries, deterministically
 
 
 def test_l1_sparse_penalty_counts_steps_like_the_loop_with_drop_last(trained):
+    """The plan's own optimiser, stepped as often as the loop steps: its l1 coefficient (read off the
+    update of a weight of 1 with a zero gradient, no momentum, no decay) changes at the loop's epochs."""
     cfg, ds, split, _, _ = trained
-    model = _fresh(trained)
-    bs = cfg.unlearn.batch_size
+    u, bs, epochs = cfg.unlearn, cfg.unlearn.batch_size, max(cfg.unlearn.epochs)
     assert len(split.retain) % bs  # there is a partial batch to drop
-    cfg.data.drop_last = True
+    saved = (u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha)
+    u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha = 0.0, 0.0, 1.0
     try:
-        plan = baselines.plan("l1_sparse", model, model.trainable_variables, cfg, split, ds)
+        for drop_last, steps in ((True, len(split.retain) // bs), (False, -(-len(split.retain) // bs))):
+            cfg.data.drop_last = drop_last
+            plan = _plan("l1_sparse", _fresh(trained), cfg, split, ds)
+            params = [np.ones(1, np.float32)]
+            state = plan.optimizer.init(params)
+            coefs = []
+            for _ in range(epochs * steps):  # every step the loop takes
+                updates, state = plan.optimizer.update([np.zeros(1, np.float32)], state, params)
+                coefs.append(-float(updates[0][0]) / u.l1_lr)
+            # each epoch's steps carry that epoch's coefficient 1 - e / E (e from 0)
+            assert coefs[steps - 1] == pytest.approx(1.0), drop_last
+            assert coefs[steps] == pytest.approx(1 - 1 / epochs), drop_last
+            assert coefs[-1] == pytest.approx(1 / epochs), drop_last
     finally:
         cfg.data.drop_last = False
-    assert plan.steps_per_epoch == len(split.retain) // bs  # the loop's count, not ceil
-    assert baselines.plan("l1_sparse", model, model.trainable_variables, cfg, split, ds).steps_per_epoch == \
-        -(-len(split.retain) // bs)
-    epochs = 3
-    transform = baselines.decaying_l1(1.0, plan.steps_per_epoch, epochs)
-    params = [np.ones(1, np.float32)]
-    state = transform.init(params)
-    coefs = []
-    for _ in range(epochs * plan.steps_per_epoch):  # every step the loop takes
-        updates, state = transform.update([np.zeros(1, np.float32)], state, params)
-        coefs.append(float(updates[0][0]))
-    # each epoch's steps carry that epoch's coefficient; the final step the last epoch's, 1 - (E - 1) / E
-    assert coefs[-1] == pytest.approx(1 / epochs) and coefs[plan.steps_per_epoch - 1] == pytest.approx(1.0)
-    assert coefs[plan.steps_per_epoch] == pytest.approx(1 - 1 / epochs)
+        u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha = saved

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_CIFAR
-from prunelora_keras import data
+from prunelora_keras import cifar10, data
 from prunelora_keras.errors import UserError
 
 
@@ -83,16 +83,16 @@ def test_image_folder_tar_and_zip(tmp_path):
     for name, payload in _tree_items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(payload)
-    _check_tree_arrays(data.read_cifar10_dir(root))
+    _check_tree_arrays(cifar10.read_cifar10_dir(root))
     tgz = tmp_path / "tree.tar.gz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(root, arcname="cifar")
-    _check_tree_arrays(data.read_cifar10_dir(tgz))
+    _check_tree_arrays(cifar10.read_cifar10_dir(tgz))
     zp = tmp_path / "tree.zip"
     with zipfile.ZipFile(zp, "w") as zf:
         for name, payload in _tree_items():
             zf.writestr(name, payload)
-    _check_tree_arrays(data.read_cifar10_dir(zp))
+    _check_tree_arrays(cifar10.read_cifar10_dir(zp))
 
 
 def test_cache_is_keyed_by_content(tmp_path):
@@ -100,9 +100,9 @@ def test_cache_is_keyed_by_content(tmp_path):
     for name, payload in _tree_items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(payload)
-    first = data.read_cifar10_dir(root)
+    first = cifar10.read_cifar10_dir(root)
     (root / "train/cat/0000.png").write_bytes(_png(99))  # same size class of change, new mtime
-    changed = data.read_cifar10_dir(root)
+    changed = cifar10.read_cifar10_dir(root)
     assert changed[0][3, 0, 0, 0] == 99 and first[0][3, 0, 0, 0] == 0
 
 
@@ -117,7 +117,7 @@ def test_batches_py_layout(tmp_path):
         with open(folder / name, "wb") as f:
             pickle.dump({b"data": rows, b"labels": [1, 7]}, f)
         expected.append(img)
-    x_train, y_train, x_test, y_test, classes = data.read_cifar10_dir(tmp_path)
+    x_train, y_train, x_test, y_test, classes = cifar10.read_cifar10_dir(tmp_path)
     np.testing.assert_array_equal(x_train, np.concatenate(expected[:5]))
     np.testing.assert_array_equal(x_test, expected[5])
     assert list(y_test) == [1, 7] and classes[3] == "cat"
@@ -125,30 +125,30 @@ def test_batches_py_layout(tmp_path):
 
 def test_bad_sources_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        data.read_cifar10_dir(tmp_path / "missing")
+        cifar10.read_cifar10_dir(tmp_path / "missing")
     corrupt = tmp_path / "bad.tar.gz"
     corrupt.write_bytes(b"not a tarball at all")
     with pytest.raises(UserError, match="corrupt"):
-        data.read_cifar10_dir(corrupt)
+        cifar10.read_cifar10_dir(corrupt)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="neither"):
-        data.read_cifar10_dir(tmp_path / "empty")
+        cifar10.read_cifar10_dir(tmp_path / "empty")
     trunc = tmp_path / "trunc"
     for name, payload in _tree_items():
         (trunc / name).parent.mkdir(parents=True, exist_ok=True)
         (trunc / name).write_bytes(payload[:30] if name.endswith("0001.png") else payload)
     with pytest.raises(UserError, match="corrupt or truncated"):
-        data.read_cifar10_dir(trunc)
+        cifar10.read_cifar10_dir(trunc)
     with pytest.raises(UserError, match="unknown dataset"):
         data.load_dataset("mnist")
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="../shared/data/cifar10-jpeg.tar.gz is not present")
 def test_real_cifar10_tarball():
-    ds = data.load_cifar10(str(SHARED_CIFAR))
+    ds = cifar10.load_cifar10(str(SHARED_CIFAR))
     assert ds.x_train.shape == (50000, 32, 32, 3) and ds.x_test.shape == (10000, 32, 32, 3)
     assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int32
-    assert ds.class_names == data.CIFAR10_CLASSES
+    assert ds.class_names == cifar10.CIFAR10_CLASSES
     np.testing.assert_array_equal(np.bincount(ds.y_train), [5000] * 10)
     np.testing.assert_array_equal(np.bincount(ds.y_test), [1000] * 10)
     assert np.all(np.diff(ds.y_train) >= 0)  # grouped in label order
@@ -160,7 +160,7 @@ def test_real_cifar10_tarball():
     frog = ds.x_train[ds.y_train == 6].reshape(-1, 3).mean(0)
     assert ship[2] > frog[2] and frog[1] > frog[2]
     start = time.perf_counter()
-    again = data.load_cifar10(str(SHARED_CIFAR))
+    again = cifar10.load_cifar10(str(SHARED_CIFAR))
     assert time.perf_counter() - start < 3.0
     np.testing.assert_array_equal(again.x_test, ds.x_test)
 
@@ -260,18 +260,18 @@ def test_bad_data_dir_paths(tmp_path, monkeypatch):
     plain = tmp_path / "notes.txt"
     plain.write_text("hello")
     with pytest.raises(UserError, match="is a file but not a .tar.gz/.tar/.zip archive"):
-        data.read_cifar10_dir(plain)
+        cifar10.read_cifar10_dir(plain)
     tree = _write_tree(tmp_path / "tree")
-    real_access = data.os.access
-    monkeypatch.setattr(data.os, "access", lambda p, mode: False if str(p) == str(tree) else real_access(p, mode))
+    real_access = cifar10.os.access
+    monkeypatch.setattr(cifar10.os, "access", lambda p, mode: False if str(p) == str(tree) else real_access(p, mode))
     with pytest.raises(UserError, match="is a folder that cannot be read: check its permissions"):
-        data.read_cifar10_dir(tree)
+        cifar10.read_cifar10_dir(tree)
     tgz = tmp_path / "tree.tar.gz"
     with tarfile.open(tgz, "w:gz") as tf:
         tf.add(tree, arcname="cifar")
-    monkeypatch.setattr(data.os, "access", lambda p, mode: False if str(p) == str(tgz) else real_access(p, mode))
+    monkeypatch.setattr(cifar10.os, "access", lambda p, mode: False if str(p) == str(tgz) else real_access(p, mode))
     with pytest.raises(UserError, match="tree.tar.gz cannot be read: check its permissions"):
-        data.read_cifar10_dir(tgz)
+        cifar10.read_cifar10_dir(tgz)
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files of any mode")
@@ -280,23 +280,23 @@ def test_unreadable_data_dir_for_real(tmp_path):
     tree.chmod(0)
     try:
         with pytest.raises(UserError, match="cannot be read"):
-            data.read_cifar10_dir(tree)
+            cifar10.read_cifar10_dir(tree)
     finally:
         tree.chmod(0o755)
 
 
 def test_unreadable_image_file_is_named(tmp_path, monkeypatch):
     tree = _write_tree(tmp_path / "tree")
-    real_read = data.Path.read_bytes
+    real_read = cifar10.Path.read_bytes
 
     def read_bytes(self):
         if self.name == "0002.png" and self.parent.name == "dog":
             raise PermissionError(13, "Permission denied")
         return real_read(self)
 
-    monkeypatch.setattr(data.Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(cifar10.Path, "read_bytes", read_bytes)
     with pytest.raises(UserError, match=r"cannot read image .*train/dog/0002.png \(PermissionError\)"):
-        data.read_cifar10_dir(tree)
+        cifar10.read_cifar10_dir(tree)
 
 
 def test_truncated_and_non_image_jpegs_are_named(tmp_path):
@@ -305,21 +305,21 @@ def test_truncated_and_non_image_jpegs_are_named(tmp_path):
     for i, payload in enumerate([good["train/dog/0001.jpg"][:300], b"<html>not found</html>"]):
         root = _write_tree(tmp_path / f"tree{i}", [*items[:-1], ("train/dog/0001.jpg", payload), items[-1]])
         with pytest.raises(UserError, match=r"cannot decode image .*train/dog/0001.jpg.* corrupt or truncated"):
-            data.read_cifar10_dir(root)
+            cifar10.read_cifar10_dir(root)
         with tarfile.open(tmp_path / f"tree{i}.tar.gz", "w:gz") as tf:
             tf.add(root, arcname="cifar")
         with pytest.raises(UserError, match=r"cannot decode image .*cifar/train/dog/0001.jpg"):
-            data.read_cifar10_dir(tmp_path / f"tree{i}.tar.gz")
+            cifar10.read_cifar10_dir(tmp_path / f"tree{i}.tar.gz")
 
 
 def test_class_folders_missing_on_one_side(tmp_path):
     items = list(_tree_items())
     only_test = _write_tree(tmp_path / "a", [(n, p) for n, p in items if not n.startswith("train/dog/")])
     with pytest.raises(UserError, match="class 'dog' has test/ images but no train/ images"):
-        data.read_cifar10_dir(only_test)
+        cifar10.read_cifar10_dir(only_test)
     only_train = _write_tree(tmp_path / "b", [(n, p) for n, p in items if not n.startswith("test/cat/")])
     with pytest.raises(UserError, match="class 'cat' has train/ images but no test/ images"):
-        data.read_cifar10_dir(only_train)
+        cifar10.read_cifar10_dir(only_train)
 
 
 def test_damaged_archives_give_user_errors_only(tmp_path):
@@ -341,7 +341,7 @@ def test_damaged_archives_give_user_errors_only(tmp_path):
             target = tmp_path / f"d{k}{''.join(source.suffixes)}"
             target.write_bytes(damaged)
             try:
-                data.read_cifar10_dir(target)
+                cifar10.read_cifar10_dir(target)
             except UserError as exc:
                 errors += 1
                 assert "\n" not in str(exc)
@@ -352,7 +352,7 @@ def test_unwritable_cache_does_not_stop_loading(tmp_path, monkeypatch):
     blocker = tmp_path / "cache-is-a-file"
     blocker.write_text("x")
     monkeypatch.setenv("PRUNELORA_CACHE", str(blocker / "sub"))
-    _check_tree_arrays(data.read_cifar10_dir(_write_tree(tmp_path / "tree")))
+    _check_tree_arrays(cifar10.read_cifar10_dir(_write_tree(tmp_path / "tree")))
 
 
 def _write_batches(folder, make_batch):
@@ -378,7 +378,7 @@ def test_batch_files_are_data_not_code(tmp_path):
     folder.parent.mkdir()
     _write_batches(folder, lambda name: {b"data": _WritesMarker(marker), b"labels": [0]})
     with pytest.raises(UserError, match=r"data_batch_1 is corrupt or not a CIFAR-10 batch .*refusing to load"):
-        data.read_cifar10_dir(folder.parent)
+        cifar10.read_cifar10_dir(folder.parent)
     assert not marker.exists()
 
 
@@ -390,7 +390,7 @@ def test_batch_files_are_data_not_code(tmp_path):
 def test_malformed_batch_files(tmp_path, batch, message):
     _write_batches(tmp_path / "cifar-10-batches-py", lambda name: batch)
     with pytest.raises(UserError, match=message):
-        data.read_cifar10_dir(tmp_path)
+        cifar10.read_cifar10_dir(tmp_path)
 
 
 def test_batch_labels_out_of_range_are_refused_on_load(tmp_path):

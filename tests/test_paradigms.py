@@ -8,7 +8,7 @@ from prunelora_keras.config import build_config
 from prunelora_keras.lora import count_params, lora_layer_names
 from prunelora_keras.models import build_model
 from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.evaluate import evaluate_model
+from prunelora_keras.evaluation import evaluate_model
 from prunelora_keras.pipeline import load_data
 from prunelora_keras.report import ROW_KEYS
 from prunelora_keras.run import main

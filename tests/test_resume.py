@@ -154,7 +154,9 @@ def test_a_full_disk_while_saving_is_one_line(capsys, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "x"))
 
-    monkeypatch.setattr(pipeline, "save_state", full)
+    from prunelora_keras import stages
+
+    monkeypatch.setattr(stages, "save_state", full)  # where the epoch-end state is written
     code = main([*TINY, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: the disk is full"), err

@@ -138,7 +138,7 @@ def test_losses_and_accuracy_against_independent_formula():
 
 
 def test_one_compiled_evaluation_serves_models_of_one_architecture():
-    from prunelora_keras import train
+    from prunelora_keras import predict, train
 
     cfg = build_config("vit", "quick", sets=["model.dim=16", "model.depth=1", "model.heads=2", "model.mlp_dim=16"])
     a = build_model(cfg.model, 10, (8, 8, 3))
@@ -148,9 +148,9 @@ def test_one_compiled_evaluation_serves_models_of_one_architecture():
         v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
     assert train.architecture_key(a) == train.architecture_key(b)
     x = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
-    before = len(train._EVAL_FNS)
+    before = len(predict._EVAL_FNS)
     la, lb = predict_logits(a, x, MEAN, STD, batch_size=4), predict_logits(b, x, MEAN, STD, batch_size=4)
-    assert len(train._EVAL_FNS) <= before + 1
+    assert len(predict._EVAL_FNS) <= before + 1
     expected = keras.ops.convert_to_numpy(b(((x / 255.0) - np.array(MEAN)) / np.array(STD), training=False))
     np.testing.assert_allclose(lb, expected, rtol=1e-5, atol=1e-5)  # b's weights, not a's
     assert not np.allclose(la, lb)

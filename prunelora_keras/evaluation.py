@@ -82,29 +82,51 @@ def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg:
         ``Evaluation`` with the metrics (percent; CKA in [0, 1]), the Figure-2 losses and the
         features per evaluation set.
     """
+    u = cfg.unlearn
+    relearn = {"lr": u.relearn_lr, "batch_size": u.batch_size, "max_steps": u.relearn_max_steps,
+               "eval_every": u.relearn_eval_every}
+    return evaluate_arrays(model, evaluation_sets(split), ds.num_classes, ds.mean, ds.std, seed=cfg.seed,
+                           batch_size=cfg.data.eval_batch_size, members=u.mia_members, nonmembers=u.mia_nonmembers,
+                           reference=reference, relearn=relearn)
+
+
+def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, mean=(0.0,), std=(1.0,), *,
+                    seed: int = 0, batch_size: int = 512, members: int = 9000, nonmembers: int = 5000,
+                    reference: Reference | None = None, relearn: dict[str, Any] | None = None) -> Evaluation:
+    """Every metric of ``model`` from data sets given as arrays: the core of ``evaluate_model`` and
+    of ``api.evaluate``.
+
+    Args:
+        model: the model to evaluate (not modified).
+        sets: {"retain", "forget", "test_retain" and optionally "test_forget": ``data.Subset``}.
+        num_classes: the classifier's width.
+        mean, std: normalisation (uint8 images after ``/ 255``; float inputs: (0,), (1,) = none).
+        seed, batch_size: the attacks' and probes' seed; the inference batch.
+        members, nonmembers: the loss attack's full-scale draw sizes (``metrics.attack_sizes``).
+        reference: Retrain's features (CKA) and the relearning plan (relearn time); None: neither.
+        relearn: the relearning fine-tune's ``lr``, ``batch_size``, ``max_steps``, ``eval_every``.
+    Returns:
+        ``Evaluation``.
+    """
     reference = reference or Reference()
-    sets = evaluation_sets(split)
-    outputs = {k: predict_logits_and_features(model, v.x, ds.mean, ds.std, cfg.data.eval_batch_size)
-               for k, v in sets.items()}
+    outputs = {k: predict_logits_and_features(model, v.x, mean, std, batch_size) for k, v in sets.items()}
     logits = {k: v[0] for k, v in outputs.items()}
     feats = {k: v[1] for k, v in outputs.items()}
     labels = {k: v.y for k, v in sets.items()}
-    metrics: dict[str, Any] = unlearning_metrics(logits, labels, cfg.seed, cfg.unlearn.mia_members,
-                                                 cfg.unlearn.mia_nonmembers)
+    metrics: dict[str, Any] = unlearning_metrics(logits, labels, seed, members, nonmembers)
     metrics["probe_forget_acc"] = probe_forget_acc(feats["retain"], labels["retain"], feats["forget"],
-                                                   labels["forget"], cfg.seed)
+                                                   labels["forget"], seed)
     if "test_forget" in feats:
         metrics["probe_forget_acc_test"] = probe_forget_acc(feats["test_retain"], labels["test_retain"],
-                                                            feats["test_forget"], labels["test_forget"], cfg.seed)
+                                                            feats["test_forget"], labels["test_forget"], seed)
     for name, key in (("forget", "cka_forget"), ("test_retain", "cka_retain")):
         if name in reference.retrain_features:
             metrics[key] = linear_cka(feats[name], reference.retrain_features[name])
     if reference.relearn is not None and reference.relearn_target is not None:
-        u = cfg.unlearn
-        metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, ds.num_classes, ds.mean,
-                                     ds.std, lr=u.relearn_lr, batch_size=u.batch_size,
-                                     max_steps=u.relearn_max_steps, eval_every=u.relearn_eval_every,
-                                     seed=cfg.seed, eval_batch_size=cfg.data.eval_batch_size))
+        r = {"lr": 1e-3, "batch_size": 128, "max_steps": 200, "eval_every": 5, **(relearn or {})}
+        metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, num_classes, mean, std,
+                                     lr=r["lr"], batch_size=r["batch_size"], max_steps=r["max_steps"],
+                                     eval_every=r["eval_every"], seed=seed, eval_batch_size=batch_size))
     losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
               "forget": cross_entropy(logits["forget"], labels["forget"])}
     return Evaluation(metrics, losses, feats)

@@ -1,33 +1,14 @@
-"""The unlearning baselines of the literature, on the same loop, models, metrics and report.
+"""What the methods of the literature are built from: SGD chains, l1 penalties, update masks,
+random labels, weight saliency and the knowledge-distillation divergence.
 
-Each method is what it trains on and an optax chain; the model, the loop (``train.Trainer``) and
-the evaluation are the paradigms' own. Recipes follow the code base of Jia, Liu et al., "Model
-sparsity can simplify machine unlearning" (NeurIPS 2023, github.com/OPTML-Group/Unlearn-Sparse)
-and its successor SalUn (Fan et al., ICLR 2024): SGD with momentum 0.9 and weight decay 5e-4,
-and each method's published learning rate (``UnlearnConfig``: ``ga_lr``, ``rl_lr``, ``l1_lr``,
-``salun_lr``).
-
-- ``ga``, gradient ascent (Thudi et al. 2022; Graves et al. 2021): ascend the cross-entropy on
-  D_f only (lr 1e-4). Nothing anchors D_r, so it forgets fast and damages the rest as fast.
-- ``rl``, random labels (Golatkar et al. 2020; Hayase et al. 2020): train on D_r plus D_f with
-  each forget image relabelled at random (lr 0.013). ``unlearn.rl_labels = "per_batch"`` (the
-  default, as OPTML-Group's code): a fresh label from *all* classes (the true one included) every
-  epoch, i.e. for every batch a forget image appears in; ``"once_other"``: one label per image for
-  the whole run, never the true class.
-- ``l1_sparse``, l1-sparse fine-tuning (Jia et al. 2023): fine-tune on D_r with an l1 penalty
-  alpha * (1 - e / E) * ||theta||_1 that decays linearly to zero over the E epochs (alpha 1e-4,
-  lr 0.01): sparsity first, then recovery.
-- ``salun``, saliency unlearning (Fan et al. 2024): the gradient of the forget loss over D_f
-  picks the ``salun_ratio`` (0.5) of weights with the largest magnitude (one global threshold);
-  then ``rl``, with every other weight frozen (its updates, weight decay included, are masked).
-- "LoRA + l1" is one line of configuration: ``--paradigms lora --set unlearn.paradigm_l1=1e-4``
-  adds the same decaying l1 penalty to the paper's paradigms' Adam (on the trained variables).
+Pure helpers, no registry entries: ``baselines.py``, ``neggrad.py`` and ``scrub.py`` (and a
+user's own methods) compose them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,22 +17,6 @@ import numpy as np
 import optax
 
 from prunelora_keras.augment import infer_images
-from prunelora_keras.config import Config
-from prunelora_keras.data import Dataset, UnlearningSplit, num_batches
-
-BASELINES = ("ga", "rl", "l1_sparse", "salun")
-
-
-@dataclass
-class Plan:
-    """What a baseline trains on and how."""
-
-    x: np.ndarray
-    y: np.ndarray
-    optimizer: optax.GradientTransformation
-    description: str
-    labels_for_epoch: Callable[[int], np.ndarray] | None = None  # labels drawn afresh every epoch (rl_labels = per_batch)
-    steps_per_epoch: int = 0  # l1_sparse: the loop's steps per epoch (drop_last included), which its decay counts
 
 
 def random_other_labels(y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -103,11 +68,11 @@ def masked_updates(masks: Sequence[np.ndarray | None]) -> optax.GradientTransfor
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def sgd_chain(lr: float, cfg: Config, *, ascend: bool = False, l1: optax.GradientTransformation | None = None,
+def sgd_chain(lr: float, options: Any, *, ascend: bool = False, l1: optax.GradientTransformation | None = None,
               masks: Sequence[np.ndarray | None] | None = None) -> optax.GradientTransformation:
     """The code bases' SGD (momentum, coupled weight decay) with the method's additions, in order:
     ascent flips the loss gradient only; decay and l1 are added after it; masks come last."""
-    u = cfg.unlearn
+    u = options
     parts = []
     if ascend:
         parts.append(optax.scale(-1.0))
@@ -122,7 +87,8 @@ def sgd_chain(lr: float, cfg: Config, *, ascend: bool = False, l1: optax.Gradien
 
 
 def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], forget_x: np.ndarray,
-                   forget_y: np.ndarray, ds: Dataset, ratio: float, batch_size: int) -> list[np.ndarray]:
+                   forget_y: np.ndarray, mean: Sequence[float], std: Sequence[float], ratio: float,
+                   batch_size: int) -> list[np.ndarray]:
     """SalUn's weight saliency: |gradient of the mean forget loss| over D_f (inference mode), and
     1 for exactly round(``ratio`` x n) of the n entries of ``train_vars``: the largest values (one
     global top-k; among equal values the earlier entry, in variable order, wins)."""
@@ -130,7 +96,7 @@ def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], for
     chosen = {id(v) for v in train_vars}
     index = [i for i, v in enumerate(trainable) if id(v) in chosen]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    mean, std = tuple(ds.mean), tuple(ds.std)
+    mean, std = tuple(mean), tuple(std)
 
     @jax.jit
     def grad_sum(values, images, labels):
@@ -160,34 +126,17 @@ def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], for
     return out
 
 
-def plan(name: str, model: keras.Model, train_vars: Sequence[keras.Variable], cfg: Config, split: UnlearningSplit,
-         ds: Dataset) -> Plan:
-    """The data and optimiser of baseline ``name`` for ``model`` (whose ``train_vars`` train)."""
-    u = cfg.unlearn
-    epochs = max(u.epochs)
-    if name == "ga":
-        return Plan(split.forget.x, split.forget.y, sgd_chain(u.ga_lr, cfg, ascend=True),
-                    f"gradient ascent on D_f ({len(split.forget)} images), lr {u.ga_lr}")
-    rl_x = np.concatenate([split.retain.x, split.forget.x])
-    per_epoch = None
-    if u.rl_labels == "per_batch":
-        rl_y = np.concatenate([split.retain.y, split.forget.y])
-        is_forget = np.r_[np.zeros(len(split.retain), bool), np.ones(len(split.forget), bool)]
-        per_epoch = random_labels_per_epoch(rl_y, is_forget, ds.num_classes, cfg.seed)
-        how = "random labels from all classes, new every epoch"
-    else:
-        rl_y = np.concatenate([split.retain.y, random_other_labels(split.forget.y, ds.num_classes, cfg.seed)])
-        how = "one random other label per image"
-    if name == "rl":
-        return Plan(rl_x, rl_y, sgd_chain(u.rl_lr, cfg), f"D_r + D_f with {how}, lr {u.rl_lr}", per_epoch)
-    if name == "l1_sparse":
-        steps = num_batches(len(split.retain), u.batch_size, cfg.data.drop_last)
-        return Plan(split.retain.x, split.retain.y, sgd_chain(u.l1_lr, cfg, l1=decaying_l1(u.l1_alpha, steps, epochs)),
-                    f"fine-tuning on D_r with l1 {u.l1_alpha} decaying to 0 over {epochs} epochs, lr {u.l1_lr}",
-                    steps_per_epoch=steps)
-    if name == "salun":
-        masks = saliency_masks(model, train_vars, split.forget.x, split.forget.y, ds, u.salun_ratio,
-                               cfg.data.eval_batch_size)
-        return Plan(rl_x, rl_y, sgd_chain(u.salun_lr, cfg, masks=masks),
-                    f"{how} on the {u.salun_ratio:.0%} most salient weights, lr {u.salun_lr}", per_epoch)
-    raise ValueError(f"unknown baseline {name!r}; baselines: {BASELINES}")
+def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
+    """SCRUB's ``DistillKL``: KL(softmax(t / T) || softmax(s / T)) summed over classes, averaged over
+    the batch and scaled by T^2 (Hinton et al.'s gradient scale), as PyTorch's
+    ``F.kl_div(log_softmax(s / T), softmax(t / T), size_average=False) * T**2 / batch``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(distill_kl(jnp.zeros((2, 3)), jnp.zeros((2, 3)), 4.0))
+        0.0
+    """
+    log_p_s = jax.nn.log_softmax(student_logits / temperature, axis=-1)
+    log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    return jnp.mean(kl) * temperature ** 2

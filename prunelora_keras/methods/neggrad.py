@@ -1,0 +1,78 @@
+"""NegGrad+ (Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023), one entry.
+
+Every step sees a batch of D_r and a batch of D_f side by side and descends on one combined loss,
+``alpha * CE(D_r batch) - (1 - alpha) * CE(D_f batch)``: the retain term keeps the model useful,
+the ascent term pushes D_f away. The stream walks D_r once per epoch and cycles through D_f
+(``zip(retain_loader, cycle(forget_loader))`` in their code, and in OPTML-Group's "NG+"); the
+forget batches keep one size (``neggrad_forget_batch``, default the retain batch size, capped at
+|D_f|) so one compiled step serves the epoch.
+
+Options: ``neggrad_alpha`` (0.999: our default; the ascent term of a single class at full scale
+otherwise dominates within an epoch), ``neggrad_lr`` (0.01, SGD with the baselines' momentum and
+weight decay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from prunelora_keras.data import batches, num_batches
+from prunelora_keras.methods.common import sgd_chain
+from prunelora_keras.methods.registry import Method, MethodContext, Plan, register
+
+
+@dataclass
+class RetainWithForget:
+    """Batches ``{"retain": D_r batch, "forget": D_f batch}``: D_r once per epoch, D_f cycled.
+
+    Both orders come from the epoch's generator (D_r's first); D_f's batches have one size.
+    """
+
+    retain: Any
+    forget: Any
+    batch_size: int
+    forget_batch: int
+    drop_last: bool = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(len(self.retain), self.batch_size, self.drop_last)
+
+    def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
+        retain = batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last)
+        forget_order = list(batches(self.forget.x, self.forget.y, self.forget_batch, rng, drop_last=True))
+        for i, part in enumerate(retain):
+            yield {"retain": part, "forget": forget_order[i % len(forget_order)]}
+
+
+def neggrad_plus_loss(alpha: float):
+    """The combined loss ``alpha * CE_r - (1 - alpha) * CE_f`` over a step's two parts."""
+
+    def loss(inputs) -> jax.Array:
+        ce = {n: optax.softmax_cross_entropy(inputs.logits[n], inputs.targets[n]).mean() for n in ("retain", "forget")}
+        return alpha * ce["retain"] - (1.0 - alpha) * ce["forget"]
+
+    return loss
+
+
+def prepare_neggrad_plus(ctx: MethodContext) -> Plan:
+    u = ctx.options
+    if len(ctx.forget) == 0:
+        raise ValueError("neggrad_plus needs forget samples: D_f is empty")
+    forget_batch = min(u.neggrad_forget_batch or u.batch_size, len(ctx.forget))
+    stream = RetainWithForget(ctx.retain, ctx.forget, u.batch_size, forget_batch, ctx.drop_last)
+    return Plan(ctx.model, list(ctx.model.trainable_variables), sgd_chain(u.neggrad_lr, u),
+                f"{u.neggrad_alpha} x CE(D_r) - {1 - u.neggrad_alpha:.3g} x CE(D_f), D_f cycled in batches of "
+                f"{forget_batch}, lr {u.neggrad_lr}", stream=stream, loss=neggrad_plus_loss(u.neggrad_alpha))
+
+
+register(Method("neggrad_plus", "NegGrad+", prepare_neggrad_plus,
+                "descend on D_r and ascend on D_f in one weighted loss (Kurmanji et al. 2023)", "baseline",
+                ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "neggrad_alpha", "neggrad_lr",
+                 "neggrad_forget_batch")))

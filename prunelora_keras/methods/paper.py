@@ -1,0 +1,97 @@
+"""The paper's paradigms (PruneLoRA, Table 1), one registry entry each.
+
+All four train on D_r with the paradigms' optimiser (``unlearn.optimizer``, Adam 1e-3 by default,
+constant rate, ``unlearn.paradigm_l1`` adding a decaying l1 penalty); they differ in what they
+prepare:
+
+- ``finetune``: every parameter trains.
+- ``pruned``: structured L2 pruning (``unlearn.prune_amount`` of the output units of the
+  ``prune`` targets, and attention heads where asked), then finetune.
+- ``lora``: the base is frozen; LoRA adapters (rank, alpha, dropout) on the ``lora`` targets and
+  the ``train_in_full`` layers train.
+- ``pruned_lora`` (PruneLoRA): ``pruned``'s pruning, then ``lora``'s adapters.
+- ``retrain`` is registered for its name and label only: the exact baseline is a new model
+  trained from scratch on D_r, which the experiment (or the user) trains.
+"""
+
+from __future__ import annotations
+
+import optax
+
+from prunelora_keras.config import TrainConfig
+from prunelora_keras.lora import add_lora
+from prunelora_keras.methods.common import decaying_l1
+from prunelora_keras.methods.registry import RETRAIN, Method, MethodContext, Plan, register
+from prunelora_keras.optim import make_optimizer
+from prunelora_keras.pruning import PruneResult, gate_adapters, prune_heads, prune_units
+
+
+def prune(ctx: MethodContext) -> PruneResult:
+    """Zero the lowest-L2 output units of the ``prune`` targets (and attention heads where the
+    targets name them) of ``ctx.model``, in place; returns what was zeroed."""
+    u, t = ctx.options, ctx.targets
+    result = prune_units(ctx.model, t.prune, u.prune_amount, mode=u.prune_mode) if t.prune else PruneResult(
+        mode=u.prune_mode)
+    if t.prune_heads is not None:
+        blocks, heads = t.prune_heads
+        prune_heads(ctx.model, blocks, heads, u.prune_amount, u.prune_mode, result)
+    return result
+
+
+def paradigm_optimizer(ctx: MethodContext) -> tuple[optax.GradientTransformation, TrainConfig, str]:
+    """The paradigms' optimiser over ``epochs`` epochs of D_r, its Keras recipe and its share key."""
+    u = ctx.options
+    steps = ctx.steps_per_epoch(len(ctx.retain)) * ctx.epochs
+    recipe = TrainConfig(epochs=ctx.epochs, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
+                         schedule="constant")
+    optimizer = make_optimizer(recipe, steps)
+    if u.paradigm_l1 > 0:  # e.g. "LoRA + l1": the l1-sparse penalty on the paradigm's trained variables
+        optimizer = optax.chain(decaying_l1(u.paradigm_l1, steps // ctx.epochs, ctx.epochs), optimizer)
+    share_key = f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}:l1={u.paradigm_l1}"
+    return optimizer, recipe, share_key
+
+
+def _paradigm(ctx: MethodContext, *, pruned: bool, lora: bool, what: str) -> Plan:
+    u = ctx.options
+    result = prune(ctx) if pruned else None
+    model, train_vars = ctx.model, list(ctx.model.trainable_variables)
+    if lora:
+        model, train_vars = add_lora(model, ctx.targets.lora, u.lora_rank, u.lora_alpha, u.lora_dropout,
+                                     ctx.targets.train_in_full, seed=ctx.seed)
+        if result is not None:
+            gate_adapters(model, result)
+    optimizer, recipe, share_key = paradigm_optimizer(ctx)
+    return Plan(model, train_vars, optimizer, f"{what} on D_r, {u.optimizer} lr {u.lr}", x=ctx.retain.x,
+                y=ctx.retain.y, masks=result.enforced() if result is not None else {}, uses_lora=lora,
+                pruned=result, keras_recipe=recipe, share_key=share_key, prefix_cacheable=True)
+
+
+def prepare_finetune(ctx: MethodContext) -> Plan:
+    return _paradigm(ctx, pruned=False, lora=False, what="every parameter")
+
+
+def prepare_pruned(ctx: MethodContext) -> Plan:
+    return _paradigm(ctx, pruned=True, lora=False, what=f"{ctx.options.prune_amount:.0%} L2-pruned, every parameter")
+
+
+def prepare_lora(ctx: MethodContext) -> Plan:
+    return _paradigm(ctx, pruned=False, lora=True, what=f"LoRA rank {ctx.options.lora_rank}")
+
+
+def prepare_pruned_lora(ctx: MethodContext) -> Plan:
+    return _paradigm(ctx, pruned=True, lora=True,
+                     what=f"{ctx.options.prune_amount:.0%} L2-pruned, LoRA rank {ctx.options.lora_rank}")
+
+
+_OPTIM = ("optimizer", "lr", "weight_decay", "batch_size", "bn", "paradigm_l1")
+_PRUNE = ("prune_amount", "prune_mode", "prune_classifier", "prune_heads")
+_LORA = ("lora_rank", "lora_alpha", "lora_dropout")
+register(Method(RETRAIN, "Retrain", None, "the exact baseline: a new model trained from scratch on D_r", "paper"))
+register(Method("finetune", "Finetune", prepare_finetune, "fine-tune every parameter on D_r", "paper", _OPTIM))
+register(Method("pruned", "Pruned", prepare_pruned, "structured L2 pruning, then fine-tune on D_r", "paper",
+                _OPTIM + _PRUNE))
+register(Method("lora", "LoRA", prepare_lora, "LoRA adapters on a frozen base, trained on D_r", "paper",
+                _OPTIM + _LORA))
+register(Method("pruned_lora", "Pruned LoRA", prepare_pruned_lora,
+                "PruneLoRA: structured L2 pruning, then LoRA adapters trained on D_r", "paper",
+                _OPTIM + _PRUNE + _LORA))

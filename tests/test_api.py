@@ -1,0 +1,167 @@
+"""The public API on models we did not write: keras.applications networks with random weights,
+trained briefly on digits, then every registered method through ``plk.unlearn`` and ``plk.evaluate``,
+saved and reloaded as ``.keras`` in a fresh process; the torch backend for the methods it supports."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+import prunelora_keras as plk
+from conftest import REPO, clean_env
+
+sys.path.insert(0, str(REPO / "examples"))
+from unlearn_your_model import digits_32  # noqa: E402
+
+FORGET = 3
+METHODS = [n for n in plk.methods.names() if n != "retrain"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    (x, y), (x_t, y_t) = digits_32()
+    x, y = x[:360], y[:360]
+    f = y == FORGET
+    return (x[~f], y[~f]), (x[f], y[f]), (x_t[y_t != FORGET][:200], y_t[y_t != FORGET][:200])
+
+
+def _fit(model, x, y, epochs):
+    keras.utils.set_random_seed(0)
+    model.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, batch_size=60, epochs=epochs, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def mobilenet(digits):
+    """MobileNetV3Small at 32x32, random init, ending in logits; trained briefly by plain ``fit``."""
+    (x_r, y_r), (x_f, y_f), _ = digits
+    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.75,
+                                                minimalistic=True, classifier_activation=None, dropout_rate=0.0)
+    return _fit(model, np.concatenate([x_r, x_f]), np.concatenate([y_r, y_f]), 3)
+
+
+def test_targets_are_found_and_unwrappable_layers_reported(mobilenet):
+    found = plk.find_targets(mobilenet)
+    assert found.targets.classifier == "logits"  # a 1x1 Conv2D behind Flatten and a linear Activation
+    assert found.targets.train_in_full == ["logits"] and "logits" not in found.targets.lora
+    assert any(why == "DepthwiseConv2D" for why in found.not_wrappable.values())
+    assert not any(n in found.not_wrappable for n in found.targets.lora)
+    depthwise = next(n for n, why in found.not_wrappable.items() if why == "DepthwiseConv2D")
+    chosen = plk.find_targets(mobilenet, lora_targets=[depthwise])  # asked for by pattern: reported, not skipped
+    assert chosen.not_wrappable == {depthwise: "DepthwiseConv2D"}
+    with pytest.raises(ValueError, match="match no layer"):
+        plk.find_targets(mobilenet, targets=["no_such_layer"])
+
+
+def test_options_are_checked_by_name_and_value():
+    assert plk.unlearn_options(lora_rank=4, scrub_lr=0.1).lora_rank == 4
+    with pytest.raises(ValueError, match="unknown option"):
+        plk.unlearn_options(lora_rnak=4)
+    with pytest.raises(ValueError, match="lora_rank must be >= 1"):
+        plk.unlearn_options(lora_rank=0)
+
+
+def test_prune_returns_a_pruned_copy(mobilenet):
+    before = [np.array(w) for w in mobilenet.get_weights()]
+    pruned, result = plk.prune(mobilenet, ["expanded_conv_project"], 0.5)
+    kernel = pruned.get_layer("expanded_conv_project").kernel.numpy()
+    assert int(np.all(kernel.reshape(-1, kernel.shape[-1]) == 0, axis=0).sum()) == kernel.shape[-1] // 2
+    assert all(np.array_equal(a, b) for a, b in zip(before, mobilenet.get_weights()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_unlearns_a_keras_applications_model(method, mobilenet, digits, tmp_path):
+    retain, forget, test = digits
+    before = [np.array(w) for w in mobilenet.get_weights()]
+    result = plk.unlearn(mobilenet, retain, forget, method=method, epochs=1, batch_size=60, verbose=False)
+    assert all(np.array_equal(a, b) for a, b in zip(before, mobilenet.get_weights()))  # the input is untouched
+    assert result.model is not mobilenet and result.method == method and len(result.history) == 1
+    assert result.trainable_params > 0 and np.isfinite(result.history[0]["loss"])
+    if method in ("lora", "pruned_lora"):
+        n_all = sum(int(np.prod(v.shape)) for v in mobilenet.trainable_variables)
+        assert result.trainable_params < n_all / 2
+    if method in ("pruned", "pruned_lora"):
+        assert result.sparsity > 20 and result.diagnostics["pruned_units"]
+    scores = plk.evaluate(result.model, retain, forget, test, reference=mobilenet)
+    for key in ("UA", "RA", "TA", "MIA_confidence_svc", "MIA_loss_logreg", "probe_forget_acc", "avg_gap", "tow",
+                "cka_forget", "cka_retain"):
+        assert np.isfinite(scores[key]), (method, key)
+    path = tmp_path / f"{method}.keras"
+    result.model.save(path)
+    x_check = forget[0][:8]
+    expected = keras.ops.convert_to_numpy(result.model(x_check, training=False))
+    np.save(tmp_path / "x.npy", x_check)
+    code = textwrap.dedent(f"""
+        import numpy as np, keras
+        m = keras.saving.load_model({str(path)!r})
+        print(keras.ops.convert_to_numpy(m(np.load({str(tmp_path / 'x.npy')!r}), training=False)).tolist())
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env() | {"KERAS_BACKEND": "jax"}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout.strip().splitlines()[-1])), expected,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_another_family_efficientnet_with_prunelora(digits):
+    retain, forget, test = digits
+    model = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10,
+                                              classifier_activation=None)
+    found = plk.find_targets(model)
+    assert found.targets.classifier == "predictions" and len(found.targets.lora) > 50
+    result = plk.unlearn(model, retain, forget, method="pruned_lora", epochs=1, batch_size=60, verbose=False,
+                         lora_rank=4)
+    assert result.sparsity > 20 and result.trainable_params < model.count_params() / 4
+    assert {type(layer).__name__ for layer in result.model.layers}.isdisjoint({"LoRADense", "LoRAConv2D"})
+    assert np.isfinite(plk.evaluate(result.model, retain, forget, test)["UA"])
+
+
+def test_a_plain_fit_keeps_pruned_units_zero_with_prunemasks():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(3, name="b")])
+    pruned, result = plk.prune(model, ["a"], 0.5, mode="persistent")
+    pruned.compile(keras.optimizers.SGD(0.5, momentum=0.9, weight_decay=1e-2), "mse")
+    x, y = np.random.default_rng(0).normal(size=(32, 6)), np.random.default_rng(1).normal(size=(32, 3))
+    pruned.fit(x, y, epochs=3, batch_size=8, verbose=0, callbacks=[plk.PruneMasks(result)])
+    zero = np.all(pruned.get_layer("a").kernel.numpy() == 0, axis=0)
+    assert zero.sum() == 4 and np.array_equal(zero, result.unit_masks["a"] == 0)
+    unmasked = plk.copy_model(model)
+    unmasked.set_weights(pruned.get_weights())
+    unmasked.compile(keras.optimizers.SGD(0.5, momentum=0.9), "mse")
+    unmasked.fit(x, y, epochs=1, batch_size=8, verbose=0)  # without the callback the zeros come back
+    assert np.all(unmasked.get_layer("a").kernel.numpy() != 0, axis=0).sum() == 8
+
+
+TORCH_SCRIPT = """
+import numpy as np, keras, prunelora_keras as plk
+from prunelora_keras.errors import UserError
+keras.utils.set_random_seed(0)
+m = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(8, 3, name="conv"), keras.layers.Flatten(),
+                      keras.layers.Dense(3, name="head")])
+rng = np.random.default_rng(0)
+x, y = rng.normal(size=(60, 4, 4, 3)).astype("float32"), np.repeat(np.arange(3), 20)
+r, f = (x[y != 2], y[y != 2]), (x[y == 2], y[y == 2])
+for name in ("finetune", "pruned_lora"):
+    res = plk.unlearn(m, r, f, method=name, epochs=1, batch_size=16, verbose=False)
+    print(name, keras.backend.backend(), round(plk.evaluate(res.model, r, f, r)["UA"], 2))
+try:
+    plk.unlearn(m, r, f, method="scrub", epochs=1, verbose=False)
+except UserError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.slow
+def test_torch_backend_runs_the_paradigms_and_refuses_the_rest_clearly():
+    proc = subprocess.run([sys.executable, "-c", TORCH_SCRIPT], env=clean_env() | {"KERAS_BACKEND": "torch"},
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "finetune torch" in proc.stdout and "pruned_lora torch" in proc.stdout
+    assert "refused: scrub runs on the jax backend only" in proc.stdout
