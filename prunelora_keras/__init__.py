@@ -30,6 +30,7 @@ _PUBLIC = {
     "unlearn_options": "prunelora_keras.api", "FoundTargets": "prunelora_keras.api",
     "add_lora": "prunelora_keras.lora", "merge": "prunelora_keras.lora",
     "PruneMasks": "prunelora_keras.pruning", "PruneResult": "prunelora_keras.pruning",
+    "MaskConstraint": "prunelora_keras.pruning",
     "sparsity_report": "prunelora_keras.pruning",
     "Trainer": "prunelora_keras.train", "train_step": "prunelora_keras.step", "LossInputs": "prunelora_keras.step",
     "UnlearnConfig": "prunelora_keras.options", "methods": "prunelora_keras.methods",

@@ -231,10 +231,25 @@ def add_lora(model: keras.Model, targets: Sequence[str], rank: int = 8, alpha: f
              ) -> tuple[keras.Model, list]:
     """Wrap every Dense/Conv2D whose name fully matches a pattern in ``targets`` with a LoRA adapter.
 
-    ``targets`` and ``modules_to_save`` are regular expressions over layer names, as peft's
-    ``target_modules``/``modules_to_save``. Returns the new model (base weights copied, adapters
-    fresh, so its outputs equal the input model's) and the variables to train: every adapter's
-    A and B, plus all trainable weights of the ``modules_to_save`` layers.
+    Returns a new model; ``model`` is not changed.
+
+    Args:
+        model: a functional or Sequential Keras model.
+        targets: regular expressions over layer names (peft's ``target_modules``).
+        rank, alpha, dropout: the adapters' rank, scale numerator (scale = alpha / rank) and the
+            dropout on their input.
+        modules_to_save: patterns of layers trained in full beside the adapters (peft's name).
+        seed: adapter initialisation, hashed with each layer's name.
+    Returns:
+        (the new model: base weights copied, adapters fresh, so its outputs equal ``model``'s;
+        the variables to train: every adapter's A and B and the ``modules_to_save`` layers' weights).
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="a"), keras.layers.Dense(2, name="b")])
+        >>> adapted, train_vars = add_lora(m, ["a"], rank=2, alpha=4, modules_to_save=["b"])
+        >>> sorted("/".join(v.path.split("/")[-2:]) for v in train_vars)
+        ['a/lora_a', 'a/lora_b', 'b/bias', 'b/kernel']
     """
     matched: list[str] = []
 
@@ -281,6 +296,19 @@ def merge(model: keras.Model) -> keras.Model:
 
     Each adapter is folded into its base kernel: W + (alpha / rank) * B.A, gated by the masks.
     The adapted model is left untouched, so it can keep training (peft's ``unmerge``).
+
+    Args:
+        model: a model with LoRA layers (``add_lora``).
+    Returns:
+        a new model without adapters, same outputs in inference.
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")])
+        >>> adapted, _ = add_lora(m, ["a"], rank=2, alpha=4)
+        >>> plain = merge(adapted)
+        >>> type(plain.get_layer("a")).__name__, np.allclose(plain(np.ones((1, 4))), adapted(np.ones((1, 4))))
+        ('FlatDense', True)
     """
 
     def replace(layer):

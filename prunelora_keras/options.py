@@ -15,7 +15,11 @@ PAPER_PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora")  # th
 
 @dataclass
 class UnlearnConfig:
-    """The approximate-unlearning paradigms (REFERENCE.md): Adam 1e-3, batch 128, 5 and 10 epochs on D_r."""
+    """Every unlearning option, with the paper's and each method's published defaults (the fields
+    below); ``--set unlearn.<field>=...`` on the command, ``plk.unlearn(**{field: value})`` in the
+    library. Example: ``UnlearnConfig(lora_rank=4).lora_alpha == 16.0``.
+
+    The approximate-unlearning paradigms (REFERENCE.md): Adam 1e-3, batch 128, 5 and 10 epochs on D_r."""
 
     paradigms: list[str] = field(default_factory=lambda: list(PAPER_PARADIGMS))
     epochs: list[int] = field(default_factory=lambda: [5, 10])  # one run of max(epochs); earlier columns on the way

@@ -69,7 +69,14 @@ def head_scores(qkv_kernel: np.ndarray, out_kernel: np.ndarray, num_heads: int) 
 
 @dataclass
 class PruneResult:
-    """What was pruned: {variable path: 0/1 mask of the variable's shape} and the unit masks per layer."""
+    """What a pruning step zeroed (``prune_units``, ``prune_heads``, ``api.prune``).
+
+    Attributes:
+        masks: {variable path: 0/1 mask of the variable's shape}.
+        unit_masks: {layer name: 0/1 mask over its output units}.
+        mode: "reference" (zeros once) or "persistent" (``enforced()`` returns the masks to keep).
+        adapter_gates: {layer name: (unit mask, input mask)} for LoRA adapters on pruned layers.
+    """
 
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     unit_masks: dict[str, np.ndarray] = field(default_factory=dict)
@@ -152,14 +159,36 @@ def prune_units(model: keras.Model, targets: Sequence[str], amount: float = 0.5,
     return result
 
 
+class MaskConstraint(keras.constraints.Constraint):
+    """A Keras constraint that multiplies a variable by a 0/1 mask (then applies ``previous``, if any).
+
+    Keras's optimisers apply a variable's constraint after every update, inside the compiled train
+    step on every backend, so a masked entry stays zero whatever the gradient, momentum or weight
+    decay. ``PruneMasks`` installs these for the length of a ``fit``.
+
+    Example:
+        >>> import numpy as np
+        >>> MaskConstraint(np.array([1.0, 0.0]))(np.array([3.0, 4.0])).tolist()
+        [3.0, 0.0]
+    """
+
+    def __init__(self, mask, previous=None):
+        self.mask = np.asarray(mask)
+        self.previous = previous
+
+    def __call__(self, w):
+        w = keras.ops.multiply(w, keras.ops.cast(self.mask, w.dtype))
+        return self.previous(w) if self.previous is not None else w
+
+
 class PruneMasks(keras.callbacks.Callback):
-    """Enforce pruning masks inside a plain ``model.fit``: re-zero the pruned entries after every
-    optimiser step (and once when training starts), so neither gradients, momentum nor weight decay
-    revive them. The compiled loop (``train.Trainer``) does the same inside its step.
+    """Enforce pruning masks inside a plain ``model.fit``: when training begins, the pruned entries
+    are zeroed and each masked variable gets a ``MaskConstraint`` (applied by the optimiser after
+    every update, inside the compiled step, on every backend); when it ends, the variables' own
+    constraints are restored. The package's compiled loop (``train.Trainer``) enforces masks itself.
 
     Args:
-        masks: {variable path: 0/1 array of the variable's shape}, e.g. ``PruneResult.masks``
-            (a ``PruneResult`` is accepted too).
+        masks: {variable path: 0/1 array of the variable's shape}, or a ``PruneResult``.
 
     Example:
         >>> import keras, numpy as np
@@ -174,23 +203,24 @@ class PruneMasks(keras.callbacks.Callback):
     def __init__(self, masks: "dict[str, np.ndarray] | PruneResult"):
         super().__init__()
         self.masks = dict(masks.masks if isinstance(masks, PruneResult) else masks)
-        self._masked: list | None = None
-
-    def _apply(self) -> None:
-        if self._masked is None:
-            by_path = {v.path: v for v in self.model.variables}
-            missing = sorted(set(self.masks) - set(by_path))
-            if missing:
-                raise ValueError(f"PruneMasks: the model has no variables {missing[:3]}")
-            self._masked = [(by_path[p], np.asarray(m)) for p, m in self.masks.items()]
-        for var, mask in self._masked:
-            var.assign(keras.ops.multiply(var, keras.ops.cast(mask, var.dtype)))
+        self._saved: list = []
 
     def on_train_begin(self, logs=None):
-        self._apply()
+        by_path = {v.path: v for v in self.model.variables}
+        missing = sorted(set(self.masks) - set(by_path))
+        if missing:
+            raise ValueError(f"PruneMasks: the model has no variables {missing[:3]}")
+        self._saved = []
+        for path, mask in self.masks.items():
+            var = by_path[path]
+            self._saved.append((var, var.constraint))
+            var.assign(keras.ops.multiply(var, keras.ops.cast(mask, var.dtype)))
+            var.constraint = MaskConstraint(mask, var.constraint)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self._apply()
+    def on_train_end(self, logs=None):
+        for var, previous in self._saved:
+            var.constraint = previous
+        self._saved = []
 
 
 def prune_heads(model: keras.Model, blocks: Sequence[str], num_heads: int, amount: float = 0.5,
@@ -225,8 +255,20 @@ def prune_heads(model: keras.Model, blocks: Sequence[str], num_heads: int, amoun
 def sparsity_report(model: keras.Model, layer_names: Sequence[str] | None = None) -> dict:
     """Fraction of zero weights and of all-zero output units per layer, and overall.
 
-    Covers the kernels of every Dense/Conv2D (or only ``layer_names``). ``overall`` pools the
-    listed layers; for LoRA layers the effective (merged) kernel is measured.
+    Args:
+        model: any Keras model; the kernels of its Dense/Conv2D layers are measured (for LoRA
+            layers the effective, merged kernel).
+        layer_names: only these layers (default: every Dense/Conv2D).
+    Returns:
+        ``{"layers": {name: {"zero_weights", "zero_units"}}, "overall": {...}}``, fractions in [0, 1];
+        ``overall`` pools the listed layers.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(6, name="a")])
+        >>> _ = prune_units(m, ["a"], 0.5)
+        >>> sparsity_report(m)["overall"]["zero_units"]
+        0.5
     """
     rows = {}
     zeros = total = zero_units = units = 0

@@ -257,6 +257,10 @@ def run(cfg, args: argparse.Namespace) -> int:
     from prunelora_keras import pipeline
 
     if not pipeline.on_jax():
+        needs_jax = methods.jax_only(cfg.unlearn.paradigms)
+        if needs_jax:
+            raise UserError(f"{', '.join(needs_jax)} run on the jax backend only; unset KERAS_BACKEND (now "
+                            f"{keras.backend.backend()}) or drop them from --paradigms")
         pipeline.log(f"backend {keras.backend.backend()}: training with Keras's fit (the compiled JAX loop, resume "
                      "within a stage, the prefix cache and data-parallel training need the jax backend)")
     seeds = None

@@ -23,7 +23,7 @@ from prunelora_keras.data import Dataset, Subset, UnlearningSplit
 from prunelora_keras.errors import UserError
 from prunelora_keras.fit_loop import FitTrainer
 from prunelora_keras.lora import replace_layers
-from prunelora_keras.methods import MethodContext, Plan, get
+from prunelora_keras.methods import MethodContext, Plan, get, names
 from prunelora_keras.paradigms import config_targets
 from prunelora_keras.precision import training_model
 from prunelora_keras.prefix_cache import cache_features, feature_bytes, split_frozen_prefix
@@ -86,6 +86,10 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
     if method.prepare is None:
         raise UserError(f"{name} is not an unlearning method that prepares a model: it is the exact baseline, a new "
                         "model trained from scratch on the retained data")
+    if not on_jax() and not method.keras_fit:
+        raise UserError(f"{name} runs on the jax backend only (its optimiser, loss or data stream has no Keras fit "
+                        f"equivalent here); unset KERAS_BACKEND (now {keras.backend.backend()}) or choose one of "
+                        f"{', '.join(n for n in names() if get(n).keras_fit)}")
     plan = method.prepare(ctx)
     set_bn_policy(plan.model, ctx.options.bn)  # adapters' model surgery keeps the flags; the same policy, stated
     if verbose and plan.description:

@@ -165,3 +165,13 @@ def test_torch_backend_runs_the_paradigms_and_refuses_the_rest_clearly():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "finetune torch" in proc.stdout and "pruned_lora torch" in proc.stdout
     assert "refused: scrub runs on the jax backend only" in proc.stdout
+
+
+def test_the_command_refuses_jax_only_methods_on_torch_before_training(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "prunelora_keras.run", "--model", "vit", "--preset", "quick",
+                           "--paradigms", "retrain,lora,scrub", "--out", str(tmp_path / "r")],
+                          env=clean_env() | {"KERAS_BACKEND": "torch"}, cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: scrub run on the jax backend only")
+    assert not (tmp_path / "r" / "checkpoints").exists()

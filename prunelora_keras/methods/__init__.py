@@ -10,11 +10,11 @@ Example:
     ('retrain', 'finetune', 'pruned', 'lora', 'pruned_lora')
 """
 
-from prunelora_keras.methods.registry import (RETRAIN, Method, MethodContext, Plan, Targets, by_kind, get, label,
-                                              names, register)
+from prunelora_keras.methods.registry import (RETRAIN, Method, MethodContext, Plan, Targets, by_kind, get, jax_only,
+                                              label, names, register)
 from prunelora_keras.methods import paper  # noqa: E402,F401  (registers retrain and the paradigms)
 from prunelora_keras.methods import baselines  # noqa: E402,F401
 from prunelora_keras.methods import neggrad  # noqa: E402,F401
 from prunelora_keras.methods import scrub  # noqa: E402,F401
 
-__all__ = ["RETRAIN", "Method", "MethodContext", "Plan", "Targets", "by_kind", "get", "label", "names", "register"]
+__all__ = ["RETRAIN", "Method", "MethodContext", "Plan", "Targets", "by_kind", "get", "jax_only", "label", "names", "register"]

@@ -87,11 +87,11 @@ _OPTIM = ("optimizer", "lr", "weight_decay", "batch_size", "bn", "paradigm_l1")
 _PRUNE = ("prune_amount", "prune_mode", "prune_classifier", "prune_heads")
 _LORA = ("lora_rank", "lora_alpha", "lora_dropout")
 register(Method(RETRAIN, "Retrain", None, "the exact baseline: a new model trained from scratch on D_r", "paper"))
-register(Method("finetune", "Finetune", prepare_finetune, "fine-tune every parameter on D_r", "paper", _OPTIM))
+register(Method("finetune", "Finetune", prepare_finetune, "fine-tune every parameter on D_r", "paper", _OPTIM, keras_fit=True))
 register(Method("pruned", "Pruned", prepare_pruned, "structured L2 pruning, then fine-tune on D_r", "paper",
-                _OPTIM + _PRUNE))
+                _OPTIM + _PRUNE, keras_fit=True))
 register(Method("lora", "LoRA", prepare_lora, "LoRA adapters on a frozen base, trained on D_r", "paper",
-                _OPTIM + _LORA))
+                _OPTIM + _LORA, keras_fit=True))
 register(Method("pruned_lora", "Pruned LoRA", prepare_pruned_lora,
                 "PruneLoRA: structured L2 pruning, then LoRA adapters trained on D_r", "paper",
-                _OPTIM + _PRUNE + _LORA))
+                _OPTIM + _PRUNE + _LORA, keras_fit=True))

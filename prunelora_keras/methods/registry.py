@@ -165,6 +165,8 @@ class Method:
         kind: "paper" (the paper's paradigms) or "baseline" (methods of the literature); the
             report lists them in registration order within each kind.
         options: the names of the ``UnlearnConfig`` options the method reads (for the docs).
+        keras_fit: the method also runs through Keras's ``fit`` on the torch and tensorflow
+            backends (its plan has a ``keras_recipe``, plain cross-entropy and no batch stream).
     """
 
     name: str
@@ -173,6 +175,12 @@ class Method:
     summary: str = ""
     kind: str = "baseline"
     options: tuple[str, ...] = ()
+    keras_fit: bool = False
+
+
+def jax_only(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that need the jax backend (``retrain`` never does)."""
+    return [n for n in names if n != RETRAIN and not get(n).keras_fit]
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -197,6 +205,7 @@ def register(method: Method, *, replace: bool = False) -> Method:
         >>> _ = methods.register(methods.Method("head_only", "Head only", prepare), replace=True)
         >>> "head_only" in methods.names()
         True
+        >>> _ = methods.registry._REGISTRY.pop("head_only")  # (the example tidies up after itself)
     """
     if not method.name.isidentifier() or method.name != method.name.lower():
         raise ValueError(f"a method's name must be a lowercase identifier, got {method.name!r}")
