@@ -34,6 +34,7 @@ _PUBLIC = {
     "sparsity_report": "prunelora_keras.pruning",
     "Trainer": "prunelora_keras.train", "train_step": "prunelora_keras.step", "LossInputs": "prunelora_keras.step",
     "UnlearnConfig": "prunelora_keras.options", "methods": "prunelora_keras.methods",
+    "prepare_method": "prunelora_keras.unlearning",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

@@ -80,7 +80,16 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
         prefix_cache_max_gb: host memory the cached features may take.
         verbose: progress lines.
     Returns:
-        ``Prepared``; call its ``fit``.
+        ``Prepared``; call its ``fit``. ``plk.unlearn`` is this plus ``fit`` and the merged model;
+        call it directly to evaluate between epochs or to save and resume the trainer's state, as
+        the experiment does.
+
+    Example:
+        >>> ctx = methods.MethodContext(model_copy, plk.unlearn_options(), retain, forget, 10,  # doctest: +SKIP
+        ...                             (0.0,), (1.0,), 0, plk.find_targets(model_copy).targets, epochs=5)
+        >>> prepared = prepare_method("pruned_lora", ctx)  # doctest: +SKIP
+        >>> history = prepared.fit(5, batch_size=128, on_epoch_end=lambda stats: print(stats.epoch))  # doctest: +SKIP
+        >>> unlearned = prepared.plan.eval_model()  # doctest: +SKIP
     """
     method = get(name)
     if method.prepare is None:
