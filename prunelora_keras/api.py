@@ -295,13 +295,13 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     flags = {layer.name: layer.trainable for layer in model.layers}
     set_bn_policy(work, opts.bn)
     found = find_targets(work, targets, lora_targets, train_in_full, classifier, opts.prune_classifier)
-    if found.not_wrappable and method in ("lora", "pruned_lora") and verbose:
-        print(f"{method}: no adapter for {', '.join(f'{n} ({w})' for n, w in list(found.not_wrappable.items())[:6])}"
-              f"{' ...' if len(found.not_wrappable) > 6 else ''}: frozen", file=sys.stderr, flush=True)
     classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
     ctx = MethodContext(work, opts, Subset(x_r, y_r), Subset(x_f, y_f), num_classes, (0.0,), (1.0,), seed,
                         found.targets, False, 256, epochs, tuple(int(c) for c in np.unique(y_f)) if classwise else ())
     prep = prepare_method(method, ctx, verbose=verbose)
+    if found.not_wrappable and prep.plan.uses_lora and verbose:  # reported, never silently skipped
+        print(f"{method}: no adapter for {', '.join(f'{n} ({w})' for n, w in list(found.not_wrappable.items())[:6])}"
+              f"{' ...' if len(found.not_wrappable) > 6 else ''}: frozen", file=sys.stderr, flush=True)
     history = prep.fit(epochs, opts.batch_size, False, on_epoch_end)
     out = _with_callers_layer_types(prep.plan.eval_model(), model)
     for layer in out.layers:  # the caller's trainable flags back (the BatchNorm policy and Keras's fit change them)

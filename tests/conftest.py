@@ -9,6 +9,12 @@ from pathlib import Path
 # (a tiny run's 40 s fall to 16 s). Same executables, same numbers.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"prunelora-test-xla-{os.getuid()}"))
 
+# Tests compile hundreds of small programs and run each for a few steps: XLA's cheaper back-end
+# optimisation compiles them about 40% faster (measured on a MobileNetV3 step: 14.8 s -> 8.5 s) and
+# computes the same functions. Set before JAX starts; the subprocesses inherit it. An exported
+# XLA_FLAGS wins.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
 import prunelora_keras  # noqa: F401,E402  (must precede any keras import)
 import pytest
 

@@ -40,8 +40,9 @@ def _fit(model, x, y, epochs):
 def mobilenet(digits):
     """MobileNetV3Small at 32x32, random init, ending in logits; trained briefly by plain ``fit``."""
     (x_r, y_r), (x_f, y_f), _ = digits
-    model = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.75,
-                                                minimalistic=True, classifier_activation=None, dropout_rate=0.0)
+    from unlearn_your_model import mobilenet as build  # BatchNorm momentum 0.9: meaningful after a few epochs
+
+    model = build()
     return _fit(model, np.concatenate([x_r, x_f]), np.concatenate([y_r, y_f]), 3)
 
 
