@@ -149,16 +149,18 @@ def test_a_plain_fit_keeps_pruned_units_zero_with_prunemasks():
 
 
 TORCH_SCRIPT = """
+import sys
 import numpy as np, keras, prunelora_keras as plk
 from prunelora_keras.errors import UserError
+sys.path.insert(0, "examples")
+from unlearn_your_model import digits_32, mobilenet
 keras.utils.set_random_seed(0)
-m = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Conv2D(8, 3, name="conv"), keras.layers.Flatten(),
-                      keras.layers.Dense(3, name="head")])
-rng = np.random.default_rng(0)
-x, y = rng.normal(size=(60, 4, 4, 3)).astype("float32"), np.repeat(np.arange(3), 20)
-r, f = (x[y != 2], y[y != 2]), (x[y == 2], y[y == 2])
+(x, y), _ = digits_32()
+x, y = x[:150], y[:150]
+r, f = (x[y != 3], y[y != 3]), (x[y == 3], y[y == 3])
+m = mobilenet()  # the keras.applications model of the jax tests, on Keras's torch backend
 for name in ("finetune", "pruned_lora"):
-    res = plk.unlearn(m, r, f, method=name, epochs=1, batch_size=16, verbose=False)
+    res = plk.unlearn(m, r, f, method=name, epochs=1, batch_size=50, verbose=False)
     print(name, keras.backend.backend(), round(plk.evaluate(res.model, r, f, r)["UA"], 2))
 try:
     plk.unlearn(m, r, f, method="scrub", epochs=1, verbose=False)
