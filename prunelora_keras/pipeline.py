@@ -141,7 +141,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         log(f"{name}: reusing finished results {done}")
         return _load_finished(done)
     prep = prepare_paradigm(name, cfg, original_ckpt, ds, split, distribution)
-    recipe, trainer, diagnostics, cache_facts = prep.recipe, prep.trainer, prep.diagnostics, prep.cache_facts
+    recipe, trainer, diagnostics, cache_facts = prep.plan, prep.trainer, prep.diagnostics, prep.cache_facts
     total = max(u.epochs)
     if not prep.resumable:
         state_path = None  # Keras's fit is not resumable mid-paradigm; finished paradigms still are reused

@@ -55,10 +55,6 @@ class Prepared:
     diagnostics: dict[str, Any] = field(default_factory=dict)  # what the pruning step zeroed
     resumable: bool = True  # epoch-end state can be saved and resumed (the compiled JAX loop)
 
-    @property
-    def recipe(self) -> Plan:  # the name the experiment's code grew up with
-        return self.plan
-
     def fit(self, epochs: int, batch_size: int, drop_last: bool = False, on_epoch_end=None,
             first_epoch: int = 1) -> list[EpochStats]:
         """Train ``epochs`` epochs (numbered from ``first_epoch``); returns their statistics."""
@@ -96,9 +92,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
         raise UserError(f"{name} is not an unlearning method that prepares a model: it is the exact baseline, a new "
                         "model trained from scratch on the retained data")
     if not on_jax() and not method.keras_fit:
-        raise UserError(f"{name} runs on the jax backend only (its optimiser, loss or data stream has no Keras fit "
-                        f"equivalent here); unset KERAS_BACKEND (now {keras.backend.backend()}) or choose one of "
-                        f"{', '.join(n for n in names() if get(n).keras_fit)}")
+        raise _needs_jax(name)
     plan = method.prepare(ctx)
     set_bn_policy(plan.model, ctx.options.bn)  # adapters' model surgery keeps the flags; the same policy, stated
     if verbose and plan.description:
@@ -122,14 +116,18 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
             fit_kwargs["stream"] = plan.stream
     else:
         if plan.keras_recipe is None or plan.stream is not None or plan.loss is not None:
-            raise UserError(f"{name} runs on the jax backend only (its optimiser, loss or data stream has no Keras fit "
-                            f"equivalent here); unset KERAS_BACKEND (now {keras.backend.backend()}) or choose one of "
-                            "finetune, pruned, lora, pruned_lora")
+            raise _needs_jax(name)  # a method registered with keras_fit=True whose plan has no Keras equivalent
         steps = ctx.steps_per_epoch(len(plan.y)) * ctx.epochs
         trainer = FitTrainer(train_model, plan.keras_recipe, steps, ctx.num_classes, ctx.mean, ctx.std,
                              train_vars=plan.train_vars, masks=masks, seed=ctx.seed, label=label or name)
         fit_kwargs = {}
     return Prepared(name, plan, trainer, x, plan.y, fit_kwargs, cache_facts, diagnostics, resumable=on_jax())
+
+
+def _needs_jax(name: str) -> UserError:
+    return UserError(f"{name} runs on the jax backend only (its optimiser, loss or data stream has no Keras fit "
+                     f"equivalent here); unset KERAS_BACKEND (now {keras.backend.backend()}) or choose one of "
+                     f"{', '.join(n for n in names() if get(n).keras_fit)}")
 
 
 def _prefix_cached(plan: Plan, ctx: MethodContext, name: str, max_gb: float) -> tuple[Any, Any, bool, dict[str, Any]]:

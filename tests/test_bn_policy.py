@@ -44,10 +44,10 @@ def test_every_method_prepares_under_both_batchnorm_policies(originals, model, b
     cfg = build_config(model, "quick", sets=SMALL + [f"unlearn.bn={bn}"])
     for method in METHODS:
         prep = prepare_paradigm(method, cfg, path, ds, split)
-        bn_vars = [v for layer in prep.recipe.model.layers if isinstance(layer, keras.layers.BatchNormalization)
+        bn_vars = [v for layer in prep.plan.model.layers if isinstance(layer, keras.layers.BatchNormalization)
                    for v in layer.trainable_weights]
         assert (len(bn_vars) > 0) == (bn == "update"), method  # freeze: BatchNorm trains nothing
-        assert prep.recipe.train_vars and all(v.trainable for v in prep.recipe.train_vars), method
+        assert prep.plan.train_vars and all(v.trainable for v in prep.plan.train_vars), method
 
 
 @pytest.mark.slow
