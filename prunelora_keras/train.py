@@ -34,8 +34,8 @@ from prunelora_keras.distributed import Placement, device_count
 from prunelora_keras.optim import make_optimizer, make_schedule  # noqa: F401  (the loop's optimisers, re-exported)
 from prunelora_keras.predict import accuracy, architecture_key, padded_batches, predict_logits  # noqa: F401
 from prunelora_keras.progress import Progress
-from prunelora_keras.step import (LossInputs, StepConsts, StepSpec, TrainState, cross_entropy_loss, merge_values,
-                                  train_step)
+from prunelora_keras.step import (LossInputs, StepConsts, StepSpec, TrainState, apply_masks, cross_entropy_loss,
+                                  merge_values, train_step)
 
 Batch = dict[str, tuple[Any, np.ndarray]]  # named parts, each (inputs, integer labels)
 
@@ -176,7 +176,8 @@ class Trainer:
                              tuple(frozen_index), mask_values, tuple(self.mean), tuple(self.std),
                              tuple(self.augment), self.mixup_alpha, self.features)
         # Copies: the step donates these buffers, and the model's own variables must stay valid.
-        self.train_values = self._apply_masks([jnp.array(model_trainable[i].value, copy=True) for i in train_index])
+        self.train_values = apply_masks(self.spec.masks, [jnp.array(model_trainable[i].value, copy=True)
+                                                          for i in train_index])
         self.frozen_values = [model_trainable[i].value for i in frozen_index]
         self.non_trainable_values = [jnp.array(v.value, copy=True) for v in self.model.non_trainable_variables]
         self.opt_state = self.optimizer.init(self.train_values)
@@ -221,9 +222,6 @@ class Trainer:
     @property
     def trainable_count(self) -> int:
         return int(sum(np.prod(v.shape) for v in self.train_values))
-
-    def _apply_masks(self, values):
-        return [v if m is None else v * m for v, m in zip(values, self.spec.masks)]
 
     def _state(self) -> TrainState:
         return TrainState(self.train_values, self.non_trainable_values, self.opt_state)
