@@ -319,6 +319,10 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         f"{forget_description(split, ds)}), test {len(split.test)}, images {ds.image_shape}")
     data_id = data_identity(cfg)
     distribution = make_distribution(cfg)
+    if cfg.unlearn.eval_models:
+        from prunelora_keras.many_models import check_pools
+
+        check_pools(cfg, ds, distribution)
     try:
         original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id,
                                                distribution, original_dir)
@@ -333,6 +337,14 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
     else:
         rows, losses, _ = unlearn_round(cfg, split, ds, {}, original.checkpoint, out_dir, data_id, distribution, stages)
         requests = None
+        if cfg.unlearn.eval_models:
+            from prunelora_keras import many_models
+
+            per_example = many_models.run_pools(cfg, ds, split, original.checkpoint, out_dir, data_id, rows,
+                                                distribution)
+            many_models.save_per_example(per_example, out_dir / "per_example.npz")
+            many_models.plot_forgetting_quality(per_example, out_dir / "forgetting_quality.png",
+                                                f"{cfg.model.name}: per-example scores, K = {cfg.unlearn.eval_models}")
     results = {
         "config": cfg.to_dict(),
         "seed": cfg.seed,
@@ -366,6 +378,9 @@ def accuracy_table(results: dict[str, Any]) -> str:
 
 def summary(results: dict[str, Any]) -> str:
     """What the command prints at the end: stage accuracies, then the paper's table."""
-    extra = evaluation_table(results)
+    from prunelora_keras.many_models import pool_table
+
+    extra, pools = evaluation_table(results), pool_table(results)
     return fit_width("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
-                     + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else ""))
+                     + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else "")
+                     + (f"\n\nMany-model evaluation (largest epoch count):\n{pools}" if pools else ""))

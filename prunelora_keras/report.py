@@ -27,7 +27,8 @@ ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc",
             "attack_acc_entropy_svc", "attack_acc_m_entropy_svc", "attack_degenerate_loss_logreg",
             "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc", "attack_degenerate_m_entropy_svc",
             "probe_forget_acc", "probe_forget_acc_test", "cka_forget", "cka_retain", "relearn_steps", "relearn_capped",
-            "classifier_rows_pruned", "forget_row_pruned")
+            "classifier_rows_pruned", "forget_row_pruned", "forgetting_quality", "forgetting_quality_ceiling",
+            "klom_forget", "klom_retain", "klom_test", "eval_models")
 DAGGER = "†"
 DAGGER_NOTE = (f"{DAGGER} degenerate attack: on its own shadow data it does no better than predicting its larger class "
                "for everything (within 2 points), so that efficacy says nothing about the model.")
@@ -278,8 +279,12 @@ def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[
     _atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
     _atomic_write(out_dir / "results.csv", results_csv(results["rows"]))
     extra = evaluation_table(results)
+    from prunelora_keras.many_models import pool_table
+
+    pools = pool_table(results)
     _atomic_write(out_dir / "results.md", paper_table(results) + "\n"
-                  + (f"\nEvaluation beyond the paper (largest epoch count):\n\n{extra}\n" if extra else ""))
+                  + (f"\nEvaluation beyond the paper (largest epoch count):\n\n{extra}\n" if extra else "")
+                  + (f"\nMany-model evaluation (largest epoch count):\n\n{pools}\n" if pools else ""))
     if losses:
         epochs = max((r["epochs"] for r in results["rows"] if r.get("status", "ok") == "ok"), default=0)
         plot_loss_histograms(losses, out_dir / "loss_histograms.png",

@@ -92,6 +92,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", metavar="E1,E2,...",
                         help="unlearning epoch columns, e.g. 5,10 (default); one run of the largest, the others "
                              "evaluated on the way")
+    parser.add_argument("--eval-models", type=int, metavar="K",
+                        help="many-model evaluation: train K Retrain models twice (the oracle and the ceiling) and K "
+                             "runs of every method as pools, and add the NeurIPS 2023 challenge's forgetting quality "
+                             "and KLoM (default off)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")
     parser.add_argument("--seeds", metavar="S1,S2,...",
                         help="run everything once per seed (into <out>/seed<N>/) and report mean and standard "
@@ -187,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["model.weights"] = args.weights
         if args.paradigms is not None:
             overrides["unlearn.paradigms"] = args.paradigms
+        if args.eval_models is not None:
+            overrides["unlearn.eval_models"] = args.eval_models
         if args.epochs is not None:
             overrides["unlearn.epochs"] = args.epochs
         if args.forget_each is not None:
