@@ -199,23 +199,22 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
     for tag in ("retrain", "retrain_ceiling"):
         path, make = retrain_pool(tag)
         logits[tag], facts[tag] = train_pool(tag, make, cfg.retrain.epochs, path, split, ds, cfg.data.eval_batch_size)
-    original = None
     for name in u.paradigms:
         if name == "retrain":
             continue
         seeds = member_seeds(cfg.seed, "unlearn", k)  # every method's pool: the same K seeds
         path = pools_dir / f"{name}-{pool_key(name, [paradigm_key(name, cfg, original_ckpt), seeds])}.npz"
-        if original is None and not path.is_file():
+
+        def make_context(seed: int):  # member k is the single run of seed k: prepare_paradigm's own path
+            keras.utils.set_random_seed(seed)
             original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
+            original = training_model(with_flat_dense(original), u.precision)
+            set_bn_policy(original, u.bn)
+            return config_context(dataclasses.replace(cfg, seed=seed), original, ds, split)
 
-        def make_context(seed: int, name=name):
-            model = training_model(with_flat_dense(original), u.precision)
-            copy = _copy(model)
-            set_bn_policy(copy, u.bn)
-            return dataclasses.replace(config_context(cfg, copy, ds, split), seed=seed)
-
-        logits[name], facts[name] = train_pool(name, lambda name=name, seeds=seeds, mc=make_context: method_pool(
-            name, mc, seeds, mode=mode, devices=devices), max(u.epochs), path, split, ds, cfg.data.eval_batch_size)
+        logits[name], facts[name] = train_pool(name, lambda name=name, seeds=seeds: method_pool(
+            name, make_context, seeds, mode=mode, devices=devices), max(u.epochs), path, split, ds,
+            cfg.data.eval_batch_size)
     n = min(u.eval_models_retain_sample, len(split.retain))
     retain_sample = np.sort(np.random.default_rng([cfg.seed, 7]).choice(len(split.retain), n, replace=False))
     per_example: dict[str, dict[str, np.ndarray]] = {}
@@ -229,12 +228,6 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
     _attach(rows, "retrain", {**ceiling_row, "pool_epoch_s": facts["retrain"].get("epoch_s"),
                               "pool_mode": facts["retrain"].get("mode")}, ceiling_row["forgetting_quality"])
     return per_example
-
-
-def _copy(model: keras.Model) -> keras.Model:
-    from prunelora_keras.api import copy_model
-
-    return copy_model(model)
 
 
 def _attach(rows: list[dict[str, Any]], name: str, values: dict[str, Any], ceiling: float) -> None:

@@ -1,0 +1,178 @@
+"""Pools (ensemble.PoolTrainer, pools.py): K models trained at once are the K models the single loop
+trains one at a time with the same seeds, in every mode; state saves and resumes; the K axis
+shards over devices."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import optax
+import pytest
+
+from conftest import REPO, clean_env
+from prunelora_keras import methods
+from prunelora_keras.api import copy_model, find_targets, unlearn_options
+from prunelora_keras.checkpoint import load_state, save_state
+from prunelora_keras.config import TrainConfig
+from prunelora_keras.data import Subset
+from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds, pool_bytes
+from prunelora_keras.pools import method_pool, scratch_pool
+from prunelora_keras.train import ArrayStream, Trainer, make_optimizer, set_bn_policy
+from prunelora_keras.unlearning import prepare_method
+
+MEAN, STD = (127.0,) * 3, (64.0,) * 3
+RECIPE = TrainConfig(epochs=2, optimizer="adam", lr=1e-2, augment=["crop", "flip"])
+
+
+def _cnn(seed):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", use_bias=False, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(momentum=0.9)(h)
+    h = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h)))
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 200, (n, 8, 8, 3), dtype=np.uint8)
+    x[np.arange(n), :, :, y] = 255
+    return x, y
+
+
+def _single(seed, x, y, epochs=2, batch=16):
+    set_bn_policy(model := _cnn(seed), "update")
+    steps = -(-len(y) // batch) * RECIPE.epochs
+    trainer = Trainer(model, make_optimizer(RECIPE, steps), 3, MEAN, STD, augment=RECIPE.augment, seed=seed,
+                      verbose=False)
+    trainer.fit(x, y, epochs, batch)
+    return [np.asarray(v) for v in trainer.train_values + trainer.non_trainable_values]
+
+
+def _pool(seeds, x, y, mode):
+    return scratch_pool(_cnn, RECIPE, x, y, 16, 3, MEAN, STD, seeds, mode=mode, verbose=False)
+
+
+@pytest.mark.parametrize("mode", ["vmap", "map", "loop"])
+def test_a_pool_reproduces_the_single_loop_member_by_member(mode):
+    x, y = _data()
+    seeds = [3, 11, 5]
+    pool = _pool(seeds, x, y, mode)
+    history = pool.fit(2)
+    assert pool.mode == mode and [h.epoch for h in history] == [1, 2]
+    assert np.asarray(pool.train_values[0]).shape[0] == 3  # stacked: leading K axis
+    for k, seed in enumerate(seeds):  # 3 steps x 2 epochs of Adam, dropout, crop, flip, BatchNorm
+        trained, non_trainable = pool.member_values(k)
+        for got, want in zip([np.asarray(v) for v in trained + non_trainable], _single(seed, x, y)):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # << one Adam step (1e-2)
+    logits = pool.logits(x, MEAN, STD, batch_size=16)
+    assert logits.shape == (3, len(x), 3)
+    assert not np.allclose(logits[0], logits[1])  # different seeds, different models
+
+
+def test_pool_state_saves_and_resumes_to_the_uninterrupted_result(tmp_path):
+    x, y = _data()
+    seeds = [1, 2]
+    whole = _pool(seeds, x, y, "loop")
+    whole.fit(2)
+    first = _pool(seeds, x, y, "loop")
+    first.fit(1)
+    save_state(tmp_path / "pool.npz", first, {"epoch": 1})
+    resumed = _pool(seeds, x, y, "vmap")  # another mode reads the same stacked file
+    load_state(tmp_path / "pool.npz", resumed)
+    resumed.fit(1, first_epoch=2)
+    for a, b in zip(resumed.train_values, whole.train_values):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_method_pools_share_frozen_values_and_match_single_runs():
+    """A LoRA pool: adapters differ per seed, the original's frozen weights are held once; member k
+    is ``prepare_method`` with seed k trained alone."""
+    x, y = _data(48)
+    model = _cnn(0)
+    Trainer(model, optax.adam(1e-2), 3, MEAN, STD, verbose=False).fit(x, y, 3, 16)
+    retain, forget = Subset(x[y != 2], y[y != 2]), Subset(x[y == 2], y[y == 2])
+    opts = unlearn_options(batch_size=8, lora_rank=2)
+    targets = find_targets(model).targets
+
+    def ctx(seed):  # built as the experiment builds a run of seed ``seed`` (dropout's seed generator included)
+        keras.utils.set_random_seed(seed)
+        return methods.MethodContext(copy_model(model), opts, retain, forget, 3, MEAN, STD, seed, targets, epochs=1)
+
+    seeds = member_seeds(0, "unlearn", 2)
+    pool = method_pool("lora", ctx, seeds, mode="vmap", verbose=False)
+    assert not pool.frozen_stacked and pool.frozen_values  # the frozen base: once, not per member
+    pool.fit(1)
+    for k, seed in enumerate(seeds):
+        prepared = prepare_method("lora", ctx(seed), prefix_cache="off", verbose=False)
+        prepared.trainer.verbose = False
+        prepared.fit(1, 8)
+        want = [np.asarray(v) for v in prepared.trainer.train_values]
+        got = [np.asarray(v[k]) for v in pool.train_values]
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    a0, a1 = (np.asarray(v) for v in pool.train_values[0])
+    assert not np.allclose(a0, a1)  # adapter init differs per seed
+
+
+def test_members_that_do_not_share_a_layout_are_refused():
+    x, y = _data()
+    narrow = Trainer(_cnn(0), optax.sgd(0.1), 3, MEAN, STD, verbose=False)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    other = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    wide = Trainer(other, optax.sgd(0.1), 3, MEAN, STD, verbose=False)
+    with pytest.raises(ValueError, match="share one architecture"):
+        PoolTrainer([narrow, wide], [ArrayStream(x, y, 8)] * 2)
+    with pytest.raises(ValueError, match="mode"):
+        choose_mode("fast")
+
+
+def test_pool_bytes_counts_state_and_the_steps_working_memory():
+    trainer = Trainer(_cnn(0), optax.adam(1e-3), 3, MEAN, STD, verbose=False)
+    state, work, shared = pool_bytes(trainer, 16)
+    params = sum(int(np.prod(v.shape)) for v in trainer.model.trainable_variables) * 4
+    assert state >= 3 * params  # values + Adam's two moments
+    assert work > 0 and shared == 0
+    assert member_seeds(0, "a", 4) == member_seeds(0, "a", 4) != member_seeds(0, "b", 4)
+    assert len(set(member_seeds(0, "a", 64))) == 64 and max(member_seeds(0, "a", 64)) < 2**31
+
+
+SHARDED = r"""
+import json, numpy as np
+import prunelora_keras, jax, keras
+from prunelora_keras.config import TrainConfig
+from prunelora_keras.pools import scratch_pool
+assert jax.device_count() == 2
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8), rng.integers(0, 3, 24)
+def cnn(seed):
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+recipe = TrainConfig(epochs=1, optimizer="adam", lr=1e-2)
+out = {}
+for devices in (None, jax.devices()):
+    pool = scratch_pool(cnn, recipe, x, y, 8, 3, (127.,) * 3, (64.,) * 3, [1, 2, 3, 4], mode="vmap", devices=devices,
+                        verbose=False)
+    pool.fit(1)
+    out[str(devices is not None)] = {"w": [np.asarray(v).ravel().tolist() for v in pool.train_values],
+                                     "shards": len(pool.train_values[0].sharding.device_set),
+                                     "logits": pool.logits(x, (127.,) * 3, (64.,) * 3, 8).ravel().tolist()}
+print(json.dumps(out))
+"""
+
+
+def test_the_k_axis_shards_over_devices_with_the_same_result():
+    proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=clean_env() | {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["True"]["shards"] == 2 and out["False"]["shards"] == 1
+    for a, b in zip(out["True"]["w"], out["False"]["w"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["True"]["logits"], out["False"]["logits"], rtol=1e-5, atol=1e-5)
+

@@ -1,0 +1,79 @@
+"""The command's many-model evaluation (``--eval-models K``): pools, scores, files, reuse, resume,
+and the flag's validation (one ``error:`` line, exit 2)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, clean_env
+
+TINY = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "retrain.epochs=2",
+        "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
+        "--set", "data.train_size=300", "--paradigms", "retrain,finetune,lora", "--epochs", "1"]
+COLUMNS = ("forgetting_quality", "forgetting_quality_ceiling", "klom_forget", "klom_retain", "klom_test")
+
+
+def _cli(args, out=None, env_extra=None) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "prunelora_keras.run", *TINY, *args] + (["--out", str(out)] if out else [])
+    return subprocess.run(argv, env=clean_env() | (env_extra or {}), cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+
+
+def _scores(out) -> dict:
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return {r["paradigm"]: tuple(r.get(c) for c in COLUMNS) for r in rows}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--eval-models", "1"], "must be 0 (off) or a number of models per pool from 2"),
+    (["--eval-models", "100000", "--set", "model.dim=64", "--set", "model.depth=2", "--set", "model.mlp_dim=128"],
+     "the largest K that fits is"),
+    (["--eval-models", "3", "--forget-class", "3,5"], "does not combine with continual requests"),
+])
+def test_bad_eval_models_end_with_one_line_and_exit_2(tmp_path, args, message):
+    proc = _cli(args, tmp_path / "r")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r" / "pools").exists()
+
+
+@pytest.mark.slow
+def test_eval_models_adds_the_scores_and_files_reuses_pools_and_a_killed_pool_resumes(tmp_path):
+    straight = tmp_path / "straight"
+    proc = _cli(["--eval-models", "3"], straight)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((straight / "results.json").read_text())
+    final = {r["paradigm"]: r for r in results["rows"]}
+    for name in ("retrain", "finetune", "lora"):
+        assert all(np.isfinite(final[name][c]) for c in COLUMNS), final[name]
+        assert final[name]["eval_models"] == 3
+    ceiling = final["retrain"]["forgetting_quality"]
+    assert final["finetune"]["forgetting_quality_ceiling"] == ceiling  # every method beside the same ceiling
+    assert 0 <= final["finetune"]["forgetting_quality"] <= 1 and 0 < ceiling <= 1
+    header = (straight / "results.csv").read_text().splitlines()[0]
+    assert all(c in header for c in COLUMNS)
+    assert "Many-model evaluation" in (straight / "results.md").read_text()
+    assert (straight / "forgetting_quality.png").stat().st_size > 10_000
+    with np.load(straight / "per_example.npz") as z:
+        assert set(z.files) >= {"finetune/epsilon_forget", "lora/klom_forget", "retrain/klom_test"}
+        assert len(z["finetune/epsilon_forget"]) == results["data"]["forget"]
+    pools = sorted(p.name.split("-")[0] for p in (straight / "pools").glob("*.npz"))
+    assert pools == ["finetune", "lora", "retrain", "retrain_ceiling"]
+    with np.load(next((straight / "pools").glob("lora-*.npz"))) as z:  # stacked weights and the pool's logits
+        assert z["logits_forget"].shape[:2] == (3, results["data"]["forget"]) and z["train_0"].shape[0] == 3
+
+    proc = _cli(["--eval-models", "3"], straight)  # finished: nothing trains again
+    assert proc.returncode == 0 and "x3 epoch" not in proc.stderr
+
+    crashed = tmp_path / "crashed"
+    proc = _cli(["--eval-models", "3"], crashed, {"PRUNELORA_KILL_AFTER": "pool-retrain:1"})
+    assert proc.returncode == -9 and len(list((crashed / "pools").glob("retrain-*.state.npz"))) == 1
+    proc = _cli(["--eval-models", "3"], crashed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pool-retrain: resuming after epoch 1" in proc.stderr
+    assert _scores(crashed) == _scores(straight)
+    assert not list((crashed / "pools").glob("*.state.npz"))
