@@ -8,7 +8,8 @@
 #
 # `run` installs the carried wheels without touching the image's own packages, then for each model
 # times 300 steps per paradigm (100 per epoch, 3 epochs; the prefix cache off and on) with
-# benchmarks/epoch_time.py on synthetic CIFAR-sized data (32x32 RGB, batch 128).
+# benchmarks/epoch_time.py on synthetic CIFAR-sized data (32x32 RGB, batch 128), then the many-model
+# pools of benchmarks/ensemble.py at K = 64 and 256.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-run}"
@@ -29,4 +30,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 for model in vit resnet50; do
   python3 benchmarks/epoch_time.py --model "$model" --preset paper --images 12800 --epochs 3 --cache both \
       --out "$out/gpu-epoch_time-$model.json" 2>&1 | tee "$out/gpu-epoch_time-$model.log" | grep -v '^{' || true
+done
+# Many-model pools (issue 16's goal on an accelerator: the pool at least 5x faster than sequential
+# training): the quick preset's models, K = 64 and 256, vmap (auto on a GPU) against one after another.
+for model in vit resnet50; do
+  python3 benchmarks/ensemble.py --model "$model" --preset quick --k 64,256 --modes vmap --torch auto \
+      --torch-max-k 64 --out "$out/gpu-ensemble-$model.json" 2>&1 | tee "$out/gpu-ensemble-$model.log" | grep -v '^{' || true
 done

@@ -35,6 +35,9 @@ _PUBLIC = {
     "Trainer": "prunelora_keras.train", "train_step": "prunelora_keras.step", "LossInputs": "prunelora_keras.step",
     "UnlearnConfig": "prunelora_keras.options", "methods": "prunelora_keras.methods",
     "prepare_method": "prunelora_keras.unlearning",
+    "PoolTrainer": "prunelora_keras.ensemble", "method_pool": "prunelora_keras.pools",
+    "scratch_pool": "prunelora_keras.pools", "forgetting_quality": "prunelora_keras.forgetting_quality",
+    "klom": "prunelora_keras.forgetting_quality", "unlearn_pool": "prunelora_keras.pools",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

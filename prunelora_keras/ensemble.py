@@ -118,7 +118,7 @@ class PoolTrainer:
         masks = [[np.zeros(0) if a is None else a for a in m.spec.masks] for m in members]
         if not _all_equal(masks):
             raise ValueError("pool members must enforce the same masks")
-        self.spec, self.members, self.streams = first.spec, list(members), list(streams)
+        self.spec, self.streams = first.spec, list(streams)  # the members themselves are not kept: their models go
         self.k, self.label, self.verbose = len(members), label, verbose
         self.devices = list(devices) if devices is not None and len(devices) > 1 else None
         if self.devices is not None and self.k % len(self.devices):
@@ -150,6 +150,7 @@ class PoolTrainer:
         self.place_state()
         self._keys = jax.jit(jax.vmap(lambda seed, step: jax.random.fold_in(jax.random.key(seed), step),
                                       in_axes=(0, None)))
+        self._key_block: tuple[int, np.ndarray] = (0, np.zeros((0,)))
         self._key_data = jax.jit(lambda seeds, step: jax.random.key_data(self._keys(seeds, step)))
 
     # ------------------------------------------------------------------ the stacked state (checkpoint.py's view)
@@ -216,11 +217,21 @@ class PoolTrainer:
             self._executables[signature] = self._step.lower(self._states[0], self._consts[0], part, key_data).compile()
         return self._executables[signature]
 
+    def _loop_keys(self, step: int) -> np.ndarray:
+        """Every member's key data for ``step``, computed 256 steps at a time (one dispatch, not one per step)."""
+        start, block = self._key_block
+        if not start <= step < start + len(block):
+            steps = jnp.arange(step, step + 256)
+            block = np.asarray(jax.vmap(lambda s: self._key_data(jnp.asarray(self.seeds), s))(steps))
+            self._key_block = (step, block)
+            start = step
+        return block[step - start]
+
     def step_once(self, parts: Sequence[dict]) -> list[dict[str, jax.Array]] | dict[str, jax.Array]:
         """One step of every member on its own batch (``parts[k]``); returns the metrics (a list of
         per-member dicts in loop mode, else one dict of (K,) arrays)."""
         if self.mode == "loop":
-            key_data = np.asarray(self._key_data(jnp.asarray(self.seeds), self.global_step))
+            key_data = self._loop_keys(self.global_step)
             out = []
             for k, part in enumerate(parts):
                 part = {name: (x, np.asarray(y).astype(np.int32)) for name, (x, y) in part.items()}
@@ -357,45 +368,3 @@ def member_seeds(seed: int, pool: str, k: int) -> list[int]:
     tag = int.from_bytes(pool.encode()[:8].ljust(8, b"\0"), "little")
     state = np.random.SeedSequence([seed, tag]).generate_state(k, np.uint32)
     return [int(s) >> 1 for s in state]
-
-
-def pool_bytes(trainer: Trainer, batch_size: int) -> tuple[int, int, int]:
-    """(state bytes per member, working bytes of one member's step, bytes shared by every member) of a
-    pool of ``trainer``'s kind. State: trained, non-trainable and optimiser values. Work: the
-    compiled step's temporaries and outputs (XLA's own memory analysis; 0 where a backend has
-    none). Shared: the frozen values and a teacher, held once. A vmapped pool needs K x (state +
-    work); the other modes K x state + one member's work."""
-
-    def nbytes(tree: Any) -> int:
-        return int(sum(np.prod(np.shape(a)) * np.dtype(a.dtype).itemsize for a in jax.tree_util.tree_leaves(tree)))
-
-    state = nbytes((trainer.train_values, trainer.non_trainable_values, trainer.opt_state))
-    shared = nbytes((trainer.frozen_values, trainer.teacher))
-    work = 0
-    try:
-        shape = trainer.model.inputs[0].shape[1:]
-        batch = {"train": (np.zeros((batch_size, *shape), np.uint8), np.zeros(batch_size, np.int32))}
-        analysis = trainer._step.lower(trainer._state(), trainer._consts(), batch, jax.random.key(0)).compile() \
-            .memory_analysis()
-        work = int(getattr(analysis, "temp_size_in_bytes", 0)) + int(getattr(analysis, "output_size_in_bytes", 0))
-    except Exception:  # noqa: BLE001 - a backend without a memory analysis: state only
-        work = 0
-    return state, work, shared
-
-
-def available_bytes() -> int:
-    """Memory a pool may use: the accelerator's free bytes, or the host's available memory on CPU."""
-    try:
-        stats = jax.local_devices()[0].memory_stats() or {}
-    except Exception:  # noqa: BLE001
-        stats = {}
-    if "bytes_limit" in stats:
-        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62  # unknown: no limit we can see

@@ -33,10 +33,10 @@ from prunelora_keras import forgetting_quality as fq
 from prunelora_keras.checkpoint import atomic_write_bytes, read_meta
 from prunelora_keras.config import Config
 from prunelora_keras.data import Dataset, UnlearningSplit
-from prunelora_keras.ensemble import PoolTrainer, available_bytes, choose_mode, member_seeds, pool_bytes
+from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds
 from prunelora_keras.errors import UserError
 from prunelora_keras.models import build_model
-from prunelora_keras.pools import method_pool, scratch_pool
+from prunelora_keras.pools import available_bytes, method_pool, pool_bytes, scratch_pool
 from prunelora_keras.precision import training_model
 from prunelora_keras.stages import resume, save_epoch, stage_key
 from prunelora_keras.train import EpochStats, set_bn_policy

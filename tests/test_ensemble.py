@@ -17,8 +17,8 @@ from prunelora_keras.api import copy_model, find_targets, unlearn_options
 from prunelora_keras.checkpoint import load_state, save_state
 from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import Subset
-from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds, pool_bytes
-from prunelora_keras.pools import method_pool, scratch_pool
+from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds
+from prunelora_keras.pools import method_pool, pool_bytes, scratch_pool
 from prunelora_keras.train import ArrayStream, Trainer, make_optimizer, set_bn_policy
 from prunelora_keras.unlearning import prepare_method
 
@@ -116,6 +116,21 @@ def test_method_pools_share_frozen_values_and_match_single_runs():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     a0, a1 = (np.asarray(v) for v in pool.train_values[0])
     assert not np.allclose(a0, a1)  # adapter init differs per seed
+
+
+def test_unlearn_pool_member_is_plk_unlearn_of_that_seed():
+    """The library's pool on a user's model: member k is ``plk.unlearn(..., seed=seeds[k])``."""
+    import prunelora_keras as plk
+
+    x, y = _data(48)
+    model = _cnn(0)
+    Trainer(model, optax.adam(1e-2), 3, MEAN, STD, verbose=False).fit(x, y, 3, 16)
+    xf = x.astype("float32") / 255.0  # the model's own input domain (nothing normalised for the user)
+    retain, forget = (xf[y != 2], y[y != 2]), (xf[y == 2], y[y == 2])
+    pool = plk.unlearn_pool(model, retain, forget, "finetune", seeds=[4, 9], epochs=1, batch_size=16, verbose=False)
+    single = plk.unlearn(model, retain, forget, "finetune", epochs=1, seed=9, batch_size=16, verbose=False)
+    np.testing.assert_allclose(pool.logits(forget[0], (0.0,), (1.0,))[1],
+                               single.model.predict(forget[0], verbose=0), rtol=1e-3, atol=1e-4)
 
 
 def test_members_that_do_not_share_a_layout_are_refused():
