@@ -1,6 +1,8 @@
-"""Render a run's results.json as the compact table the README quotes (values at 5 / 10 epochs).
+"""Render a run's results.json as the compact table the README quotes (values at 5 / 10 epochs), or
+with ``--many-models`` the many-model table of a ``--eval-models K`` run (largest epoch count).
 
     python benchmarks/readme_table.py runs/cpu-vit/results.json [more results.json ...]
+    python benchmarks/readme_table.py --many-models runs/vit-k32/results.json
 """
 
 from __future__ import annotations
@@ -47,8 +49,31 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def many_models_table(results: dict) -> str:
+    """Forgetting quality (beside its ceiling), KLoM and the single-model table's columns per method."""
+    from prunelora_keras.report import final_rows, method_label
+
+    final = final_rows([r for r in results["rows"] if r.get("status", "ok") == "ok"])
+    k = next(r["eval_models"] for r in final.values() if "eval_models" in r)
+    lines = ["| method | forgetting quality | spread | KLoM D_f | KLoM D_r | KLoM test | UA | RA | TA | Avg. Gap |",
+             "|---" * 10 + "|"]
+    for name, r in final.items():
+        if "forgetting_quality" not in r:
+            continue
+        label = "Retrain (2nd pool = ceiling)" if name == "retrain" else method_label(name)
+        gap = "-" if name == "retrain" else f"{r.get('avg_gap', float('nan')):.2f}"
+        lines.append(f"| {label} | {r['forgetting_quality']:.3f} | {r.get('spread_ratio_forget', float('nan')):.2f} | "
+                     f"{r['klom_forget']:.2f} | {r['klom_retain']:.2f} | "
+                     f"{r['klom_test']:.2f} | {r['UA']:.1f} | {r['RA']:.1f} | {r['TA']:.1f} | {gap} |")
+    lines.append(f"\nK = {k} models per pool; the ceiling (a second Retrain pool against the first) is "
+                 f"{final['retrain']['forgetting_quality_ceiling']:.3f}. Whole run {results['wall_s'] / 60:.1f} min.")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
+    many = "--many-models" in sys.argv
+    for path in [a for a in sys.argv[1:] if a != "--many-models"]:
         print(f"<!-- {path} -->")
-        print(table(json.load(open(path))))
+        results = json.load(open(path))
+        print(many_models_table(results) if many else table(results))
         print()

@@ -165,7 +165,14 @@ def score_pool(pool: dict[str, np.ndarray], oracle: dict[str, np.ndarray], split
                    "klom_retain": fq.klom(pool["retain"][:, retain_sample], oracle["retain"][:, retain_sample],
                                           y["retain"][retain_sample]),
                    "klom_test": fq.klom(pool["test_retain"], oracle["test_retain"], y["test_retain"])}
-    row = {"forgetting_quality": quality.score, "forget_score": quality.forget_score,
+    # How much the pool's members disagree, relative to Retrain's: runs that all start from one original can
+    # vary much less over seeds than models trained from scratch (pinned to the original) or more; the score
+    # compares whole distributions, so both show.
+    conf_u = fq.logit_scaled_confidence(pool["forget"], y["forget"])
+    conf_r = fq.logit_scaled_confidence(oracle["forget"], y["forget"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = float(np.median(conf_u.std(axis=0) / conf_r.std(axis=0)))
+    row = {"forgetting_quality": quality.score, "spread_ratio_forget": spread, "forget_score": quality.forget_score,
            "pool_RA": _accuracy(pool["retain"], y["retain"]), "pool_TA": _accuracy(pool["test_retain"], y["test_retain"]),
            "pool_UA": 100.0 - _accuracy(pool["forget"], y["forget"]), "eval_models": quality.num_models,
            "epsilon_median": float(np.median(quality.epsilon))}
@@ -254,20 +261,24 @@ def pool_table(results: dict[str, Any]) -> str:
     if not rows:
         return ""
     k = rows[0]["eval_models"]
-    head = ["method", "forgetting quality", "ceiling", "F (forget score)", "median epsilon", "KLoM D_f",
+    head = ["method", "forgetting quality", "ceiling", "F (forget score)", "median epsilon", "spread vs Retrain",
+            "KLoM D_f",
             "KLoM D_r", "KLoM test", "pool UA", "pool RA", "pool TA"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in final_rows(rows).items():
         label = method_label(name) + (" (second pool: the ceiling)" if name == "retrain" else "")
         cells = [label] + [f"{r[c]:.3f}" for c in ("forgetting_quality", "forgetting_quality_ceiling", "forget_score",
-                                                   "epsilon_median", "klom_forget", "klom_retain", "klom_test")]
+                                                   "epsilon_median", "spread_ratio_forget", "klom_forget",
+                                                   "klom_retain", "klom_test")]
         cells += [f"{r[c]:.2f}" for c in ("pool_UA", "pool_RA", "pool_TA")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"K = {k} models per pool. Forgetting quality (NeurIPS 2023 challenge) is at most its ceiling: a "
                   f"second Retrain pool scored against the first at the same K; with K models no rule can show an "
                   f"epsilon above about ceil(log(K - 1)) = {int(np.ceil(np.log(max(k - 1, 1))))}, so finer differences "
                   "are invisible. KLoM: mean KL between the pools' margin histograms per example (0 = "
-                  "indistinguishable from Retrain); D_r: a seeded sample."]
+                  "indistinguishable from Retrain); D_r: a seeded sample. Spread vs Retrain: median over D_f of the "
+                  "pool's standard deviation of the confidence across its models over the oracle's (below 1: the "
+                  "runs, all from one original, vary less than models trained from scratch)."]
     return "\n".join(lines)
 
 
@@ -283,14 +294,18 @@ def plot_forgetting_quality(per_example: dict[str, dict[str, np.ndarray]], path:
     panels = [("epsilon_forget", "epsilon on D_f (forgetting quality)"), ("klom_forget", "KLoM on D_f"),
               ("klom_retain", "KLoM on D_r (sample)"), ("klom_test", "KLoM on the retained test set")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
     for ax, (key, label) in zip(axes[0], panels):
         values = [v[key] for v in per_example.values()]
         top = max((float(np.max(v)) for v in values if len(v)), default=1.0)
-        bins = np.linspace(0, max(top, 1e-6), 30)
-        for name, v in per_example.items():
-            ax.hist(v[key], bins=bins, histtype="step", linewidth=1.4,
-                    label=method_label(name) + (" (ceiling)" if name == "retrain" else ""))
-        ax.set_title(label, fontsize=9)
+        clip = 6.0 if key == "epsilon_forget" else None  # epsilon: 0.5-wide bins of the score, the cap (50) at 6
+        bins = np.arange(0, 6.5, 0.5) if clip else np.linspace(0, max(top, 1e-6), 30)
+        for i, (name, v) in enumerate(per_example.items()):
+            ceiling = name == "retrain"
+            ax.hist(np.minimum(v[key], clip) if clip else v[key], bins=bins, histtype="step",
+                    linewidth=2.2 if ceiling else 1.2, color="black" if ceiling else colors[i % len(colors)],
+                    label=method_label(name) + (" (ceiling)" if ceiling else ""))
+        ax.set_title(label + (" (>= 6 at 6)" if clip else ""), fontsize=9)
         ax.set_xlabel("per example")
     axes[0][0].set_ylabel("examples")
     axes[0][-1].legend(fontsize=7)
