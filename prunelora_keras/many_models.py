@@ -90,7 +90,8 @@ def check_pools(cfg: Config, ds: Dataset, distribution: Any) -> None:
                         f"largest K that fits is {max(largest, 0)}" + ("" if largest >= 2 else
                                                                        " (too few: use a smaller model or preset)"))
     log(f"many-model evaluation: pools of {k} models ({mode} mode), about {need / 1e9:.2f} GB each "
-        f"({free / 1e9:.1f} GB free)")
+        f"({free / 1e9:.1f} GB free)" + ("; at K = 2 forgetting quality has no bin to score (it is 0 for every "
+                                          "method), only KLoM says something" if k == 2 else ""))
 
 
 def pool_key(kind: str, payload: Any) -> str:

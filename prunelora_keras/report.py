@@ -27,8 +27,11 @@ ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc",
             "attack_acc_entropy_svc", "attack_acc_m_entropy_svc", "attack_degenerate_loss_logreg",
             "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc", "attack_degenerate_m_entropy_svc",
             "probe_forget_acc", "probe_forget_acc_test", "cka_forget", "cka_retain", "relearn_steps", "relearn_capped",
-            "classifier_rows_pruned", "forget_row_pruned", "forgetting_quality", "forgetting_quality_ceiling",
-            "klom_forget", "klom_retain", "klom_test", "eval_models")
+            "classifier_rows_pruned", "forget_row_pruned")
+# --eval-models K only, on each method's row at its largest epoch count (many_models.py)
+MANY_MODEL_KEYS = ("forgetting_quality", "forgetting_quality_ceiling", "klom_forget", "klom_retain", "klom_test",
+                   "eval_models")
+ROW_KEYS = ROW_KEYS + MANY_MODEL_KEYS
 DAGGER = "†"
 DAGGER_NOTE = (f"{DAGGER} degenerate attack: on its own shadow data it does no better than predicting its larger class "
                "for everything (within 2 points), so that efficacy says nothing about the model.")

@@ -77,3 +77,18 @@ def test_eval_models_adds_the_scores_and_files_reuses_pools_and_a_killed_pool_re
     assert "pool-retrain: resuming after epoch 1" in proc.stderr
     assert _scores(crashed) == _scores(straight)
     assert not list((crashed / "pools").glob("*.state.npz"))
+
+
+@pytest.mark.slow
+def test_eval_models_scores_random_sample_forgetting(tmp_path):
+    """The challenge's own scenario: a random 10% of the training set, every class."""
+    out = tmp_path / "random"
+    proc = _cli(["--eval-models", "2", "--forget-fraction", "0.1", "--paradigms", "retrain,finetune"], out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"]["forget_class"] == -1
+    final = {r["paradigm"]: r for r in results["rows"]}
+    assert all(np.isfinite(final["finetune"][c]) for c in COLUMNS)
+    # K = 2: ceil(log(1)) = 0, no bin can score: the resolution limit, stated beside every number
+    assert final["finetune"]["forgetting_quality"] == 0.0 and final["retrain"]["forgetting_quality"] == 0.0
+    assert "K = 2 models per pool" in (out / "results.md").read_text()
