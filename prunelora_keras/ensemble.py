@@ -7,7 +7,7 @@ their states on a leading K axis and trains them together with ``step.train_step
 function the single loop jits: no copy of the step, only a map over it.
 
 How the K axis is mapped (``mode``), chosen per platform because it was measured
-(``benchmarks/ensemble.py``, README "Ensembles"):
+(``benchmarks/ensemble.py``, ``docs/speed.md`` "Ensembles"):
 - ``"vmap"``: ``jax.vmap`` over the step. One program does K models' work in each op: the payoff
   on accelerators, where one small model leaves most of the chip idle. On devices, the K axis is
   sharded (each device trains K / D whole models; no communication at all between them).
@@ -16,11 +16,11 @@ How the K axis is mapped (``mode``), chosen per platform because it was measured
   busy, and the batched matmuls and grouped convolutions that ``vmap`` produces run slower there
   than K plain ones.
 - ``"loop"``: the single loop's own compiled step called once per member each step, on that
-  member's slice of the state: exactly the single-model program, K times, one compilation.
+  member's own state: exactly the single-model program, K times, one compilation.
 - ``"auto"``: ``"vmap"`` on accelerators or with several devices, ``"loop"`` on one CPU device.
-  Measured on 2 CPU cores (quick preset, seconds per epoch of K models against K sequential
-  single-model runs): ViT K=16 vmap 0.51x, map 0.97x; ResNet-50 K=4 vmap 0.93x, map 0.46x
-  (``lax.map``'s loop body runs the convolutions slower); loop ~1.0x for both.
+  Measured on 2 CPU cores (quick preset, one epoch of K models against K single-model runs one
+  after another): K = 16, ViT vmap 0.50x, map 0.94x, loop 1.02x; ResNet-50 vmap 0.72x, map 0.40x
+  (``lax.map``'s loop body runs the convolutions slower), loop 1.05x.
 
 Every member keeps its own data order (``(seed_k, epoch)``) and step keys (``fold_in(key(seed_k),
 step)``), so member k equals the model the single loop trains with seed k (within float tolerance:
@@ -93,7 +93,7 @@ class PoolTrainer:
             seeds (same model architecture, optimiser settings, loss, masks; checked where cheap).
         streams: per member, its batch stream ``stream(epoch, rng)`` (the single loop's
             ``ArrayStream`` or a method's own); all yield batches of the same shapes.
-        mode: "auto", "vmap" or "map" (module docstring).
+        mode: "auto", "vmap", "map" or "loop" (module docstring).
         devices: several devices: the K axis is sharded over them (K must divide evenly).
         label: the name in progress lines.
         verbose: progress lines.
@@ -124,7 +124,7 @@ class PoolTrainer:
         if self.devices is not None and self.k % len(self.devices):
             raise ValueError(f"{self.k} models do not split evenly over {len(self.devices)} devices")
         self.mode = choose_mode(mode, self.devices)
-        if self.devices is not None and self.mode != "vmap":  # noqa: SIM102
+        if self.devices is not None and self.mode != "vmap":
             raise ValueError("a pool sharded over devices maps its K axis with vmap")
         self.seeds = np.asarray([m.seed for m in members], np.uint32)
         # Values every member shares (the original's frozen weights, SCRUB's teacher) are held once.

@@ -92,3 +92,22 @@ def test_eval_models_scores_random_sample_forgetting(tmp_path):
     # K = 2: ceil(log(1)) = 0, no bin can score: the resolution limit, stated beside every number
     assert final["finetune"]["forgetting_quality"] == 0.0 and final["retrain"]["forgetting_quality"] == 0.0
     assert "K = 2 models per pool" in (out / "results.md").read_text()
+
+
+def test_seeds_fold_the_many_model_scores_and_the_table_shows_them():
+    from prunelora_keras.many_models import pool_table
+    from prunelora_keras.seeds import aggregate
+
+    def run(seed, fq):
+        row = {"paradigm": "lora", "epochs": 5, "status": "ok", "forgetting_quality": fq, "eval_models": 8,
+               "forgetting_quality_ceiling": 0.2, "forget_score": fq, "epsilon_median": 3.0, "spread_ratio_forget": 0.5,
+               "klom_forget": 9.0, "klom_retain": 4.0, "klom_test": 4.0, "pool_UA": 50.0, "pool_RA": 99.0,
+               "pool_TA": 95.0}
+        return {"seed": seed, "config": {}, "rows": [row], "original": {}}
+
+    folded = aggregate([run(0, 0.01), run(1, 0.03)])
+    row = folded["rows"][0]
+    assert row["forgetting_quality"] == pytest.approx(0.02) and row["forgetting_quality_std"] == pytest.approx(0.01)
+    assert row["eval_models"] == 8
+    table = pool_table(folded)
+    assert "| LoRA | 0.020 | 0.200 |" in table and "K = 8 models per pool" in table
