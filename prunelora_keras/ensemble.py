@@ -90,7 +90,8 @@ class PoolTrainer:
 
     Args:
         members: single-model trainers, built but not fitted, that differ only in their values and
-            seeds (same model architecture, optimiser settings, loss, masks; checked where cheap).
+            seeds (same model architecture, optimiser settings, loss, masks; checked where cheap: the
+            first member's optimiser and loss are the pool's).
         streams: per member, its batch stream ``stream(epoch, rng)`` (the single loop's
             ``ArrayStream`` or a method's own); all yield batches of the same shapes.
         mode: "auto", "vmap", "map" or "loop" (module docstring).

@@ -220,9 +220,13 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
             set_bn_policy(original, u.bn)
             return config_context(dataclasses.replace(cfg, seed=seed), original, ds, split)
 
-        logits[name], facts[name] = train_pool(name, lambda name=name, seeds=seeds: method_pool(
-            name, make_context, seeds, mode=mode, devices=devices), max(u.epochs), path, split, ds,
-            cfg.data.eval_batch_size)
+        try:
+            logits[name], facts[name] = train_pool(name, lambda name=name, seeds=seeds: method_pool(
+                name, make_context, seeds, mode=mode, devices=devices), max(u.epochs), path, split, ds,
+                cfg.data.eval_batch_size)
+        except FloatingPointError as exc:  # one method's pool diverged: it has no scores, the others still run
+            log(f"{name} pool: stopped: {exc}")
+            _attach(rows, name, {"pool_status": f"non-finite loss ({exc})"}, float("nan"))
     n = min(u.eval_models_retain_sample, len(split.retain))
     retain_sample = np.sort(np.random.default_rng([cfg.seed, 7]).choice(len(split.retain), n, replace=False))
     per_example: dict[str, dict[str, np.ndarray]] = {}

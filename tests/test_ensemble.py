@@ -191,3 +191,14 @@ def test_the_k_axis_shards_over_devices_with_the_same_result():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["True"]["logits"], out["False"]["logits"], rtol=1e-5, atol=1e-5)
 
+
+
+def test_a_diverging_member_stops_the_pool_with_its_index():
+    x, y = _data()
+    models = [_cnn(1), _cnn(2)]
+    head = models[1].get_layer("head")
+    head.kernel.assign(np.full(head.kernel.shape, np.inf, "float32"))  # member 1 only: its loss is not finite
+    members = [Trainer(m, optax.sgd(0.01), 3, MEAN, STD, seed=s, verbose=False) for m, s in zip(models, (1, 2))]
+    pool = PoolTrainer(members, [ArrayStream(x, y, 16)] * 2, mode="loop", verbose=False)
+    with pytest.raises(FloatingPointError, match=r"pool member\(s\) \[1\]"):
+        pool.fit(2)
