@@ -42,7 +42,7 @@ from prunelora_keras.augment import infer_images
 from prunelora_keras.predict import predict_logits
 from prunelora_keras.progress import Progress
 from prunelora_keras.step import StepConsts, TrainState, merge_values, train_step
-from prunelora_keras.train import ArrayStream, EpochStats, Trainer, peak_memory
+from prunelora_keras.train import EpochStats, Trainer, peak_memory
 
 MODES = ("auto", "vmap", "map", "loop")
 Stream = Callable[[int, np.random.Generator], Any]
@@ -356,13 +356,6 @@ def _pool_logits(spec, mode: str, frozen_stacked: bool, mean: tuple, std: tuple)
                            (train, frozen if frozen_stacked else None, non_trainable))
 
     return fn
-
-
-def array_streams(x: np.ndarray, y: np.ndarray, batch_size: int, k: int, drop_last: bool = False) -> list[ArrayStream]:
-    """K plain streams over the same data (each member shuffles it with its own seed)."""
-    return [ArrayStream(x, y, batch_size, drop_last) for _ in range(k)]
-
-
 def member_seeds(seed: int, pool: str, k: int) -> list[int]:
     """K seeds for the members of pool ``pool`` of a run with seed ``seed``: distinct, reproducible,
     below 2**31 (a Trainer's ``jax.random.key`` and numpy's generators take them as they are)."""

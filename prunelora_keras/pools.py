@@ -23,6 +23,7 @@ import keras
 import numpy as np
 
 from prunelora_keras.config import TrainConfig
+from prunelora_keras.data import Subset, num_batches
 from prunelora_keras.ensemble import PoolTrainer, member_seeds  # noqa: F401  (re-exported)
 from prunelora_keras.errors import UserError
 from prunelora_keras.methods import MethodContext
@@ -92,7 +93,7 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         >>> oracle.fit(recipe.epochs)  # doctest: +SKIP
         >>> logits = oracle.logits(forget.x, mean, std)  # (16, |D_f|, 10)  # doctest: +SKIP
     """
-    steps = -(-len(y) // batch_size) if not drop_last else len(y) // batch_size
+    steps = num_batches(len(y), batch_size, drop_last)
     members = []
     for seed in seeds:
         keras.utils.set_random_seed(int(seed))
@@ -134,7 +135,6 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
         >>> score = plk.forgetting_quality(unlearned, oracle.logits(x_f, (0.0,), (1.0,)), y_f)  # doctest: +SKIP
     """
     from prunelora_keras.api import _arrays, copy_model, find_targets, unlearn_options
-    from prunelora_keras.data import Subset
 
     opts = unlearn_options(**options)
     x_r, y_r = _arrays(retain, "retain")
