@@ -22,25 +22,39 @@ from typing import Any
 import jax
 import numpy as np
 
+from prunelora_keras.multihost import host_value, is_writer, write_once
+
 FORMAT = 1
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` through a temporary file and a rename (atomic on POSIX), creating
+    its folder. In a multi-process job only process 0 writes, and every process waits until it has
+    (``multihost.write_once``)."""
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    write_once(write, path.name)
 
 
 def save_model(model, path: Path) -> None:
-    """``model.save(path)`` through a temporary name and a rename: a finished ``.keras`` file or none."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    """``model.save(path)`` through a temporary name and a rename: a finished ``.keras`` file or none
+    (written by process 0 alone in a multi-process job; the others wait and may then load it)."""
+
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.keras")
+        model.save(tmp)
+        os.replace(tmp, path)
+
+    write_once(write, path.name)
 
 
 def _state_groups(trainer) -> dict[str, list]:
@@ -53,13 +67,15 @@ def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
     """Save ``trainer``'s state and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz)."""
     import io
 
-    arrays = {f"{prefix}_{i}": np.asarray(v) for prefix, values in _state_groups(trainer).items()
+    arrays = {f"{prefix}_{i}": host_value(v) for prefix, values in _state_groups(trainer).items()
               for i, v in enumerate(values)}
+    if not is_writer():  # every process took part in gathering; process 0 writes
+        atomic_write_bytes(path, b"")
+        return
     doc = {"format": FORMAT, "global_step": trainer.global_step, **meta}
     arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
 
 

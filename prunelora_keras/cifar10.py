@@ -26,6 +26,7 @@ import numpy as np
 
 from prunelora_keras.data import Dataset
 from prunelora_keras.errors import UserError
+from prunelora_keras.multihost import barrier, is_writer
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # REFERENCE.md: the unlearning and evaluation normalisation, used throughout (also for pretraining).
@@ -198,15 +199,32 @@ def _read_batches_py(folder: Path) -> tuple:
 
 
 def _cached(path: Path, reader) -> tuple:
-    """Decode ``path`` with ``reader`` once; later loads read the ``.npz`` cache."""
+    """Decode ``path`` with ``reader`` once; later loads read the ``.npz`` cache.
+
+    In a multi-process job process 0 decodes and writes the cache while the others wait; they then
+    read it (or decode for themselves where they cannot see process 0's cache folder)."""
     target = cache_dir() / f"imagefolder-{_cache_key(path)}.npz"
-    if target.is_file():
-        try:
-            with np.load(target, allow_pickle=False) as z:
-                return z["x_train"], z["y_train"], z["x_test"], z["y_test"], tuple(str(c) for c in z["classes"])
-        except (OSError, ValueError, KeyError, EOFError):
-            pass  # a damaged cache entry is rebuilt below
-    arrays = reader(path)
+    arrays = None
+    if is_writer():
+        arrays = _read_cache(target)
+        if arrays is None:
+            arrays = reader(path)
+            _write_cache(target, arrays)
+    barrier("data cache")
+    return arrays if arrays is not None else (_read_cache(target) or reader(path))
+
+
+def _read_cache(target: Path) -> tuple | None:
+    if not target.is_file():
+        return None
+    try:
+        with np.load(target, allow_pickle=False) as z:
+            return z["x_train"], z["y_train"], z["x_test"], z["y_test"], tuple(str(c) for c in z["classes"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None  # a damaged cache entry is rebuilt
+
+
+def _write_cache(target: Path, arrays: tuple) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}.npz")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +234,6 @@ def _cached(path: Path, reader) -> tuple:
     except OSError:  # the cache only saves time: an unwritable cache folder must not stop the run
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    return arrays
 
 
 def read_cifar10_dir(path: str | Path) -> tuple:

@@ -86,7 +86,23 @@ class Placement:
         return jax.make_array_from_callback(array.shape, self.batch_sharding(array.shape), lambda idx: array[idx])
 
     def replicate(self, tree: Any) -> Any:
-        return jax.device_put(tree, self.replicated)
+        """Every array of ``tree`` whole on every device of the mesh (all processes' devices).
+
+        In a multi-process job each process supplies its own devices' copies from its host value
+        (``device_put`` cannot reach another process's devices); the values must agree, as they do
+        when every process runs the same program.
+        """
+        if jax.process_count() == 1:
+            return jax.device_put(tree, self.replicated)
+        return jax.tree_util.tree_map(self._replicate_leaf, tree)
+
+    def _replicate_leaf(self, x: Any) -> Any:
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.replicated, x.ndim):
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(self._replicate_leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, self.replicated, lambda idx: host[idx])
 
     def spec(self, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding(shape))

@@ -14,6 +14,7 @@ import numpy as np
 
 from prunelora_keras.augment import to_float
 
+from prunelora_keras.predict import on_evaluation_devices
 from prunelora_keras.train import architecture_key, padded_batches
 
 _FEATURE_FNS: dict[str, Callable] = {}
@@ -124,5 +125,6 @@ def predict_logits_and_features(model: keras.Model, x: np.ndarray, mean: Sequenc
     fn = _jitted(fmodel, mean, std)
     trainable = [v.value for v in fmodel.trainable_variables]
     non_trainable = [v.value for v in fmodel.non_trainable_variables]
+    trainable, non_trainable = on_evaluation_devices((trainable, non_trainable))
     logits, feats = padded_batches(lambda xb: fn(trainable, non_trainable, xb), x, batch_size)
     return logits, feats.reshape(len(feats), -1)

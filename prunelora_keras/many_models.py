@@ -294,7 +294,7 @@ def plot_forgetting_quality(per_example: dict[str, dict[str, np.ndarray]], path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prunelora_keras.report import method_label
+    from prunelora_keras.report import method_label, save_figure
 
     panels = [("epsilon_forget", "epsilon on D_f (forgetting quality)"), ("klom_forget", "KLoM on D_f"),
               ("klom_retain", "KLoM on D_r (sample)"), ("klom_test", "KLoM on the retained test set")]
@@ -317,7 +317,4 @@ def plot_forgetting_quality(per_example: dict[str, dict[str, np.ndarray]], path:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

@@ -36,6 +36,7 @@ from prunelora_keras.evaluation import Reference, evaluate_model, make_reference
 from prunelora_keras.metrics import add_avg_gap
 from prunelora_keras.paradigms import prune_targets
 from prunelora_keras.precision import evaluation_model
+from prunelora_keras.predict import evaluation_devices
 from prunelora_keras.pruning import sparsity_report
 from prunelora_keras.report import evaluation_table, fit_width, paper_table, write_report
 from prunelora_keras.stages import StageResult, data_identity, resume, save_epoch, train_stage
@@ -50,9 +51,10 @@ def log(message: str) -> None:
 def device_description() -> str:
     dev = jax.local_devices()[0]
     kind = getattr(dev, "device_kind", dev.platform)
+    processes = f", {jax.process_count()} processes" if jax.process_count() > 1 else ""
     if dev.platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
-    return f"{dev.platform}: {kind} x{jax.local_device_count()}"
+        return f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()}){processes}"
+    return f"{dev.platform}: {kind} x{jax.local_device_count()}{processes}"
 
 
 def versions() -> dict[str, str]:
@@ -210,6 +212,9 @@ def make_distribution(cfg: Config) -> Any:
             raise UserError(f"--devices {cfg.devices}: data-parallel training runs on the jax backend only; "
                             f"unset KERAS_BACKEND (now {keras.backend.backend()}) or pass --devices 1")
         return None
+    if jax.process_count() > 1 and cfg.devices not in (0, jax.device_count()):
+        raise UserError(f"--devices {cfg.devices}: a multi-process job trains on every process's devices; pass "
+                        f"--devices 0 (all {jax.device_count()}) or run fewer processes")
     distribution = data_parallel(cfg.devices)
     if distribution is not None:
         check_batch_size(cfg.data.batch_size, distribution, "data.batch_size")
@@ -319,6 +324,12 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         f"{forget_description(split, ds)}), test {len(split.test)}, images {ds.image_shape}")
     data_id = data_identity(cfg)
     distribution = make_distribution(cfg)
+    with evaluation_devices(distribution):  # evaluation passes data-parallel too, over every process's devices
+        return _run_pipeline(cfg, out_dir, ds, split, original_dir, data_id, distribution, start)
+
+
+def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSplit, original_dir: Path | None,
+                  data_id: str, distribution: Any, start: float) -> dict[str, Any]:
     if cfg.unlearn.eval_models:
         from prunelora_keras.many_models import check_pools
 
@@ -350,6 +361,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
         "seed": cfg.seed,
         "device": device_description(),
         "devices": device_count(distribution),
+        "processes": jax.process_count(),
         "versions": versions(),
         "data": {"dataset": ds.name, "train": len(split.train), "test": len(split.test), "retain": len(split.retain),
                  "forget": len(split.forget), "test_retain": len(split.test_retain),

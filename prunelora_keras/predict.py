@@ -4,13 +4,20 @@ One compiled function serves every model of one architecture (``architecture_key
 experiment evaluates many (the original, Retrain, each method at each epoch column), and
 compiling once per architecture instead of once per model saves most of the evaluation time.
 The last partial batch is padded to the batch size and cut back, so one shape serves every set.
+
+Inside ``evaluation_devices(distribution)`` (the pipeline's whole run) every pass is data-parallel
+like training: each padded batch is split over the distribution's devices, across all processes
+of a multi-process job, the model's values replicated, and the logits gathered back whole in every
+process (each process feeds only its own devices' rows).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +25,38 @@ import keras
 import numpy as np
 
 from prunelora_keras.augment import infer_images, to_float
+from prunelora_keras.distributed import Placement
+from prunelora_keras.multihost import host_value
 
-__all__ = ["accuracy", "architecture_key", "padded_batches", "predict_logits", "predict_inputs"]
+__all__ = ["accuracy", "architecture_key", "evaluation_devices", "padded_batches", "predict_logits", "predict_inputs"]
+
+_PLACEMENT: list[Placement | None] = [None]  # the evaluation placement of the innermost evaluation_devices block
+
+
+@contextlib.contextmanager
+def evaluation_devices(distribution: Any) -> Iterator[None]:
+    """Run every evaluation pass inside the block data-parallel over ``distribution``'s devices.
+
+    Args:
+        distribution: a ``keras.distribution.DataParallel`` (``distributed.data_parallel``), or None
+            for one device (no change).
+
+    Example:
+        >>> with evaluation_devices(None):
+        ...     pass
+    """
+    previous = _PLACEMENT[0]
+    _PLACEMENT[0] = Placement(distribution) if distribution is not None else None
+    try:
+        yield
+    finally:
+        _PLACEMENT[0] = previous
+
+
+def on_evaluation_devices(values: Any) -> Any:
+    """``values`` (a pytree of arrays) replicated over the evaluation devices (as they are on one)."""
+    placement = _PLACEMENT[0]
+    return values if placement is None else placement.replicate(values)
 
 
 _EVAL_FNS: dict[str, tuple[keras.Model, Callable]] = {}
@@ -80,23 +117,31 @@ def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std
     else:
         trainable = [v.value for v in model.trainable_variables]
         non_trainable = [v.value for v in model.non_trainable_variables]
+    trainable, non_trainable = on_evaluation_devices((trainable, non_trainable))
     out = padded_batches(lambda xb: fn(trainable, non_trainable, xb), x, batch_size)
     return out[0] if out else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
-def padded_batches(fn: Callable, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
+def padded_batches(fn: Callable, x: np.ndarray, batch_size: int, data_parallel: bool = True) -> list[np.ndarray]:
     """``fn`` over ``x`` in batches of exactly ``batch_size`` (the last one zero-padded, its outputs
     cut back), so one compilation serves every set; ``fn`` returns an array or a tuple of arrays,
-    and so does the result per output, concatenated over the batches (an empty list for empty ``x``)."""
+    and so does the result per output, concatenated over the batches (an empty list for empty ``x``).
+
+    Inside ``evaluation_devices`` (and with ``data_parallel``), each batch is split over the devices
+    (``batch_size`` rounded up to a multiple of their count) and ``fn``'s outputs gathered whole.
+    """
+    placement = _PLACEMENT[0] if data_parallel else None
+    if placement is not None:
+        batch_size = -(-batch_size // placement.n) * placement.n
     parts = []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]
         valid = len(xb)
         if valid < batch_size:
             xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
-        outputs = fn(xb)
+        outputs = fn(xb if placement is None else placement.put_batch(xb))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        parts.append([np.asarray(o)[:valid] for o in outputs])
+        parts.append([host_value(o)[:valid] for o in outputs])
     return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))] if parts else []
 
 
@@ -144,5 +189,6 @@ def predict_inputs(model: keras.Model, x, batch_size: int = 512) -> np.ndarray:
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     index = np.arange(n)
-    out = padded_batches(lambda idx: fn(trainable, non_trainable, tuple(a[idx] for a in arrays)), index, batch_size)
+    out = padded_batches(lambda idx: fn(trainable, non_trainable, tuple(a[idx] for a in arrays)), index, batch_size,
+                         data_parallel=False)
     return out[0] if out else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -47,6 +47,18 @@ def _atomic_write(path: Path, data: bytes | str) -> None:
     atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
+def save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as a PNG, written atomically (by process 0 alone in a multi-process job)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def _fmt(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "-"
@@ -213,8 +225,7 @@ def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, t
     if title:
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_title(results: dict[str, Any]) -> str:
@@ -272,13 +283,11 @@ def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
     gap_ax.tick_params(axis="y", labelsize=10)
     fig.suptitle(run_title(results), fontsize=12)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[str, np.ndarray]] | None = None) -> None:
     """Write results.json, results.csv, results.md and the PNG plots (atomically, file by file)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
     _atomic_write(out_dir / "results.csv", results_csv(results["rows"]))
     extra = evaluation_table(results)

@@ -107,6 +107,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "repeatable")
     parser.add_argument("--devices", type=int, metavar="N",
                         help="data-parallel training over N local devices (default 0: all of them; a CPU is one)")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="multi-process run: the address of process 0, where JAX's coordinator listens (the same on "
+                             "every process; with --num-processes and --process-id)")
+    parser.add_argument("--num-processes", metavar="N|auto",
+                        help="multi-process run: how many processes join (auto: JAX detects the job on a Cloud TPU pod "
+                             "slice, SLURM, Open MPI or Kubernetes; srun with several tasks and Keras's "
+                             "KERAS_DISTRIBUTION_* variables are detected without flags)")
+    parser.add_argument("--process-id", type=int, metavar="I", help="multi-process run: this process, 0 to N-1")
+    parser.add_argument("--coordinator-timeout", type=float, default=300.0, metavar="SECONDS",
+                        help="multi-process run: give up (error, exit 2) if the job has not formed after this long "
+                             "(default 300, JAX's own)")
     parser.add_argument("--list-keys", action=ListKeys, nargs=0,
                         help="print every key --set and --config accept (section.key, type, default) and exit")
     parser.add_argument("--overwrite", action="store_true",
@@ -169,6 +180,7 @@ def check_disk(out_dir: Path, need: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        join_job(args)  # before anything touches a device
         overrides = {}
         if args.dataset is not None:
             overrides["data.dataset"] = args.dataset
@@ -219,6 +231,26 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def join_job(args: argparse.Namespace) -> None:
+    """Join the multi-process job the flags or the environment describe (nothing to do for one process)."""
+    from prunelora_keras import multihost, pipeline
+
+    job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
+    if job is None:
+        return
+    if args.coordinator_timeout <= 0:
+        raise UserError(f"--coordinator-timeout {args.coordinator_timeout:g}: pass a positive number of seconds")
+    multihost.join(job, args.coordinator_timeout)
+    pipeline.log(f"joined {job.describe()}: {multihost.process_count()} processes, "
+                 f"{len(jax_devices())} devices in all ({len(jax_devices(local=True))} here)")
+
+
+def jax_devices(local: bool = False) -> list:
+    import jax
+
+    return jax.local_devices() if local else jax.devices()
 
 
 def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:
@@ -281,6 +313,7 @@ def run(cfg, args: argparse.Namespace) -> int:
         return run_each_class(cfg, args, seeds)
     if seeds is None:
         out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+        share_run_folder(out_dir)
         results = run_one(cfg, out_dir, args.overwrite)
         print(pipeline.summary(results))
         print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
@@ -289,8 +322,7 @@ def run(cfg, args: argparse.Namespace) -> int:
     from prunelora_keras.seeds import aggregate
 
     out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file: pass a folder")
+    share_run_folder(out_dir)
     runs = []
     for seed in seeds:  # each seed's run is complete, reusable and resumable in its own folder
         pipeline.log(f"--- seed {seed} ---")
@@ -301,6 +333,15 @@ def run(cfg, args: argparse.Namespace) -> int:
     print(f"results: {out_dir / 'results.json'} (mean ± std over seeds {args.seeds}; each seed in "
           f"{out_dir}/seed<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
     return 0
+
+
+def share_run_folder(out_dir: Path) -> None:
+    """Check ``--out`` is a folder (or new); in a multi-process job, make it the job's one run folder."""
+    from prunelora_keras import multihost
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file: pass a folder")
+    multihost.share_run_folder(out_dir)
 
 
 def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None) -> int:
@@ -314,8 +355,7 @@ def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None) -> in
     seed_list = seeds if seeds is not None else [cfg.seed]
     name = "all" if args.forget_each.strip() == "all" else "-".join(map(str, classes))
     out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-each{name}-seed{'-'.join(map(str, seed_list))}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file: pass a folder")
+    share_run_folder(out_dir)
     for c in classes:  # every request valid (e.g. a class without images in the subsample) before anything trains
         pipeline.load_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, forget_class=c)), ds)
     runs = []
@@ -343,7 +383,7 @@ def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = Non
 
     ``original_dir``: where the original model's checkpoint is shared (``--forget-each``);
     ``ds``: the data set when already loaded."""
-    from prunelora_keras import pipeline
+    from prunelora_keras import multihost, pipeline
 
     old = finished_results(out_dir, cfg, overwrite)
     if old is not None:
@@ -357,7 +397,8 @@ def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = Non
                      "(CIFAR-10) or --preset quick (digits).")
     need = checkpoint_bytes(cfg, ds.num_classes, ds.image_shape)
     check_disk(out_dir, need)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if multihost.is_writer():
+        out_dir.mkdir(parents=True, exist_ok=True)
     pipeline.log(f"run folder: {out_dir} (checkpoints: about {need / 1e6:.0f} MB)  "
                  f"device: {pipeline.device_description()}")
     return pipeline.run_pipeline(cfg, out_dir, ds, split, original_dir)

@@ -18,7 +18,8 @@ import numpy as np
 
 from prunelora_keras.checkpoint import atomic_write_bytes
 from prunelora_keras.errors import UserError
-from prunelora_keras.report import method_label, _fmt, final_rows, fit_width, paper_table, write_report
+from prunelora_keras.report import (method_label, _fmt, final_rows, fit_width, paper_table, save_figure,
+                                    write_report)
 from prunelora_keras.seeds import aggregate
 
 PER_CLASS_METRICS = (("UA", "UA", 1), ("RA", "RA", 1), ("probe_forget_acc", "probe D_f", 1),
@@ -134,8 +135,7 @@ def plot_per_class(folded: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{cfg.get('model', {}).get('name', '')}, preset {cfg.get('preset', '')}, seeds "
                  f"{sorted(set(folded.get('seeds') or []))}: each class forgotten in its own run", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_class_report(folded: dict[str, Any], out_dir: Path) -> None:

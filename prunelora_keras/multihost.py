@@ -1,0 +1,288 @@
+"""Multi-process runs on JAX's distributed runtime: joining the job, one writer, barriers, logs.
+
+A multi-process job runs the same command in every process (one per host, or one per GPU). They
+join through ``jax.distributed`` before anything touches a device; from then on ``jax.devices()``
+lists every process's devices, the data-parallel mesh spans them, and every process runs the same
+program on the same data in the same order (SPMD): each process feeds only its own devices' shards
+of each global batch, and XLA's collectives (NCCL on GPUs, ICI on TPUs, gloo on CPUs) combine them.
+
+What must not happen N times is writing: only process 0 writes files (results, plots, checkpoints,
+the epoch-end state, the data cache). :func:`write_once` is the one gate: process 0 writes, then
+every process waits at a barrier, so whatever follows may read what was written (the run folder must
+be on a filesystem every process sees: checked at the start, :func:`share_run_folder`). Processes
+other than 0 log to ``<out>/process<I>.log``.
+
+How a job is described, first match wins:
+
+- flags: ``--coordinator HOST:PORT --num-processes N --process-id I``;
+- Keras's variables ``KERAS_DISTRIBUTION_JOB_ADDRESSES`` (the first address is the coordinator),
+  ``KERAS_DISTRIBUTION_NUM_PROCESSES``, ``KERAS_DISTRIBUTION_PROCESS_ID``;
+- SLURM (``srun`` with more than one task): JAX reads the job from SLURM's variables;
+- ``--num-processes auto``: JAX detects the cluster itself (Cloud TPU pod slices, SLURM, Open MPI,
+  Kubernetes).
+
+A job that cannot form never hangs: a bad combination is refused before joining, and a coordinator
+that does not answer within ``--coordinator-timeout`` seconds ends the process with one ``error:``
+line and exit code 2 (the runtime itself would abort from C++ after its own timeout).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from prunelora_keras.errors import UserError
+
+EXIT_USAGE = 2
+DEFAULT_TIMEOUT_S = 300  # jax.distributed.initialize's own default
+
+
+@dataclass(frozen=True)
+class Job:
+    """A multi-process job: where its coordinator listens and which process this is.
+
+    ``coordinator``, ``num_processes`` and ``process_id`` are None where JAX detects them (SLURM,
+    Cloud TPU); ``source`` says where the description came from, for the log.
+    """
+
+    coordinator: str | None
+    num_processes: int | None
+    process_id: int | None
+    source: str
+
+    def describe(self) -> str:
+        if self.num_processes is None:
+            return f"a job JAX detects itself ({self.source})"
+        return f"process {self.process_id} of {self.num_processes}, coordinator {self.coordinator} ({self.source})"
+
+
+def _parse_int(value: str, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"{what} {value!r}: pass an integer") from None
+
+
+def parse_address(address: str, what: str = "--coordinator") -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as (host, port); one clear error otherwise."""
+    host, sep, port = address.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"{what} {address!r}: pass HOST:PORT, e.g. 10.0.0.1:1234 (host 0's address and a free port)")
+    return host, int(port)
+
+
+def detect_job(coordinator: str | None = None, num_processes: str | None = None, process_id: int | None = None,
+               environ: Mapping[str, str] | None = None) -> Job | None:
+    """The multi-process job the flags or the environment describe, or None for a single process.
+
+    Args:
+        coordinator: ``--coordinator HOST:PORT`` (process 0 listens there; the others connect).
+        num_processes: ``--num-processes``: a count, or ``"auto"`` (JAX detects the cluster).
+        process_id: ``--process-id``: this process's index, 0 to N-1.
+        environ: the environment (default ``os.environ``).
+
+    Returns:
+        A ``Job``; None when neither flags nor environment describe one of more than one process.
+
+    Raises:
+        UserError: an incomplete or impossible combination (I >= N, N < 1, a malformed address).
+
+    Example:
+        >>> detect_job("127.0.0.1:1234", "2", 1).describe()
+        'process 1 of 2, coordinator 127.0.0.1:1234 (flags)'
+    """
+    env = os.environ if environ is None else environ
+    if num_processes is not None and num_processes.strip().lower() == "auto":
+        if coordinator is not None or process_id is not None:
+            raise UserError("--num-processes auto lets JAX detect the job: drop --coordinator and --process-id, or "
+                            "pass a count instead of auto")
+        return Job(None, None, None, "detected by JAX: Cloud TPU, SLURM, Open MPI or Kubernetes")
+    given = {"--coordinator": coordinator, "--num-processes": num_processes, "--process-id": process_id}
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise UserError(f"a multi-process run needs --coordinator HOST:PORT, --num-processes N and --process-id I "
+                            f"together; missing {', '.join(missing)}")
+        return _checked(coordinator, _parse_int(num_processes, "--num-processes"), int(process_id), "flags",
+                        "--coordinator", "--num-processes", "--process-id")
+    keras_vars = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                  "KERAS_DISTRIBUTION_PROCESS_ID")
+    if any(env.get(k) for k in keras_vars):
+        missing = [k for k in keras_vars if not env.get(k)]
+        if missing:
+            raise UserError(f"{', '.join(missing)} not set: a multi-process run through Keras's variables needs all "
+                            f"three of {', '.join(keras_vars)}")
+        n = _parse_int(env[keras_vars[1]], keras_vars[1])
+        if n == 1:
+            return None
+        first = env[keras_vars[0]].split(",")[0]
+        return _checked(first, n, _parse_int(env[keras_vars[2]], keras_vars[2]), "KERAS_DISTRIBUTION_*",
+                        keras_vars[0], keras_vars[1], keras_vars[2])
+    slurm = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+    if all(k in env for k in slurm) and env["SLURM_NTASKS"].isdigit() and int(env["SLURM_NTASKS"]) > 1:
+        return Job(None, int(env["SLURM_NTASKS"]), _parse_int(env["SLURM_PROCID"], "SLURM_PROCID"), "SLURM")
+    return None
+
+
+def _checked(coordinator: str, n: int, i: int, source: str, c_name: str, n_name: str, i_name: str) -> Job | None:
+    host, port = parse_address(coordinator, c_name)
+    if n < 1:
+        raise UserError(f"{n_name} {n}: a job has at least one process")
+    if not 0 <= i < n:
+        raise UserError(f"{i_name} {i} with {n_name} {n}: process ids run from 0 to {n - 1}")
+    if n == 1:
+        return None  # one process: nothing to join
+    return Job(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}", n, i, source)
+
+
+def _port_free(port: int) -> bool:
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind((address, port))
+            return True
+        except OSError as exc:
+            if family == socket.AF_INET6 and exc.errno in (97, 99):  # no IPv6 here: try IPv4
+                continue
+            return False
+    return False
+
+
+def join(job: Job, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Join ``job`` through ``jax.distributed.initialize``; call it before anything touches a device.
+
+    Process 0 first checks that the coordinator's port is free on this host. A watchdog ends the
+    process with one ``error:`` line and exit code 2 if the job has not formed after ``timeout_s``
+    (the runtime's own timeout, a little later, would abort from C++ with a core dump). On CPUs,
+    cross-process collectives go through gloo.
+
+    Args:
+        job: from :func:`detect_job`.
+        timeout_s: seconds to wait for the coordinator and every other process.
+    """
+    if job.process_id == 0 and job.coordinator is not None:
+        port = parse_address(job.coordinator)[1]
+        if not _port_free(port):
+            raise UserError(f"--coordinator {job.coordinator}: port {port} is already in use on this host (process 0 "
+                            "runs the coordinator there): choose a free port for every process")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    formed = threading.Event()
+
+    def watchdog() -> None:
+        if not formed.wait(timeout_s):
+            where = f" at {job.coordinator}" if job.coordinator else ""
+            print(f"error: {job.describe()}: the job did not form within {timeout_s:.0f} s{where}: start every process "
+                  "with the same --coordinator and --num-processes (process 0 on the coordinator's host), check that "
+                  "the address is reachable from here, or raise --coordinator-timeout", file=sys.stderr, flush=True)
+            os._exit(EXIT_USAGE)
+
+    threading.Thread(target=watchdog, name="join-watchdog", daemon=True).start()
+    kwargs = {"initialization_timeout": int(timeout_s) + 30}
+    if job.coordinator is not None:
+        kwargs.update(coordinator_address=job.coordinator, num_processes=job.num_processes, process_id=job.process_id)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (RuntimeError, ValueError) as exc:
+        formed.set()
+        raise UserError(f"{job.describe()}: could not join: {str(exc).splitlines()[0]}") from None
+    formed.set()
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def is_writer() -> bool:
+    """True in the one process that writes files (process 0; the only one in a single-process run)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (a no-op in a single process).
+
+    ``name`` must be the same in every process: a mismatch means the processes took different
+    paths through the program, and is an error rather than a silent deadlock later.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def write_once(write: Callable[[], None], name: str) -> None:
+    """Process 0 runs ``write``; then every process waits until it has, so that what follows may read it."""
+    if is_writer():
+        write()
+    barrier(f"wrote {name}")
+
+
+def agree(value: bool) -> bool:
+    """True in every process only if ``value`` is true in every process (False everywhere otherwise)."""
+    if jax.process_count() == 1:
+        return bool(value)
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray([bool(value)]))))
+
+
+def share_run_folder(out_dir: Path) -> None:
+    """Make ``out_dir`` the job's one run folder: process 0 creates it; the others check they see it and
+    send their output to ``<out>/process<I>.log`` from here on.
+
+    Raises:
+        UserError: in every process, when some process cannot see what process 0 writes there (the
+            folder must be on storage every process mounts: NFS, Lustre, a shared disk).
+    """
+    if jax.process_count() == 1:
+        return
+    token = out_dir / f".process0-{uuid.UUID(int=int(_shared_random()))}"  # the same name in every process
+    write_once(lambda: (out_dir.mkdir(parents=True, exist_ok=True), token.write_text("written by process 0\n")),
+               "the run folder")
+    seen = agree(token.is_file())
+    barrier("checked the run folder")
+    if is_writer():
+        token.unlink(missing_ok=True)
+    if not seen:
+        raise UserError(f"--out {out_dir}: some process cannot see what process 0 writes there; put the run folder "
+                        "on storage every host mounts (NFS, Lustre, a shared disk)")
+    if not is_writer():
+        log = open(out_dir / f"process{jax.process_index()}.log", "a", buffering=1)
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+
+
+def _shared_random() -> int:
+    """A random 64-bit number, drawn by process 0 and the same in every process."""
+    from jax.experimental import multihost_utils
+
+    mine = np.frombuffer(os.urandom(8), np.uint32).copy()
+    return int(np.asarray(multihost_utils.broadcast_one_to_all(mine)).view(np.uint64)[0])
+
+
+def host_value(array) -> np.ndarray:
+    """``array`` as one numpy array in every process, whatever its sharding.
+
+    An array sharded over several processes' devices (a pool's K axis) is gathered, which is a
+    collective: every process must call this for the same arrays in the same order.
+    """
+    if not isinstance(array, jax.Array) or array.is_fully_addressable or array.is_fully_replicated:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
