@@ -44,6 +44,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_once(write, path.name)
 
 
+def remove_file(path: Path) -> None:
+    """Delete ``path`` if it exists (process 0 alone in a multi-process job; the others wait)."""
+    write_once(lambda: path.unlink(missing_ok=True), f"removed {path.name}")
+
+
 def save_model(model, path: Path) -> None:
     """``model.save(path)`` through a temporary name and a rename: a finished ``.keras`` file or none
     (written by process 0 alone in a multi-process job; the others wait and may then load it)."""
@@ -120,6 +125,17 @@ def fault_point(stage: str, epoch: int) -> None:
     after that epoch's state is saved, exactly as a crash or an out-of-memory kill would."""
     target = os.environ.get("PRUNELORA_KILL_AFTER")
     if target and target == f"{stage}:{epoch}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def step_fault_point(stage: str, epoch: int, step: int) -> None:
+    """Testing hook: ``PRUNELORA_KILL_AT=stage:epoch:step`` kills this process with SIGKILL just before
+    that step of that epoch: a crash in the middle of an epoch (in a multi-process job every process
+    given the variable dies at the same step, as when a job is cancelled)."""
+    target = os.environ.get("PRUNELORA_KILL_AT")
+    if target and target == f"{stage}:{epoch}:{step}":
         import signal
 
         os.kill(os.getpid(), signal.SIGKILL)

@@ -60,6 +60,29 @@ def check_batch_size(batch_size: int, distribution: keras.distribution.DataParal
                         f"(e.g. {max(n, batch_size // n * n)}) or pass --devices with a divisor of {batch_size}")
 
 
+def put_global(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """Every array of ``tree`` laid out with ``sharding``, whose devices may span several processes.
+
+    ``jax.device_put`` cannot reach another process's devices, so in a multi-process job each
+    process supplies its own devices' pieces from its host value of the array: every process must
+    hold the same values (as it does when every process runs the same program). An array sharded
+    over processes already is gathered first (a collective: every process calls this alike).
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    from prunelora_keras.multihost import host_value
+
+    def leaf(x: Any) -> Any:
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x
+        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        host = host_value(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
 @dataclass
 class Placement:
     """Where the step's inputs live: batches split over the mesh's batch axis, state replicated.
@@ -80,9 +103,14 @@ class Placement:
             return self.replicated
         return self.distribution.get_data_layout(shape).backend_layout
 
-    def put_batch(self, array: np.ndarray) -> jax.Array:
-        """The global batch as a sharded array; each process supplies only its own devices' shards."""
-        array = np.asarray(array)
+    def put_batch(self, array: Any) -> jax.Array:
+        """The global batch as a sharded array; each process supplies only its own devices' shards.
+
+        ``array``: a numpy array or a lazy ``data.Rows`` view, of which each process then gathers
+        only the rows of its own devices (``jax.make_array_from_callback`` asks for nothing else).
+        """
+        if not (hasattr(array, "shape") and hasattr(array, "dtype") and hasattr(array, "__getitem__")):
+            array = np.asarray(array)
         return jax.make_array_from_callback(array.shape, self.batch_sharding(array.shape), lambda idx: array[idx])
 
     def replicate(self, tree: Any) -> Any:
@@ -92,17 +120,7 @@ class Placement:
         (``device_put`` cannot reach another process's devices); the values must agree, as they do
         when every process runs the same program.
         """
-        if jax.process_count() == 1:
-            return jax.device_put(tree, self.replicated)
-        return jax.tree_util.tree_map(self._replicate_leaf, tree)
-
-    def _replicate_leaf(self, x: Any) -> Any:
-        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(self.replicated, x.ndim):
-            return x
-        if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(self._replicate_leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, self.replicated, lambda idx: host[idx])
+        return put_global(tree, self.replicated)
 
     def spec(self, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding(shape))

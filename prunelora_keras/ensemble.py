@@ -39,6 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from prunelora_keras.augment import infer_images
+from prunelora_keras.distributed import put_global
+from prunelora_keras.multihost import host_value
 from prunelora_keras.predict import predict_logits
 from prunelora_keras.progress import Progress
 from prunelora_keras.step import StepConsts, TrainState, merge_values, train_step
@@ -188,13 +190,13 @@ class PoolTrainer:
         if self.devices is None:
             return
         by_k, replicated = self._shardings()
-        self._states = jax.device_put(self._states, by_k)
-        self._consts = StepConsts(jax.device_put(self._consts.frozen, by_k if self.frozen_stacked else replicated),
+        self._states = put_global(self._states, by_k)
+        self._consts = StepConsts(put_global(self._consts.frozen, by_k if self.frozen_stacked else replicated),
                                   None if self._consts.teacher is None else
-                                  jax.device_put(self._consts.teacher, by_k if self.teacher_stacked else replicated))
+                                  put_global(self._consts.teacher, by_k if self.teacher_stacked else replicated))
 
     def _put(self, tree: Any) -> Any:
-        return tree if self.devices is None else jax.device_put(tree, self._shardings()[0])
+        return tree if self.devices is None else put_global(tree, self._shardings()[0])
 
     # ------------------------------------------------------------------ training
 
@@ -235,7 +237,7 @@ class PoolTrainer:
             key_data = self._loop_keys(self.global_step)
             out = []
             for k, part in enumerate(parts):
-                part = {name: (x, np.asarray(y).astype(np.int32)) for name, (x, y) in part.items()}
+                part = {name: (np.asarray(x), np.asarray(y).astype(np.int32)) for name, (x, y) in part.items()}
                 step = self._compiled(part, key_data[k])
                 self._states[k], metrics = step(self._states[k], self._consts[k], part, key_data[k])
                 out.append(metrics)
@@ -278,8 +280,10 @@ class PoolTrainer:
                     progress.step(epoch, i, None)
             jax.block_until_ready(self._states)
             seconds = time.perf_counter() - start
-            loss = np.asarray(jax.device_get(losses), np.float64)  # (steps, K)
-            count = np.asarray(jax.device_get(counts), np.float64)
+            # (steps, K); gathered whole where the K axis is sharded over several processes
+            loss = np.asarray([host_value(v) for v in losses], np.float64)
+            count = np.asarray([host_value(v) for v in counts], np.float64)
+            corrects = [host_value(v) for v in corrects]
             seen = max(float(count.sum()), 1.0)
             mem, kind = peak_memory()
             stats = EpochStats(epoch, float((loss * count).sum() / seen),
@@ -315,7 +319,7 @@ class PoolTrainer:
             valid = len(xb)
             if valid < batch_size and len(x) > batch_size:  # one compiled shape for every batch
                 xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
-            parts.append(np.asarray(fn(self._states.train, self._consts.frozen, self._states.non_trainable, xb))[:, :valid])
+            parts.append(host_value(fn(self._states.train, self._consts.frozen, self._states.non_trainable, xb))[:, :valid])
         return np.concatenate(parts, axis=1) if parts else np.zeros((self.k, 0, 0), np.float32)
 
 

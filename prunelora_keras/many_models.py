@@ -30,7 +30,8 @@ import keras
 import numpy as np
 
 from prunelora_keras import forgetting_quality as fq
-from prunelora_keras.checkpoint import atomic_write_bytes, read_meta
+from prunelora_keras.checkpoint import atomic_write_bytes, read_meta, remove_file
+from prunelora_keras.multihost import host_value
 from prunelora_keras.config import Config
 from prunelora_keras.data import Dataset, UnlearningSplit
 from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds
@@ -107,13 +108,12 @@ def _load_pool(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save_pool(path: Path, pool: PoolTrainer, logits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    arrays = {f"train_{i}": np.asarray(v) for i, v in enumerate(pool.train_values)}
-    arrays.update({f"nt_{i}": np.asarray(v) for i, v in enumerate(pool.non_trainable_values)})
+    arrays = {f"train_{i}": host_value(v) for i, v in enumerate(pool.train_values)}
+    arrays.update({f"nt_{i}": host_value(v) for i, v in enumerate(pool.non_trainable_values)})
     arrays.update({f"logits_{s}": logits[s] for s in SETS})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -144,7 +144,7 @@ def train_pool(name: str, make_pool, epochs: int, path: Path, split: UnlearningS
              "compile_s": history[0].compile_s if history else float("nan")}
     _save_pool(path, pool, logits, {"pool": name, "seeds": [int(s) for s in pool.seeds], "facts": facts,
                                     "history": [dataclasses.asdict(h) for h in history]})
-    state_path.unlink(missing_ok=True)
+    remove_file(state_path)
     return logits, facts
 
 

@@ -197,6 +197,16 @@ def join(job: Job, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         formed.set()
         raise UserError(f"{job.describe()}: could not join: {str(exc).splitlines()[0]}") from None
     formed.set()
+    _runtime_output_to_stderr()
+
+
+def _runtime_output_to_stderr() -> None:
+    """Keep stdout for the results: the collectives' runtime (gloo) prints connection notes on the
+    process's stdout, so file descriptor 1 goes to stderr and Python's stdout keeps the original."""
+    sys.stdout.flush()
+    original = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = os.fdopen(original, "w", buffering=1)
 
 
 def process_index() -> int:
@@ -263,8 +273,8 @@ def share_run_folder(out_dir: Path) -> None:
     if not is_writer():
         log = open(out_dir / f"process{jax.process_index()}.log", "a", buffering=1)
         sys.stdout.flush(), sys.stderr.flush()
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+        for fd in {1, 2, sys.stdout.fileno(), sys.stderr.fileno()}:  # Python's prints and the runtime's
+            os.dup2(log.fileno(), fd)
 
 
 def _shared_random() -> int:

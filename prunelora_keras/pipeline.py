@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from prunelora_keras import __version__
-from prunelora_keras.checkpoint import atomic_write_bytes, read_meta, save_model
+from prunelora_keras.checkpoint import atomic_write_bytes, read_meta, remove_file, save_model
 from prunelora_keras.config import Config
 from prunelora_keras.data import Dataset, UnlearningSplit, load_dataset, make_split
 from prunelora_keras.distributed import check_batch_size, data_parallel, device_count
@@ -116,7 +116,6 @@ def _load_finished(done: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarr
 def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.ndarray] | None) -> None:
     import io
 
-    done.parent.mkdir(parents=True, exist_ok=True)
     if losses is not None:
         buf = io.BytesIO()
         np.savez(buf, **losses)
@@ -192,7 +191,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     if done is not None:
         _save_finished(done, rows, last_losses)
         if state_path is not None:
-            state_path.unlink(missing_ok=True)
+            remove_file(state_path)
     return rows, last_losses
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import keras
 
-from prunelora_keras.checkpoint import atomic_write_bytes, fault_point, load_state, read_meta, save_model, save_state
+from prunelora_keras.checkpoint import (atomic_write_bytes, fault_point, load_state, read_meta, remove_file, save_model,
+                                       save_state)
 from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, Subset, UnlearningSplit, num_batches
 from prunelora_keras.evaluation import evaluate_sets
@@ -111,7 +112,7 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         set_bn_policy(model, "update")  # saved models are plain: every layer trainable
         save_model(model, ckpt)
         atomic_write_bytes(sidecar, json.dumps([asdict(h) for h in history]).encode())
-        state_path.unlink(missing_ok=True)
+        remove_file(state_path)
         reused = False
     acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
     result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.bn import set_bn_policy  # noqa: F401  (re-exported)
+from prunelora_keras.checkpoint import step_fault_point
 from prunelora_keras.data import batches, num_batches
 from prunelora_keras.distributed import Placement, device_count
 from prunelora_keras.optim import make_optimizer, make_schedule  # noqa: F401  (the loop's optimisers, re-exported)
@@ -60,7 +62,7 @@ class ArrayStream:
 
     def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[Batch]:
         y = self.y if self.labels_for_epoch is None else self.labels_for_epoch(epoch)
-        for xb, yb in batches(self.x, y, self.batch_size, rng, self.drop_last):
+        for xb, yb in batches(self.x, y, self.batch_size, rng, self.drop_last, lazy=True):
             yield {"train": (xb, yb)}
 
 
@@ -233,11 +235,13 @@ class Trainer:
         """The batch as the step takes it: tuples of features, int32 labels, split over the devices."""
         out = {}
         for name, (x, y) in batch.items():
-            x = tuple(np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x])) \
-                if self.features else x
+            if self.features:
+                x = tuple(np.asarray(a, np.float32) for a in (x if isinstance(x, (list, tuple)) else [x]))
+            elif self.placement is None:  # one device: the whole batch (a lazy Rows view gathered here)
+                x = np.asarray(x)
             out[name] = (x, np.asarray(y).astype(np.int32))
         if self.placement is not None:  # the global batch, split over the devices
-            out = jax.tree_util.tree_map(self.placement.put_batch, out)
+            out = jax.tree_util.tree_map(self.placement.put_batch, out)  # each process: its own shards' rows
             key = self.placement.replicate(key)
         return out, key
 
@@ -298,12 +302,15 @@ class Trainer:
         history = []
         taken, stop = 0, False
         base_key = jax.random.key(self.seed)
+        kill_at = bool(os.environ.get("PRUNELORA_KILL_AT"))  # the tests' mid-epoch crash (checkpoint.step_fault_point)
         for epoch in range(first_epoch, first_epoch + epochs):
             rng = np.random.default_rng([self.seed, epoch])
             losses, corrects, sizes = [], [], []
             start = time.perf_counter()
             epoch_compile = compile_s if epoch == first_epoch else 0.0
             for i, batch in enumerate(stream(epoch, rng), start=1):
+                if kill_at:
+                    step_fault_point(self.label, epoch, i)
                 placed, key = self._placed(batch, jax.random.fold_in(base_key, self.global_step))
                 step, spent = self.compiled_step(placed, key)
                 epoch_compile += spent

@@ -45,8 +45,8 @@ class RetainWithForget:
         return num_batches(len(self.retain), self.batch_size, self.drop_last)
 
     def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
-        retain = batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last)
-        forget_order = list(batches(self.forget.x, self.forget.y, self.forget_batch, rng, drop_last=True))
+        retain = batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last, lazy=True)
+        forget_order = list(batches(self.forget.x, self.forget.y, self.forget_batch, rng, drop_last=True, lazy=True))
         for i, part in enumerate(retain):
             yield {"retain": part, "forget": forget_order[i % len(forget_order)]}
 

@@ -47,9 +47,9 @@ class MaxThenMin:
 
     def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         if epoch <= self.msteps:
-            for part in batches(self.forget.x, self.forget.y, self.forget_batch, rng, self.drop_last):
+            for part in batches(self.forget.x, self.forget.y, self.forget_batch, rng, self.drop_last, lazy=True):
                 yield {"forget": part}
-        for part in batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last):
+        for part in batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last, lazy=True):
             yield {"retain": part}
 
 
