@@ -31,6 +31,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename (atomic on POSIX), creating
     its folder. In a multi-process job only process 0 writes, and every process waits until it has
     (``multihost.write_once``)."""
+    path = Path(path)
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,12 +47,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def remove_file(path: Path) -> None:
     """Delete ``path`` if it exists (process 0 alone in a multi-process job; the others wait)."""
+    path = Path(path)
     write_once(lambda: path.unlink(missing_ok=True), f"removed {path.name}")
 
 
 def save_model(model, path: Path) -> None:
     """``model.save(path)`` through a temporary name and a rename: a finished ``.keras`` file or none
     (written by process 0 alone in a multi-process job; the others wait and may then load it)."""
+    path = Path(path)
 
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -368,3 +368,64 @@ def test_two_processes_unlearn_a_resnet_like_one_process_with_four_devices(tmp_p
     assert "pruned_lora @ 1 epochs" in (out / "process1.log").read_text()  # process 1 logs to its file
     _assert_same_results(json.loads((out / "results.json").read_text()), one)
     _assert_one_writer(tmp_path, out, audit)
+
+
+# ----------------------------------------------------------------------------- pools: the K axis over processes
+
+POOL = r"""
+import json, os, sys
+import numpy as np
+import prunelora_keras
+from prunelora_keras import multihost
+if sys.argv[1] == "2":
+    multihost.join(multihost.Job(f"127.0.0.1:{sys.argv[3]}", 2, int(sys.argv[2]), "test"), timeout_s=60)
+import jax, keras
+from prunelora_keras.checkpoint import load_state, save_state
+from prunelora_keras.config import TrainConfig
+from prunelora_keras.pools import scratch_pool
+
+assert jax.device_count() == 4
+
+
+def build(seed):
+    inputs = keras.Input((6, 6, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+    h = keras.layers.BatchNormalization()(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h))))
+
+
+rng = np.random.default_rng(0)
+x, y = rng.integers(0, 255, (40, 6, 6, 3), dtype=np.uint8), rng.integers(0, 3, 40)
+recipe = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, momentum=0.9)
+make = lambda: scratch_pool(build, recipe, x, y, 16, 3, (127.0,) * 3, (64.0,) * 3, seeds=[3, 5, 7, 9],
+                            devices=jax.devices(), verbose=False)
+pool = make()
+assert pool.mode == "vmap" and len(pool.train_values[0].sharding.device_set) == 4  # K over all four devices
+history = pool.fit(1)
+path = os.path.join(sys.argv[-1], "pool.state.npz")
+save_state(path, pool, {"epoch": 1})  # gathered from both processes, written by process 0
+resumed = make()
+load_state(path, resumed)  # every process reads what process 0 wrote
+history += resumed.fit(1, first_epoch=2)
+logits = resumed.logits(x[:10], (127.0,) * 3, (64.0,) * 3, batch_size=8)
+print(json.dumps({"loss": [h.loss for h in history], "logits": logits.tolist()}))
+"""
+
+
+def test_a_pool_shards_its_k_axis_over_two_processes_like_over_four_local_devices(tmp_path):
+    one = subprocess.run([sys.executable, "-c", POOL, "1", str(tmp_path / "one")], env=devices_env(4), cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    (tmp_path / "two").mkdir()
+    (tmp_path / "one").mkdir(exist_ok=True)
+    port = free_port()
+    two = _pair([[sys.executable, "-c", POOL, "2", str(i), str(port), str(tmp_path / "two")] for i in (0, 1)],
+                devices_env(2))
+    for p in two:
+        assert p.returncode == 0, p.stderr[-3000:]
+    a = json.loads(one.stdout.strip().splitlines()[-1])
+    for p in two:
+        b = json.loads(p.stdout.strip().splitlines()[-1])
+        np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
+        np.testing.assert_allclose(b["logits"], a["logits"], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "two" / "pool.state.npz").is_file()
