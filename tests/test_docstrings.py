@@ -8,7 +8,8 @@ import pytest
 MODULES = ["prunelora_keras.metrics", "prunelora_keras.representation", "prunelora_keras.relearn",
            "prunelora_keras.pruning", "prunelora_keras.sweep", "prunelora_keras.features", "prunelora_keras.lora",
            "prunelora_keras.api", "prunelora_keras.methods", "prunelora_keras.methods.registry",
-           "prunelora_keras.methods.common", "prunelora_keras.step", "prunelora_keras.forgetting_quality"]
+           "prunelora_keras.methods.common", "prunelora_keras.step", "prunelora_keras.forgetting_quality",
+           "prunelora_keras.multihost", "prunelora_keras.predict"]
 
 
 @pytest.mark.parametrize("name", MODULES)
