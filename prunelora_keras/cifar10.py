@@ -26,7 +26,7 @@ import numpy as np
 
 from prunelora_keras.data import Dataset
 from prunelora_keras.errors import UserError
-from prunelora_keras.multihost import barrier, is_writer
+from prunelora_keras.multihost import barrier, first_on_process_0, is_writer
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # REFERENCE.md: the unlearning and evaluation normalisation, used throughout (also for pretraining).
@@ -289,11 +289,11 @@ def _tfds_cifar10() -> tuple:
 
 
 def load_cifar10(data_dir: str = "", source: str = "cifar10") -> Dataset:
-    if source == "tfds:cifar10":
-        arrays = _tfds_cifar10()
+    if source == "tfds:cifar10":  # downloads: process 0 first, into the cache the others then read
+        arrays = first_on_process_0(_tfds_cifar10, "tfds cifar10")
     elif data_dir:
         arrays = read_cifar10_dir(data_dir)
     else:
-        arrays = _keras_cifar10()
+        arrays = first_on_process_0(_keras_cifar10, "keras cifar10")
     x_train, y_train, x_test, y_test, classes = arrays
     return Dataset("cifar10", x_train, y_train, x_test, y_test, tuple(classes), CIFAR10_MEAN, CIFAR10_STD)

@@ -34,6 +34,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,16 @@ def write_once(write: Callable[[], None], name: str) -> None:
     if is_writer():
         write()
     barrier(f"wrote {name}")
+
+
+def first_on_process_0(fn: Callable[[], Any], name: str) -> Any:
+    """``fn()`` in every process, process 0 first (a download into a shared cache happens once)."""
+    if is_writer():
+        result = fn()
+        barrier(f"{name} on process 0")
+        return result
+    barrier(f"{name} on process 0")
+    return fn()
 
 
 def agree(value: bool) -> bool:

@@ -240,6 +240,11 @@ def join_job(args: argparse.Namespace) -> None:
     job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
     if job is None:
         return
+    import keras
+
+    if keras.backend.backend() != "jax":
+        raise UserError(f"a multi-process run ({job.describe()}) runs on the jax backend only; unset KERAS_BACKEND "
+                        f"(now {keras.backend.backend()})")
     if args.coordinator_timeout <= 0:
         raise UserError(f"--coordinator-timeout {args.coordinator_timeout:g}: pass a positive number of seconds")
     multihost.join(job, args.coordinator_timeout)
