@@ -94,8 +94,8 @@ def test_streams_pair_retain_with_cycled_forget_and_put_max_steps_first():
     out = list(stream(1, np.random.default_rng(0)))
     assert len(out) == stream.steps_per_epoch == 3
     assert all(len(b["forget"][1]) == 2 for b in out)  # one forget batch size: one compiled step
-    assert sorted(np.concatenate([b["retain"][0].ravel() for b in out]).tolist()) == list(range(10))
-    assert out[0]["forget"][0].tolist() == out[1]["forget"][0].tolist()  # one full forget batch, cycled
+    assert sorted(np.concatenate([np.asarray(b["retain"][0]).ravel() for b in out]).tolist()) == list(range(10))
+    assert np.asarray(out[0]["forget"][0]).tolist() == np.asarray(out[1]["forget"][0]).tolist()  # one full forget batch, cycled
     scrub = MaxThenMin(retain, forget, batch_size=4, forget_batch=2, msteps=2)
     parts = lambda e: [next(iter(b)) for b in scrub(e, np.random.default_rng(e))]  # noqa: E731
     assert parts(1) == ["forget", "forget", "retain", "retain", "retain"] == parts(2)

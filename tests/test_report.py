@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,20 +108,20 @@ def test_printed_tables_fit_a_100_column_terminal():
 def test_plots_say_what_they_show(tmp_path, monkeypatch):
     """metrics.png and loss_histograms.png: titles naming model, preset, forgetting, seed (and the
     epoch the losses are from), every percentage metric of the table plotted, readable fonts."""
-    import matplotlib.figure
+    from prunelora_keras import report
 
     figures = {}
-    original = matplotlib.figure.Figure.savefig
+    original = report.save_figure
 
-    def capture(self, path, *args, **kwargs):
+    def capture(self, path):
         texts = [t.get_text() for t in self.texts] + ([self._suptitle.get_text()] if self._suptitle else [])
         texts += [ax.get_title() for ax in self.axes]
         legend = [t.get_text() for ax in self.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
         sizes = [t.get_fontsize() for ax in self.axes for t in ax.get_xticklabels() + [ax.title]]
-        figures[str(path).rsplit("/", 1)[-1]] = (" ".join(texts), legend, sizes)
-        return original(self, path, *args, **kwargs)
+        figures[Path(path).name] = (" ".join(texts), legend, sizes)
+        return original(self, path)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", capture)
+    monkeypatch.setattr(report, "save_figure", capture)
     results = _results()
     results["config"].update(preset="quick", seed=4)
     results["data"] = {"forgetting": "class 3 'cat'"}
