@@ -253,9 +253,12 @@ TINY_VIT = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2",
             "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
             "--set", "data.train_size=300", "--paradigms", "retrain,finetune,lora", "--epochs", "1",
             "--set", "retrain.epochs=1"]
-TINY_RESNET = ["--model", "resnet50", "--preset", "quick", "--set", "model.width=0.0625", "--set", "data.train_size=300",
-               "--paradigms", "pruned_lora", "--epochs", "1", "--set", "unlearn.relearn_max_steps=20",
-               "--set", "unlearn.bn=freeze"]
+# The ResNet-18 in CI (its compile is half the ResNet-50's: 82 s against 150 s for this test); the
+# ResNet-50 passes it too: PRUNELORA_TEST_RESNET=resnet50. Relearning is exercised by the ViT.
+RESNET = os.environ.get("PRUNELORA_TEST_RESNET", "resnet18")
+TINY_RESNET = ["--model", RESNET, "--preset", "quick", "--set", "model.width=0.0625", "--set", "data.train_size=200",
+               "--paradigms", "pruned_lora", "--epochs", "1", "--set", "unlearn.relearn_max_steps=0",
+               "--set", "unlearn.batch_size=64", "--set", "unlearn.bn=freeze"]
 
 
 def _one_process(args, out: Path) -> dict:
@@ -341,7 +344,7 @@ def test_two_processes_resume_after_a_kill_and_match_one_process_with_four_devic
 
 @pytest.mark.slow
 def test_two_processes_unlearn_a_resnet_like_one_process_with_four_devices(tmp_path):
-    """Pruned LoRA on a ResNet-50 from given weights, BatchNorm frozen (``unlearn.bn=freeze``).
+    """Pruned LoRA on a ResNet (18 in CI, 50 on request) from given weights, BatchNorm frozen (``unlearn.bn=freeze``).
 
     With batch statistics this tiny ResNet (8x8 digits, a 1x1 feature map from stage 4 on) is not a
     test of the layout: some channels are nearly constant over the batch, so their variance is
@@ -357,7 +360,7 @@ def test_two_processes_unlearn_a_resnet_like_one_process_with_four_devices(tmp_p
 
     keras.utils.set_random_seed(0)
     weights = tmp_path.parent / f"{tmp_path.name}-original.keras"  # outside tmp_path: its listing is checked
-    build_model(ModelConfig("resnet50", width=0.0625), 10, load_dataset("digits").image_shape).save(weights)
+    build_model(ModelConfig(RESNET, width=0.0625), 10, load_dataset("digits").image_shape).save(weights)
     args = [*TINY_RESNET, "--weights", str(weights)]
     one = _one_process(args, tmp_path / "one")
     out, audit = tmp_path / "two", tmp_path / "audit"
