@@ -11,20 +11,17 @@ import dataclasses
 import errno
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
 import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is imported)
 from prunelora_keras.config import MODEL_NAMES, available_presets, build_config
 from prunelora_keras import methods
+from prunelora_keras.budget import check_disk, checkpoint_bytes, estimate_train_seconds
 from prunelora_keras.errors import TrainingFailed, UserError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
-# Rough training throughput of a 2-core x86 CPU (measured here on the quick and cpu presets),
-# used only to warn how long the paper preset would take without an accelerator.
-CPU_TRAIN_FLOPS_PER_S = 2.0e10
 
 
 def config_keys() -> list[tuple[str, str, str]]:
@@ -128,53 +125,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     parser.error = error  # type: ignore[method-assign]
     return parser.parse_args(argv)
-
-
-def estimate_train_seconds(cfg, n_train: int, n_retain: int, image_shape, num_classes: int) -> float:
-    """Seconds to pretrain and retrain on this CPU: 3x forward FLOPs (XLA's count) x images x epochs."""
-    import jax
-    import jax.numpy as jnp
-    import keras
-
-    from prunelora_keras.models import build_model
-
-    model = build_model(cfg.model, num_classes, image_shape)
-    tv = [v.value for v in model.trainable_variables]
-    ntv = [v.value for v in model.non_trainable_variables]
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    lowered = jax.jit(lambda a, b, c: model.stateless_call(a, b, c)[0]).lower(tv, ntv, x)
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float((cost or {}).get("flops", 0.0))
-    keras.backend.clear_session()
-    images = n_train * cfg.pretrain.epochs + n_retain * cfg.retrain.epochs
-    return 3.0 * flops * images / CPU_TRAIN_FLOPS_PER_S
-
-
-def checkpoint_bytes(cfg, num_classes: int, image_shape) -> int:
-    """Disk a run needs: the original and Retrain models (.keras), one stage's epoch-end state at a
-    time (weights, BatchNorm statistics and two Adam moments), one LoRA model's adapters, and
-    slack for reports and plots."""
-    import keras
-    import numpy as np
-
-    from prunelora_keras.models import build_model
-
-    model = build_model(cfg.model, num_classes, image_shape)
-    weights = sum(int(np.prod(v.shape)) for v in model.weights) * 4
-    keras.backend.clear_session()
-    return int(weights * 6 * 1.2) + 20_000_000
-
-
-def check_disk(out_dir: Path, need: int) -> None:
-    """Fail before training when the run folder's disk cannot hold the checkpoints."""
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if free < need:
-        raise UserError(f"the run needs about {need / 1e6:.0f} MB for checkpoints in {out_dir}, but only "
-                        f"{free / 1e6:.0f} MB are free there: free some space or choose another --out")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,7 +251,7 @@ finally:
 
 TINY_VIT = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16",
             "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
-            "--set", "data.train_size=300", "--paradigms", "retrain,finetune,lora", "--epochs", "1",
+            "--set", "data.train_size=300", "--paradigms", "retrain,lora", "--epochs", "1",
             "--set", "retrain.epochs=1"]
 # The ResNet-18 in CI (its compile is half the ResNet-50's: 82 s against 150 s for this test); the
 # ResNet-50 passes it too: PRUNELORA_TEST_RESNET=resnet50. Relearning is exercised by the ViT.
@@ -335,7 +335,7 @@ def test_two_processes_resume_after_a_kill_and_match_one_process_with_four_devic
         assert p.returncode == 0, p.stderr[-3000:]
     assert "original: resuming after epoch 1" in resumed[0].stderr
     assert "original: resuming after epoch 1" in (out / "process1.log").read_text()  # process 1 logs there
-    assert "Finetune" in resumed[0].stdout and resumed[1].stdout == ""  # the table from process 0 alone
+    assert "LoRA" in resumed[0].stdout and resumed[1].stdout == ""  # the table from process 0 alone
     _assert_same_results(json.loads((out / "results.json").read_text()), one)
     _assert_one_writer(tmp_path, out, audit)
     again = _two_processes(TINY_VIT, out, audit)  # a finished job started again reuses its results

@@ -139,9 +139,9 @@ def test_a_diverged_original_model_ends_the_run_with_one_line(capsys, tmp_path):
 def test_too_little_disk_fails_before_training(capsys, tmp_path, monkeypatch):
     import shutil
 
-    from prunelora_keras import run
+    from prunelora_keras import budget
 
-    monkeypatch.setattr(run.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(budget.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     code = main([*TINY, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "MB for checkpoints" in err and "choose another --out" in err
