@@ -31,7 +31,7 @@ import numpy as np
 
 from prunelora_keras import forgetting_quality as fq
 from prunelora_keras.checkpoint import atomic_write_bytes, read_meta, remove_file
-from prunelora_keras.multihost import host_value
+from prunelora_keras.multihost import agree, host_value
 from prunelora_keras.config import Config
 from prunelora_keras.data import Dataset, UnlearningSplit
 from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds
@@ -120,7 +120,7 @@ def _save_pool(path: Path, pool: PoolTrainer, logits: dict[str, np.ndarray], met
 def train_pool(name: str, make_pool, epochs: int, path: Path, split: UnlearningSplit, ds: Dataset,
                eval_batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Train (or reuse, or resume) one pool; returns its logits per set and facts about its training."""
-    if path.is_file():
+    if agree(path.is_file()):  # every process takes the same path through the collectives
         logits = _load_pool(path)
         if logits is not None:
             meta = read_meta(path) or {}

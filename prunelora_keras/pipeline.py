@@ -34,6 +34,7 @@ from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.lora import count_params, matches_any
 from prunelora_keras.evaluation import Reference, evaluate_model, make_reference
 from prunelora_keras.metrics import add_avg_gap
+from prunelora_keras.multihost import agree
 from prunelora_keras.paradigms import prune_targets
 from prunelora_keras.precision import evaluation_model
 from prunelora_keras.predict import evaluation_devices
@@ -138,7 +139,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     key = paradigm_key(name, cfg, original_ckpt)
     done = out_dir / "paradigms" / f"{name}-{key}.json" if out_dir is not None else None
     state_path = out_dir / "checkpoints" / f"{name}-{key}.state.npz" if out_dir is not None else None
-    if done is not None and done.is_file() and (save_to is None or save_to.is_file()):
+    if done is not None and agree(done.is_file() and (save_to is None or save_to.is_file())):  # every process alike
         log(f"{name}: reusing finished results {done}")
         return _load_finished(done)
     prep = prepare_paradigm(name, cfg, original_ckpt, ds, split, distribution)

@@ -23,6 +23,7 @@ from prunelora_keras.config import Config, TrainConfig
 from prunelora_keras.data import Dataset, Subset, UnlearningSplit, num_batches
 from prunelora_keras.evaluation import evaluate_sets
 from prunelora_keras.models import build_model
+from prunelora_keras.multihost import agree
 from prunelora_keras.train import EpochStats, Trainer, set_bn_policy
 from prunelora_keras.unlearning import scratch_trainer
 from prunelora_keras.weights import load_weights_file
@@ -80,7 +81,9 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
     history: list[EpochStats] = []
     start = time.perf_counter()
     sidecar = ckpt.with_suffix(".history.json")
-    if ckpt.is_file():
+    # Decided together: in a multi-process job a late process would otherwise find the model that
+    # process 0 has just saved (from --weights) and take another path through the collectives.
+    if agree(ckpt.is_file()):
         log(f"{name}: reusing {ckpt}")
         model = keras.saving.load_model(ckpt, compile=False, safe_mode=True)
         history = [EpochStats(**h) for h in json.loads(sidecar.read_text())] if sidecar.is_file() else []
