@@ -36,7 +36,7 @@ from prunelora_keras.features import classifier_layer
 from prunelora_keras.lora import LORA_LAYERS, matches_any, replace_layers
 from prunelora_keras.methods import MethodContext, Targets
 from prunelora_keras.metrics import accuracy_pct, add_avg_gap
-from prunelora_keras.options import UnlearnConfig, unlearn_checks
+from prunelora_keras.options import UnlearnConfig, check_unlearn, did_you_mean
 from prunelora_keras.predict import predict_inputs
 from prunelora_keras.pruning import PruneResult, prune_units, sparsity_report
 from prunelora_keras.relearn import relearn_plan
@@ -100,7 +100,9 @@ def unlearn_options(**options: Any) -> UnlearnConfig:
         **options: any field of ``options.UnlearnConfig`` (``lr``, ``batch_size``, ``lora_rank``,
             ``prune_amount``, ``bn``, ``prune_mode``, ``scrub_lr``, ...).
     Returns:
-        the ``UnlearnConfig``. ValueError with one line for an unknown name or a bad value.
+        the ``UnlearnConfig``, checked by ``options.check_unlearn`` (the command's own validation):
+        ValueError with one line for an unknown name, a value of the wrong type, a string option
+        outside its allowed values (``options.UNLEARN_CHOICES``) or a value out of range.
 
     Example:
         >>> unlearn_options(lora_rank=4).lora_rank
@@ -109,13 +111,9 @@ def unlearn_options(**options: Any) -> UnlearnConfig:
     known = {f.name for f in dataclasses.fields(UnlearnConfig)} - {"paradigms", "epochs"}
     unknown = sorted(set(options) - known)
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}; options are the fields of UnlearnConfig: "
-                         f"{', '.join(sorted(known))}")
-    cfg = dataclasses.replace(UnlearnConfig(), **options)
-    for ok, message in unlearn_checks(cfg):
-        if not ok:
-            raise ValueError(message.replace("unlearn.", ""))
-    return cfg
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}; options are the "
+                         f"fields of UnlearnConfig: {', '.join(sorted(known))}")
+    return check_unlearn(dataclasses.replace(UnlearnConfig(), **options))
 
 
 def copy_model(model: keras.Model) -> keras.Model:

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from prunelora_keras.errors import UserError
-from prunelora_keras.options import PAPER_PARADIGMS, UnlearnConfig, unlearn_checks  # noqa: F401  (re-exported)
+from prunelora_keras.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, UnlearnConfig, check_unlearn,  # noqa: F401
+                                     did_you_mean, unlearn_checks)  # (re-exported)
 
 MODEL_NAMES = ("resnet18", "resnet50", "vit")
 DATASET_NAMES = ("cifar10", "digits", "tfds:cifar10")  # data.DATASETS; checked here so it fails before loading
@@ -108,12 +109,7 @@ CHOICES = {
     ("retrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
     ("pretrain", "bn"): ("update", "freeze"),
     ("retrain", "bn"): ("update", "freeze"),
-    ("unlearn", "optimizer"): ("sgd", "adam", "adamw"),
-    ("unlearn", "bn"): ("update", "freeze"),
-    ("unlearn", "prune_mode"): ("reference", "persistent"),
-    ("unlearn", "vit_lora_targets"): ("reference", "intended"),
-    ("unlearn", "prune_classifier"): ("reference", "true", "false"),
-    ("unlearn", "rl_labels"): ("per_batch", "once_other"),
+    **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
 }
 AUGMENTATIONS = ("crop", "flip", "mixup")
 
@@ -271,8 +267,13 @@ def validate(cfg: Config) -> None:
     """Ranges and choices that can be checked without data. Raises ``UserError``."""
     for (section, name), choices in CHOICES.items():
         value = getattr(getattr(cfg, section), name)
-        if value not in choices:
-            raise UserError(f"{section}.{name} = {value!r} is not valid: choose one of {', '.join(choices)}")
+        if section != "unlearn" and value not in choices:  # unlearn.*: check_unlearn, below
+            raise UserError(f"{section}.{name} = {value!r} is not valid: choose one of {', '.join(choices)}"
+                            f"{did_you_mean(value, choices)}")
+    try:  # the library's own validation of the unlearning options, word for word
+        check_unlearn(cfg.unlearn, "unlearn.")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     checks = [
         (cfg.data.dataset in DATASET_NAMES,
          f"unknown dataset {cfg.data.dataset!r}: choose one of {', '.join(DATASET_NAMES)}"),
@@ -307,7 +308,6 @@ def validate(cfg: Config) -> None:
             (t.mixup_alpha > 0, f"{section}.mixup_alpha must be > 0"),
             (set(t.augment) <= set(AUGMENTATIONS), f"{section}.augment may only hold {', '.join(AUGMENTATIONS)}"),
         ]
-    checks += unlearn_checks(cfg.unlearn)
     if cfg.data.data_dir and cfg.data.dataset != "cifar10":
         checks.append((False, f"data.data_dir (--data-dir) applies to --dataset cifar10 only; {cfg.data.dataset} comes "
                               "from its own package: drop --data-dir, or pass --dataset cifar10"))

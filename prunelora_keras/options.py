@@ -2,13 +2,20 @@
 defaults, as one typed dataclass (``UnlearnConfig``).
 
 The command reads them from presets and ``--set unlearn.<key>=...``; ``prunelora_keras.unlearn``
-takes them as keyword arguments. ``unlearn_checks`` is their one validation, which reads the
-method names from the registry (``methods.registry``).
+takes them as keyword arguments. ``check_unlearn`` is their one validation, used by both (types,
+the allowed values in ``UNLEARN_CHOICES``, ranges): the command turns its ``ValueError`` into the
+one-line ``error:`` exit, the library raises it as it is. Method names come from the registry
+(``methods.registry``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 PAPER_PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora")  # the default: the paper's table
 
@@ -77,14 +84,101 @@ class UnlearnConfig:
     eval_models_retain_sample: int = 1000  # KLoM on D_r: a seeded sample of this many retained images
 
 
+# The string options and their allowed values (``config.CHOICES`` reads them from here).
+UNLEARN_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": ("sgd", "adam", "adamw"),
+    "bn": ("update", "freeze"),
+    "prune_mode": ("reference", "persistent"),
+    "vit_lora_targets": ("reference", "intended"),
+    "prune_classifier": ("reference", "true", "false"),
+    "rl_labels": ("per_batch", "once_other"),
+    "prefix_cache": ("auto", "off"),
+    "precision": ("float32", "bfloat16"),
+    "eval_models_mode": ("auto", "vmap", "map", "loop"),
+}
+INT_LIMIT = 2**63  # integers beyond int64 overflow as soon as numpy or JAX sees them
+
+
+def did_you_mean(value: Any, choices: typing.Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest valid name, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(UnlearnConfig)
+
+
+def _typed(name: str, value: Any, tp: Any, where: str) -> Any:
+    """``value`` checked against the field's type ``tp`` (an int given for a float is converted, NumPy
+    scalars are read as Python ones); ValueError naming the option, what it got and what it needs."""
+    got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    if typing.get_origin(tp) is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}{name} must be a list of {item.__name__} values, got {got}")
+        return [_typed(f"{name}[{i}]", v, item, where) for i, v in enumerate(value)]
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()  # numpy scalars (np.float32(1e-3), np.int64(4), np.bool_)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= INT_LIMIT:
+            raise ValueError(f"{where}{name} = {got} is too large (integers must fit in 64 bits)")
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value) or abs(value) >= INT_LIMIT:
+            raise ValueError(f"{where}{name} must be a finite number, got {got}")
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is str and isinstance(value, bool) and "true" in UNLEARN_CHOICES.get(name, ()):
+        return "true" if value else "false"  # prune_classifier=True reads as its choice "true"
+    kind = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}.get(tp, str(tp))
+    raise ValueError(f"{where}{name} must be {kind}, got {got}")
+
+
+def check_unlearn(u: UnlearnConfig, where: str = "") -> UnlearnConfig:
+    """The one validation of the unlearning options: every field's type, the allowed values of the
+    string options (``UNLEARN_CHOICES``) and every range (``unlearn_checks``).
+
+    Args:
+        u: the options.
+        where: the prefix of each option's name in messages (the command passes ``"unlearn."``).
+    Returns:
+        ``u`` with lossless conversions applied in place (an int given for a float, a bool for
+        ``prune_classifier``'s "true"/"false").
+    Raises:
+        ValueError: one line naming the option, the bad value and the fix.
+
+    Example:
+        >>> check_unlearn(UnlearnConfig(lr=1)).lr
+        1.0
+    """
+    for name, tp in _field_types().items():
+        setattr(u, name, _typed(name, getattr(u, name), tp, where))
+    for name, choices in UNLEARN_CHOICES.items():
+        value = getattr(u, name)
+        if value not in choices:
+            raise ValueError(f"{where}{name} = {value!r} is not valid: choose one of {', '.join(choices)}"
+                             f"{did_you_mean(value, choices)}")
+    for ok, message in unlearn_checks(u):
+        if not ok:
+            raise ValueError(message.replace("unlearn.", where))
+    return u
+
+
 def unlearn_checks(u: UnlearnConfig) -> list[tuple[bool, str]]:
-    """(condition, message) pairs: every condition must hold; the message says what to fix."""
+    """(condition, message) pairs, the ranges ``check_unlearn`` enforces after types and choices:
+    every condition must hold; the message says what to fix."""
     from prunelora_keras.methods import registry
 
     names = registry.names()
+    bad = [p for p in u.paradigms if p not in names]
     return [
-        (len(u.paradigms) >= 1 and set(u.paradigms) <= set(names),
-         f"unlearn.paradigms must name some of {', '.join(names)}"),
+        (len(u.paradigms) >= 1 and not bad,
+         f"unlearn.paradigms: {bad[0] if bad else 'none'!r} is not a method{did_you_mean(bad[0], names) if bad else ''};"
+         f" choose some of {', '.join(names)}"),
         (len(set(u.paradigms)) == len(u.paradigms), "unlearn.paradigms lists a paradigm twice"),
         (len(u.epochs) >= 1 and all(e >= 1 for e in u.epochs), "unlearn.epochs must be one or more integers >= 1"),
         (u.lr > 0 and u.batch_size >= 1, "unlearn.lr must be > 0 and unlearn.batch_size >= 1"),
@@ -94,8 +188,6 @@ def unlearn_checks(u: UnlearnConfig) -> list[tuple[bool, str]]:
         (u.lora_alpha > 0, "unlearn.lora_alpha must be > 0"),
         (0 <= u.lora_dropout < 1, "unlearn.lora_dropout must be in [0, 1)"),
         (u.mia_members >= 1 and u.mia_nonmembers >= 1, "unlearn.mia_members and unlearn.mia_nonmembers must be >= 1"),
-        (u.prefix_cache in ("auto", "off"), "unlearn.prefix_cache must be 'auto' or 'off'"),
-        (u.precision in ("float32", "bfloat16"), "unlearn.precision must be 'float32' or 'bfloat16'"),
         (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
         (u.paradigm_l1 >= 0 and u.l1_alpha >= 0, "unlearn.paradigm_l1 and unlearn.l1_alpha must be >= 0"),
         (min(u.ga_lr, u.rl_lr, u.l1_lr, u.salun_lr) > 0, "unlearn.ga_lr, rl_lr, l1_lr and salun_lr must be > 0"),
@@ -115,7 +207,5 @@ def unlearn_checks(u: UnlearnConfig) -> list[tuple[bool, str]]:
         (u.scrub_msteps >= 0, "unlearn.scrub_msteps must be >= 0"),
         (u.eval_models == 0 or 2 <= u.eval_models <= 100_000,
          "--eval-models (unlearn.eval_models) must be 0 (off) or a number of models per pool from 2 to 100000"),
-        (u.eval_models_mode in ("auto", "vmap", "map", "loop"),
-         "unlearn.eval_models_mode must be one of auto, vmap, map, loop"),
         (u.eval_models_retain_sample >= 1, "unlearn.eval_models_retain_sample must be >= 1"),
     ]

@@ -16,6 +16,9 @@ prepare:
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import optax
 
 from prunelora_keras.config import TrainConfig
@@ -41,13 +44,17 @@ def prune(ctx: MethodContext) -> PruneResult:
 def paradigm_optimizer(ctx: MethodContext) -> tuple[optax.GradientTransformation, TrainConfig, str]:
     """The paradigms' optimiser over ``epochs`` epochs of D_r, its Keras recipe and its share key."""
     u = ctx.options
-    steps = ctx.steps_per_epoch(len(ctx.retain)) * ctx.epochs
+    steps_per_epoch = ctx.steps_per_epoch(len(ctx.retain))
     recipe = TrainConfig(epochs=ctx.epochs, optimizer=u.optimizer, lr=u.lr, weight_decay=u.weight_decay,
                          schedule="constant")
-    optimizer = make_optimizer(recipe, steps)
-    if u.paradigm_l1 > 0:  # e.g. "LoRA + l1": the l1-sparse penalty on the paradigm's trained variables
-        optimizer = optax.chain(decaying_l1(u.paradigm_l1, steps // ctx.epochs, ctx.epochs), optimizer)
-    share_key = f"unlearn:{u.optimizer}:{u.lr}:{u.weight_decay}:{steps}:{u.bn}:l1={u.paradigm_l1}"
+    # e.g. "LoRA + l1": the l1-sparse penalty on the paradigm's trained variables, decaying per epoch
+    l1 = (u.paradigm_l1, steps_per_epoch, ctx.epochs) if u.paradigm_l1 > 0 else None
+    optimizer = make_optimizer(recipe, steps_per_epoch * ctx.epochs)
+    if l1 is not None:
+        optimizer = optax.chain(decaying_l1(*l1), optimizer)
+    # A shared compiled step closes over the optimiser: its key holds every input it was built from
+    # (the recipe, the step count, the l1 schedule's steps-per-epoch x epochs) and the BatchNorm policy.
+    share_key = json.dumps(["unlearn", dataclasses.asdict(recipe), steps_per_epoch, l1, u.bn])
     return optimizer, recipe, share_key
 
 
