@@ -29,6 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunelora_keras.checks import chance_warnings, labelled_arrays, require_epochs, require_logits
 from prunelora_keras.conv import FlatDense, PointwiseConv2D
 from prunelora_keras.data import Subset
 from prunelora_keras.evaluation import Reference, evaluate_arrays
@@ -225,22 +226,6 @@ def prune(model: keras.Model, targets: Sequence[str] | None = None, amount: floa
     return copy, prune_units(copy, targets, amount, mode=mode)
 
 
-def _arrays(data: Data, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 inputs in the model's domain, int labels) from (x, y) or a PyDataset (materialised)."""
-    if isinstance(data, keras.utils.PyDataset):
-        parts = [data[i] for i in range(len(data))]
-        x, y = np.concatenate([np.asarray(p[0]) for p in parts]), np.concatenate([np.asarray(p[1]) for p in parts])
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
-    else:
-        raise ValueError(f"{name} must be (x, y) arrays or a keras.utils.PyDataset, got {type(data).__name__}")
-    if y.ndim == 2:  # one-hot
-        y = np.argmax(y, axis=1)
-    if len(x) != len(y) or y.ndim != 1:
-        raise ValueError(f"{name}: {len(x)} inputs but labels of shape {y.shape}: expected one integer label each")
-    return (x if x.dtype == np.float32 else x.astype(np.float32)), y.astype(np.int64)
-
-
 def _with_callers_layer_types(out: keras.Model, model: keras.Model) -> keras.Model:
     """``out`` with each of the package's speed layers (``PointwiseConv2D``, ``FlatDense``, which merging
     adapters produces) back to the caller's own layer type: the result loads without this package."""
@@ -255,6 +240,16 @@ def _with_callers_layer_types(out: keras.Model, model: keras.Model) -> keras.Mod
     if not any(isinstance(layer, (PointwiseConv2D, FlatDense)) for layer in out.layers):
         return out
     return replace_layers(out, replace)
+
+
+def checked_inputs(model: keras.Model, retain: Data, forget: Data) -> tuple[np.ndarray, ...]:
+    """(x_r, y_r, x_f, y_f, classes) for ``unlearn`` and the pools, after the refusals of
+    ``checks``: a model that outputs logits, labels in range, neither set empty."""
+    num_classes = require_logits(model)
+    x_r, y_r = labelled_arrays(retain, "retain", num_classes)
+    x_f, y_f = labelled_arrays(forget, "forget", num_classes)
+    require_logits(model, x_r[:32])
+    return x_r, y_r, x_f, y_f, num_classes
 
 
 def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "pruned_lora", *, epochs: int = 10,
@@ -278,6 +273,11 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
             ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``prune_amount``, ``prune_mode``, ``bn``, ...
     Returns:
         ``UnlearnResult``.
+    Raises:
+        ValueError: (one line, before any work) a model that outputs probabilities rather than
+            logits (``checks.require_logits``: rebuild its head without the activation), labels
+            outside the model's classes or not integers, an empty set, ``epochs`` < 1, an unknown
+            or invalid option.
 
     Example:
         >>> result = unlearn(model, (x_r, y_r), (x_f, y_f), "scrub", epochs=3)  # doctest: +SKIP
@@ -285,9 +285,8 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     """
     start = time.perf_counter()
     opts = unlearn_options(**options)
-    x_r, y_r = _arrays(retain, "retain")
-    x_f, y_f = _arrays(forget, "forget")
-    num_classes = int(model.output_shape[-1])
+    epochs = require_epochs(epochs)
+    x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
     keras.utils.set_random_seed(seed)
     work = copy_model(model)
     flags = {layer.name: layer.trainable for layer in model.layers}
@@ -334,17 +333,29 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
     Returns:
         {metric: value}: UA, RA, TA, MIA_<attack> and attack_acc_/attack_degenerate_<attack>,
         probe_forget_acc, and where given the reference / original metrics above. Percent,
-        except CKA in [0, 1] and ToW in [0, 1].
+        except CKA in [0, 1] and ToW in [0, 1]. ``"warnings"``: one line per model (unlearned,
+        reference, original) within a few points of chance on D_r (``checks.chance_warnings``,
+        also issued as a ``ChanceLevelWarning``): its scores say nothing.
+    Raises:
+        ValueError: as ``unlearn`` (probability outputs of any of the models, bad labels, empty
+            sets), or a reference/original with another number of classes.
 
     Example:
         >>> scores = evaluate(result.model, (x_r, y_r), (x_f, y_f), (x_t, y_t), reference=retrained)  # doctest: +SKIP
         >>> scores["UA"], scores["avg_gap"]  # doctest: +SKIP
     """
-    sets = {"retain": Subset(*_arrays(retain, "retain")), "forget": Subset(*_arrays(forget, "forget")),
-            "test_retain": Subset(*_arrays(test, "test"))}
+    num_classes = require_logits(model)
+    sets = {"retain": Subset(*labelled_arrays(retain, "retain", num_classes)),
+            "forget": Subset(*labelled_arrays(forget, "forget", num_classes)),
+            "test_retain": Subset(*labelled_arrays(test, "test", num_classes))}
     if test_forget is not None:
-        sets["test_forget"] = Subset(*_arrays(test_forget, "test_forget"))
-    num_classes = int(model.output_shape[-1])
+        sets["test_forget"] = Subset(*labelled_arrays(test_forget, "test_forget", num_classes))
+    sample = sets["retain"].x[:32]
+    require_logits(model, sample)
+    for what, other in (("reference", reference), ("original", original)):
+        if other is not None and require_logits(other, sample, what) != num_classes:
+            raise ValueError(f"the {what} model has {other.output_shape[-1]} outputs, the model {num_classes}: "
+                             "pass models of the same classes")
     common = {"seed": seed, "batch_size": batch_size}
     ref = Reference()
     rows = []
@@ -362,4 +373,8 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         row = {"paradigm": "unlearned", "epochs": 0, **metrics}
         add_avg_gap(rows + [row])
         metrics.update(avg_gap=row["avg_gap"], tow=row["tow"])
+    retain_acc = {"unlearned": metrics["RA"], **({"reference": rows[0]["RA"]} if rows else {})}
+    if original is not None:
+        retain_acc["original"] = accuracy_pct(predict_inputs(original, sets["retain"].x, batch_size), sets["retain"].y)
+    metrics["warnings"] = chance_warnings(retain_acc, sets["retain"].y)
     return metrics

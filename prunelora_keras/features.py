@@ -49,6 +49,9 @@ def classifier_layer(model: keras.Model) -> keras.layers.Layer:
         raise ValueError(f"{model.name}'s output comes from {layer.name} ({type(layer).__name__}), not from a layer "
                          "with a kernel: end the model with its classifier's logits (keras.applications: "
                          "classifier_activation=None)")
+    if getattr(getattr(layer, "activation", None), "__name__", "linear") != "linear":
+        raise ValueError(f"{model.name}'s classifier {layer.name} applies {layer.activation.__name__}: its output is not "
+                         "logits; rebuild the head with no activation (keras.applications: classifier_activation=None)")
     return layer
 
 

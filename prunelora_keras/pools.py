@@ -22,6 +22,7 @@ import jax
 import keras
 import numpy as np
 
+from prunelora_keras.checks import checked_labels, require_epochs, require_logits
 from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import Subset, num_batches
 from prunelora_keras.ensemble import PoolTrainer, member_seeds  # noqa: F401  (re-exported)
@@ -93,11 +94,16 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         >>> oracle.fit(recipe.epochs)  # doctest: +SKIP
         >>> logits = oracle.logits(forget.x, mean, std)  # (16, |D_f|, 10)  # doctest: +SKIP
     """
+    y = checked_labels(y, "the training data", num_classes)
+    require_epochs(recipe.epochs)
     steps = num_batches(len(y), batch_size, drop_last)
     members = []
     for seed in seeds:
         keras.utils.set_random_seed(int(seed))
         model = build_model(int(seed))
+        if require_logits(model) != num_classes:
+            raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
+                             "make them agree")
         set_bn_policy(model, recipe.bn)
         members.append(Trainer(model, make_optimizer(recipe, steps * recipe.epochs), num_classes, mean, std,
                                augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=int(seed), label=label,
@@ -134,15 +140,14 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
         >>> unlearned = pool.logits(x_f, (0.0,), (1.0,))  # (16, |D_f|, classes)  # doctest: +SKIP
         >>> score = plk.forgetting_quality(unlearned, oracle.logits(x_f, (0.0,), (1.0,)), y_f)  # doctest: +SKIP
     """
-    from prunelora_keras.api import _arrays, copy_model, find_targets, unlearn_options
+    from prunelora_keras.api import checked_inputs, copy_model, find_targets, unlearn_options
 
     opts = unlearn_options(**options)
-    x_r, y_r = _arrays(retain, "retain")
-    x_f, y_f = _arrays(forget, "forget")
+    epochs = require_epochs(epochs)
+    x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
     seeds = [int(s) for s in seeds] if seeds is not None else member_seeds(0, method, k)
     if len(seeds) < 1:
         raise ValueError("a pool needs at least one seed")
-    num_classes = int(model.output_shape[-1])
     classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
 
     def context(seed: int) -> MethodContext:  # plk.unlearn's own construction, for that seed

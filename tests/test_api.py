@@ -189,7 +189,7 @@ def test_the_command_refuses_jax_only_methods_on_torch_before_training(tmp_path)
 
 
 def test_data_as_pydataset_or_one_hot_arrays_becomes_the_same_arrays():
-    from prunelora_keras.api import _arrays
+    from prunelora_keras.checks import labelled_arrays
 
     x = np.arange(2 * 10 * 3, dtype=np.uint8).reshape(10, 2, 3)
     y = np.arange(10) % 3
@@ -203,8 +203,8 @@ def test_data_as_pydataset_or_one_hot_arrays_becomes_the_same_arrays():
             return x[sl], np.eye(3)[y[sl]]  # one-hot labels, as keras pipelines often give them
 
     for data in ((x, y), (x, np.eye(3)[y]), Batches()):
-        xs, ys = _arrays(data, "retain")
+        xs, ys = labelled_arrays(data, "retain", 3)
         assert xs.dtype == np.float32 and np.array_equal(xs, x.astype(np.float32))  # values kept: no scaling
         assert np.array_equal(ys, y)
     with pytest.raises(ValueError, match="retain must be"):
-        _arrays(x, "retain")
+        labelled_arrays(x, "retain", 3)

@@ -66,3 +66,94 @@ def test_lossless_conversions_are_kept_and_the_command_gives_the_same_message():
         build_config("vit", "quick", sets=["unlearn.rl_labels=per-batch"])
     with pytest.raises(UserError, match=r"unlearn.paradigms: 'prunedlora' is not a method \(did you mean 'pruned_lora'"):
         build_config("vit", "quick", sets=["unlearn.paradigms=prunedlora"])
+
+
+def _refused(call, message):
+    with pytest.raises(ValueError, match=message) as info:
+        call()
+    assert "\n" not in str(info.value)  # one line
+
+
+@pytest.mark.parametrize("build", [
+    lambda: tiny("softmax"),  # the usual Keras classifier
+    lambda: tiny("sigmoid"),
+    lambda: keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="head"), keras.layers.Softmax()]),
+    lambda: keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="head"), keras.layers.Activation("relu")]),
+    lambda: keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="head"),  # probabilities a layer hides
+                              keras.layers.Lambda(lambda t: keras.ops.softmax(t))]),
+])
+def test_a_model_that_outputs_probabilities_is_refused_everywhere(build):
+    model, retain, forget, test = build(), data(16), data(4, seed=2), data(8, seed=3)
+    message = "not logits.*classifier_activation=None"
+    _refused(lambda: plk.unlearn(model, retain, forget, "finetune", epochs=1, verbose=False), message)
+    _refused(lambda: plk.evaluate(model, retain, forget, test), message)
+    _refused(lambda: plk.evaluate(tiny(), retain, forget, test, reference=model), "reference.*not logits")
+    _refused(lambda: plk.unlearn_pool(model, retain, forget, "finetune", k=2, epochs=1, verbose=False), message)
+
+
+def test_a_linear_head_is_accepted_and_classifier_layer_refuses_a_softmax_kernel():
+    from prunelora_keras.checks import output_activation
+    from prunelora_keras.features import classifier_layer
+
+    linear = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="head"), keras.layers.Activation("linear"),
+                               keras.layers.Flatten()])
+    assert output_activation(linear) is None and classifier_layer(linear).name == "head"
+    with pytest.raises(ValueError, match="applies softmax"):
+        classifier_layer(tiny("softmax"))
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, 2, 4]), r"1 label\(s\) outside 0..3"),  # label 4 of 4 classes: an all-zero one-hot row
+    (np.array([0, 1, -1, 2]), r"outside 0..3"),
+    (np.array([0.0, 1.5, 2.0, 3.0]), "whole class numbers"),
+    (np.eye(5)[[0, 1, 2, 3]], "not one-hot rows of the model's 4 classes"),
+    (np.array([[0.5, 0.5, 0, 0]] * 4), "not one-hot rows"),
+    (np.array(["a", "b", "c", "d"]), "must be integers"),
+])
+def test_bad_labels_are_refused_in_unlearn_evaluate_and_the_pools(labels, message):
+    model, x = tiny(), data(4, seed=5)[0]
+    good, test = data(16), data(8, seed=3)
+    _refused(lambda: plk.unlearn(model, good, (x, labels), "finetune", epochs=1, verbose=False), message)
+    _refused(lambda: plk.unlearn(model, (x, labels), good, "finetune", epochs=1, verbose=False), message)
+    _refused(lambda: plk.evaluate(model, good, good, (x, labels)), message)
+    _refused(lambda: plk.unlearn_pool(model, good, (x, labels), "finetune", k=2, epochs=1, verbose=False), message)
+    from prunelora_keras.config import TrainConfig
+
+    _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(), x.astype("uint8"), labels, 2, 4, (0.0,), (1.0,),
+                                      seeds=[0, 1], verbose=False), message)
+
+
+def test_an_empty_set_or_an_empty_training_pass_is_refused():
+    model, good = tiny(), data(16)
+    empty = (np.zeros((0, 6), "float32"), np.zeros(0, int))
+    _refused(lambda: plk.unlearn(model, good, empty, "finetune", epochs=1, verbose=False), "forget is empty")
+    _refused(lambda: plk.evaluate(model, empty, good, good), "retain is empty")
+    for epochs in (0, -1, 1.5, True):
+        _refused(lambda: plk.unlearn(model, good, data(4, seed=2), "finetune", epochs=epochs, verbose=False),
+                 "epochs must be an integer >= 1")
+        _refused(lambda: plk.unlearn_pool(model, good, data(4, seed=2), "finetune", k=2, epochs=epochs, verbose=False),
+                 "epochs must be an integer >= 1")
+    from prunelora_keras.config import TrainConfig
+
+    _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(epochs=0), good[0].astype("uint8"), good[1], 4, 4,
+                                      (0.0,), (1.0,), seeds=[0, 1], verbose=False), "epochs must be an integer >= 1")
+
+
+def test_a_chance_level_model_is_warned_about_in_the_result_too():
+    from prunelora_keras.checks import ChanceLevelWarning, chance_pct
+
+    x, y = data(90, classes=9)
+    constant = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, name="head")])
+    constant.get_layer("head").set_weights([np.zeros((6, 9), "float32"), 5 * np.eye(9, dtype="float32")[0] - 1])  # always 0
+    assert chance_pct(y) == pytest.approx(100 / 9)
+    trained = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, name="head")])
+    # a classifier that is right on every retained sample: a least-squares fit of one-hot targets
+    w, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], 10 * np.eye(9)[y] - 5, rcond=None)
+    trained.get_layer("head").set_weights([w[:6].astype("float32"), w[6].astype("float32")])
+    forget, test = data(9, classes=9, seed=4), data(18, classes=9, seed=5)
+    with pytest.warns(ChanceLevelWarning, match="the reference model is at chance"):
+        scores = plk.evaluate(trained, (x, y), forget, test, reference=constant, relearn_max_steps=0)
+    assert len(scores["warnings"]) == 1 and "11.1%" in scores["warnings"][0]
+    assert scores["RA"] > 100 / 9 + 5  # the unlearned model itself is fine: not warned about
+    with pytest.warns(ChanceLevelWarning, match="the unlearned model is at chance"):
+        assert len(plk.evaluate(constant, (x, y), forget, test)["warnings"]) == 1
