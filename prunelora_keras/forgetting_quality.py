@@ -6,12 +6,15 @@ Both need pools of models (``ensemble.py`` trains them as one compiled program);
 pure numpy functions of the pools' logits, shape (K models, N examples, C classes).
 
 Forgetting quality (google-deepmind/unlearning_evaluation, ``metric.py``)
-- Per model and example, the logit-scaled confidence log p_y - log(1 - p_y) (float64 softmax,
-  1e-45 inside each log, as LiRA).
+- Per model and example, the logit-scaled confidence log p_y - log(sum_{j != y} p_j), 1e-45 inside
+  each log (as LiRA), in log space from the logits (float64 logsumexp over the other classes):
+  metric.py sums the other classes' probabilities; 1 - p_y or sum(p) - p_y would round to 0 for
+  a confident model (label-logit gap above ~37) and saturate the confidence at 103.6.
 - Per example, the pool with the larger median is "positive". Over a grid of decision rules
   (single threshold: "positive iff c >= t" on 100 thresholds per unit over both pools' range;
   double threshold: "positive iff l <= c <= r" on the peakier pool, right thresholds 100 per unit,
-  400 left ones per right one over +-2 around r - width), epsilon = the largest
+  400 left ones per right one over +-2 around r - width; a left threshold past its right one
+  takes nothing), epsilon = the largest
   max(log(1 - delta - FPR) - log FNR, log(1 - delta - FNR) - log FPR) (clipped at 0), delta = 1e-5.
   A rule that separates the pools perfectly gives infinity; rules with FPR or FNR zero (not both)
   are discarded (too few samples to say). An example whose pools' ranges differ by more than 100x
@@ -24,20 +27,27 @@ Forgetting quality (google-deepmind/unlearning_evaluation, ``metric.py``)
 
 Choices where ``metric.py`` is unclear, all written down:
 - Rates are counted with sorted pools and ``searchsorted`` on exactly ``metric.py``'s threshold
-  grid (its dense model x threshold comparison, a faster route to the same counts), in float64
+  grid (its dense model x threshold comparison, a faster route to the same counts: a double
+  threshold's count is clipped at 0 where l > r, as l <= c <= r holds for no c), in float64
   where ``metric.py`` takes float32 means.
 - ``metric.py`` asserts when no rule survives (it happens when both pools are one and the same
   constant); that example gets epsilon 0 here: no rule can tell the pools apart.
 - Its peaky check divides by the larger range; two constant pools (0 / 0) skip it, as there.
 
-KLoM (RoyRin/data-unlearning-bench, ``src/eval.py``)
+KLoM (RoyRin/data-unlearning-bench, ``unlearning_bench/eval.py``, called from ``unlearning_bench/run.py``)
 - Per model and example, the margin logit_y - logsumexp(other logits).
-- Per example, KL(unlearned || oracle) between 20-bin histograms over both pools' joint range
-  (margins clipped to [-100, 100]; one unit wide if the range is empty), the oracle's empty bins
-  floored at 1e-5 where the unlearned pool has mass, both normalised (``scipy.stats.entropy``).
-- One deviation: ``eval.py``'s ``np.digitize`` puts a sample equal to the largest value past the
-  last bin and drops it, so a pool whose samples all sit at the maximum gets an empty histogram and
-  a NaN score; here the last bin includes its right edge (``np.histogram``'s convention).
+- Per example, a KL divergence between 20-bin histograms over both pools' joint range (margins
+  clipped to [-100, 100]; one unit wide if the range is empty), the second pool's empty bins
+  floored at 1e-5 where the first has mass, both normalised (``scipy.stats.entropy``).
+- Direction: KL(oracle || unlearned) by default, as ``run.py`` computes it (it passes the oracle's
+  margins where ``eval.py``'s ``kl_from_margins`` names the unlearned ones); ``klom(...,
+  direction="unlearned||oracle")`` gives the other.
+- One deviation, in every example: ``eval.py``'s ``np.digitize`` puts a sample equal to the joint
+  maximum past the last bin and drops it. The joint maximum is always some pool's sample, so every
+  example loses at least one sample from one histogram there (a pool whose samples all sit at the
+  maximum gets an empty one and a NaN score). Here the last bin includes its right edge
+  (``np.histogram``'s convention), so no sample is dropped and every example's score differs from
+  ``eval.py``'s (mean |difference| about 0.2 at K = 16, 0.1 at K = 32 on two normal pools).
 """
 
 from __future__ import annotations
@@ -55,6 +65,7 @@ BIN_WIDTH = 0.5
 KLOM_BINS = 20
 KLOM_EPS = 1e-5
 KLOM_CLIP = 100.0
+KLOM_DIRECTIONS = ("oracle||unlearned", "unlearned||oracle")
 
 
 def _check_pool(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,21 +77,42 @@ def _check_pool(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return logits, labels
 
 
+def _label_and_other_logsumexp(logits: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logit_y, logsumexp of the other classes' logits, logsumexp of all logits), each (K, N), float64."""
+    logits, labels = _check_pool(logits, labels)
+    correct = np.take_along_axis(logits, labels[None, :, None], axis=-1)[..., 0]
+    others = logits.copy()
+    np.put_along_axis(others, labels[None, :, None], -np.inf, axis=-1)
+
+    def logsumexp(z: np.ndarray) -> np.ndarray:
+        top = z.max(axis=-1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)  # no other class: log 0 = -inf, not NaN
+        with np.errstate(divide="ignore"):
+            return top[..., 0] + np.log(np.exp(z - top).sum(axis=-1))
+
+    return correct, logsumexp(others), logsumexp(logits)
+
+
 def logit_scaled_confidence(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """log p_y - log(1 - p_y) per model and example: (K, N, C) logits, (N,) labels -> (K, N).
+    """log p_y - log(sum_{j != y} p_j) per model and example: (K, N, C) logits, (N,) labels -> (K, N).
+
+    Computed in log space (float64): log p_y = logit_y - logsumexp(logits), log sum_{j != y} p_j =
+    logsumexp(other logits) - logsumexp(logits). Forming 1 - p_y, or sum(p) - p_y, from probabilities
+    instead loses every digit once p_y rounds to 1 (a label-logit gap above ~37): the confidence
+    saturates at the floor's 103.6. metric.py's 1e-45 inside each log is kept, as log(p + 1e-45) =
+    logaddexp(log p, log 1e-45): it bounds the confidence to +-103.6 (so the threshold grid stays
+    bounded) and moves it by about exp(|conf| - 103.6), under 1e-6 for |conf| < 90.
 
     Example:
         >>> import numpy as np
         >>> round(float(logit_scaled_confidence(np.log([[[0.75, 0.25]]]), np.array([0]))[0, 0]), 4)  # log 3
         1.0986
+        >>> float(logit_scaled_confidence(np.array([[[50.0, 0.0]]]), np.array([0]))[0, 0])  # two classes: the gap
+        50.0
     """
-    logits, labels = _check_pool(logits, labels)
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    correct = np.take_along_axis(probs, labels[None, :, None], axis=-1)[..., 0]
-    wrong = probs.sum(axis=-1) - correct
-    return np.log(correct + 1e-45) - np.log(np.clip(wrong, 0.0, None) + 1e-45)
+    correct, other, total = _label_and_other_logsumexp(logits, labels)
+    floor = math.log(1e-45)
+    return np.logaddexp(correct - total, floor) - np.logaddexp(other - total, floor)
 
 
 def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -91,12 +123,8 @@ def margins(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
         >>> round(float(margins(np.array([[[2.0, 0.0, 0.0]]]), np.array([0]))[0, 0]), 4)  # 2 - log 2
         1.3069
     """
-    logits, labels = _check_pool(logits, labels)
-    correct = np.take_along_axis(logits, labels[None, :, None], axis=-1)[..., 0]
-    others = logits.copy()
-    np.put_along_axis(others, labels[None, :, None], -np.inf, axis=-1)
-    top = others.max(axis=-1, keepdims=True)
-    return correct - (top[..., 0] + np.log(np.exp(others - top).sum(axis=-1)))
+    correct, other, _ = _label_and_other_logsumexp(logits, labels)
+    return correct - other
 
 
 # ----------------------------------------------------------------------------- forgetting quality
@@ -113,7 +141,11 @@ def _rates_single(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def _rates_double(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(FPR, FNR) of "positive iff l <= c <= r" over metric.py's double-threshold grid, the peakier
-    pool (smaller range) taken as positive."""
+    pool (smaller range) taken as positive.
+
+    Left thresholds reach r - width + 2, past r whenever the peakier pool is narrower than 2: such a
+    rule takes nothing as positive (metric.py compares l <= c <= r). Counted as #(c <= r) - #(c < l),
+    it would be minus the samples in (r, l), a negative rate; it is clipped at 0, which is exact."""
     pos_range, neg_range = pos[-1] - pos[0], neg[-1] - neg[0]
     width = neg_range if pos_range > neg_range else pos_range
     if pos_range >= neg_range:
@@ -125,8 +157,8 @@ def _rates_double(pos: np.ndarray, neg: np.ndarray) -> tuple[np.ndarray, np.ndar
     right = np.repeat(right, n_left)
 
     def inside(sorted_pool: np.ndarray) -> np.ndarray:
-        return (np.searchsorted(sorted_pool, right, "right") - np.searchsorted(sorted_pool, left, "left")) \
-            / len(sorted_pool)
+        count = np.searchsorted(sorted_pool, right, "right") - np.searchsorted(sorted_pool, left, "left")
+        return np.maximum(count, 0) / len(sorted_pool)
 
     tpr, fpr = inside(pos), inside(neg)
     return fpr, 1.0 - tpr
@@ -268,15 +300,25 @@ def binned_kl(p: np.ndarray, q: np.ndarray, bins: int = KLOM_BINS, eps: float = 
     return terms.sum(-1)
 
 
-def klom(unlearned_logits: np.ndarray, oracle_logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """KLoM per example: KL between the unlearned and the oracle pools' margin histograms.
+def klom(unlearned_logits: np.ndarray, oracle_logits: np.ndarray, labels: np.ndarray,
+         direction: str = "oracle||unlearned") -> np.ndarray:
+    """KLoM per example: the KL divergence between the oracle and the unlearned pools' margin histograms.
+
+    KL is not symmetric, and which pool's empty bins get the 1e-5 floor depends on the order.
+    ``eval.py``'s ``kl_from_margins(unlearned, oracle)`` computes KL(unlearned || oracle), but the
+    benchmark's own ``run.py`` calls it as ``kl_from_margins(oracle_margins, margins)``: the scores
+    it reports are KL(oracle || unlearned), which is the default here. That direction asks how
+    badly the unlearned pool covers where the oracle's margins lie (an unlearned pool narrower than
+    the oracle's scores high); the other asks whether the unlearned pool puts margins where the
+    oracle never does.
 
     Args:
         unlearned_logits: (K, N, C) logits of K unlearned models.
         oracle_logits: (K', N, C) logits of K' oracle (retrained) models on the same examples.
         labels: (N,) their labels.
+        direction: ``"oracle||unlearned"`` (the benchmark's run.py) or ``"unlearned||oracle"``.
     Returns:
-        (N,) KL(unlearned || oracle) per example (0: indistinguishable at this K and binning).
+        (N,) the KL divergence per example in ``direction`` (0: indistinguishable at this K and binning).
 
     Example:
         >>> import numpy as np
@@ -284,7 +326,10 @@ def klom(unlearned_logits: np.ndarray, oracle_logits: np.ndarray, labels: np.nda
         >>> klom(logits, logits, np.zeros(4, int)).tolist()
         [0.0, 0.0, 0.0, 0.0]
     """
-    return binned_kl(margins(unlearned_logits, labels), margins(oracle_logits, labels))
+    if direction not in KLOM_DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(map(repr, KLOM_DIRECTIONS))}; got {direction!r}")
+    unlearned, oracle = margins(unlearned_logits, labels), margins(oracle_logits, labels)
+    return binned_kl(oracle, unlearned) if direction == "oracle||unlearned" else binned_kl(unlearned, oracle)
 
 
 def summarize(values: np.ndarray) -> dict[str, float]:
