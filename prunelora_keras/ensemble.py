@@ -41,6 +41,7 @@ import numpy as np
 from prunelora_keras.augment import infer_images
 from prunelora_keras.distributed import put_global
 from prunelora_keras.multihost import host_value
+from prunelora_keras.pool_checks import all_equal, check_members
 from prunelora_keras.predict import predict_logits
 from prunelora_keras.progress import Progress
 from prunelora_keras.step import StepConsts, TrainState, merge_values, train_step
@@ -70,30 +71,14 @@ def unstack(tree: Any, k: int) -> Any:
     return jax.tree_util.tree_map(lambda x: x[k], tree)
 
 
-def _layout(trainer: Trainer) -> tuple:
-    """What must agree for members to share one step: the trained, frozen and non-trainable values'
-    shapes and dtypes, and which of the model's variables train (layer names may differ)."""
-
-    def shapes(values):
-        return tuple((tuple(np.shape(v)), str(v.dtype)) for v in values)
-
-    return (trainer.spec.train_index, shapes(trainer.train_values), shapes(trainer.frozen_values),
-            shapes(trainer.non_trainable_values))
-
-
-def _all_equal(trees: Sequence[Any]) -> bool:
-    first = jax.tree_util.tree_leaves(trees[0])
-    return all(all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, jax.tree_util.tree_leaves(t)))
-               for t in trees[1:])
-
-
 class PoolTrainer:
     """K models of one architecture trained at once; member k is ``members[k]`` trained alone.
 
     Args:
         members: single-model trainers, built but not fitted, that differ only in their values and
-            seeds (same model architecture, optimiser settings, loss, masks; checked where cheap: the
-            first member's optimiser and loss are the pool's).
+            seeds. ``check_members`` refuses members whose step would differ from the first's (layer
+            configs, optimiser updates on a probe, loss code and closed-over values, normalisation,
+            augmentation, masks). Their buffers are copied, never donated: each member stays usable.
         streams: per member, its batch stream ``stream(epoch, rng)`` (the single loop's
             ``ArrayStream`` or a method's own); all yield batches of the same shapes.
         mode: "auto", "vmap", "map" or "loop" (module docstring).
@@ -114,13 +99,7 @@ class PoolTrainer:
         if len(members) < 1 or len(members) != len(streams):
             raise ValueError("one stream per member, and at least one member")
         first = members[0]
-        if any(m.features or m.placement is not None for m in members):
-            raise ValueError("pool members train on images on one device each (no features, no distribution)")
-        if len({_layout(m) for m in members}) != 1:
-            raise ValueError("pool members must share one architecture and train the same variables")
-        masks = [[np.zeros(0) if a is None else a for a in m.spec.masks] for m in members]
-        if not _all_equal(masks):
-            raise ValueError("pool members must enforce the same masks")
+        check_members(members)
         self.spec, self.streams = first.spec, list(streams)  # the members themselves are not kept: their models go
         self.k, self.label, self.verbose = len(members), label, verbose
         self.devices = list(devices) if devices is not None and len(devices) > 1 else None
@@ -131,10 +110,12 @@ class PoolTrainer:
             raise ValueError("a pool sharded over devices maps its K axis with vmap")
         self.seeds = np.asarray([m.seed for m in members], np.uint32)
         # Values every member shares (the original's frozen weights, SCRUB's teacher) are held once.
-        self.frozen_stacked = not _all_equal([m.frozen_values for m in members])
-        self.teacher_stacked = first.teacher is not None and not _all_equal([m.teacher for m in members])
-        if self.mode == "loop":  # K separate states, each the single loop's own
-            self._states = [TrainState(m.train_values, m.non_trainable_values, m.opt_state) for m in members]
+        self.frozen_stacked = not all_equal([m.frozen_values for m in members])
+        self.teacher_stacked = first.teacher is not None and not all_equal([m.teacher for m in members])
+        if self.mode == "loop":  # K separate states: copies, since the step donates them (the members stay usable)
+            self._states = [jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True),
+                                                   TrainState(m.train_values, m.non_trainable_values, m.opt_state))
+                            for m in members]
             self._consts = [StepConsts(m.frozen_values if self.frozen_stacked else first.frozen_values,
                                        m.teacher if self.teacher_stacked else first.teacher) for m in members]
             self._step = jax.jit(functools.partial(_keyed_step, self.spec), donate_argnums=(0,))

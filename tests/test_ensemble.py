@@ -146,6 +146,42 @@ def test_members_that_do_not_share_a_layout_are_refused():
         choose_mode("fast")
 
 
+@pytest.mark.parametrize("other, what", [
+    (dict(optimizer=optax.adam(2e-2)), "optimiser updates differently"),  # another learning rate
+    (dict(optimizer=optax.adamw(1e-2, weight_decay=0.1)), "optimiser updates differently"),
+    (dict(mean=(120.0,) * 3), "another mean"),
+    (dict(std=(60.0,) * 3), "another std"),
+    (dict(augment=["flip"]), "another augment"),
+    (dict(mixup_alpha=0.4, augment=["crop", "flip", "mixup"]), "another augment"),
+    (dict(loss=lambda inputs: 0.0), "another loss"),
+])
+def test_members_whose_step_differs_are_refused(other, what):
+    x, y = _data()
+    settings = dict(optimizer=optax.adam(1e-2), mean=MEAN, std=STD, augment=["crop", "flip"])
+    first = Trainer(_cnn(0), settings["optimizer"], 3, settings["mean"], settings["std"], augment=settings["augment"],
+                    seed=0, verbose=False)
+    changed = {**settings, **other}
+    loss = {"loss": changed.pop("loss")} if "loss" in changed else {}
+    second = Trainer(_cnn(1), changed.pop("optimizer"), 3, changed.pop("mean"), changed.pop("std"), seed=1,
+                     verbose=False, **changed, **loss)
+    with pytest.raises(ValueError, match=f"pool member 1.*{what}"):
+        PoolTrainer([first, second], [ArrayStream(x, y, 8)] * 2)
+    same = Trainer(_cnn(1), optax.adam(1e-2), 3, MEAN, STD, augment=["crop", "flip"], seed=1, verbose=False)
+    PoolTrainer([first, same], [ArrayStream(x, y, 8)] * 2)  # equal settings built twice: accepted
+
+
+def test_a_loop_pool_never_consumes_its_members_buffers():
+    x, y = _data()
+    members = [Trainer(_cnn(s), optax.adam(1e-2), 3, MEAN, STD, seed=s, verbose=False) for s in (0, 1)]
+    before = [[np.asarray(v) for v in m.train_values] for m in members]
+    pool = PoolTrainer(members, [ArrayStream(x, y, 8)] * 2, mode="loop")
+    pool.fit(1)
+    for m, values in zip(members, before):
+        m.sync_to_model()  # "Buffer has been deleted or donated" before the copies
+        for v, b in zip(m.train_values, values):
+            np.testing.assert_array_equal(np.asarray(v), b)  # the member itself is untouched
+
+
 def test_pool_bytes_counts_state_and_the_steps_working_memory():
     trainer = Trainer(_cnn(0), optax.adam(1e-3), 3, MEAN, STD, verbose=False)
     state, work, shared = pool_bytes(trainer, 16)
