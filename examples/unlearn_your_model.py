@@ -8,7 +8,9 @@ the unlearned model is saved as ``.keras``.
 
     python examples/unlearn_your_model.py --epochs 2 --methods pruned_lora,scrub --out /tmp/unlearned
 
-About ten minutes on two CPU cores with the defaults (every method, 2 epochs each). Two epochs
+RUNTIME on two CPU cores with the defaults (every method, 2 epochs each). It prints a line per
+training epoch and per method as it goes, and rewrites ``scores.json`` after every method, so a
+stopped run keeps what it finished. Two epochs
 are a quick look, not a benchmark: SCRUB spends its first two epochs (``scrub_msteps``) ascending
 on D_f and recovers D_r only in the epochs after them, and pruning half the channels of every
 convolution of a compact network (``pruned``, ``pruned_lora``) needs far more than two epochs to
@@ -58,13 +60,35 @@ def mobilenet() -> keras.Model:
     return model
 
 
-def train(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0) -> keras.Model:
+class EpochLine(keras.callbacks.Callback):
+    """One short line per epoch (Keras's own progress bar floods a log)."""
+
+    def __init__(self, label: str, epochs: int):
+        super().__init__()
+        self.label, self.epochs, self.start = label, epochs, time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        spent = time.perf_counter() - self.start
+        eta = spent / (epoch + 1) * (self.epochs - epoch - 1)
+        print(f"{self.label}: epoch {epoch + 1}/{self.epochs} loss {logs['loss']:.3f} acc {100 * logs['accuracy']:.1f}% "
+              f"({spent:.0f} s, ETA {eta:.0f} s)", flush=True)
+
+
+def train(model: keras.Model, x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0,
+          label: str = "train") -> keras.Model:
     """The user's own training: plain ``compile`` and ``fit``."""
     keras.utils.set_random_seed(seed)
     model.compile(keras.optimizers.Adam(2e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
-    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0)
+    model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, callbacks=[EpochLine(label, epochs)])
     return model
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Write through a temporary file: a run stopped mid-write leaves the previous scores intact."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=float))
+    tmp.replace(path)
 
 
 def main() -> None:
@@ -74,27 +98,41 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=15)
     parser.add_argument("--forget-class", type=int, default=3)
     parser.add_argument("--out", default="unlearned-models")
+    parser.add_argument("--overwrite", action="store_true", help="replace the scores and models of an earlier run")
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in plk.methods.names()]
+    if unknown or args.epochs < 1:
+        parser.error(f"unknown method {unknown[0]!r}: choose from {', '.join(plk.methods.names())}" if unknown
+                     else "--epochs must be >= 1")
+    out = Path(args.out)
+    if (out / "scores.json").exists() and not args.overwrite:
+        parser.error(f"{out}/scores.json exists: pass another --out, or --overwrite to replace it")
+    started = time.perf_counter()
     (x, y), (x_t, y_t) = digits_32()
     f = y == args.forget_class
     retain, forget = (x[~f], y[~f]), (x[f], y[f])
     test = (x_t[y_t != args.forget_class], y_t[y_t != args.forget_class])
-    original = train(mobilenet(), x, y, args.pretrain_epochs)
-    retrained = train(mobilenet(), *retain, args.pretrain_epochs)
-    out = Path(args.out)
+    original = train(mobilenet(), x, y, args.pretrain_epochs, label="original")
+    retrained = train(mobilenet(), *retain, args.pretrain_epochs, label="retrained")
     out.mkdir(parents=True, exist_ok=True)
     table = {"original": plk.evaluate(original, retain, forget, test, reference=retrained)}
-    for name in args.methods.split(","):
+    write_json(out / "scores.json", table)
+    for i, name in enumerate(methods):
         start = time.perf_counter()
-        result = plk.unlearn(original, retain, forget, method=name, epochs=args.epochs, verbose=False)
+        print(f"[{i + 1}/{len(methods)}] {name}: unlearning ({args.epochs} epochs) ...", flush=True)
+        result = plk.unlearn(original, retain, forget, method=name, epochs=args.epochs, verbose=True)
         scores = plk.evaluate(result.model, retain, forget, test, reference=retrained, original=original)
         result.model.save(out / f"{name}.keras")
         table[name] = {**scores, "seconds": time.perf_counter() - start}
+        write_json(out / "scores.json", table)  # after every method: a stopped run keeps what it finished
         print(f"{name:13s} UA {scores['UA']:6.2f}  RA {scores['RA']:6.2f}  TA {scores['TA']:6.2f}  "
               f"MIA {scores['MIA_confidence_svc']:6.2f}  probe {scores['probe_forget_acc']:6.2f}  "
-              f"gap {scores['avg_gap']:5.2f}  relearn {scores.get('relearn_steps', '-')}", flush=True)
-    (out / "scores.json").write_text(json.dumps(table, indent=1, default=float))
-    print(f"models and scores in {out}/")
+              f"gap {scores['avg_gap']:5.2f}  relearn {scores.get('relearn_steps', '-')}  "
+              f"({table[name]['seconds']:.0f} s)", flush=True)
+        for line in scores["warnings"]:
+            print(f"  warning: {line}", flush=True)
+    print(f"models and scores in {out}/ ({time.perf_counter() - started:.0f} s in all)")
 
 
 if __name__ == "__main__":
