@@ -78,6 +78,9 @@ class UnlearnConfig:
     scrub_temperature: float = 4.0
     scrub_msteps: int = 2  # epochs that start with max-steps on D_f
     scrub_forget_batch: int = 32
+    # the lr times scrub_lr_decay_rate ** (how many of these epochs have finished), as their adjust_learning_rate
+    scrub_lr_decay_epochs: list[int] = field(default_factory=lambda: [3, 5, 9])
+    scrub_lr_decay_rate: float = 0.1
     # many-model evaluation (ensemble.py, forgetting_quality.py): K models per pool, 0: off
     eval_models: int = 0
     eval_models_mode: str = "auto"  # auto | vmap | map | loop: how a pool maps its K axis (ensemble.py)
@@ -205,6 +208,8 @@ def unlearn_checks(u: UnlearnConfig) -> list[tuple[bool, str]]:
         (u.scrub_alpha >= 0 and u.scrub_gamma >= 0 and u.scrub_temperature > 0,
          "unlearn.scrub_alpha and unlearn.scrub_gamma must be >= 0 and unlearn.scrub_temperature > 0"),
         (u.scrub_msteps >= 0, "unlearn.scrub_msteps must be >= 0"),
+        (all(e >= 1 for e in u.scrub_lr_decay_epochs) and u.scrub_lr_decay_rate > 0,
+         "unlearn.scrub_lr_decay_epochs must be epochs >= 1 (empty: no decay) and unlearn.scrub_lr_decay_rate > 0"),
         (u.eval_models == 0 or 2 <= u.eval_models <= 100_000,
          "--eval-models (unlearn.eval_models) must be 0 (off) or a number of models per pool from 2 to 100000"),
         (u.eval_models_retain_sample >= 1, "unlearn.eval_models_retain_sample must be >= 1"),

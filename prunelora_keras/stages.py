@@ -134,7 +134,9 @@ def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochSta
     """Restore ``trainer`` from a saved epoch-end state if there is one; returns the next epoch.
 
     Fills ``history`` with the saved epochs' statistics. A state file that does not fit (written
-    by another version, or damaged) is set aside and training starts over.
+    by another version, or damaged) is reported on stderr and left where it is: training starts
+    over from epoch 1, and the first epoch-end save overwrites it (``save_state`` writes atomically),
+    so nothing of it is kept. ``trainer`` is untouched then: ``load_state`` checks before it restores.
     """
     meta = read_meta(state_path) if state_path.is_file() else None
     if meta is None:

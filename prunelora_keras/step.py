@@ -132,7 +132,10 @@ def train_step(spec: StepSpec, state: TrainState, consts: StepConsts, batch: dic
         state: the trained values, non-trainable values and optimiser state (donated by the loop).
         consts: the frozen values and an optional teacher's.
         batch: {part name: (inputs, int32 labels)}; one forward pass per part, in order.
-        key: the step's random key (augmentation, dropout through Keras's seed generator).
+        key: the step's random key: augmentation only (crop, flip, mixup; one fold per part). It does
+            not drive dropout: Keras's dropout layers draw from their ``SeedGenerator``, whose state is
+            one of the non-trainable values, so the masks follow ``state.non_trainable`` (advanced by
+            every training-mode call, seeded when the model was built) and repeat for equal states.
     Returns:
         (the new ``TrainState``, {"loss", "correct" (argmax hits over every part), "count"}).
 

@@ -1,5 +1,6 @@
 """The baselines' defining behaviours, random-sample forgetting and Avg. Gap, on tiny data."""
 
+import copy
 import json
 
 import keras
@@ -18,10 +19,13 @@ from prunelora_keras.run import main
 from prunelora_keras.train import Trainer, make_optimizer, predict_logits
 
 
+CONFIG_SETS = ["data.train_size=300", "unlearn.batch_size=32"]
+
+
 @pytest.fixture(scope="module")
-def trained():
-    """A small CNN fitted to digits (300 images), the data set and its class-wise split."""
-    cfg = build_config("resnet18", "quick", None, {}, ["data.train_size=300", "unlearn.batch_size=32"])
+def trained_once():
+    """A small CNN fitted to digits (300 images), the data set and its class-wise split (once per module)."""
+    cfg = build_config("resnet18", "quick", None, {}, CONFIG_SETS)
     ds, split = load_data(cfg)
     keras.utils.set_random_seed(0)
     inputs = keras.Input(ds.image_shape)
@@ -30,6 +34,15 @@ def trained():
     model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, name="head")(h))
     Trainer(model, optax.adam(1e-2), ds.num_classes, ds.mean, ds.std).fit(split.train.x, split.train.y, 15, 32)
     return cfg, ds, split, [np.asarray(v) for v in model.get_weights()], model
+
+
+@pytest.fixture
+def trained(trained_once):
+    """``trained_once`` with a copy of its options per test: a test sets options freely (``_run``'s
+    overrides), and no other test sees them, whatever order the tests run in. (The model is shared;
+    ``_fresh`` restores its fitted weights.)"""
+    cfg, ds, split, weights, model = trained_once
+    return copy.deepcopy(cfg), ds, split, weights, model
 
 
 def _fresh(trained):
@@ -192,7 +205,6 @@ def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     cfg.unlearn.rl_labels = "once_other"
     once = _plan("rl", model, cfg, split, ds)
     assert once.labels_for_epoch is None and np.all(once.y[n_r:] != split.forget.y)
-    cfg.unlearn.rl_labels = "per_batch"
 
 
 def test_salun_selects_exactly_the_ratio_even_with_ties():
@@ -220,22 +232,28 @@ def test_l1_sparse_penalty_counts_steps_like_the_loop_with_drop_last(trained):
     cfg, ds, split, _, _ = trained
     u, bs, epochs = cfg.unlearn, cfg.unlearn.batch_size, max(cfg.unlearn.epochs)
     assert len(split.retain) % bs  # there is a partial batch to drop
-    saved = (u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha)
-    u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha = 0.0, 0.0, 1.0
-    try:
-        for drop_last, steps in ((True, len(split.retain) // bs), (False, -(-len(split.retain) // bs))):
-            cfg.data.drop_last = drop_last
-            plan = _plan("l1_sparse", _fresh(trained), cfg, split, ds)
-            params = [np.ones(1, np.float32)]
-            state = plan.optimizer.init(params)
-            coefs = []
-            for _ in range(epochs * steps):  # every step the loop takes
-                updates, state = plan.optimizer.update([np.zeros(1, np.float32)], state, params)
-                coefs.append(-float(updates[0][0]) / u.l1_lr)
-            # each epoch's steps carry that epoch's coefficient 1 - e / E (e from 0)
-            assert coefs[steps - 1] == pytest.approx(1.0), drop_last
-            assert coefs[steps] == pytest.approx(1 - 1 / epochs), drop_last
-            assert coefs[-1] == pytest.approx(1 / epochs), drop_last
-    finally:
-        cfg.data.drop_last = False
-        u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha = saved
+    u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha = 0.0, 0.0, 1.0  # this test's copy only
+    for drop_last, steps in ((True, len(split.retain) // bs), (False, -(-len(split.retain) // bs))):
+        cfg.data.drop_last = drop_last
+        plan = _plan("l1_sparse", _fresh(trained), cfg, split, ds)
+        params = [np.ones(1, np.float32)]
+        state = plan.optimizer.init(params)
+        coefs = []
+        for _ in range(epochs * steps):  # every step the loop takes
+            updates, state = plan.optimizer.update([np.zeros(1, np.float32)], state, params)
+            coefs.append(-float(updates[0][0]) / u.l1_lr)
+        # each epoch's steps carry that epoch's coefficient 1 - e / E (e from 0)
+        assert coefs[steps - 1] == pytest.approx(1.0), drop_last
+        assert coefs[steps] == pytest.approx(1 - 1 / epochs), drop_last
+        assert coefs[-1] == pytest.approx(1 / epochs), drop_last
+
+
+def test_every_test_starts_from_the_presets_options(trained):
+    """The fixture's options are a copy per test: what an earlier test set (ga_lr, rl_labels, drop_last,
+    ...) never reaches a later one, so no test depends on the order the tests run in."""
+    assert trained[0] == build_config("resnet18", "quick", None, {}, CONFIG_SETS)
+    trained[0].unlearn.ga_lr = 123.0  # and a change here reaches no other test
+
+
+def test_a_later_test_does_not_see_that_change(trained):
+    assert trained[0].unlearn.ga_lr == build_config("resnet18", "quick", None, {}, CONFIG_SETS).unlearn.ga_lr

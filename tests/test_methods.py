@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
 import keras
 import numpy as np
@@ -15,6 +16,7 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.methods.common import distill_kl
 from prunelora_keras.methods.neggrad import RetainWithForget, neggrad_plus_loss
 from prunelora_keras.methods.scrub import MaxThenMin, scrub_loss
+from prunelora_keras.options import UnlearnConfig
 from prunelora_keras.report import method_label
 from prunelora_keras.step import LossInputs
 from prunelora_keras.train import Trainer, predict_logits
@@ -156,3 +158,159 @@ def test_unknown_method_and_retrain_are_refused_with_one_line():
         methods.get("nope")
     with pytest.raises(UserError, match="exact baseline"):
         prepare_method("retrain", None)
+
+
+def _linear(seed=0):
+    """Flatten + one Dense: deterministic (training mode = inference mode), logits = x W + b."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 3))
+    return keras.Model(inputs, keras.layers.Dense(3, name="head")(keras.layers.Flatten()(inputs)))
+
+
+def _np_inputs(x, mean, std):
+    return ((x.astype(np.float64) / 255 - np.asarray(mean)) / np.asarray(std)).reshape(len(x), -1)
+
+
+def _np_distill_kl(s, t, temp):
+    log_p_t, log_q = _np_log_softmax(t / temp), _np_log_softmax(s / temp)
+    return float(np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_q), axis=-1)) * temp ** 2)
+
+
+def _context(model, sets, retain, forget, mean=(0.5,) * 3, std=(0.25,) * 3):
+    from prunelora_keras.methods import MethodContext, Targets
+
+    opts = build_config("vit", "quick", sets=sets).unlearn
+    return MethodContext(model, opts, retain, forget, 3, mean, std, 0, Targets(classifier="head"), epochs=1)
+
+
+def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
+    """One max-step of the real plan (SGD, momentum 0.9, weight decay 5e-4, the schedule's first lr)
+    from a student moved off the teacher: the KL on D_f must grow to what one SGD step on -KL gives
+    in numpy (a flipped sign lowers it instead), and the step's loss is -KL before the step."""
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    xs, ys = zip(*(_data(8, c, c) for c in range(3)))
+    retain, forget = Subset(np.concatenate(xs[:2]), np.concatenate(ys[:2])), Subset(xs[2], ys[2])
+    model = _linear()
+    ctx = _context(model, ["unlearn.scrub_lr=0.5", "unlearn.scrub_msteps=1", "unlearn.scrub_forget_batch=8"],
+                   retain, forget, mean, std)
+    plan = methods.get("scrub").prepare(ctx)
+    w0, b0 = (np.asarray(v, np.float64) for v in plan.teacher[0])
+    rng = np.random.default_rng(3)
+    w, b = w0 + rng.normal(0, 0.3, w0.shape), b0 + rng.normal(0, 0.3, b0.shape)
+    model.get_layer("head").set_weights([w.astype(np.float32), b.astype(np.float32)])  # the student, off the teacher
+    stream = plan.stream
+    max_only = lambda epoch, rng: (p for p in stream(epoch, rng) if "forget" in p)  # noqa: E731
+    max_only.steps_per_epoch = 1
+    trainer = Trainer(plan.model, plan.optimizer, 3, mean, std, train_vars=plan.train_vars, loss=plan.loss,
+                      teacher=plan.teacher, verbose=False)
+    (stats,) = trainer.fit(epochs=1, stream=max_only)
+
+    u, temp = ctx.options, ctx.options.scrub_temperature
+    x = _np_inputs(forget.x, mean, std)
+    t = x @ w0 + b0
+    kl_before = _np_distill_kl(x @ w + b, t, temp)
+    q, p_t = np.exp(_np_log_softmax((x @ w + b) / temp)), np.exp(_np_log_softmax(t / temp))
+    g_logits = -temp * (q - p_t) / len(x)  # d(-KL)/d(student logits) of T^2 * mean KL(p_t || softmax(s / T))
+    lr, wd = u.scrub_lr, u.baseline_weight_decay  # first step: the momentum buffer is the gradient itself
+    w1 = w - lr * (x.T @ g_logits + wd * w)
+    b1 = b - lr * (g_logits.sum(0) + wd * b)
+    kl_expected = _np_distill_kl(x @ w1 + b1, t, temp)
+    kl_after = _np_distill_kl(predict_logits(plan.model, forget.x, mean, std).astype(np.float64), t, temp)
+    assert stats.loss == pytest.approx(-kl_before, rel=1e-4)
+    assert kl_expected > 1.5 * kl_before  # the direction: away from the teacher
+    assert kl_after == pytest.approx(kl_expected, rel=1e-3)  # and the size
+
+
+def test_scrub_learning_rate_decays_at_the_reference_epochs_counted_in_the_streams_steps():
+    """The plan's own optimiser, stepped as the loop steps it: per-step learning rates (read off the
+    update of a gradient of 1, no momentum, no decay) against a hand-computed list. Epochs 1-2 have
+    2 max-steps + 3 min-steps, epochs 3-4 3 min-steps: the switches sit at steps 5 and 13."""
+    retain = Subset(np.zeros((10, 4, 4, 3), np.uint8), np.zeros(10, int))
+    forget = Subset(np.zeros((3, 4, 4, 3), np.uint8), np.ones(3, int))
+    base = ["unlearn.scrub_lr=1.0", "unlearn.scrub_msteps=2", "unlearn.scrub_forget_batch=2", "unlearn.batch_size=4",
+            "unlearn.baseline_momentum=0", "unlearn.baseline_weight_decay=0"]
+    assert UnlearnConfig().scrub_lr_decay_epochs == [3, 5, 9] and UnlearnConfig().scrub_lr_decay_rate == 0.1
+    cases = {("1,3", "0.1"): [1.0] * 5 + [0.1] * 5 + [0.1] * 3 + [0.01] * 3,
+             ("2,2", "0.5"): [1.0] * 10 + [0.25] * 6,  # a repeated epoch decays twice, as np.sum(epoch > [2, 2])
+             ("3,5,9", "0.1"): [1.0] * 13 + [0.1] * 3}  # the defaults: nothing changes before epoch 4
+    for (epochs, rate), expected in cases.items():
+        plan = methods.get("scrub").prepare(_context(_linear(), base + [f"unlearn.scrub_lr_decay_epochs={epochs}",
+                                                                        f"unlearn.scrub_lr_decay_rate={rate}"],
+                                                     retain, forget))
+        lengths = [len(list(plan.stream(e, np.random.default_rng(e)))) for e in range(1, 5)]
+        assert lengths == [plan.stream.epoch_steps(e) for e in range(1, 5)] == [5, 5, 3, 3]
+        params = [np.ones(1, np.float32)]
+        state, seen = plan.optimizer.init(params), []
+        for _ in range(sum(lengths)):
+            updates, state = plan.optimizer.update([np.ones(1, np.float32)], state, params)
+            seen.append(-float(updates[0][0]))
+        np.testing.assert_allclose(seen, expected, rtol=1e-6, err_msg=str(epochs))
+    assert "lr 1.0 x0.1 after epochs 3, 5, 9" in plan.description  # the defaults' case, the last one
+
+
+def test_scrub_decay_options_are_checked():
+    from prunelora_keras.options import check_unlearn
+
+    with pytest.raises(ValueError, match="scrub_lr_decay_epochs must be epochs >= 1"):
+        check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=[0, 5]))
+    with pytest.raises(ValueError, match="scrub_lr_decay_rate > 0"):
+        check_unlearn(UnlearnConfig(scrub_lr_decay_rate=0.0))
+    with pytest.raises(ValueError, match="scrub_lr_decay_epochs must be a list of int"):
+        check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=3))
+    assert check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=[])).scrub_lr_decay_epochs == []  # no decay
+
+
+def test_neggrad_plus_ascends_on_d_f_and_descends_on_d_r_end_to_end():
+    """The real plan on the real loop: the first step's loss is alpha CE_r - (1 - alpha) CE_f in numpy
+    (one step per epoch: all of D_r beside all of D_f), and after a few steps CE on D_f has risen and CE
+    on D_r fallen (with the ascent's sign flipped both fall)."""
+    mean, std = (0.5,) * 3, (0.25,) * 3
+    xs, ys = zip(*(_data(12, c, 10 + c) for c in range(3)))
+    retain, forget = Subset(np.concatenate(xs[:2]), np.concatenate(ys[:2])), Subset(xs[2], ys[2])
+    model = _linear(1)
+    alpha = 0.5
+    plan = methods.get("neggrad_plus").prepare(_context(
+        model, [f"unlearn.neggrad_alpha={alpha}", "unlearn.neggrad_lr=0.05", "unlearn.batch_size=24",
+                "unlearn.neggrad_forget_batch=12"], retain, forget, mean, std))
+    w, b = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
+
+    def ce(x, y, w, b):
+        return float(-_np_log_softmax(_np_inputs(x, mean, std) @ w + b)[np.arange(len(y)), y].mean())
+
+    ce_r, ce_f = ce(retain.x, retain.y, w, b), ce(forget.x, forget.y, w, b)
+    trainer = Trainer(plan.model, plan.optimizer, 3, mean, std, train_vars=plan.train_vars, loss=plan.loss,
+                      verbose=False)
+    history = trainer.fit(epochs=5, stream=plan.stream)
+    assert plan.stream.steps_per_epoch == 1 and history[0].loss == pytest.approx(alpha * ce_r - (1 - alpha) * ce_f,
+                                                                                  rel=1e-4)
+    w5, b5 = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
+    assert ce(forget.x, forget.y, w5, b5) > ce_f + 0.5 and ce(retain.x, retain.y, w5, b5) < ce_r - 0.1
+
+
+def test_neggrad_plus_stream_draws_the_forget_permutation_first():
+    retain = Subset(np.arange(10)[:, None], np.zeros(10, int))
+    forget = Subset(np.arange(100, 106)[:, None], np.ones(6, int))
+    out = list(RetainWithForget(retain, forget, batch_size=10, forget_batch=6)(1, np.random.default_rng(5)))
+    rng = np.random.default_rng(5)
+    first, second = rng.permutation(6), rng.permutation(10)
+    assert np.asarray(out[0]["forget"][0]).ravel().tolist() == (100 + first).tolist()
+    assert np.asarray(out[0]["retain"][0]).ravel().tolist() == second.tolist()
+
+
+def test_the_step_key_does_not_drive_dropout_the_seed_generator_state_does():
+    from prunelora_keras.step import StepConsts, StepSpec, TrainState, cross_entropy_loss, train_step
+
+    model = _tiny()
+    n = len(model.trainable_variables)
+    opt = optax.sgd(0.0)
+    spec = StepSpec(model, opt, cross_entropy_loss, 3, tuple(range(n)), (), (None,) * n, (0.5,) * 3, (0.25,) * 3)
+    train = [v.value for v in model.trainable_variables]
+    nt = [v.value for v in model.non_trainable_variables]
+    x, y = _data(16, 1, 0)
+    batch = {"train": (jnp.asarray(x), jnp.asarray(y, jnp.int32))}
+    run = lambda nt, seed: train_step(spec, TrainState(train, nt, opt.init(train)), StepConsts([]), batch,  # noqa: E731
+                                      jax.random.key(seed))
+    s0, m0 = run(nt, 0)
+    _, m1 = run(nt, 1)
+    _, m2 = run(s0.non_trainable, 0)  # the seed generator's state advanced by one call
+    assert float(m0["loss"]) == float(m1["loss"]) and float(m0["loss"]) != float(m2["loss"])

@@ -68,10 +68,12 @@ def masked_updates(masks: Sequence[np.ndarray | None]) -> optax.GradientTransfor
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def sgd_chain(lr: float, options: Any, *, ascend: bool = False, l1: optax.GradientTransformation | None = None,
+def sgd_chain(lr: float | optax.Schedule, options: Any, *, ascend: bool = False, l1: optax.GradientTransformation | None = None,
               masks: Sequence[np.ndarray | None] | None = None) -> optax.GradientTransformation:
     """The code bases' SGD (momentum, coupled weight decay) with the method's additions, in order:
-    ascent flips the loss gradient only; decay and l1 are added after it; masks come last."""
+    ascent flips the loss gradient only; decay and l1 are added after it; masks come last. ``lr`` may
+    be a schedule over the step count (SCRUB's step decay), applied as PyTorch applies a changed lr:
+    to the momentum buffer's step, the buffer itself unscaled."""
     u = options
     parts = []
     if ascend:

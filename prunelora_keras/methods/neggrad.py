@@ -31,7 +31,9 @@ from prunelora_keras.methods.registry import Method, MethodContext, Plan, regist
 class RetainWithForget:
     """Batches ``{"retain": D_r batch, "forget": D_f batch}``: D_r once per epoch, D_f cycled.
 
-    Both orders come from the epoch's generator (D_r's first); D_f's batches have one size.
+    Both orders come from the epoch's generator, D_f's permutation drawn first: the forget batches
+    are listed before D_r's batches (a lazy generator, which draws its permutation at its first
+    batch) start. D_f's batches have one size (the last partial one is dropped).
     """
 
     retain: Any
