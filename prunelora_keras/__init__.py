@@ -11,16 +11,59 @@ process after ``import prunelora_keras``:
     import prunelora_keras  # noqa: F401
     import keras
     model = keras.saving.load_model("runs/vit-quick-seed0/continual/request1/lora.keras")
+
+Importing the package imports neither Keras nor JAX, so the command answers ``--help`` and bad
+arguments at once: the layers are registered as soon as Keras itself is imported (at once, if it
+already is; otherwise by a one-shot import hook on ``keras``), and the public names below load on
+first use (PEP 562).
 """
 
+import importlib
+import importlib.abc
+import importlib.util
 import os
+import sys
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 
 __version__ = "0.1.0"
 
-from prunelora_keras import conv, lora  # noqa: E402,F401  (register the custom layers with Keras)
-from prunelora_keras.models import vit  # noqa: E402,F401
+# The modules that register the custom layers (``keras.saving.register_keras_serializable``).
+_LAYER_MODULES = ("prunelora_keras.conv", "prunelora_keras.lora", "prunelora_keras.models.vit")
+
+
+def _register_layers() -> None:
+    for name in _LAYER_MODULES:
+        importlib.import_module(name)
+
+
+class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
+    """A one-shot post-import hook: when ``keras`` is first imported, run its module as usual, then
+    import the layer modules, so ``import prunelora_keras; import keras; keras.saving.load_model(...)``
+    finds every custom layer without this package importing Keras itself."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)  # once; and the lookup below then finds keras the ordinary way
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_layers()
+
+        spec.loader.exec_module = exec_then_register  # this spec's own loader instance
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_layers()
+elif not any(isinstance(f, _RegisterLayersAfterKeras) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterLayersAfterKeras())
 
 # The public API, flat: ``import prunelora_keras as plk; plk.unlearn(...)``. Loaded on first use, so
 # that ``import prunelora_keras`` (e.g. to load a saved model) stays light.

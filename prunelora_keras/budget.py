@@ -1,7 +1,8 @@
 """What a run will cost before it starts: training time on a CPU, and disk for its checkpoints.
 
 The command warns with the first (the paper preset on a CPU takes days) and refuses to start
-when the run folder's disk cannot hold the second, rather than failing hours in.
+when the run folder's disk cannot hold the second, rather than failing hours in; before either,
+``check_out_dir`` refuses a run folder that cannot be created or written.
 """
 
 from __future__ import annotations
@@ -50,6 +51,33 @@ def checkpoint_bytes(cfg, num_classes: int, image_shape) -> int:
     weights = sum(int(np.prod(v.shape)) for v in model.weights) * 4
     keras.backend.clear_session()
     return int(weights * 6 * 1.2) + 20_000_000
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse a run folder that cannot be created or written (one line, ``UserError``), before
+    anything heavy runs: an existing file on the way ("not a directory"), a folder this user cannot
+    write or a read-only or virtual file system ("not writable": probed by creating, then removing,
+    a uniquely named folder, which is race-free when several processes check the same path)."""
+    import os
+    import tempfile
+
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        if existing == out_dir:
+            raise UserError(f"--out {out_dir} is a file, not a directory: pass a folder (a new one is created)")
+        raise UserError(f"--out {out_dir} cannot be created: {existing} is a file, not a directory: choose another "
+                        "--out")
+    try:
+        probe = tempfile.mkdtemp(prefix=".prunelora-write-test-", dir=existing)
+        os.rmdir(probe)
+    except OSError as exc:
+        reason = f"creating a folder in it failed: {exc.strerror or exc.__class__.__name__}"
+        if existing == out_dir:
+            raise UserError(f"--out {out_dir} is not writable ({reason}): choose another --out") from None
+        raise UserError(f"--out {out_dir} cannot be created: {existing} is not writable ({reason}): choose another "
+                        "--out") from None
 
 
 def check_disk(out_dir: Path, need: int) -> None:

@@ -146,7 +146,8 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
 def load_preset(name: str) -> dict[str, Any]:
     path = preset_dir() / f"{name}.toml"
     if not path.is_file():
-        raise UserError(f"unknown preset {name!r}: choose one of {', '.join(available_presets())}")
+        raise UserError(f"unknown preset {name!r}{did_you_mean(name, available_presets())}: choose one of "
+                        f"{', '.join(available_presets())}")
     return read_toml(path, "preset")
 
 
@@ -205,7 +206,8 @@ def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) 
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
         if key not in names:
-            raise UserError(f"{source}: unknown key {section}.{key}; valid keys: {', '.join(sorted(names))}")
+            raise UserError(f"{source}: unknown key {section}.{key}{did_you_mean(key, names)}; valid keys: "
+                            f"{', '.join(sorted(names))}")
         if isinstance(value, bool) and "true" in CHOICES.get((section, key), ()):  # a choice that reads as TOML bool
             value = "true" if value else "false"
         setattr(obj, key, coerce(value, names[key].type, f"{source}: {section}.{key}"))
@@ -235,7 +237,8 @@ def _apply_tree(cfg: Config, tree: dict[str, Any], model: str, source: str, retr
                 _apply_section(getattr(cfg, key), value, key, source)
             else:
                 valid = ", ".join([*TOP_LEVEL, "models", *SECTIONS])
-                raise UserError(f"{source}: unknown key {key!r}; valid top-level keys: {valid}")
+                raise UserError(f"{source}: unknown key {key!r}{did_you_mean(key, [*TOP_LEVEL, 'models', *SECTIONS])}; "
+                                f"valid top-level keys: {valid}")
 
 
 def parse_set(assignment: str) -> tuple[str, Any]:
@@ -258,7 +261,9 @@ def apply_value(cfg: Config, key: str, value: Any, where: str) -> None:
         return
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
-        raise UserError(f"{where}: unknown key {key!r}; use section.key with section one of {', '.join(SECTIONS)} "
+        every = [*TOP_LEVEL, *(f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls))]
+        raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, every)}; use "
+                        f"section.key with section one of {', '.join(SECTIONS)} "
                         f"(or {' or '.join(TOP_LEVEL)})")
     _apply_section(getattr(cfg, section), {name: value}, section, where)
 
@@ -276,7 +281,8 @@ def validate(cfg: Config) -> None:
         raise UserError(str(exc)) from None
     checks = [
         (cfg.data.dataset in DATASET_NAMES,
-         f"unknown dataset {cfg.data.dataset!r}: choose one of {', '.join(DATASET_NAMES)}"),
+         f"unknown dataset {cfg.data.dataset!r}{did_you_mean(cfg.data.dataset, DATASET_NAMES)}: choose one of "
+         f"{', '.join(DATASET_NAMES)}"),
         (0 <= cfg.devices <= 1 << 20, "devices must be >= 0 (0: every local device)"),
         (0 <= cfg.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX} (it seeds numpy and scikit-learn)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
@@ -331,7 +337,8 @@ def build_config(
 ) -> Config:
     """Resolve the typed configuration for one model. ``overrides`` are dotted keys from CLI flags."""
     if model not in MODEL_NAMES:
-        raise UserError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
+        raise UserError(f"unknown model {model!r}{did_you_mean(model, MODEL_NAMES)}: choose one of "
+                        f"{', '.join(MODEL_NAMES)}")
     cfg = Config(preset=preset)
     retrain_layers: list[tuple[Any, str]] = []
     _apply_tree(cfg, load_preset(preset), model, f"preset {preset}", retrain_layers)

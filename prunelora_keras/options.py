@@ -174,9 +174,9 @@ def check_unlearn(u: UnlearnConfig, where: str = "") -> UnlearnConfig:
 def unlearn_checks(u: UnlearnConfig) -> list[tuple[bool, str]]:
     """(condition, message) pairs, the ranges ``check_unlearn`` enforces after types and choices:
     every condition must hold; the message says what to fix."""
-    from prunelora_keras.methods import registry
+    from prunelora_keras.method_names import names as method_names  # light: no keras before the registry loads
 
-    names = registry.names()
+    names = method_names()
     bad = [p for p in u.paradigms if p not in names]
     return [
         (len(u.paradigms) >= 1 and not bad,

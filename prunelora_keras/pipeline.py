@@ -39,7 +39,8 @@ from prunelora_keras.paradigms import prune_targets
 from prunelora_keras.precision import evaluation_model
 from prunelora_keras.predict import evaluation_devices
 from prunelora_keras.pruning import sparsity_report
-from prunelora_keras.report import evaluation_table, fit_width, paper_table, write_report
+from prunelora_keras.report import (accuracy_table, closing_lines, evaluation_table, fit_width,  # noqa: F401
+                                    paper_table, write_report)  # (accuracy_table: re-exported)
 from prunelora_keras.stages import StageResult, data_identity, resume, save_epoch, train_stage
 from prunelora_keras.train import EpochStats, peak_memory
 from prunelora_keras.unlearning import on_jax, prepare_paradigm, with_flat_dense  # noqa: F401  (re-exported)
@@ -377,22 +378,13 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
     return results
 
 
-def accuracy_table(results: dict[str, Any]) -> str:
-    """A markdown table of each trained stage's accuracy per evaluation set."""
-    cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "D_r"),
-            ("forget", "D_f"), ("test_retain", "test, remaining"), ("test_forget", "test, forget class")]
-    lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, stage in results["stages"].items():
-        cells = [f"{stage['accuracies'][k]:.2f}" if k in stage["accuracies"] else "-" for k, _ in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def summary(results: dict[str, Any]) -> str:
-    """What the command prints at the end: stage accuracies, then the paper's table."""
+    """What the command prints at the end: stage accuracies, the paper's table, the evaluation beyond
+    it, then in words what was forgotten and which method came closest to Retrain."""
     from prunelora_keras.many_models import pool_table
 
     extra, pools = evaluation_table(results), pool_table(results)
     return fit_width("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
                      + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else "")
-                     + (f"\n\nMany-model evaluation (largest epoch count):\n{pools}" if pools else ""))
+                     + (f"\n\nMany-model evaluation (largest epoch count):\n{pools}" if pools else "")
+                     + "\n\n" + closing_lines(results))

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from prunelora_keras.checkpoint import atomic_write_bytes
+from prunelora_keras.terminal import closing_lines, fit_width  # noqa: F401  (fit_width: re-exported)
 
 ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "rte_s", "compile_s",
             "peak_mem_bytes", "mem_kind", "trainable_params", "sparsity", "attack_acc_loss_logreg",
@@ -36,6 +36,30 @@ DAGGER = "†"
 DAGGER_NOTE = (f"{DAGGER} degenerate attack: on its own shadow data it does no better than predicting its larger class "
                "for everything (within 2 points), so that efficacy says nothing about the model.")
 ATTACKS = ("loss_logreg", "confidence_svc", "entropy_svc", "m_entropy_svc")
+REGROWN = "‡"
+
+
+def regrown_note(results: dict[str, Any]) -> str:
+    """Why a pruned method's sparsity is far below its pruning amount: under the reference mask mode
+    the zeros are set once, and fine-tuning regrows them."""
+    u = (results.get("config") or {}).get("unlearn") or {}
+    amount = u.get("prune_amount", 0.5)
+    return (f"{REGROWN} pruned once: {amount:.0%} of the target layers' units were L2-pruned before unlearning, "
+            "but unlearn.prune_mode = reference (the paper's code: torch's prune.remove) sets the zeros once and "
+            "training then regrows them, so the sparsity shown is what is left at the end; --set "
+            "unlearn.prune_mode=persistent keeps them at zero.")
+
+
+def regrown(row: dict[str, Any], results: dict[str, Any]) -> bool:
+    """Whether ``row`` is a method that pruned (it carries the pruning diagnostics) whose zeros
+    regrew under ``prune_mode = reference``: its final sparsity is below the pruning amount."""
+    u = (results.get("config") or {}).get("unlearn") or {}
+    pruned = any(k in row for k in ("pruned_units", "classifier_rows_pruned", "forget_row_pruned"))
+    sparsity = row.get("sparsity")
+    return (pruned and u.get("prune_mode", "reference") == "reference" and sparsity is not None
+            and np.isfinite(sparsity) and sparsity < 100.0 * u.get("prune_amount", 0.5) - 0.5)
+
+
 def method_label(name: str) -> str:
     """The report's label of a method ("Pruned LoRA"), from the registry (the one source of names)."""
     from prunelora_keras.methods import registry
@@ -43,8 +67,15 @@ def method_label(name: str) -> str:
     return registry.label(name)
 
 
+def _write_bytes(path: Path, data: bytes) -> None:
+    """``checkpoint.atomic_write_bytes``, imported when first used (it imports JAX; the tables do not)."""
+    from prunelora_keras.checkpoint import atomic_write_bytes as write
+
+    write(path, data)
+
+
 def _atomic_write(path: Path, data: bytes | str) -> None:
-    atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
+    _write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -56,7 +87,7 @@ def save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    _write_bytes(path, buf.getvalue())
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -131,7 +162,8 @@ def paper_table(results: dict[str, Any]) -> str:
         mem = last.get("peak_mem_bytes")
         mem_txt = f"{mem / 1e9:.2f}" + (" (RSS)" if last.get("mem_kind") == "host_rss" else "") if mem else "-"
         cells += [_cell(last, "rte_s"), _fmt(last.get("compile_s"), 1), mem_txt,
-                  (f"{last['trainable_params']:,}" if last.get("trainable_params") is not None else "-"), _fmt(last.get("sparsity"), 1)]
+                  (f"{last['trainable_params']:,}" if last.get("trainable_params") is not None else "-"),
+                  _fmt(last.get("sparsity"), 1) + (REGROWN if regrown(last, results) else "")]
         lines.append("| " + " | ".join(cells) + " |")
     o = results.get("original", {})
     if o:
@@ -147,6 +179,8 @@ def paper_table(results: dict[str, Any]) -> str:
                              "(the original model does not separate members from non-members).")
     if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[:2]):
         lines += ["", DAGGER_NOTE]
+    if any(regrown(r, results) for r in rows if r.get("status", "ok") == "ok"):
+        lines += ["", regrown_note(results)]
     return "\n".join(lines)
 
 
@@ -171,7 +205,9 @@ def evaluation_table(results: dict[str, Any]) -> str:
     ToW; the entropy and modified-entropy attacks; the linear probes (percent of the held-out half
     of D_f, and of the forget class's test half, labelled right from the frozen features); linear
     CKA of the features with Retrain's on D_f and on the retained test images; relearn steps (a
-    ">" marks a run that hit the cap); which class rows of the classifier were pruned.
+    ">" marks a run that hit the cap, ``>200``: not back within 200 steps; in a row folded over seeds
+    or classes, a mean that includes a capped run, so a lower bound); which class rows of the
+    classifier were pruned.
     """
     rows = [r for r in results["rows"] if r.get("status", "ok") == "ok" and "request" not in r]
     if not rows or not any("probe_forget_acc" in r for r in rows):
@@ -182,7 +218,7 @@ def evaluation_table(results: dict[str, Any]) -> str:
         cells = [method_label(p), str(r["epochs"])]
         for key, _, digits in EVAL_COLUMNS:
             text = _cell(r, key, digits)
-            if key == "relearn_steps" and r.get("relearn_capped") and "relearn_steps_std" not in r:
+            if key == "relearn_steps" and r.get("relearn_capped") and text != "-":
                 text = ">" + text
             cells.append(text)
         pruned = r.get("classifier_rows_pruned")
@@ -196,6 +232,10 @@ def evaluation_table(results: dict[str, Any]) -> str:
                       f"{_cell(o, 'probe_forget_acc_test', 1)}."]
     if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[2:]):
         lines += ["", DAGGER_NOTE]
+    if any(r.get("relearn_capped") for r in rows):
+        cap = ((results.get("config") or {}).get("unlearn") or {}).get("relearn_max_steps")
+        lines += ["", f"> relearn hit the cap (unlearn.relearn_max_steps{f' = {cap}' if cap else ''}): D_f was not back "
+                      "at the original's accuracy minus 10 points within it; the true count is larger."]
     return "\n".join(lines)
 
 
@@ -229,11 +269,28 @@ def plot_loss_histograms(losses: dict[str, dict[str, np.ndarray]], path: Path, t
 
 
 def run_title(results: dict[str, Any]) -> str:
-    """"<model>, preset <p>, forgetting <what>, seed <s>": what a plot shows, for its title."""
+    """"<model> on <data set>, preset <p>, forgetting <what>, seed <s>": what a run or plot shows."""
     cfg, data = results.get("config", {}), results.get("data") or {}
-    seed = results.get("seeds") or cfg.get("seed", "")
-    return (f"{cfg.get('model', {}).get('name', '')}, preset {cfg.get('preset', '')}, forgetting "
-            f"{data.get('forgetting', '')}, seed {seed}")
+    seeds = sorted(set(results.get("seeds") or []))
+    seed = (f"seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else
+            f"seed {seeds[0] if seeds else cfg.get('seed', '')}")
+    dataset = f" on {data['dataset']}" if data.get("dataset") else ""
+    return (f"{cfg.get('model', {}).get('name', '')}{dataset}, preset {cfg.get('preset', '')}, forgetting "
+            f"{data.get('forgetting', '')}, {seed}")
+
+
+def accuracy_table(results: dict[str, Any]) -> str:
+    """A markdown table of each trained stage's accuracy per evaluation set ("" without stages:
+    results folded over seeds or classes keep them in each run's own folder)."""
+    if not results.get("stages"):
+        return ""
+    cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "D_r"),
+            ("forget", "D_f"), ("test_retain", "test, remaining"), ("test_forget", "test, forget class")]
+    lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, stage in results["stages"].items():
+        cells = [f"{stage['accuracies'][k]:.2f}" if k in stage["accuracies"] else "-" for k, _ in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def plot_metric_bars(results: dict[str, Any], path: Path) -> None:
@@ -294,71 +351,16 @@ def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[
     from prunelora_keras.many_models import pool_table
 
     pools = pool_table(results)
-    _atomic_write(out_dir / "results.md", paper_table(results) + "\n"
+    accuracies = accuracy_table(results)
+    _atomic_write(out_dir / "results.md", f"# {run_title(results)}\n\n"
+                  + (f"Accuracy (%) of the trained models:\n\n{accuracies}\n\n" if accuracies else "")
+                  + paper_table(results) + "\n"
                   + (f"\nEvaluation beyond the paper (largest epoch count):\n\n{extra}\n" if extra else "")
-                  + (f"\nMany-model evaluation (largest epoch count):\n\n{pools}\n" if pools else ""))
+                  + (f"\nMany-model evaluation (largest epoch count):\n\n{pools}\n" if pools else "")
+                  + f"\n{closing_lines(results)}\n")
     if losses:
         epochs = max((r["epochs"] for r in results["rows"] if r.get("status", "ok") == "ok"), default=0)
         plot_loss_histograms(losses, out_dir / "loss_histograms.png",
                              f"{run_title(results)}: per-sample losses, test vs forget set, after {epochs} unlearning "
                              "epochs (Retrain: its final model)")
     plot_metric_bars(results, out_dir / "metrics.png")
-
-
-def fit_width(text: str, width: int = 100) -> str:
-    """``text`` with every markdown table wider than ``width`` split into narrower tables, and
-    longer prose lines wrapped.
-
-    Each part repeats the table's first column (the row names) and takes as many of the other
-    columns as fit; lines that are not table rows pass through. For the terminal: ``results.md``
-    keeps the wide tables.
-
-    Example:
-        >>> print(fit_width("| a | bbbb | cccc |\n|---|---|---|\n| x | 1 | 2 |", width=14))
-        | a | bbbb |
-        |---|---|
-        | x | 1 |
-        <BLANKLINE>
-        | a | cccc |
-        |---|---|
-        | x | 2 |
-    """
-    out: list[str] = []
-    block: list[str] = []
-
-    def flush() -> None:
-        if not block:
-            return
-        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block]
-        if max(len(line) for line in block) <= width or len(rows[0]) < 3:
-            out.extend(block)
-        else:
-            widths = [max(len(r[i]) if i < len(r) else 0 for r in rows) + 3 for i in range(len(rows[0]))]
-            groups, current, used = [], [], widths[0] + 1
-            for i in range(1, len(widths)):
-                if current and used + widths[i] > width:
-                    groups.append(current)
-                    current, used = [], widths[0] + 1
-                current.append(i)
-                used += widths[i]
-            groups.append(current)
-            for k, cols in enumerate(groups):
-                if k:
-                    out.append("")
-                for r in rows:
-                    if set(r[0]) <= {"-"}:  # the separator row
-                        out.append("|" + "---|" * (len(cols) + 1))
-                    elif len(r) == len(rows[0]) or k == 0:  # a short row (e.g. "failed: ...") once, as it is
-                        out.append("| " + " | ".join([r[0]] + [r[i] for i in cols if i < len(r)]) + " |")
-        block.clear()
-
-    import textwrap
-
-    for line in text.splitlines():
-        if line.startswith("|"):
-            block.append(line)
-        else:
-            flush()
-            out.extend(textwrap.wrap(line, width) if len(line) > width else [line])
-    flush()
-    return "\n".join(out)

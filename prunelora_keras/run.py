@@ -2,6 +2,10 @@
 
 Parses arguments, resolves and validates a typed ``Config``, runs the pipeline into a run
 folder and prints the results table. Bad input ends with one line on stderr and exit code 2.
+
+Every check that needs no data (the arguments, the configuration of every seed and class, the run
+folder) runs before Keras, JAX or scikit-learn is imported: this module and what it imports at the
+top stay light, so ``--help`` and a misspelled name are answered in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -10,162 +14,38 @@ import argparse
 import dataclasses
 import errno
 import json
-import os
 import sys
 from pathlib import Path
 
-import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is imported)
-from prunelora_keras.config import MODEL_NAMES, available_presets, build_config
-from prunelora_keras import methods
-from prunelora_keras.budget import check_disk, checkpoint_bytes, estimate_train_seconds
+import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is imported; light)
+from prunelora_keras.arguments import list_keys, overrides, parse_args, sources  # noqa: F401  (parse_args: re-exported)
+from prunelora_keras.budget import check_disk, check_out_dir, checkpoint_bytes, estimate_train_seconds
+from prunelora_keras.config import MODEL_NAMES, build_config, did_you_mean, validate
 from prunelora_keras.errors import TrainingFailed, UserError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
-def config_keys() -> list[tuple[str, str, str]]:
-    """(key, type, default) of every configuration key, from the typed Config's dataclasses."""
-    import dataclasses
-
-    from prunelora_keras.config import SECTIONS, TOP_LEVEL, Config
-
-    defaults = Config()
-    rows = [(key, "int", repr(getattr(defaults, key))) for key in TOP_LEVEL]
-    for section, cls in SECTIONS.items():
-        values = getattr(defaults, section)
-        for f in dataclasses.fields(cls):
-            tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-            rows.append((f"{section}.{f.name}", tp, json.dumps(getattr(values, f.name))))
-    return rows
-
-
-class ListKeys(argparse.Action):
-    """``--list-keys``: print the keys and exit 0, like ``--help`` (needs no other argument)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        width = max(len(k) for k, _, _ in config_keys())
-        print(f"{'key':<{width}}  type         default (before presets; the preset files in configs/ set more)")
-        for key, tp, default in config_keys():
-            print(f"{key:<{width}}  {tp:<11}  {default}")
-        parser.exit(0)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m prunelora_keras.run",
-        description="Class-wise machine unlearning (PruneLoRA and baselines) on CIFAR-10 or digits, "
-                    "with Keras 3 on JAX. Trains the original model, the Retrain baseline and each unlearning "
-                    "paradigm (Finetune, Pruned, LoRA, Pruned LoRA), then reports UA, MIA-Efficacy, RA, TA, "
-                    "seconds per epoch and peak memory.",
-        epilog="Example: python -m prunelora_keras.run --model vit --preset quick",
-    )
-    parser.add_argument("--model", required=True, choices=MODEL_NAMES, metavar="{" + ",".join(MODEL_NAMES) + "}",
-                        help="architecture; presets scale it (e.g. width for ResNets, depth and width for the ViT)")
-    parser.add_argument("--preset", default="paper", metavar="NAME",
-                        help=f"TOML preset from configs/: {', '.join(available_presets())} (default: paper, "
-                             "full scale, meant for a GPU; quick runs offline on digits in minutes)")
-    parser.add_argument("--config", metavar="FILE.toml", help="a TOML file laid out like a preset, applied on top of it")
-    parser.add_argument("--dataset", help="cifar10, digits or tfds:cifar10 (default: the preset's)")
-    parser.add_argument("--data-dir", metavar="PATH",
-                        help="CIFAR-10 as cifar-10-batches-py, an image-folder tree train/<class>/ test/<class>/, "
-                             "or a .tar.gz/.tar/.zip of that tree (default: Keras's download cache)")
-    parser.add_argument("--forget-class", metavar="N[,N...]",
-                        help="the class to unlearn (default: the preset's, 3); several, e.g. 3,5,7: continual "
-                             "unlearning, one request after another on the same models, metrics after each")
-    parser.add_argument("--forget-each", metavar="all|N,N,...",
-                        help="one independent class-wise experiment per class (all, or a list such as 0,3,7), each in "
-                             "<out>/class<N>/ from one shared original model, folded into mean ± std over classes and "
-                             "a per-class table")
-    parser.add_argument("--weights", metavar="FILE",
-                        help="unlearn from this trained model instead of pretraining one: a .keras file or a PyTorch "
-                             "state dict (.pt/.pth) of the same architecture (loaded safely: no code from the file runs)")
-    parser.add_argument("--forget-fraction", type=float, metavar="F",
-                        help="random-sample forgetting: forget a seeded stratified fraction F of the training set "
-                             "(e.g. 0.1) instead of one class")
-    parser.add_argument("--paradigms", metavar="A,B,...",
-                        help="which methods to run, any of " + ",".join(methods.names("paper")) + " (the paper's "
-                             "five, the default) and the baselines " + ",".join(methods.names("baseline")))
-    parser.add_argument("--epochs", metavar="E1,E2,...",
-                        help="unlearning epoch columns, e.g. 5,10 (default); one run of the largest, the others "
-                             "evaluated on the way")
-    parser.add_argument("--eval-models", type=int, metavar="K",
-                        help="many-model evaluation: train K Retrain models twice (the oracle and the ceiling) and K "
-                             "runs of every method as pools, and add the NeurIPS 2023 challenge's forgetting quality "
-                             "and KLoM (default off)")
-    parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")
-    parser.add_argument("--seeds", metavar="S1,S2,...",
-                        help="run everything once per seed (into <out>/seed<N>/) and report mean and standard "
-                             "deviation, e.g. --seeds 0,1,2")
-    parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
-                        help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
-                             "(sections: model, data, pretrain, retrain, unlearn; --list-keys prints every key); "
-                             "repeatable")
-    parser.add_argument("--devices", type=int, metavar="N",
-                        help="data-parallel training over N local devices (default 0: all of them; a CPU is one)")
-    parser.add_argument("--coordinator", metavar="HOST:PORT",
-                        help="multi-process run: the address of process 0, where JAX's coordinator listens (the same on "
-                             "every process; with --num-processes and --process-id)")
-    parser.add_argument("--num-processes", metavar="N|auto",
-                        help="multi-process run: how many processes join (auto: JAX detects the job on a Cloud TPU pod "
-                             "slice, SLURM, Open MPI or Kubernetes; srun with several tasks and Keras's "
-                             "KERAS_DISTRIBUTION_* variables are detected without flags)")
-    parser.add_argument("--process-id", type=int, metavar="I", help="multi-process run: this process, 0 to N-1")
-    parser.add_argument("--coordinator-timeout", type=float, default=300.0, metavar="SECONDS",
-                        help="multi-process run: give up (error, exit 2) if the job has not formed after this long "
-                             "(default 300, JAX's own)")
-    parser.add_argument("--list-keys", action=ListKeys, nargs=0,
-                        help="print every key --set and --config accept (section.key, type, default) and exit")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="run again into a run folder that holds finished results for another configuration")
-
-    def error(message: str) -> None:  # argparse's own errors: one line, exit 2, no usage dump
-        raise UserError(f"{message} (see --help)")
-
-    parser.error = error  # type: ignore[method-assign]
-    return parser.parse_args(argv)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        if args.model is None and not args.list_keys:
+            raise UserError("the following arguments are required: --model (see --help)")
+        model = args.model if args.model is not None else "resnet50"
+        if model not in MODEL_NAMES:
+            raise UserError(f"argument --model: invalid choice: {model!r}{did_you_mean(model, MODEL_NAMES)}; choose "
+                            f"one of {', '.join(MODEL_NAMES)}")
+        cfg = build_config(model, args.preset, args.config, overrides(args), args.sets)
+        if args.list_keys:
+            print(list_keys(cfg, sources(args)))
+            return 0
+        seeds = seed_list(cfg, args.seeds)
+        plan_class_sweep(cfg, args, seeds)
+        out_dir = out_folder(cfg, args, seeds)
+        check_out_dir(out_dir)  # a path that cannot hold the run folder: before anything heavy
         join_job(args)  # before anything touches a device
-        overrides = {}
-        if args.dataset is not None:
-            overrides["data.dataset"] = args.dataset
-        if args.data_dir is not None:
-            overrides["data.data_dir"] = args.data_dir
-        if args.forget_class is not None:
-            classes = [c.strip() for c in args.forget_class.split(",") if c.strip()]
-            if not classes or not all(c.lstrip("-").isdigit() for c in classes):
-                raise UserError(f"--forget-class {args.forget_class!r}: pass a class number or a list such as 3,5,7")
-            overrides["data.forget_class"] = int(classes[0])
-            if len(classes) > 1:
-                overrides["data.forget_classes"] = [int(c) for c in classes]
-        if args.seed is not None:
-            overrides["seed"] = args.seed
-        if args.forget_fraction is not None:
-            overrides["data.forget_fraction"] = args.forget_fraction
-        if args.devices is not None:
-            overrides["devices"] = args.devices
-        if args.weights is not None:
-            overrides["model.weights"] = args.weights
-        if args.paradigms is not None:
-            overrides["unlearn.paradigms"] = args.paradigms
-        if args.eval_models is not None:
-            overrides["unlearn.eval_models"] = args.eval_models
-        if args.epochs is not None:
-            overrides["unlearn.epochs"] = args.epochs
-        if args.forget_each is not None:
-            if args.forget_class is not None:
-                raise UserError("--forget-each and --forget-class exclude each other: --forget-each runs one experiment "
-                                "per class; --forget-class N,M,... forgets classes one request after another")
-            if args.forget_fraction is not None:
-                raise UserError("--forget-each (class-wise forgetting) and --forget-fraction (random samples) exclude "
-                                "each other: choose one")
-        cfg = build_config(args.model, args.preset, args.config, overrides, args.sets)
-        return run(cfg, args)
+        return run(cfg, args, seeds, out_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,14 +63,71 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def seed_list(cfg, text: str | None) -> list[int] | None:
+    """``--seeds``: the seeds, each seed's configuration validated (its range, say) before any trains."""
+    if text is None:
+        return None
+    from prunelora_keras.seeds import parse_seeds
+
+    try:
+        seeds = parse_seeds(text)
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: pass distinct non-negative integers, e.g. --seeds 0,1,2") from None
+    for seed in seeds:
+        try:
+            validate(dataclasses.replace(cfg, seed=seed))
+        except UserError as exc:
+            raise UserError(f"--seeds {text!r}: seed {seed}: {exc}") from None
+    return seeds
+
+
+def plan_class_sweep(cfg, args: argparse.Namespace, seeds: list[int] | None) -> None:
+    """``--forget-each``: its syntax, and every (seed, class) configuration validated before anything
+    loads or trains (whether each class is in the data set is checked once the data is loaded)."""
+    if args.forget_each is None:
+        return
+    from prunelora_keras import sweep
+
+    classes = sweep.parse_class_request(args.forget_each)
+    for seed in seeds if seeds is not None else [cfg.seed]:
+        for c in classes or []:
+            try:
+                validate(class_config(cfg, seed, c))
+            except UserError as exc:
+                raise UserError(f"--forget-each {args.forget_each!r}: class {c}, seed {seed}: {exc}") from None
+
+
+def class_config(cfg, seed: int, forget_class: int):
+    """The configuration of one (seed, class) run of ``--forget-each``."""
+    return dataclasses.replace(cfg, seed=seed, data=dataclasses.replace(cfg.data, forget_class=forget_class))
+
+
+def out_folder(cfg, args: argparse.Namespace, seeds: list[int] | None) -> Path:
+    """The run folder: ``--out``, or one named after model, preset, seeds (and the classes of a sweep)."""
+    if args.out:
+        return Path(args.out)
+    if args.forget_each is not None:
+        from prunelora_keras import sweep
+
+        classes = sweep.parse_class_request(args.forget_each)
+        name = "all" if classes is None else "-".join(map(str, classes))
+        seed_names = seeds if seeds is not None else [cfg.seed]
+        return Path(f"runs/{cfg.model.name}-{cfg.preset}-each{name}-seed{'-'.join(map(str, seed_names))}")
+    if seeds is not None:
+        return Path(f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
+    return Path(f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+
+
 def join_job(args: argparse.Namespace) -> None:
     """Join the multi-process job the flags or the environment describe (nothing to do for one process)."""
-    from prunelora_keras import multihost, pipeline
+    from prunelora_keras import multihost
 
     job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
     if job is None:
         return
     import keras
+
+    from prunelora_keras import pipeline
 
     if keras.backend.backend() != "jax":
         raise UserError(f"a multi-process run ({job.describe()}) runs on the jax backend only; unset KERAS_BACKEND "
@@ -244,10 +181,11 @@ def config_diff(old: dict, new: dict, limit: int = 3) -> str:
     return "; ".join(parts) + more if parts else "another version's layout"
 
 
-def run(cfg, args: argparse.Namespace) -> int:
+def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -> int:
+    """The heavy part: train and evaluate into ``out_dir`` (arguments already checked) and print the tables."""
     import keras
 
-    from prunelora_keras import pipeline
+    from prunelora_keras import methods, pipeline
 
     if not pipeline.on_jax():
         needs_jax = methods.jax_only(cfg.unlearn.paradigms)
@@ -256,18 +194,9 @@ def run(cfg, args: argparse.Namespace) -> int:
                             f"{keras.backend.backend()}) or drop them from --paradigms")
         pipeline.log(f"backend {keras.backend.backend()}: training with Keras's fit (the compiled JAX loop, resume "
                      "within a stage, the prefix cache and data-parallel training need the jax backend)")
-    seeds = None
-    if args.seeds is not None:
-        from prunelora_keras.seeds import parse_seeds
-
-        try:
-            seeds = parse_seeds(args.seeds)
-        except ValueError:
-            raise UserError(f"--seeds {args.seeds!r}: pass distinct non-negative integers, e.g. --seeds 0,1,2") from None
     if args.forget_each is not None:
-        return run_each_class(cfg, args, seeds)
+        return run_each_class(cfg, args, seeds, out_dir)
     if seeds is None:
-        out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
         share_run_folder(out_dir)
         results = run_one(cfg, out_dir, args.overwrite)
         print(pipeline.summary(results))
@@ -275,8 +204,8 @@ def run(cfg, args: argparse.Namespace) -> int:
         return 0
     from prunelora_keras.report import fit_width, paper_table, write_report
     from prunelora_keras.seeds import aggregate
+    from prunelora_keras.terminal import closing_lines
 
-    out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
     share_run_folder(out_dir)
     runs = []
     for seed in seeds:  # each seed's run is complete, reusable and resumable in its own folder
@@ -284,7 +213,7 @@ def run(cfg, args: argparse.Namespace) -> int:
         runs.append(run_one(dataclasses.replace(cfg, seed=seed), out_dir / f"seed{seed}", args.overwrite))
     folded = aggregate(runs)
     write_report(folded, out_dir)
-    print(fit_width(paper_table(folded)))
+    print(fit_width(paper_table(folded) + "\n\n" + closing_lines(folded)))
     print(f"results: {out_dir / 'results.json'} (mean ± std over seeds {args.seeds}; each seed in "
           f"{out_dir}/seed<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
     return 0
@@ -299,7 +228,7 @@ def share_run_folder(out_dir: Path) -> None:
     multihost.share_run_folder(out_dir)
 
 
-def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None) -> int:
+def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -> int:
     """``--forget-each``: one experiment per class (per seed), each in ``[seed<S>/]class<N>/``, sharing
     one original model per seed; folded into ``<out>/results.*`` and ``per_class.png``."""
     from prunelora_keras import pipeline, sweep
@@ -308,18 +237,19 @@ def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None) -> in
     ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
     classes = sweep.parse_classes(args.forget_each, ds.num_classes, ds.name)
     seed_list = seeds if seeds is not None else [cfg.seed]
-    name = "all" if args.forget_each.strip() == "all" else "-".join(map(str, classes))
-    out_dir = Path(args.out or f"runs/{cfg.model.name}-{cfg.preset}-each{name}-seed{'-'.join(map(str, seed_list))}")
+    for seed in seed_list:  # every (seed, class) configuration valid before anything trains
+        for c in classes:
+            validate(class_config(cfg, seed, c))
     share_run_folder(out_dir)
     for c in classes:  # every request valid (e.g. a class without images in the subsample) before anything trains
-        pipeline.load_data(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, forget_class=c)), ds)
+        pipeline.load_data(class_config(cfg, cfg.seed, c), ds)
     runs = []
     for seed in seed_list:
         seed_dir = out_dir / f"seed{seed}" if seeds is not None else out_dir
         seed_runs = []
         for c in classes:
             pipeline.log(f"--- seed {seed}, forget class {c} ({ds.class_names[c]}) ---")
-            cfg_c = dataclasses.replace(cfg, seed=seed, data=dataclasses.replace(cfg.data, forget_class=c))
+            cfg_c = class_config(cfg, seed, c)
             seed_runs.append(run_one(cfg_c, seed_dir / f"class{c}", args.overwrite, seed_dir / "checkpoints", ds))
         if seeds is not None and len(seed_list) > 1:
             sweep.write_class_report(sweep.fold_classes(seed_runs), seed_dir)

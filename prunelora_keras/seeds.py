@@ -67,6 +67,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
             values = [bool(r[key]) for r in ok if r.get(key) is not None]
             if values:
                 row[key] = float(np.mean(values))
+        if "pruned_units" in ok[0]:  # a pruning method (the report's sparsity note); the counts follow prune_amount
+            row["pruned_units"] = ok[0]["pruned_units"]
         rows.append(row)
     original = {}
     for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "train_acc", "test_acc",

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from prunelora_keras.checkpoint import atomic_write_bytes
 from prunelora_keras.errors import UserError
 from prunelora_keras.report import (method_label, _fmt, final_rows, fit_width, paper_table, save_figure,
                                     write_report)
@@ -26,6 +25,28 @@ PER_CLASS_METRICS = (("UA", "UA", 1), ("RA", "RA", 1), ("probe_forget_acc", "pro
                      ("forget_row_pruned", "forget row pruned", None))
 
 
+def parse_class_request(text: str) -> list[int] | None:
+    """``--forget-each``'s syntax alone (no data needed): ``"all"`` -> None, ``"0,3,7"`` -> [0, 3, 7].
+    Raises ``UserError`` naming the problem; whether each class exists is ``parse_classes``'s check.
+
+    Example:
+        >>> parse_class_request("all"), parse_class_request(" 2, 0 ")
+        (None, [2, 0])
+    """
+    text = text.strip()
+    if text == "all":
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--forget-each {text!r}: pass 'all' or a list of classes such as 0,3,7")
+    if not all(t.isdigit() for t in items):
+        raise UserError(f"--forget-each {text!r}: pass 'all' or class numbers such as 0,3,7")
+    classes = [int(t) for t in items]
+    if len(set(classes)) != len(classes):
+        raise UserError(f"--forget-each {text!r} lists a class twice")
+    return classes
+
+
 def parse_classes(text: str, num_classes: int, dataset: str = "the data set") -> list[int]:
     """``"all"`` -> every class; ``"0,3,7"`` -> [0, 3, 7]. Raises ``UserError`` naming the problem.
 
@@ -33,20 +54,12 @@ def parse_classes(text: str, num_classes: int, dataset: str = "the data set") ->
         >>> parse_classes("all", 3), parse_classes(" 2, 0 ", 3)
         ([0, 1, 2], [2, 0])
     """
-    text = text.strip()
-    if text == "all":
+    classes = parse_class_request(text)
+    if classes is None:
         return list(range(num_classes))
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if not items:
-        raise UserError(f"--forget-each {text!r}: pass 'all' or a list of classes such as 0,3,7")
-    if not all(t.isdigit() for t in items):
-        raise UserError(f"--forget-each {text!r}: pass 'all' or class numbers such as 0,3,7")
-    classes = [int(t) for t in items]
     bad = [c for c in classes if c >= num_classes]
     if bad:
         raise UserError(f"--forget-each: class {bad[0]} is out of range: {dataset} has classes 0..{num_classes - 1}")
-    if len(set(classes)) != len(classes):
-        raise UserError(f"--forget-each {text!r} lists a class twice")
     return classes
 
 
@@ -140,6 +153,8 @@ def plot_per_class(folded: dict[str, Any], path: Path) -> None:
 
 def write_class_report(folded: dict[str, Any], out_dir: Path) -> None:
     """The folded report plus the per-class table (appended to results.md) and per_class.png."""
+    from prunelora_keras.checkpoint import atomic_write_bytes  # (imports jax: only when writing)
+
     write_report(folded, out_dir)
     md = out_dir / "results.md"
     atomic_write_bytes(md, (md.read_text() + "\n" + per_class_table(folded) + "\n").encode())
@@ -147,5 +162,8 @@ def write_class_report(folded: dict[str, Any], out_dir: Path) -> None:
 
 
 def summary(folded: dict[str, Any]) -> str:
-    """What the command prints for a class sweep: the folded table, then the per-class tables."""
-    return fit_width(paper_table(folded) + "\n\n" + per_class_table(folded))
+    """What the command prints for a class sweep: the folded table, the per-class tables, then in words
+    what was forgotten and which method came closest to Retrain."""
+    from prunelora_keras.terminal import closing_lines
+
+    return fit_width(paper_table(folded) + "\n\n" + per_class_table(folded) + "\n\n" + closing_lines(folded))

@@ -103,3 +103,20 @@ def test_bad_files_and_names(tmp_path):
     unknown.write_text("[trainer]\nepochs = 1\n")
     with pytest.raises(UserError, match="unknown key 'trainer'"):
         build_config("vit", "quick", str(unknown))
+
+
+@pytest.mark.parametrize("toml, sets, message", [
+    ("sed = 1\n", [], "unknown key 'sed' (did you mean 'seed'?)"),
+    ("[pretrain]\nepoch = 3\n", [], "unknown key pretrain.epoch (did you mean 'epochs'?)"),
+    ("", ["sed=1"], "unknown key 'sed' (did you mean 'seed'?)"),
+    ("", ["pretrain.optimizer=adamw_"], "(did you mean 'adamw'?)"),
+    ("", ["data.dataset=cifar"], "unknown dataset 'cifar' (did you mean 'cifar10'?)"),
+])
+def test_a_misspelled_key_or_name_names_the_closest_valid_one(tmp_path, toml, sets, message):
+    f = tmp_path / "mine.toml"
+    f.write_text(toml)
+    with pytest.raises(UserError) as exc:
+        build_config("vit", "quick", str(f), {}, sets)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(UserError, match=r"unknown preset 'quik' \(did you mean 'quick'\?\)"):
+        build_config("vit", "quik")

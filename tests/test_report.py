@@ -137,3 +137,110 @@ def test_plots_say_what_they_show(tmp_path, monkeypatch):
     assert "after 10 unlearning epochs" in figures["loss_histograms.png"][0]
     assert figures["metrics.png"][1] == ["UA", "MIA (loss, LR)", "MIA (conf, SVC)", "RA", "TA"]
     assert "Avg. Gap" in figures["metrics.png"][0]
+
+
+def _wide_results(epochs=(5, 10)):
+    """Every metric at each of ``epochs``, with spreads: wider than a terminal."""
+    rows = []
+    for p, gap in (("retrain", 0.0), ("finetune", 4.25), ("pruned", 2.5), ("lora", 7.0), ("pruned_lora", 1.75)):
+        for e in epochs:
+            rows.append(_row(p, e, 50.0 + gap, avg_gap=gap, avg_gap_std=0.5, UA_std=1.0, RA_std=0.25, TA_std=0.5,
+                             MIA_loss_logreg_std=2.0, MIA_confidence_svc_std=1.5))
+    return {"config": {"model": {"name": "vit"}, "preset": "quick", "seed": 4,
+                       "unlearn": {"prune_mode": "reference", "prune_amount": 0.5, "relearn_max_steps": 200}},
+            "data": {"dataset": "digits", "forgetting": "class 3 'cat'", "forget": 144, "forget_class": 3},
+            "rows": rows, "original": {},
+            "stages": {"original": {"accuracies": {"train": 99.5, "test": 97.25, "forget": 98.0}},
+                       "retrain": {"accuracies": {"train": 90.0, "test": 88.0, "forget": 0.0}}}}
+
+
+@pytest.mark.parametrize("epochs", [(5, 10), (2, 5, 10)])
+def test_printed_table_keeps_each_metrics_epoch_columns_together(epochs):
+    from prunelora_keras.report import fit_width
+
+    text = fit_width(paper_table(_wide_results(epochs)))
+    heads = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+             if line.startswith("| paradigm")]
+    assert len(heads) > 1 and max(len(line) for line in text.splitlines()) <= 100
+    for head in heads:  # every metric shown in a part has all its epoch columns in that part
+        metrics = {h.rsplit(" ", 1)[0] for h in head if h.endswith("ep")}
+        for m in metrics:
+            assert all(f"{m} {e}ep" in head for e in epochs), (m, head)
+
+
+def test_closing_lines_say_what_was_forgotten_and_which_method_came_closest():
+    from prunelora_keras.terminal import closing_lines
+
+    text = closing_lines(_wide_results())
+    first, second = text.splitlines()
+    assert first.startswith("Forgotten: class 3 'cat' of digits (144 training images)")
+    # the smallest Avg. Gap among the unlearning methods, computed here independently
+    best = min((r for r in _wide_results()["rows"] if r["paradigm"] != "retrain" and r["epochs"] == 10),
+               key=lambda r: r["avg_gap"])
+    assert best["paradigm"] == "pruned_lora"
+    assert "Closest to Retrain by Avg. Gap" in second and "Pruned LoRA, 1.75 ± 0.50 points at 10 epochs" in second
+    assert second.index("Pruned 2.50") < second.index("Finetune 4.25") < second.index("LoRA 7.00")
+    no_retrain = {**_wide_results(), "rows": [r for r in _wide_results()["rows"] if r["paradigm"] != "retrain"]}
+    assert "add retrain to --paradigms" in closing_lines(no_retrain)
+
+
+def test_summary_ends_with_the_closing_lines():
+    from prunelora_keras.pipeline import summary
+
+    last = " ".join(summary(_wide_results()).split("\n\n")[-1].splitlines())  # wrapped at 100 columns
+    assert last.startswith("Forgotten: class 3 'cat' of digits") and "Retrain without it. Closest to Retrain" in last
+    assert last.endswith("then Pruned 2.50, Finetune 4.25, LoRA 7.00.")
+
+
+def test_results_md_has_a_heading_the_accuracy_table_and_the_closing_lines(tmp_path):
+    results = _wide_results()
+    write_report(results, tmp_path)
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[0] == "# vit on digits, preset quick, forgetting class 3 'cat', seed 4"
+    assert "Accuracy (%) of the trained models:" in md
+    assert any(line.startswith("| original | 99.50 | 97.25 |") for line in md)
+    assert md.index("Accuracy (%) of the trained models:") < next(i for i, x in enumerate(md) if x.startswith("| paradigm"))
+    assert md[-1].startswith("Closest to Retrain by Avg. Gap")
+    folded = {**results, "seeds": [0, 1], "stages": None}
+    write_report(folded, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("# vit on digits, preset quick, forgetting class 3 'cat', seeds 0, 1\n")
+    assert "Accuracy (%)" not in md  # folded results keep each run's accuracies in its own folder
+
+
+def test_a_capped_relearn_shows_the_cap_as_a_lower_bound():
+    from prunelora_keras.report import evaluation_table
+
+    results = _wide_results()
+    for r in results["rows"]:
+        r.update(probe_forget_acc=50.0, relearn_steps=40)
+    capped = next(r for r in results["rows"] if r["paradigm"] == "lora" and r["epochs"] == 10)
+    capped.update(relearn_steps=200, relearn_capped=True)
+    folded = next(r for r in results["rows"] if r["paradigm"] == "pruned" and r["epochs"] == 10)
+    folded.update(relearn_steps=200.0, relearn_steps_std=0.0, relearn_capped=True)  # capped in some seed
+    table = evaluation_table(results)
+    lora = next(x for x in table.splitlines() if x.startswith("| LoRA |"))
+    pruned = next(x for x in table.splitlines() if x.startswith("| Pruned |"))
+    finetune = next(x for x in table.splitlines() if x.startswith("| Finetune |"))
+    assert "| >200 |" in lora and "| >200 ± 0 |" in pruned and "| 40 |" in finetune
+    assert "relearn_max_steps = 200" in table
+
+
+def test_pruned_sparsity_below_the_pruning_amount_carries_its_reason():
+    """Reference mask mode: the zeros are set once and fine-tuning regrows them, so "sparsity 0.0"
+    beside "50% L2-pruned" is marked and explained."""
+    from prunelora_keras.report import REGROWN
+
+    results = _wide_results()
+    for r in results["rows"]:
+        if r["paradigm"] in ("pruned", "pruned_lora"):
+            r.update(pruned_units={"dense": 8}, sparsity=0.0)
+    pruned_lora = next(r for r in results["rows"] if r["paradigm"] == "pruned_lora" and r["epochs"] == 10)
+    pruned_lora["sparsity"] = 50.0  # still at the pruning amount: nothing to explain
+    lines = paper_table(results).splitlines()
+    cells = {x.split(" | ")[0].strip("| "): x.strip(" |").split(" | ")[-1] for x in lines if x.startswith("| ")}
+    assert cells["Pruned"] == "0.0" + REGROWN and cells["Pruned LoRA"] == "50.0" and cells["Finetune"] == "0.0"
+    note = next(x for x in lines if x.startswith(REGROWN))
+    assert "50%" in note and "prune_mode = reference" in note and "regrows" in note
+    results["config"]["unlearn"]["prune_mode"] = "persistent"
+    assert REGROWN not in paper_table(results)

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 import numpy as np
 
 import pytest
@@ -29,6 +30,24 @@ def run_main(capsys, argv):
     (["--model", "vit", "--preset", "nope"], "unknown preset 'nope'"),
     (["--model", "vit", "--preset", "quick", "--set", "model.patch_size=3"], "does not divide"),
     (["--model", "vit", "--preset", "quick", "--dataset", "mnist"], "unknown dataset 'mnist'"),
+    # a misspelled name: the bad token and the closest valid one
+    (["--model", "resnet"], "invalid choice: 'resnet' (did you mean 'resnet50'?)"),
+    (["--model", "vit", "--preset", "quick", "--paradigms", "retrain,prunedlora"],
+     "'prunedlora' is not a method (did you mean 'pruned_lora'?)"),
+    (["--model", "vit", "--preset", "quck"], "unknown preset 'quck' (did you mean 'quick'?)"),
+    (["--model", "vit", "--preset", "quick", "--dataset", "digit"], "unknown dataset 'digit' (did you mean 'digits'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "unlearn.optimizr=adam"],
+     "unknown key unlearn.optimizr (did you mean 'optimizer'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "unlern.lr=1"], "unknown key 'unlern.lr' (did you mean 'unlearn.lr'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "pretrain.schedule=cosin"], "(did you mean 'cosine'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "unlearn.optimizer=adamm"], "(did you mean 'adam'?)"),
+    (["--model", "vit", "--preset", "quick", "--seeds", "0,4294967296"],
+     "--seeds '0,4294967296': seed 4294967296: seed must be in 0..4294967294"),
+    (["--model", "vit", "--preset", "quick", "--forget-each", "1,1"], "lists a class twice"),
+    (["--list-keys", "--model", "vitt"], "invalid choice: 'vitt' (did you mean 'vit'?)"),
+    (["--preset", "quick"], "required: --model"),
+    (["--model", "vit", "--preset", "quick", "--out", "/proc/prunelora-x"],
+     "--out /proc/prunelora-x cannot be created: /proc is not writable"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     code, out, err = run_main(capsys, argv)
@@ -78,9 +97,7 @@ def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
 
     from prunelora_keras.config import SECTIONS
 
-    with pytest.raises(SystemExit) as exc:
-        main(["--list-keys"])
-    assert exc.value.code == 0
+    assert main(["--list-keys"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for section, cls in SECTIONS.items():  # an independent enumeration of the dataclasses' fields
         for f in dataclasses.fields(cls):
@@ -88,6 +105,30 @@ def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
             assert line is not None, f"{section}.{f.name}"
     assert any(x.split()[:3] == ["unlearn.lr", "float", "0.001"] for x in lines)
     assert any(x.split()[:2] == ["seed", "int"] for x in lines)
+
+
+def test_list_keys_shows_the_values_this_run_would_use_and_the_allowed_values(capsys, tmp_path):
+    """--preset, --config, flags and --set are applied (the quick preset's ViT pretrains 20 epochs,
+    the dataclass default is 1); each string key lists its allowed values (config.CHOICES)."""
+    from prunelora_keras.config import CHOICES, build_config
+
+    extra = tmp_path / "extra.toml"
+    extra.write_text("[unlearn]\nlora_rank = 4\n")
+    argv = ["--list-keys", "--model", "vit", "--preset", "quick", "--config", str(extra), "--seed", "7",
+            "--set", "unlearn.optimizer=sgd"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "--model vit, preset quick" in lines[0] and str(extra) in lines[0]
+    value = {x.split()[0]: x.split()[2] for x in lines[2:]}
+    expected = build_config("vit", "quick", str(extra), {"seed": 7}, ["unlearn.optimizer=sgd"])
+    assert value["pretrain.epochs"] == str(expected.pretrain.epochs) == "20"
+    assert value["data.dataset"] == '"digits"' and value["unlearn.lora_rank"] == "4" and value["seed"] == "7"
+    assert value["unlearn.optimizer"] == '"sgd"'
+    for (section, name), choices in CHOICES.items():
+        line = next(x for x in lines if x.split()[:1] == [f"{section}.{name}"])
+        assert line.endswith("one of " + ", ".join(choices)), line
+    paradigms = next(x for x in lines if x.startswith("unlearn.paradigms "))
+    assert "any of retrain, finetune" in paradigms and "scrub" in paradigms
 
 
 def test_cifar_not_found_names_the_fixes(capsys, tmp_path, monkeypatch):
@@ -100,6 +141,91 @@ def test_cifar_not_found_names_the_fixes(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", no_network)
     code, _, err = run_main(capsys, ["--model", "vit", "--preset", "cpu", "--out", str(tmp_path / "r")])
     assert code == 2 and "--data-dir" in err and "--preset quick" in err
+
+
+EARLY = """
+import sys
+from prunelora_keras.run import main
+for argv in {cases!r}:
+    print("rc", main(argv))
+try:
+    main(["--help"])
+except SystemExit as exc:
+    print("help", exc.code)
+print("heavy", [m for m in ("keras", "jax", "sklearn", "optax", "matplotlib") if m in sys.modules])
+"""
+
+
+def test_arguments_are_checked_before_keras_jax_or_sklearn_is_imported(tmp_path):
+    """--help and every argument error need no heavy import (they took 5-15 s, some after the data
+    loaded; now a fraction of a second): the whole path runs without Keras, JAX or scikit-learn."""
+    (tmp_path / "file").write_text("x")
+    cases = [["--model", "resnet"], ["--model", "vit", "--preset", "quick", "--paradigms", "prunedlora"],
+             ["--model", "vit", "--preset", "quick", "--seeds", "0,4294967296"],
+             ["--model", "vit", "--preset", "quick", "--set", "unlearn.lr=-1"],
+             ["--model", "vit", "--preset", "quick", "--forget-each", "x"],
+             ["--model", "vit", "--preset", "quick", "--out", str(tmp_path / "file" / "run")]]
+    proc = _subprocess(EARLY.format(cases=cases), clean_env(), REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout.splitlines()
+    assert out.count("rc 2") == len(cases) and "help 0" in out, proc.stdout
+    assert out[-1] == "heavy []", out[-1]
+    errors = proc.stderr.strip().splitlines()
+    assert len(errors) == len(cases) and all(e.startswith("error: ") for e in errors), proc.stderr
+
+
+def test_out_that_cannot_hold_the_run_folder_is_one_line_before_anything_runs(capsys, tmp_path, monkeypatch):
+    """A file as --out, a path through a file, an unwritable place: one error line naming the path
+    and why, exit 2 (a path through a file ended in a NotADirectoryError traceback)."""
+    import prunelora_keras.run as run
+
+    monkeypatch.setattr(run, "run", lambda *a, **k: pytest.fail("ran despite a bad --out"))
+    (tmp_path / "file").write_text("x")
+    for out, why in ((tmp_path / "file", "is a file, not a directory"),
+                     (tmp_path / "file" / "run", f"cannot be created: {tmp_path / 'file'} is a file, not a directory"),
+                     (Path("/proc/prunelora/run"), "cannot be created: /proc is not writable")):
+        code, _, err = run_main(capsys, ["--model", "vit", "--preset", "quick", "--out", str(out)])
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --out {out}") and why in lines[0], err
+    from prunelora_keras.budget import check_out_dir
+
+    check_out_dir(tmp_path / "new" / "deeper")  # a folder that can be created passes, and is not created yet
+    assert not (tmp_path / "new").exists() and [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+def test_every_seed_is_validated_before_any_seed_trains(capsys, monkeypatch):
+    """--seeds 0,4294967296 used to train seed 0 before seed 4294967296 failed (dataclasses.replace
+    skips validate)."""
+    import prunelora_keras.run as run
+
+    trained = []
+    monkeypatch.setattr(run, "run_one", lambda cfg, *a, **k: trained.append(cfg.seed))
+    code, _, err = run_main(capsys, ["--model", "vit", "--preset", "quick", "--seeds", "0,4294967296"])
+    assert code == 2 and trained == [] and "seed 4294967296" in err and len(err.strip().splitlines()) == 1
+
+
+def test_default_run_folders_are_known_before_anything_loads():
+    from prunelora_keras.arguments import parse_args
+    from prunelora_keras.config import build_config
+    from prunelora_keras.run import out_folder
+
+    cfg = build_config("vit", "quick")
+    assert out_folder(cfg, parse_args(["--model", "vit"]), None) == Path("runs/vit-quick-seed0")
+    assert out_folder(cfg, parse_args(["--model", "vit"]), [1, 2]) == Path("runs/vit-quick-seeds1-2")
+    args = parse_args(["--model", "vit", "--forget-each", "3,5"])
+    assert out_folder(cfg, args, None) == Path("runs/vit-quick-each3-5-seed0")
+    assert out_folder(cfg, parse_args(["--model", "vit", "--out", "x/y"]), None) == Path("x/y")
+
+
+def test_the_light_method_names_are_the_registrys_built_in_methods():
+    """--help and the config's check read method_names before the methods are imported; once the
+    registry is loaded they are the registry's (a user's own method included)."""
+    from prunelora_keras import method_names, methods
+
+    registered = methods.names()
+    assert tuple(n for n in registered if n in method_names.BUILTIN) == tuple(method_names.BUILTIN)
+    assert all(methods.get(n).kind == kind for n, kind in method_names.BUILTIN.items())
+    assert method_names.names() == registered and method_names.names("paper") == methods.names("paper")
 
 
 def _subprocess(code: str, env: dict, cwd) -> subprocess.CompletedProcess:

@@ -28,6 +28,16 @@ def test_parse_classes():
             parse_classes(text, 10)
 
 
+def test_the_class_requests_syntax_is_checked_without_the_data():
+    from prunelora_keras.sweep import parse_class_request
+
+    assert parse_class_request("all") is None and parse_class_request(" 7, 0") == [7, 0]
+    assert parse_class_request("12") == [12]  # whether class 12 exists needs the data: parse_classes
+    for text, message in (("", "pass 'all'"), ("a,b", "class numbers"), ("1,1", "lists a class twice")):
+        with pytest.raises(UserError, match=message):
+            parse_class_request(text)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--forget-each", "12"], "--forget-each: class 12 is out of range: digits has classes 0..9"),
     (["--forget-each", ""], "--forget-each '': pass 'all'"),

@@ -1,0 +1,31 @@
+"""The methods' names, without importing the methods (which import Keras, JAX and optax).
+
+The command checks ``--paradigms`` and prints ``--help`` before anything heavy is imported, so
+that a misspelled name is answered at once. ``names()`` reads the registry (``methods.registry``)
+whenever it is loaded, since only then can a user's own method have been registered; before that,
+the registered methods are exactly the built-in ones listed here, in the registry's order
+(tests/test_run.py checks the two lists agree).
+
+Example:
+    >>> names("paper")
+    ('retrain', 'finetune', 'pruned', 'lora', 'pruned_lora')
+"""
+
+from __future__ import annotations
+
+import sys
+
+# name -> kind, in registration order (methods/paper.py, baselines.py, neggrad.py, scrub.py)
+BUILTIN: dict[str, str] = {
+    "retrain": "paper", "finetune": "paper", "pruned": "paper", "lora": "paper", "pruned_lora": "paper",
+    "ga": "baseline", "rl": "baseline", "l1_sparse": "baseline", "salun": "baseline",
+    "neggrad_plus": "baseline", "scrub": "baseline",
+}
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    """Every registered method name (``retrain`` first), or those of one ``kind`` ("paper", "baseline")."""
+    registry = sys.modules.get("prunelora_keras.methods.registry")
+    if registry is not None:
+        return registry.names(kind)
+    return tuple(n for n, k in BUILTIN.items() if kind is None or k == kind)
