@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from prunelora_keras import __version__
+from prunelora_keras.checks import chance_warnings
 from prunelora_keras.checkpoint import atomic_write_bytes, read_meta, remove_file, save_model
 from prunelora_keras.config import Config
 from prunelora_keras.data import Dataset, UnlearningSplit, load_dataset, make_split
@@ -358,6 +359,7 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
             many_models.plot_forgetting_quality(per_example, out_dir / "forgetting_quality.png",
                                                 f"{cfg.model.name}: per-example scores, K = {cfg.unlearn.eval_models}")
     results = {
+        "warnings": chance_warnings(retain_accuracies(original_metrics, rows), split.retain.y),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
         "device": device_description(),
@@ -378,6 +380,15 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
     return results
 
 
+def retain_accuracies(original_metrics: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, float]:
+    """{model: RA} for the chance check: the original, and each method at its largest epoch count
+    (rows that failed have no RA)."""
+    out = {"original": float(original_metrics["RA"])}
+    for r in sorted((r for r in rows if "RA" in r), key=lambda r: r["epochs"]):
+        out[r["paradigm"]] = float(r["RA"])
+    return out
+
+
 def summary(results: dict[str, Any]) -> str:
     """What the command prints at the end: stage accuracies, the paper's table, the evaluation beyond
     it, then in words what was forgotten and which method came closest to Retrain."""
@@ -387,4 +398,5 @@ def summary(results: dict[str, Any]) -> str:
     return fit_width("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
                      + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else "")
                      + (f"\n\nMany-model evaluation (largest epoch count):\n{pools}" if pools else "")
-                     + "\n\n" + closing_lines(results))
+                     + "\n\n" + closing_lines(results)
+                     + "".join(f"\nwarning: {line}" for line in results.get("warnings", [])))

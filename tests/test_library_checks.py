@@ -157,3 +157,15 @@ def test_a_chance_level_model_is_warned_about_in_the_result_too():
     assert scores["RA"] > 100 / 9 + 5  # the unlearned model itself is fine: not warned about
     with pytest.warns(ChanceLevelWarning, match="the unlearned model is at chance"):
         assert len(plk.evaluate(constant, (x, y), forget, test)["warnings"]) == 1
+
+
+def test_the_command_warns_about_models_at_chance_in_its_results():
+    from prunelora_keras.checks import chance_warnings
+    from prunelora_keras.pipeline import retain_accuracies
+
+    rows = [{"paradigm": "retrain", "epochs": 5, "RA": 98.0}, {"paradigm": "pruned", "epochs": 5, "RA": 40.0},
+            {"paradigm": "pruned", "epochs": 10, "RA": 12.0}, {"paradigm": "ga", "epochs": 10, "status": "non-finite"}]
+    acc = retain_accuracies({"RA": 99.0}, rows)
+    assert acc == {"original": 99.0, "retrain": 98.0, "pruned": 12.0}  # each method's last column
+    lines = chance_warnings(acc, np.arange(900) % 9, warn=False)
+    assert len(lines) == 1 and lines[0].startswith("the pruned model is at chance on the retained data (12.0%")
