@@ -9,7 +9,8 @@ MODULES = ["prunelora_keras.metrics", "prunelora_keras.representation", "prunelo
            "prunelora_keras.pruning", "prunelora_keras.sweep", "prunelora_keras.features", "prunelora_keras.lora",
            "prunelora_keras.api", "prunelora_keras.methods", "prunelora_keras.methods.registry",
            "prunelora_keras.methods.common", "prunelora_keras.step", "prunelora_keras.forgetting_quality",
-           "prunelora_keras.multihost", "prunelora_keras.predict"]
+           "prunelora_keras.multihost", "prunelora_keras.predict", "prunelora_keras.checks", "prunelora_keras.options",
+           "prunelora_keras.terminal", "prunelora_keras.method_names"]
 
 
 @pytest.mark.parametrize("name", MODULES)
