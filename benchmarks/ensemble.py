@@ -12,6 +12,9 @@ steady-state epoch of all K models (the second; compilation excluded), the mean 
 F.json: {"rows": [{"k", "sequential_s", "vmapped_s", "map_s", "loop_s", "pool_s", "pool_mode",
 "speedup" (sequential / pool), "vmap_speedup", "torch_sequential_s", "torch_vmap_s",
 "pool_bytes_estimate"}], "machine", "versions", ...}.
+
+PyTorch is optional (the ``torch`` extra): without it the PyTorch columns say ``skipped`` with a
+note, and the JAX columns are measured as usual.
 """
 
 from __future__ import annotations
@@ -38,8 +41,20 @@ from prunelora_keras.pools import pool_bytes, scratch_pool
 from prunelora_keras.train import Trainer, make_optimizer, set_bn_policy
 
 
+TORCH_MISSING = "skipped: PyTorch is not installed (pip install torch==2.13.0 && pip install -e '.[torch]')"
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def torch_or_none():
+    """The torch module, or None where it is not installed: the PyTorch columns are then skipped."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 def jax_sequential(cfg, ds, x, y, seeds) -> float:
@@ -84,11 +99,12 @@ def torch_batches(x, y, batch, seed, mean, std):
     return [(t[order[i:i + batch]], labels[order[i:i + batch]]) for i in range(0, len(y), batch)]
 
 
-def torch_sequential(cfg, ds, x, y, k) -> float:
+def torch_sequential(cfg, ds, x, y, k) -> float | str:
     """K PyTorch models one after another, one epoch each (after a warm-up epoch), as a PyTorch
-    toolkit trains a pool."""
-    import torch
-
+    toolkit trains a pool; ``TORCH_MISSING`` without PyTorch."""
+    torch = torch_or_none()
+    if torch is None:
+        return TORCH_MISSING
     total = 0.0
     for i, model in enumerate(torch_models(cfg, ds, k)):
         opt = torch.optim.Adam(model.parameters(), lr=cfg.retrain.lr)
@@ -106,8 +122,11 @@ def torch_sequential(cfg, ds, x, y, k) -> float:
 
 def torch_vmapped(cfg, ds, x, y, k) -> float | str:
     """K PyTorch models as one: torch.func.stack_module_state + functional_call under torch.func.vmap
-    (the PyTorch way to ensemble); Adam on the stacked parameters (elementwise, so per model)."""
-    import torch
+    (the PyTorch way to ensemble); Adam on the stacked parameters (elementwise, so per model);
+    ``TORCH_MISSING`` without PyTorch."""
+    torch = torch_or_none()
+    if torch is None:
+        return TORCH_MISSING
     from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
     models = torch_models(cfg, ds, k)
@@ -155,6 +174,9 @@ def main(argv=None) -> int:
     ds, split = load_data(cfg)
     x, y = split.retain.x, split.retain.y
     auto = choose_mode("auto")
+    torch = torch_or_none()
+    if args.torch == "auto" and torch is None:
+        log(f"PyTorch columns {TORCH_MISSING}")
     rows = []
     for k in [int(v) for v in args.k.split(",")]:
         seeds = list(range(1, k + 1))
@@ -175,7 +197,8 @@ def main(argv=None) -> int:
         state, work, shared = pool_bytes(trainer, cfg.data.batch_size)
         row["pool_bytes_estimate"] = {"vmap": k * (state + work) + shared, "loop": k * state + work + shared}
         if args.torch == "auto" and k <= args.torch_max_k:
-            log(f"K={k}: torch sequential, torch.func.vmap")
+            if torch is not None:
+                log(f"K={k}: torch sequential, torch.func.vmap")
             row["torch_sequential_s"] = torch_sequential(cfg, ds, x, y, k)
             try:
                 row["torch_vmap_s"] = torch_vmapped(cfg, ds, x, y, k)
@@ -183,17 +206,18 @@ def main(argv=None) -> int:
                 row["torch_vmap_s"] = f"n/a: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
         rows.append(row)
         log(json.dumps(row))
-    import torch
-
     result = {"model": args.model, "preset": args.preset, "images": len(y), "batch_size": cfg.data.batch_size,
               "steps_per_epoch": num_batches(len(y), cfg.data.batch_size), "rows": rows,
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                          f"{jax.devices()[0].platform}: {getattr(jax.devices()[0], 'device_kind', '')}",
-              "versions": {"jax": jax.__version__, "keras": keras.__version__, "torch": torch.__version__},
+              "versions": {"jax": jax.__version__, "keras": keras.__version__,
+                           "torch": None if torch is None else torch.__version__},
               "date": time.strftime("%Y-%m-%d")}
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
     print(table(result))
+    if torch is None and args.torch == "auto":
+        print(f"\nPyTorch columns {TORCH_MISSING}.")
     return 0
 
 
@@ -203,6 +227,8 @@ def table(result: dict) -> str:
     for r in result["rows"]:
         def cell(key):
             v = r.get(key)
+            if isinstance(v, str) and v.startswith("skipped"):
+                return "skipped"
             return "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))
         lines.append(f"| {r['k']} | {cell('sequential_s')} | {cell('vmapped_s')} | {cell('map_s')} | {cell('loop_s')} "
                      f"| {r['pool_mode']} | {r['speedup']:.2f}x | {cell('torch_sequential_s')} | "

@@ -238,3 +238,34 @@ def test_a_diverging_member_stops_the_pool_with_its_index():
     pool = PoolTrainer(members, [ArrayStream(x, y, 16)] * 2, mode="loop", verbose=False)
     with pytest.raises(FloatingPointError, match=r"pool member\(s\) \[1\]"):
         pool.fit(2)
+
+
+def test_the_ensemble_benchmark_skips_the_pytorch_columns_without_torch(monkeypatch, tmp_path, capsys):
+    """benchmarks/ensemble.py without the ``torch`` extra: the JAX columns as usual, the PyTorch ones
+    "skipped" with a note (it imported torch unconditionally). The timings are stubbed: nothing trains."""
+    import importlib.util
+    import types
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError, as where it is absent
+    spec = importlib.util.spec_from_file_location("bench_ensemble", REPO / "benchmarks" / "ensemble.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.torch_or_none() is None
+    for timing in (bench.torch_sequential, bench.torch_vmapped):
+        assert timing(None, None, None, None, 4).startswith("skipped: PyTorch is not installed")
+    ds = types.SimpleNamespace(num_classes=4, image_shape=(4, 4, 3), mean=MEAN, std=STD)
+    split = types.SimpleNamespace(retain=Subset(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 4))
+    monkeypatch.setattr(bench, "load_data", lambda cfg: (ds, split))
+    monkeypatch.setattr(bench, "jax_sequential", lambda *a: 2.0)
+    monkeypatch.setattr(bench, "jax_pool", lambda *a: (1.0, "vmap"))
+    monkeypatch.setattr(bench, "build_model", lambda *a: None)
+    monkeypatch.setattr(bench, "Trainer", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "pool_bytes", lambda trainer, batch: (1, 2, 3))
+    out = tmp_path / "bench.json"
+    assert bench.main(["--k", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    row = result["rows"][0]
+    assert row["sequential_s"] == 2.0 and row["torch_sequential_s"].startswith("skipped")
+    assert row["torch_vmap_s"].startswith("skipped") and result["versions"]["torch"] is None
+    printed = capsys.readouterr().out
+    assert "| skipped | skipped |" in printed and "PyTorch columns skipped: PyTorch is not installed" in printed
