@@ -53,7 +53,15 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
-            exec_module(module)
+            try:
+                exec_module(module)
+            except ImportError as exc:  # Keras's configured backend is not installed: say so, with the fix
+                from prunelora_keras.errors import backend_unavailable
+
+                err = backend_unavailable(exc)
+                if err is None:
+                    raise
+                raise err from exc
             _register_layers()
 
         spec.loader.exec_module = exec_then_register  # this spec's own loader instance

@@ -21,3 +21,52 @@ class UserError(Exception):
 class TrainingFailed(Exception):
     """Training that cannot produce a usable result, e.g. non-finite loss in the original model:
     printed as one line with exit code 1 by ``run.py`` (not the user's input, so not exit 2)."""
+
+
+
+# Keras's backends and the module each one imports.
+BACKEND_MODULES = {"jax": "jax", "torch": "torch", "tensorflow": "tensorflow", "openvino": "openvino", "numpy": "numpy"}
+
+
+class BackendUnavailable(ValueError):
+    """Keras's configured backend is not installed, so Keras itself cannot be imported.
+
+    A ``ValueError`` (the library's one-line error naming the fix); the command prints it as one
+    ``error:`` line with exit code 2.
+    """
+
+
+def backend_unavailable(exc: BaseException) -> BackendUnavailable | None:
+    """The one-line error for ``exc``, raised by ``import keras``, where its cause is that the
+    configured backend's module is not installed; None for any other failure.
+
+    Keras takes its backend from ``KERAS_BACKEND``, else from ``~/.keras/keras.json`` (or
+    ``$KERAS_HOME/keras.json``), which Keras writes naming ``tensorflow`` the first time it is
+    imported: where TensorFlow is not installed, ``import keras`` then fails deep inside Keras with
+    "No module named 'tensorflow'", which does not say that the backend setting is the cause.
+    """
+    import importlib.util
+    import json
+    import os
+
+    missing = (getattr(exc, "name", None) or "").split(".")[0]
+    if not isinstance(exc, ImportError) or not missing:
+        return None
+    backend, source = os.environ.get("KERAS_BACKEND"), "KERAS_BACKEND"
+    if not backend:
+        source = os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"),
+                              "keras.json")
+        try:
+            with open(source) as f:
+                backend = json.load(f).get("backend")
+        except (OSError, ValueError, AttributeError):
+            return None
+    if BACKEND_MODULES.get(str(backend)) != missing:
+        return None
+    others = [b for b in ("jax", "torch", "tensorflow") if b != backend and importlib.util.find_spec(b) is not None]
+    alts = [b for b in others if b != "jax"]
+    fix = ("set KERAS_BACKEND=jax" + (f" (or another installed backend: {', '.join(alts)})" if alts else "")
+           if "jax" in others else
+           f"install it (pip install -e .) or set KERAS_BACKEND to an installed backend ({', '.join(others) or 'none'})")
+    return BackendUnavailable(f"Keras's backend {backend!r} (from {source}) is not installed (No module named "
+                              f"{missing!r}): {fix}")

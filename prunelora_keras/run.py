@@ -21,7 +21,7 @@ import prunelora_keras  # noqa: F401  (selects the JAX backend before keras is i
 from prunelora_keras.arguments import list_keys, overrides, parse_args, sources  # noqa: F401  (parse_args: re-exported)
 from prunelora_keras.budget import check_disk, check_out_dir, checkpoint_bytes, estimate_train_seconds
 from prunelora_keras.config import MODEL_NAMES, build_config, did_you_mean, validate
-from prunelora_keras.errors import TrainingFailed, UserError
+from prunelora_keras.errors import BackendUnavailable, TrainingFailed, UserError, backend_unavailable
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -52,6 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except (BackendUnavailable, ImportError) as exc:  # Keras's backend is not installed: one line naming the fix
+        err = exc if isinstance(exc, BackendUnavailable) else backend_unavailable(exc)
+        if err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
