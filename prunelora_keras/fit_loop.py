@@ -62,8 +62,9 @@ class FitTrainer:
     def __init__(self, model: keras.Model, recipe: TrainConfig, total_steps: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], train_vars: Sequence[keras.Variable] | None = None,
                  masks: dict[str, np.ndarray] | None = None, augment: Sequence[str] = (), mixup_alpha: float = 0.2,
-                 seed: int = 0, label: str = "train"):
+                 seed: int = 0, label: str = "train", verbose: bool = True):
         self.model, self.num_classes, self.mean, self.std = model, num_classes, tuple(mean), tuple(std)
+        self.verbose = verbose
         self.augment, self.mixup_alpha, self.seed, self.label = tuple(augment), mixup_alpha, seed, label
         chosen = {id(v) for v in (model.trainable_variables if train_vars is None else train_vars)}
         for v in model.trainable_variables:
@@ -81,22 +82,27 @@ class FitTrainer:
 
     def _epoch(self, x: np.ndarray, y: np.ndarray, batch_size: int, epoch: int, drop_last: bool) -> "_Batches":
         """The epoch's batches in the compiled loop's order; each step's key from (seed, global step)."""
-        order = [idx for _, idx in batches(np.arange(len(y)), y, batch_size,
+        order = [idx for idx, _ in batches(np.arange(len(y)), y, batch_size,  # (rows, labels): the rows
                                            np.random.default_rng([self.seed, epoch]), drop_last)]
         first_step = self.global_step
         self.global_step += len(order)
         return _Batches(self, x, y, order, first_step)
 
     def fit(self, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, drop_last: bool = False,
-            on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1) -> list[EpochStats]:
+            on_epoch_end: Callable[[EpochStats], None] | None = None, first_epoch: int = 1,
+            on_step_end: Callable[[int], bool] | None = None) -> list[EpochStats]:
+        """As ``train.Trainer.fit``: ``on_step_end(steps)`` is called after every step with the number
+        of steps this call has taken (the masks already re-applied); True stops training there."""
         steps = num_batches(len(y), batch_size, drop_last)
-        progress = Progress(self.label, first_epoch + epochs - 1, steps)
-        callbacks = [PruneMasks({v.path: m for v, m in self.masked})] if self.masked else []
+        progress = Progress(self.label, first_epoch + epochs - 1, steps, quiet=not self.verbose)
+        masks = [PruneMasks({v.path: m for v, m in self.masked})] if self.masked else []
+        stop = _StopAt(on_step_end) if on_step_end is not None else None
         history = []
         for epoch in range(first_epoch, first_epoch + epochs):
             data = self._epoch(x, y, batch_size, epoch, drop_last)
             start = time.perf_counter()
-            logs = self.model.fit(data, epochs=1, verbose=0, shuffle=False, callbacks=callbacks).history
+            logs = self.model.fit(data, epochs=1, verbose=0, shuffle=False,
+                                  callbacks=masks + ([stop] if stop else [])).history
             seconds = time.perf_counter() - start
             mem, kind = peak_memory()
             stats = EpochStats(epoch, float(logs["loss"][-1]), float(logs["accuracy"][-1]), seconds, 0.0, mem, kind)
@@ -106,10 +112,33 @@ class FitTrainer:
                 raise FloatingPointError(f"{self.label}: loss is {stats.loss} at epoch {epoch}")
             if on_epoch_end:
                 on_epoch_end(stats)
+            if stop is not None and stop.stopped:
+                self.global_step = data.first_step + stop.in_epoch  # the steps actually taken
+                break
         return history
 
     def sync_to_model(self) -> None:
         """Nothing to do: ``fit`` trains the model's own variables."""
+
+
+class _StopAt(keras.callbacks.Callback):
+    """Calls ``on_step_end(steps taken in this fit call)`` after every batch and stops the fit when
+    it returns True (Keras's fit ends the epoch at the next batch boundary: ``stop_training``).
+    Listed after ``PruneMasks``, so a check sees the masked weights."""
+
+    def __init__(self, on_step_end: Callable[[int], bool]):
+        super().__init__()
+        self.on_step_end, self.taken, self.in_epoch, self.stopped = on_step_end, 0, 0, False
+
+    def on_train_begin(self, logs=None):
+        self.in_epoch = 0  # each model.fit call is one epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.taken += 1
+        self.in_epoch += 1
+        if self.on_step_end(self.taken):
+            self.stopped = True
+            self.model.stop_training = True
 
 
 class _Batches(keras.utils.PyDataset):

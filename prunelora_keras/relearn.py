@@ -8,8 +8,9 @@ mixed in (``fraction`` of D_f), and count the optimiser steps until its accuracy
 D_f (the held-out part, never trained on) reaches a target, by default the original model's
 accuracy there minus 10 points. Runs are capped at ``max_steps``; a capped row says so.
 
-It trains through the package's one compiled step (``train.Trainer``): models of one
-architecture share one compilation, and the model passed in is never changed.
+It trains through the package's one compiled step (``train.Trainer``) on JAX: models of one
+architecture share one compilation. On Keras's other backends it trains with Keras's fit
+(``fit_loop.FitTrainer``: the same Adam, data order and checks). The model passed in is never changed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import keras
 import numpy as np
 import optax
 
+from prunelora_keras.config import TrainConfig
 from prunelora_keras.data import Subset, num_batches
+from prunelora_keras.fit_loop import FitTrainer
 from prunelora_keras.train import Trainer, accuracy, predict_logits, set_bn_policy
 
 
@@ -88,15 +91,21 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
         return {"relearn_steps": 0, "relearn_capped": False, "relearn_final_acc": start_acc, "relearn_target": target_pct}
     clone = copy_model(model)
     set_bn_policy(clone, "update")
-    trainer = Trainer(clone, optax.adam(lr), num_classes, mean, std, seed=seed, label="relearn",
-                      share_key=f"relearn:adam:{lr}", verbose=False)
+    if keras.backend.backend() == "jax":
+        trainer = Trainer(clone, optax.adam(lr), num_classes, mean, std, seed=seed, label="relearn",
+                          share_key=f"relearn:adam:{lr}", verbose=False)
+        current = trainer.current_values
+    else:  # Keras's fit trains the clone's own variables: evaluate the clone as it is
+        trainer = FitTrainer(clone, TrainConfig(optimizer="adam", lr=lr), max_steps, num_classes, mean, std,
+                             seed=seed, label="relearn", verbose=False)
+        current = lambda: None  # noqa: E731
     found: dict[str, Any] = {"steps": None, "acc": start_acc}
 
     def check(steps: int) -> bool:
         if steps % eval_every and steps < max_steps:
             return False
         found["acc"] = 100.0 * accuracy(predict_logits(clone, heldout.x, mean, std, eval_bs,
-                                                       values=trainer.current_values()), heldout.y)
+                                                       values=current()), heldout.y)
         if found["acc"] >= target_pct:
             found["steps"] = steps
             return True

@@ -156,6 +156,9 @@ class Trainer:
     teacher: tuple[list, list] | None = None
 
     def __post_init__(self):
+        if keras.backend.backend() != "jax":  # it would fail later, reading torch tensors that require grad
+            raise ValueError(f"train.Trainer is the compiled JAX step; Keras runs on {keras.backend.backend()}: unset "
+                             "KERAS_BACKEND (or set it to jax), or train with fit_loop.FitTrainer (Keras's fit)")
         self.placement = Placement(self.distribution) if self.distribution is not None else None
         if self.features and self.augment:
             raise ValueError("augmentation needs images; a trainer on precomputed features cannot augment")

@@ -103,6 +103,22 @@ def test_lora_on_pruned_layers_persistent_and_reference():
         assert (zero_units == 4) == expect_zero, (mode, zero_units)
 
 
+def test_sparsity_report_reads_an_adapted_model_on_every_backend():
+    """A LoRA layer's merged kernel is computed from the trainable adapter: on torch a tensor that
+    requires grad, which ``np.asarray`` refused (RuntimeError); the report counts its pruned units."""
+    base = small_net()
+    res = prune_units(base, ["fc"], 0.5, mode="persistent")
+    adapted, train_vars = add_lora(base, ["fc"], rank=2, alpha=4, seed=0)
+    gate_adapters(adapted, res)
+    _train(adapted, res.enforced(), train_vars, steps_epochs=1)
+    layer = adapted.get_layer("fc")
+    kernel, a, b = (np_(v) for v in (layer.kernel, layer.lora_a, layer.lora_b))
+    merged = kernel + layer.scale * (a @ b) * np_(layer.input_mask)[:, None] * np_(layer.unit_mask)[None, :]  # numpy
+    report = sparsity_report(adapted, ["fc"])["layers"]["fc"]
+    assert report["zero_units"] == pytest.approx(np.mean(np.all(merged == 0, axis=0))) == pytest.approx(4 / 9)
+    assert report["zero_weights"] == pytest.approx(np.mean(merged == 0))
+
+
 def test_head_pruning_removes_whole_heads():
     model = simple_vit(input_shape=(8, 8, 3), patch_size=2, dim=24, depth=2, heads=4, mlp_dim=32)
     for v in model.trainable_variables:
