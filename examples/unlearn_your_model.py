@@ -8,7 +8,8 @@ the unlearned model is saved as ``.keras``.
 
     python examples/unlearn_your_model.py --epochs 2 --methods pruned_lora,scrub --out /tmp/unlearned
 
-RUNTIME on two CPU cores with the defaults (every method, 2 epochs each). It prints a line per
+About ten minutes on two CPU cores with the defaults (every method, 2 epochs each; measured
+2026-12-02, before the progress lines). It prints a line per
 training epoch and per method as it goes, and rewrites ``scores.json`` after every method, so a
 stopped run keeps what it finished. Two epochs
 are a quick look, not a benchmark: SCRUB spends its first two epochs (``scrub_msteps``) ascending
