@@ -53,11 +53,13 @@ def checkpoint_bytes(cfg, num_classes: int, image_shape) -> int:
     return int(weights * 6 * 1.2) + 20_000_000
 
 
-def check_out_dir(out_dir: Path) -> None:
+def check_out_dir(out_dir: Path, probe: bool = True) -> None:
     """Refuse a run folder that cannot be created or written (one line, ``UserError``), before
     anything heavy runs: an existing file on the way ("not a directory"), a folder this user cannot
     write or a read-only or virtual file system ("not writable": probed by creating, then removing,
-    a uniquely named folder, which is race-free when several processes check the same path)."""
+    a uniquely named folder, which is race-free when several processes check the same path).
+    ``probe=False`` (a process of a multi-process job that does not write the run folder) checks the
+    path only and leaves nothing behind, so that only the writer ever touches the folder."""
     import os
     import tempfile
 
@@ -69,9 +71,11 @@ def check_out_dir(out_dir: Path) -> None:
             raise UserError(f"--out {out_dir} is a file, not a directory: pass a folder (a new one is created)")
         raise UserError(f"--out {out_dir} cannot be created: {existing} is a file, not a directory: choose another "
                         "--out")
+    if not probe:
+        return
     try:
-        probe = tempfile.mkdtemp(prefix=".prunelora-write-test-", dir=existing)
-        os.rmdir(probe)
+        probe_dir = tempfile.mkdtemp(prefix=".prunelora-write-test-", dir=existing)
+        os.rmdir(probe_dir)
     except OSError as exc:
         reason = f"creating a folder in it failed: {exc.strerror or exc.__class__.__name__}"
         if existing == out_dir:

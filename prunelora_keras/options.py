@@ -130,7 +130,7 @@ def _typed(name: str, value: Any, tp: Any, where: str) -> Any:
             raise ValueError(f"{where}{name} = {got} is too large (integers must fit in 64 bits)")
         return value
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value) or abs(value) >= INT_LIMIT:
+        if not math.isfinite(value):
             raise ValueError(f"{where}{name} must be a finite number, got {got}")
         return float(value)
     if tp is str and isinstance(value, str):

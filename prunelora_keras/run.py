@@ -43,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         seeds = seed_list(cfg, args.seeds)
         plan_class_sweep(cfg, args, seeds)
         out_dir = out_folder(cfg, args, seeds)
-        check_out_dir(out_dir)  # a path that cannot hold the run folder: before anything heavy
+        writer = writes_run_folder(args)
+        check_out_dir(out_dir, probe=writer is True)  # a path that cannot hold the run folder: before anything heavy
         join_job(args)  # before anything touches a device
+        if writer is None:  # JAX named this process only now: only the writer probes the folder
+            from prunelora_keras import multihost
+
+            check_out_dir(out_dir, probe=multihost.is_writer())
         return run(cfg, args, seeds, out_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -122,6 +127,19 @@ def out_folder(cfg, args: argparse.Namespace, seeds: list[int] | None) -> Path:
     if seeds is not None:
         return Path(f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
     return Path(f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+
+
+def writes_run_folder(args: argparse.Namespace) -> bool | None:
+    """Whether this process writes the run folder (process 0, or the only one); None when JAX has
+    yet to say which process this is (``--num-processes auto``)."""
+    from prunelora_keras import multihost
+
+    job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
+    if job is None:
+        return True
+    if job.process_id is None:
+        return None
+    return job.process_id == 0
 
 
 def join_job(args: argparse.Namespace) -> None:

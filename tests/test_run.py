@@ -193,6 +193,30 @@ def test_out_that_cannot_hold_the_run_folder_is_one_line_before_anything_runs(ca
     assert not (tmp_path / "new").exists() and [p.name for p in tmp_path.iterdir()] == ["file"]
 
 
+def test_only_the_writer_probes_the_run_folder(tmp_path, monkeypatch):
+    """A process of a multi-process job other than 0 writes nothing in the run folder, not even the
+    writability probe (the one-writer audit saw process 1's probe folder); it still refuses a file."""
+    import tempfile
+
+    import prunelora_keras.run as run
+    from prunelora_keras.budget import check_out_dir
+
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(k.get("dir")) or real(*a, **k))
+    check_out_dir(tmp_path, probe=False)
+    assert made == []
+    with pytest.raises(run.UserError, match="is a file"):
+        (tmp_path / "f").write_text("x")
+        check_out_dir(tmp_path / "f", probe=False)
+    check_out_dir(tmp_path)
+    assert made == [tmp_path] and [p.name for p in tmp_path.iterdir()] == ["f"]
+    ns = run.parse_args(["--model", "vit", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+                                        "--process-id", "1"])
+    assert run.writes_run_folder(ns) is False
+    assert run.writes_run_folder(run.parse_args(["--model", "vit"])) is True
+
+
 def test_every_seed_is_validated_before_any_seed_trains(capsys, monkeypatch):
     """--seeds 0,4294967296 used to train seed 0 before seed 4294967296 failed (dataclasses.replace
     skips validate)."""
