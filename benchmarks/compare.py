@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 import prunelora_keras  # noqa: F401
-from prunelora_keras import pipeline
-from prunelora_keras.config import build_config
+from prunelora_keras.experiment import pipeline
+from prunelora_keras.experiment.config import build_config
 from prunelora_keras.interop.torch import keras_to_state_dict
 
 METRICS = ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA")

@@ -32,13 +32,15 @@ import prunelora_keras  # noqa: F401  (jax backend before keras)
 import jax
 import keras
 
-from prunelora_keras.config import build_config
-from prunelora_keras.data import num_batches
-from prunelora_keras.ensemble import choose_mode
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.batches import num_batches
+from prunelora_keras.training.pool_trainer import choose_mode
 from prunelora_keras.models import build_model
-from prunelora_keras.pipeline import load_data
-from prunelora_keras.pools import pool_bytes, scratch_pool
-from prunelora_keras.train import Trainer, make_optimizer, set_bn_policy
+from prunelora_keras.experiment.pipeline import load_data
+from prunelora_keras.api.pools import pool_bytes, scratch_pool
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.training.bn import set_bn_policy
 
 
 TORCH_MISSING = "skipped: PyTorch is not installed (pip install torch==2.13.0 && pip install -e '.[torch]')"

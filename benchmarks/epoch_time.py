@@ -23,13 +23,17 @@ import prunelora_keras  # noqa: F401
 import keras
 import numpy as np
 
-from prunelora_keras.config import TrainConfig, build_config
-from prunelora_keras.data import Subset, num_batches
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.datasets import Subset
+from prunelora_keras.data.batches import num_batches
 from prunelora_keras.models import build_model
-from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.pipeline import device_description, versions
-from prunelora_keras.unlearning import training_inputs
-from prunelora_keras.train import Trainer, make_optimizer, set_bn_policy
+from prunelora_keras.experiment.paradigms import build_recipe
+from prunelora_keras.experiment.pipeline import device_description, versions
+from prunelora_keras.experiment.context import training_inputs
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.training.bn import set_bn_policy
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prunelora_keras.report import method_label, final_rows
+from prunelora_keras.experiment.labels import method_label, final_rows
 
 METRICS = (("UA", "UA", 1), ("MIA_confidence_svc", "MIA conf", 1), ("RA", "RA", 1), ("TA", "TA", 1),
            ("tow", "ToW", 3), ("probe_forget_acc", "probe D_f", 1), ("probe_forget_acc_test", "probe test", 1),
@@ -32,7 +32,7 @@ def load(path: str) -> dict:
     p = Path(path)
     if p.is_file():
         return json.loads(p.read_text())
-    from prunelora_keras.sweep import fold_classes
+    from prunelora_keras.experiment.sweep import fold_classes
 
     runs = [json.loads(f.read_text()) for f in sorted(p.glob("class*/results.json"))]
     runs = [r for r in runs if r.get("rows")]

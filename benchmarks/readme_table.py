@@ -51,7 +51,7 @@ def table(results: dict) -> str:
 
 def many_models_table(results: dict) -> str:
     """Forgetting quality (beside its ceiling), KLoM and the single-model table's columns per method."""
-    from prunelora_keras.report import final_rows, method_label
+    from prunelora_keras.experiment.labels import final_rows, method_label
 
     final = final_rows([r for r in results["rows"] if r.get("status", "ok") == "ok"])
     k = next(r["eval_models"] for r in final.values() if "eval_models" in r)

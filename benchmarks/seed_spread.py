@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 import prunelora_keras  # noqa: F401
-from prunelora_keras import pipeline
-from prunelora_keras.config import build_config
+from prunelora_keras.experiment import pipeline
+from prunelora_keras.experiment.config import build_config
 from prunelora_keras.interop.torch import keras_to_state_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -29,13 +29,17 @@ import prunelora_keras  # noqa: F401  (Keras on JAX before anything imports kera
 import keras
 import torch
 
-from prunelora_keras import pipeline
-from prunelora_keras.config import TrainConfig, build_config
-from prunelora_keras.data import num_batches
+from prunelora_keras.experiment import pipeline
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.batches import num_batches
 from prunelora_keras.interop.torch import keras_to_state_dict, load_state_dict_into_keras
 from prunelora_keras.interop.torch_models import build_torch_model
-from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.train import Trainer, accuracy, make_optimizer, set_bn_policy
+from prunelora_keras.experiment.paradigms import build_recipe
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.inference import accuracy
+from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.training.bn import set_bn_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_reference  # noqa: E402
@@ -71,7 +75,7 @@ def first_step_gradients(model, tmodel, xb, yb, ds) -> list[dict]:
     import jax.numpy as jnp
     import optax
 
-    from prunelora_keras.augment import normalize, to_float
+    from prunelora_keras.data.augment import normalize, to_float
 
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
@@ -215,7 +219,7 @@ def main(argv=None) -> int:
                 "TA": 100 * accuracy(logits_of(split.test_retain.x), split.test_retain.y),
                 "UA": 100 * (1 - accuracy(logits_of(split.forget.x), split.forget.y))}
 
-    from prunelora_keras.train import predict_logits
+    from prunelora_keras.training.inference import predict_logits
 
     def keras_scores(model):
         return scores(lambda xs: predict_logits(model, xs, ds.mean, ds.std, cfg.data.eval_batch_size))

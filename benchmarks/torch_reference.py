@@ -2,7 +2,7 @@
 
 torch.nn.utils.prune.ln_structured + prune.remove for pruning, peft LoRA with the reference's
 targets, Adam 1e-3, cross-entropy, train mode while training (BatchNorm statistics update), eval
-mode for evaluation, and the same metric functions (``prunelora_keras.metrics``, pure numpy) on
+mode for evaluation, and the same metric functions (``prunelora_keras.evaluation.metrics``, pure numpy) on
 the same split. It starts from a given state dict of the original model (converted from the
 Keras checkpoint by ``prunelora_keras.interop.torch``), so both frameworks unlearn the same model.
 
@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.utils.prune as tprune
 
-from prunelora_keras.config import build_config
-from prunelora_keras.data import load_dataset, make_split
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.sources import load_dataset
+from prunelora_keras.data.datasets import make_split
 from prunelora_keras.interop.torch_models import build_torch_model
-from prunelora_keras.metrics import unlearning_metrics
+from prunelora_keras.evaluation.metrics import unlearning_metrics
 
 
 def to_tensor(x: np.ndarray, mean, std) -> torch.Tensor:

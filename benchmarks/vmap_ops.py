@@ -3,7 +3,7 @@ under jax.vmap (batched dots, grouped convolutions) against 16 separate ops in o
 
     python benchmarks/vmap_ops.py > benchmarks/results/vmap-ops-cpu.txt
 """
-import time, jax, jax.numpy as jnp, numpy as np
+import time, jax, jax.numpy as jnp
 def bench(f, *a, n=50):
     f = jax.jit(f); jax.block_until_ready(f(*a))
     t = time.perf_counter()

@@ -29,7 +29,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 __version__ = "0.1.0"
 
 # The modules that register the custom layers (``keras.saving.register_keras_serializable``).
-_LAYER_MODULES = ("prunelora_keras.conv", "prunelora_keras.lora", "prunelora_keras.models.vit")
+_LAYER_MODULES = ("prunelora_keras.models.layers", "prunelora_keras.models.lora", "prunelora_keras.models.vit")
 
 
 def _register_layers() -> None:
@@ -76,19 +76,16 @@ elif not any(isinstance(f, _RegisterLayersAfterKeras) for f in sys.meta_path):
 # The public API, flat: ``import prunelora_keras as plk; plk.unlearn(...)``. Loaded on first use, so
 # that ``import prunelora_keras`` (e.g. to load a saved model) stays light.
 _PUBLIC = {
-    "unlearn": "prunelora_keras.api", "evaluate": "prunelora_keras.api", "UnlearnResult": "prunelora_keras.api",
-    "find_targets": "prunelora_keras.api", "prune": "prunelora_keras.api", "copy_model": "prunelora_keras.api",
-    "unlearn_options": "prunelora_keras.api", "FoundTargets": "prunelora_keras.api",
-    "add_lora": "prunelora_keras.lora", "merge": "prunelora_keras.lora",
-    "PruneMasks": "prunelora_keras.pruning", "PruneResult": "prunelora_keras.pruning",
-    "MaskConstraint": "prunelora_keras.pruning",
-    "sparsity_report": "prunelora_keras.pruning",
-    "Trainer": "prunelora_keras.train", "train_step": "prunelora_keras.step", "LossInputs": "prunelora_keras.step",
-    "UnlearnConfig": "prunelora_keras.options", "methods": "prunelora_keras.methods",
-    "prepare_method": "prunelora_keras.unlearning",
-    "PoolTrainer": "prunelora_keras.ensemble", "method_pool": "prunelora_keras.pools",
-    "scratch_pool": "prunelora_keras.pools", "forgetting_quality": "prunelora_keras.forgetting_quality",
-    "klom": "prunelora_keras.forgetting_quality", "unlearn_pool": "prunelora_keras.pools",
+    **dict.fromkeys(("unlearn", "evaluate", "UnlearnResult", "find_targets", "prune", "copy_model", "unlearn_options",
+                     "FoundTargets"), "prunelora_keras.api.library"),
+    **dict.fromkeys(("method_pool", "scratch_pool", "unlearn_pool"), "prunelora_keras.api.pools"),
+    **dict.fromkeys(("add_lora", "merge"), "prunelora_keras.models.lora"),
+    **dict.fromkeys(("PruneMasks", "PruneResult", "MaskConstraint", "sparsity_report"), "prunelora_keras.models.pruning"),
+    "Trainer": "prunelora_keras.training.loop", "PoolTrainer": "prunelora_keras.training.pool_trainer",
+    "train_step": "prunelora_keras.training.step", "LossInputs": "prunelora_keras.training.step",
+    "UnlearnConfig": "prunelora_keras.methods.options", "methods": "prunelora_keras.methods",
+    "prepare_method": "prunelora_keras.methods.prepare",
+    **dict.fromkeys(("forgetting_quality", "klom"), "prunelora_keras.evaluation.forgetting_quality"),
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

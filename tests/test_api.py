@@ -189,7 +189,7 @@ def test_the_command_refuses_jax_only_methods_on_torch_before_training(tmp_path)
 
 
 def test_data_as_pydataset_or_one_hot_arrays_becomes_the_same_arrays():
-    from prunelora_keras.checks import labelled_arrays
+    from prunelora_keras.api.checks import labelled_arrays
 
     x = np.arange(2 * 10 * 3, dtype=np.uint8).reshape(10, 2, 3)
     y = np.arange(10) % 3

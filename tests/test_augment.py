@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prunelora_keras.augment import mixup, prepare_batch, random_crop, random_flip
+from prunelora_keras.data.augment import mixup, prepare_batch, random_crop, random_flip
 
 
 def test_random_crop_is_a_window_of_the_padded_image():

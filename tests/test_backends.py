@@ -15,13 +15,13 @@ TORCH_BACKEND = {"KERAS_BACKEND": "torch"}
 EVALUATE = r"""
 import json, sys
 import prunelora_keras, keras
-from prunelora_keras import pipeline
-from prunelora_keras.config import build_config
+from prunelora_keras.experiment import pipeline
+from prunelora_keras.experiment.config import build_config
 cfg = build_config("resnet18", "quick", None, {}, ["model.width=0.125", "data.train_size=300"])
 ds, split = pipeline.load_data(cfg)
 model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
-from prunelora_keras.evaluation import evaluate_model
-from prunelora_keras.features import predict_logits_and_features
+from prunelora_keras.experiment.context import evaluate_model
+from prunelora_keras.evaluation.features import predict_logits_and_features
 metrics = evaluate_model(model, split, ds, cfg).metrics
 logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
 print(json.dumps({"backend": keras.backend.backend(), **metrics, "logits": logits.tolist(), "features": feats.tolist()}))
@@ -31,10 +31,11 @@ print(json.dumps({"backend": keras.backend.backend(), **metrics, "logits": logit
 def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     import keras
 
-    from prunelora_keras import pipeline
-    from prunelora_keras.config import build_config
+    from prunelora_keras.experiment import pipeline
+    from prunelora_keras.experiment.config import build_config
     from prunelora_keras.models import build_model
-    from prunelora_keras.train import Trainer, make_optimizer
+    from prunelora_keras.training.loop import Trainer
+    from prunelora_keras.training.optim import make_optimizer
 
     cfg = build_config("resnet18", "quick", None, {}, ["model.width=0.125", "data.train_size=300"])
     ds, split = pipeline.load_data(cfg)
@@ -44,7 +45,7 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
         split.train.x, split.train.y, 2, 64)  # a trained model: predictions far from ties
     path = tmp_path / "model.keras"
     model.save(path)
-    from prunelora_keras.evaluation import evaluate_model
+    from prunelora_keras.experiment.context import evaluate_model
 
     jax_metrics = evaluate_model(model, split, ds, cfg).metrics
     proc = subprocess.run([sys.executable, "-c", EVALUATE, str(path)], env=clean_env() | TORCH_BACKEND, cwd=REPO,
@@ -54,7 +55,7 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     assert torch_metrics["backend"] == "torch"
     # the same function on both backends: logits and penultimate features agree to float32 rounding, far
     # tighter than any metric could show (a wrong layer on either backend fails here)
-    from prunelora_keras.features import predict_logits_and_features
+    from prunelora_keras.evaluation.features import predict_logits_and_features
 
     logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
     np.testing.assert_allclose(np.asarray(torch_metrics["logits"]), logits, rtol=1e-4, atol=1e-4)
@@ -71,8 +72,8 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
 def _fit_trainer(seed=3):
     import keras
 
-    from prunelora_keras.config import TrainConfig
-    from prunelora_keras.fit_loop import FitTrainer
+    from prunelora_keras.training.recipe import TrainConfig
+    from prunelora_keras.training.fit_loop import FitTrainer
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])
@@ -89,7 +90,7 @@ def test_the_fit_loop_presents_every_example_once_per_epoch_in_the_compiled_loop
     """Keras's fit (the torch backend's loop) sees the epoch's rows, normalised, with their own labels,
     in the order of the compiled loop's ``batches(x, y, bs, default_rng([seed, epoch]))``: it once
     indexed the images by their labels, and trained on ten images instead of the data set."""
-    from prunelora_keras.data import batches
+    from prunelora_keras.data.batches import batches
 
     x, y = _rows()
     data = _fit_trainer()._epoch(x, y, 16, 2, False)
@@ -115,7 +116,7 @@ def test_the_compiled_trainer_refuses_another_backend_with_the_fix(monkeypatch):
     """``train.Trainer`` is JAX's compiled step: on torch it failed reading a tensor that requires grad."""
     import keras
 
-    from prunelora_keras.train import Trainer
+    from prunelora_keras.training.loop import Trainer
 
     model = _fit_trainer().model
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")

@@ -10,13 +10,14 @@ import pytest
 
 from prunelora_keras import methods
 from prunelora_keras.methods import common
-from prunelora_keras.unlearning import config_context
-from prunelora_keras.config import build_config
-from prunelora_keras.data import make_split, random_forget_mask
-from prunelora_keras.metrics import add_avg_gap, cross_entropy
-from prunelora_keras.pipeline import load_data
-from prunelora_keras.run import main
-from prunelora_keras.train import Trainer, make_optimizer, predict_logits
+from prunelora_keras.experiment.context import config_context
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.datasets import make_split, random_forget_mask
+from prunelora_keras.evaluation.metrics import add_avg_gap, cross_entropy
+from prunelora_keras.experiment.pipeline import load_data
+from prunelora_keras.experiment.run import main
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.inference import predict_logits
 
 
 CONFIG_SETS = ["data.train_size=300", "unlearn.batch_size=32"]

@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import build_config
+from prunelora_keras.experiment.config import build_config
 from prunelora_keras.models import build_model
-from prunelora_keras.pipeline import load_data, run_paradigm
-from prunelora_keras.unlearning import prepare_paradigm
+from prunelora_keras.experiment.pipeline import load_data, run_paradigm
+from prunelora_keras.experiment.context import prepare_paradigm
 
 METHODS = ("finetune", "pruned", "lora", "pruned_lora", "ga", "rl", "l1_sparse", "salun")
 SMALL = ["model.width=0.0625", "data.train_size=100", "unlearn.epochs=[1]", "unlearn.batch_size=50",

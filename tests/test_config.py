@@ -1,6 +1,6 @@
 import pytest
 
-from prunelora_keras.config import available_presets, build_config, coerce, parse_set
+from prunelora_keras.experiment.config import available_presets, build_config, coerce, parse_set
 from prunelora_keras.errors import UserError
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from prunelora_keras.config import SECTIONS, Config, build_config, preset_dir, validate
+from prunelora_keras.experiment.config import SECTIONS, Config, build_config, preset_dir, validate
 from prunelora_keras.errors import UserError
 
 SEED = 20240611

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_CIFAR
-from prunelora_keras import cifar10, data
+from prunelora_keras.data import cifar10, datasets as data
 from prunelora_keras.errors import UserError
 
 

@@ -14,9 +14,10 @@ TRAINER_SCRIPT = r"""
 import json
 import numpy as np
 import prunelora_keras, jax, keras
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.distributed import data_parallel
-from prunelora_keras.train import Trainer, make_optimizer
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.parallel.distributed import data_parallel
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.optim import make_optimizer
 
 assert jax.device_count() == 4
 rng = np.random.default_rng(0)

@@ -5,12 +5,12 @@ import importlib
 
 import pytest
 
-MODULES = ["prunelora_keras.metrics", "prunelora_keras.representation", "prunelora_keras.relearn",
-           "prunelora_keras.pruning", "prunelora_keras.sweep", "prunelora_keras.features", "prunelora_keras.lora",
-           "prunelora_keras.api", "prunelora_keras.methods", "prunelora_keras.methods.registry",
-           "prunelora_keras.methods.common", "prunelora_keras.step", "prunelora_keras.forgetting_quality",
-           "prunelora_keras.multihost", "prunelora_keras.predict", "prunelora_keras.checks", "prunelora_keras.options",
-           "prunelora_keras.terminal", "prunelora_keras.method_names"]
+MODULES = ["prunelora_keras.evaluation.metrics", "prunelora_keras.evaluation.representation", "prunelora_keras.evaluation.relearn",
+           "prunelora_keras.models.pruning", "prunelora_keras.experiment.sweep", "prunelora_keras.evaluation.features", "prunelora_keras.models.lora",
+           "prunelora_keras.api.library", "prunelora_keras.methods", "prunelora_keras.methods.registry",
+           "prunelora_keras.methods.common", "prunelora_keras.training.step", "prunelora_keras.evaluation.forgetting_quality",
+           "prunelora_keras.parallel.multihost", "prunelora_keras.training.inference", "prunelora_keras.api.checks", "prunelora_keras.methods.options",
+           "prunelora_keras.experiment.terminal", "prunelora_keras.methods.builtin_names"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -13,14 +13,16 @@ import pytest
 
 from conftest import REPO, clean_env
 from prunelora_keras import methods
-from prunelora_keras.api import copy_model, find_targets, unlearn_options
-from prunelora_keras.checkpoint import load_state, save_state
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.data import Subset
-from prunelora_keras.ensemble import PoolTrainer, choose_mode, member_seeds
-from prunelora_keras.pools import method_pool, pool_bytes, scratch_pool
-from prunelora_keras.train import ArrayStream, Trainer, make_optimizer, set_bn_policy
-from prunelora_keras.unlearning import prepare_method
+from prunelora_keras.api.library import copy_model, find_targets, unlearn_options
+from prunelora_keras.training.checkpoint import load_state, save_state
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.data.datasets import Subset
+from prunelora_keras.training.pool_trainer import PoolTrainer, choose_mode, member_seeds
+from prunelora_keras.api.pools import method_pool, pool_bytes, scratch_pool
+from prunelora_keras.training.loop import ArrayStream, Trainer
+from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.methods.prepare import prepare_method
 
 MEAN, STD = (127.0,) * 3, (64.0,) * 3
 RECIPE = TrainConfig(epochs=2, optimizer="adam", lr=1e-2, augment=["crop", "flip"])
@@ -195,8 +197,8 @@ def test_pool_bytes_counts_state_and_the_steps_working_memory():
 SHARDED = r"""
 import json, numpy as np
 import prunelora_keras, jax, keras
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.pools import scratch_pool
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.api.pools import scratch_pool
 assert jax.device_count() == 2
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8), rng.integers(0, 3, 24)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from prunelora_keras import forgetting_quality as fq
+from prunelora_keras.evaluation import forgetting_quality as fq
 
 DELTA = 1e-5
 

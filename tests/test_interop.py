@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0 && pip install -e '.[torch]'")
 
-from prunelora_keras.config import ModelConfig  # noqa: E402
+from prunelora_keras.experiment.config import ModelConfig  # noqa: F401
 from prunelora_keras.interop.torch import keras_to_state_dict, load_state_dict_into_keras  # noqa: E402
 from prunelora_keras.interop.torch_models import build_torch_model  # noqa: E402
 from prunelora_keras.models import build_model  # noqa: E402

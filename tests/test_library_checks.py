@@ -7,7 +7,7 @@ import pytest
 import keras
 
 import prunelora_keras as plk
-from prunelora_keras import train
+from prunelora_keras.training import loop as train
 
 
 def tiny(activation=None, classes=4, name="head"):
@@ -56,7 +56,7 @@ def test_library_options_are_validated_like_the_commands(options, message):
 
 
 def test_lossless_conversions_are_kept_and_the_command_gives_the_same_message():
-    from prunelora_keras.config import build_config
+    from prunelora_keras.experiment.config import build_config
     from prunelora_keras.errors import UserError
 
     opts = plk.unlearn_options(lr=1, prune_classifier=True, lora_rank=np.int64(4), lora_dropout=np.float32(0.5))
@@ -92,8 +92,8 @@ def test_a_model_that_outputs_probabilities_is_refused_everywhere(build):
 
 
 def test_a_linear_head_is_accepted_and_classifier_layer_refuses_a_softmax_kernel():
-    from prunelora_keras.checks import output_activation
-    from prunelora_keras.features import classifier_layer
+    from prunelora_keras.api.checks import output_activation
+    from prunelora_keras.evaluation.features import classifier_layer
 
     linear = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4, name="head"), keras.layers.Activation("linear"),
                                keras.layers.Flatten()])
@@ -117,7 +117,7 @@ def test_bad_labels_are_refused_in_unlearn_evaluate_and_the_pools(labels, messag
     _refused(lambda: plk.unlearn(model, (x, labels), good, "finetune", epochs=1, verbose=False), message)
     _refused(lambda: plk.evaluate(model, good, good, (x, labels)), message)
     _refused(lambda: plk.unlearn_pool(model, good, (x, labels), "finetune", k=2, epochs=1, verbose=False), message)
-    from prunelora_keras.config import TrainConfig
+    from prunelora_keras.training.recipe import TrainConfig
 
     _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(), x.astype("uint8"), labels, 2, 4, (0.0,), (1.0,),
                                       seeds=[0, 1], verbose=False), message)
@@ -133,14 +133,14 @@ def test_an_empty_set_or_an_empty_training_pass_is_refused():
                  "epochs must be an integer >= 1")
         _refused(lambda: plk.unlearn_pool(model, good, data(4, seed=2), "finetune", k=2, epochs=epochs, verbose=False),
                  "epochs must be an integer >= 1")
-    from prunelora_keras.config import TrainConfig
+    from prunelora_keras.training.recipe import TrainConfig
 
     _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(epochs=0), good[0].astype("uint8"), good[1], 4, 4,
                                       (0.0,), (1.0,), seeds=[0, 1], verbose=False), "epochs must be an integer >= 1")
 
 
 def test_a_chance_level_model_is_warned_about_in_the_result_too():
-    from prunelora_keras.checks import ChanceLevelWarning, chance_pct
+    from prunelora_keras.api.checks import ChanceLevelWarning, chance_pct
 
     x, y = data(90, classes=9)
     constant = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, name="head")])
@@ -160,8 +160,8 @@ def test_a_chance_level_model_is_warned_about_in_the_result_too():
 
 
 def test_the_command_warns_about_models_at_chance_in_its_results():
-    from prunelora_keras.checks import chance_warnings
-    from prunelora_keras.pipeline import retain_accuracies
+    from prunelora_keras.api.checks import chance_warnings
+    from prunelora_keras.experiment.pipeline import retain_accuracies
 
     rows = [{"paradigm": "retrain", "epochs": 5, "RA": 98.0}, {"paradigm": "pruned", "epochs": 5, "RA": 40.0},
             {"paradigm": "pruned", "epochs": 10, "RA": 12.0}, {"paradigm": "ga", "epochs": 10, "status": "non-finite"}]

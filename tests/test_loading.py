@@ -12,7 +12,7 @@ from conftest import REPO, clean_env
 SAVE = """
 import sys
 import prunelora_keras
-from prunelora_keras.lora import add_lora
+from prunelora_keras.models.lora import add_lora
 from prunelora_keras.models.vit import simple_vit
 model = simple_vit(10, (8, 8, 3), 2, 16, 1, 2, 16)
 adapted, _ = add_lora(model, ["block0_attn_out", "head"], 2, 4)

@@ -3,8 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import ModelConfig
-from prunelora_keras.lora import LoRAConv2D, LoRADense, add_lora, count_params, lora_layer_names, merge
+from prunelora_keras.experiment.config import ModelConfig
+from prunelora_keras.models.lora import LoRAConv2D, LoRADense, add_lora, count_params, lora_layer_names, merge
 from prunelora_keras.models import build_model, resnet50, simple_vit
 
 RESNET_LORA = [r"stage\d_block\d+_conv\d"]  # the three convs of every bottleneck; not stem, not shortcuts
@@ -128,8 +128,8 @@ def test_dropout_only_in_training():
 
 
 def test_flat_dense_equals_dense_on_token_inputs_and_old_checkpoints_convert(tmp_path):
-    from prunelora_keras.conv import FlatDense
-    from prunelora_keras.pipeline import with_flat_dense
+    from prunelora_keras.models.layers import FlatDense
+    from prunelora_keras.experiment.context import with_flat_dense
 
     inputs = keras.Input((5, 6))
     h = keras.layers.Dense(7, activation="relu", name="tokens_in")(inputs)

@@ -6,7 +6,7 @@ everywhere."""
 import numpy as np
 import pytest
 
-from prunelora_keras.lora import LoRAConv2D, LoRADense
+from prunelora_keras.models.lora import LoRAConv2D, LoRADense
 from test_lora import np_
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0 && pip install -e '.[torch]'")

@@ -95,8 +95,8 @@ def test_eval_models_scores_random_sample_forgetting(tmp_path):
 
 
 def test_seeds_fold_the_many_model_scores_and_the_table_shows_them():
-    from prunelora_keras.many_models import pool_table
-    from prunelora_keras.seeds import aggregate
+    from prunelora_keras.experiment.pool_report import pool_table
+    from prunelora_keras.experiment.seeds import aggregate
 
     def run(seed, fq):
         row = {"paradigm": "lora", "epochs": 5, "status": "ok", "forgetting_quality": fq, "eval_models": 8,

@@ -1,6 +1,5 @@
 """The method registry, and NegGrad+ and SCRUB against independent computations."""
 
-import json
 
 import jax
 import jax.numpy as jnp
@@ -10,16 +9,17 @@ import optax
 import pytest
 
 from prunelora_keras import methods
-from prunelora_keras.config import build_config
-from prunelora_keras.data import Subset
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.datasets import Subset
 from prunelora_keras.errors import UserError
 from prunelora_keras.methods.common import distill_kl
 from prunelora_keras.methods.neggrad import RetainWithForget, neggrad_plus_loss
 from prunelora_keras.methods.scrub import MaxThenMin, scrub_loss
-from prunelora_keras.options import UnlearnConfig
-from prunelora_keras.report import method_label
-from prunelora_keras.step import LossInputs
-from prunelora_keras.train import Trainer, predict_logits
+from prunelora_keras.methods.options import UnlearnConfig
+from prunelora_keras.experiment.labels import method_label
+from prunelora_keras.training.step import LossInputs
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.inference import predict_logits
 
 
 def _np_log_softmax(z):
@@ -152,7 +152,7 @@ def test_scrub_max_steps_push_the_student_away_from_the_teacher_on_d_f_only():
 
 
 def test_unknown_method_and_retrain_are_refused_with_one_line():
-    from prunelora_keras.unlearning import prepare_method
+    from prunelora_keras.methods.prepare import prepare_method
 
     with pytest.raises(ValueError, match="unknown method 'nope'; registered: retrain, finetune"):
         methods.get("nope")
@@ -249,7 +249,7 @@ def test_scrub_learning_rate_decays_at_the_reference_epochs_counted_in_the_strea
 
 
 def test_scrub_decay_options_are_checked():
-    from prunelora_keras.options import check_unlearn
+    from prunelora_keras.methods.options import check_unlearn
 
     with pytest.raises(ValueError, match="scrub_lr_decay_epochs must be epochs >= 1"):
         check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=[0, 5]))
@@ -298,7 +298,7 @@ def test_neggrad_plus_stream_draws_the_forget_permutation_first():
 
 
 def test_the_step_key_does_not_drive_dropout_the_seed_generator_state_does():
-    from prunelora_keras.step import StepConsts, StepSpec, TrainState, cross_entropy_loss, train_step
+    from prunelora_keras.training.step import StepConsts, StepSpec, TrainState, cross_entropy_loss, train_step
 
     model = _tiny()
     n = len(model.trainable_variables)

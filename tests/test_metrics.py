@@ -5,10 +5,9 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
-from prunelora_keras.metrics import (accuracy_pct, add_avg_gap, attack_sizes, cross_entropy, entropy,
-                                     mia_confidence_svc, mia_loss_logreg, mia_svc, modified_entropy, stratified_sample,
-                                     svc_feature, true_class_probability, tug_of_war, unlearning_accuracy,
-                                     unlearning_metrics)
+from prunelora_keras.evaluation.metrics import (accuracy_pct, add_avg_gap, attack_sizes, cross_entropy, entropy,
+    mia_confidence_svc, mia_loss_logreg, mia_svc, modified_entropy, stratified_sample, svc_feature,
+    true_class_probability, tug_of_war, unlearning_accuracy, unlearning_metrics)
 
 
 def test_accuracies_on_known_inputs():

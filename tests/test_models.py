@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import keras
 
-from prunelora_keras.config import ModelConfig
+from prunelora_keras.experiment.config import ModelConfig
 from prunelora_keras.models import build_model, resnet18, resnet50, simple_vit
-from prunelora_keras.conv import PointwiseConv2D
+from prunelora_keras.models.layers import PointwiseConv2D
 from prunelora_keras.models.vit import DotProductAttention, posemb_sincos_2d
 
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env
-from prunelora_keras.data import Rows, batches
+from prunelora_keras.data.batches import Rows, batches
 from prunelora_keras.errors import UserError
-from prunelora_keras.multihost import Job, detect_job
+from prunelora_keras.parallel.multihost import Job, detect_job
 
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -143,13 +143,13 @@ WORKER = r"""
 import json, os, sys
 import numpy as np
 import prunelora_keras
-from prunelora_keras import multihost
+from prunelora_keras.parallel import multihost
 pid, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 multihost.join(multihost.Job(f"127.0.0.1:{port}", 2, pid, "test"), timeout_s=60)
 import jax, keras
-from prunelora_keras.data import Rows
-from prunelora_keras.distributed import Placement, data_parallel
-from prunelora_keras.predict import evaluation_devices, predict_logits
+from prunelora_keras.data.batches import Rows
+from prunelora_keras.parallel.distributed import Placement, data_parallel
+from prunelora_keras.training.inference import evaluation_devices, predict_logits
 
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
 placement = Placement(data_parallel(0))
@@ -354,8 +354,8 @@ def test_two_processes_unlearn_a_resnet_like_one_process_with_four_devices(tmp_p
     that amplifier, and the 2 x 2 job must then equal 1 x 4 within one example."""
     import keras
 
-    from prunelora_keras.config import ModelConfig
-    from prunelora_keras.data import load_dataset
+    from prunelora_keras.experiment.config import ModelConfig
+    from prunelora_keras.data.sources import load_dataset
     from prunelora_keras.models import build_model
 
     keras.utils.set_random_seed(0)
@@ -379,13 +379,13 @@ POOL = r"""
 import json, os, sys
 import numpy as np
 import prunelora_keras
-from prunelora_keras import multihost
+from prunelora_keras.parallel import multihost
 if sys.argv[1] == "2":
     multihost.join(multihost.Job(f"127.0.0.1:{sys.argv[3]}", 2, int(sys.argv[2]), "test"), timeout_s=60)
 import jax, keras
-from prunelora_keras.checkpoint import load_state, save_state
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.pools import scratch_pool
+from prunelora_keras.training.checkpoint import load_state, save_state
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.api.pools import scratch_pool
 
 assert jax.device_count() == 4
 

@@ -4,14 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import build_config
-from prunelora_keras.lora import count_params, lora_layer_names
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.models.lora import count_params, lora_layer_names
 from prunelora_keras.models import build_model
-from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.evaluation import evaluate_model
-from prunelora_keras.pipeline import load_data
-from prunelora_keras.report import MANY_MODEL_KEYS, ROW_KEYS
-from prunelora_keras.run import main
+from prunelora_keras.experiment.paradigms import build_recipe
+from prunelora_keras.experiment.context import evaluate_model
+from prunelora_keras.experiment.pipeline import load_data
+from prunelora_keras.experiment.report import MANY_MODEL_KEYS, ROW_KEYS
+from prunelora_keras.experiment.run import main
 
 
 def tiny_cfg(model="vit", *sets):
@@ -111,7 +111,7 @@ def test_two_seeds_share_no_adapter_initialisation():
     on layer i+1 equal seed s+1's on layer i: same shapes here, so the old rule fails this test)."""
     import keras
 
-    from prunelora_keras.lora import add_lora
+    from prunelora_keras.models.lora import add_lora
 
     inputs = keras.Input((8,))
     x = inputs

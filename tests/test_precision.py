@@ -4,14 +4,16 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import build_config
+from prunelora_keras.experiment.config import build_config
 from prunelora_keras.errors import UserError
-from prunelora_keras.lora import add_lora, merge
+from prunelora_keras.models.lora import add_lora, merge
 from prunelora_keras.models import build_model
-from prunelora_keras.pipeline import load_data, run_paradigm
-from prunelora_keras.precision import evaluation_model, training_model, with_dtype_policy
-from prunelora_keras.train import Trainer, make_optimizer, predict_logits
-from prunelora_keras.config import TrainConfig
+from prunelora_keras.experiment.pipeline import load_data, run_paradigm
+from prunelora_keras.models.precision import evaluation_model, training_model, with_dtype_policy
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.training.inference import predict_logits
+from prunelora_keras.training.recipe import TrainConfig
 
 
 def tiny_cfg(model="vit", *sets):

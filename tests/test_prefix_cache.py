@@ -4,13 +4,14 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import build_config
-from prunelora_keras.data import batches
+from prunelora_keras.experiment.config import build_config
+from prunelora_keras.data.batches import batches
 from prunelora_keras.models import build_model
-from prunelora_keras.paradigms import build_recipe
-from prunelora_keras.pipeline import load_data, run_paradigm
-from prunelora_keras.prefix_cache import compute_features, split_frozen_prefix
-from prunelora_keras.train import predict_logits, set_bn_policy
+from prunelora_keras.experiment.paradigms import build_recipe
+from prunelora_keras.experiment.pipeline import load_data, run_paradigm
+from prunelora_keras.training.prefix_cache import compute_features, split_frozen_prefix
+from prunelora_keras.training.inference import predict_logits
+from prunelora_keras.training.bn import set_bn_policy
 
 
 def tiny_cfg(model="vit", *sets):

@@ -2,13 +2,14 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.lora import add_lora, merge
-from prunelora_keras.pruning import (gate_adapters, head_scores, keep_mask, n_to_prune, prune_heads, prune_units,
-                                     sparsity_report, unit_scores)
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.models.lora import add_lora, merge
+from prunelora_keras.models.pruning import (gate_adapters, head_scores, keep_mask, n_to_prune, prune_heads,
+    prune_units, sparsity_report, unit_scores)
 from prunelora_keras.models import simple_vit
-from prunelora_keras.fit_loop import FitTrainer
-from prunelora_keras.train import Trainer, make_optimizer
+from prunelora_keras.training.fit_loop import FitTrainer
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.optim import make_optimizer
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

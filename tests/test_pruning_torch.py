@@ -6,7 +6,7 @@ everywhere."""
 import numpy as np
 import pytest
 
-from prunelora_keras.pruning import keep_mask, unit_scores
+from prunelora_keras.models.pruning import keep_mask, unit_scores
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: pip install torch==2.13.0 && pip install -e '.[torch]'")
 

@@ -5,9 +5,10 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.data import Subset
-from prunelora_keras.relearn import relearn_plan, relearn_steps
-from prunelora_keras.train import Trainer, accuracy, predict_logits
+from prunelora_keras.data.datasets import Subset
+from prunelora_keras.evaluation.relearn import relearn_plan, relearn_steps
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.inference import accuracy, predict_logits
 import optax
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prunelora_keras.report import ROW_KEYS, paper_table, results_csv, write_report
+from prunelora_keras.experiment.report import ROW_KEYS, paper_table, results_csv, write_report
 
 
 def _row(paradigm, epochs, ua, **extra):
@@ -65,7 +65,7 @@ def test_write_report_writes_every_file(tmp_path):
 
 
 def test_seed_folding_keeps_continual_requests_apart_and_failures_out():
-    from prunelora_keras.seeds import aggregate, parse_seeds
+    from prunelora_keras.experiment.seeds import aggregate, parse_seeds
 
     def run(seed, ra, status="ok"):
         return {"seed": seed, "config": {"seed": seed}, "original": {"RA": 90.0 + seed}, "wall_s": 10.0, "rows": [
@@ -85,8 +85,8 @@ def test_seed_folding_keeps_continual_requests_apart_and_failures_out():
 
 
 def test_printed_tables_fit_a_100_column_terminal():
-    from prunelora_keras.pipeline import summary
-    from prunelora_keras.report import fit_width
+    from prunelora_keras.experiment.pipeline import summary
+    from prunelora_keras.experiment.terminal import fit_width
 
     results = _results({"attack_degenerate_loss_logreg": True})
     results["rows"][1]["attack_degenerate_confidence_svc"] = True
@@ -108,7 +108,7 @@ def test_printed_tables_fit_a_100_column_terminal():
 def test_plots_say_what_they_show(tmp_path, monkeypatch):
     """metrics.png and loss_histograms.png: titles naming model, preset, forgetting, seed (and the
     epoch the losses are from), every percentage metric of the table plotted, readable fonts."""
-    from prunelora_keras import report
+    from prunelora_keras.experiment import report
 
     figures = {}
     original = report.save_figure
@@ -156,7 +156,7 @@ def _wide_results(epochs=(5, 10)):
 
 @pytest.mark.parametrize("epochs", [(5, 10), (2, 5, 10)])
 def test_printed_table_keeps_each_metrics_epoch_columns_together(epochs):
-    from prunelora_keras.report import fit_width
+    from prunelora_keras.experiment.terminal import fit_width
 
     text = fit_width(paper_table(_wide_results(epochs)))
     heads = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
@@ -169,7 +169,7 @@ def test_printed_table_keeps_each_metrics_epoch_columns_together(epochs):
 
 
 def test_closing_lines_say_what_was_forgotten_and_which_method_came_closest():
-    from prunelora_keras.terminal import closing_lines
+    from prunelora_keras.experiment.terminal import closing_lines
 
     text = closing_lines(_wide_results())
     first, second = text.splitlines()
@@ -185,7 +185,7 @@ def test_closing_lines_say_what_was_forgotten_and_which_method_came_closest():
 
 
 def test_summary_ends_with_the_closing_lines():
-    from prunelora_keras.pipeline import summary
+    from prunelora_keras.experiment.pipeline import summary
 
     last = " ".join(summary(_wide_results()).split("\n\n")[-1].splitlines())  # wrapped at 100 columns
     assert last.startswith("Forgotten: class 3 'cat' of digits") and "Retrain without it. Closest to Retrain" in last
@@ -209,7 +209,7 @@ def test_results_md_has_a_heading_the_accuracy_table_and_the_closing_lines(tmp_p
 
 
 def test_a_capped_relearn_shows_the_cap_as_a_lower_bound():
-    from prunelora_keras.report import evaluation_table
+    from prunelora_keras.experiment.report import evaluation_table
 
     results = _wide_results()
     for r in results["rows"]:
@@ -229,7 +229,7 @@ def test_a_capped_relearn_shows_the_cap_as_a_lower_bound():
 def test_pruned_sparsity_below_the_pruning_amount_carries_its_reason():
     """Reference mask mode: the zeros are set once and fine-tuning regrows them, so "sparsity 0.0"
     beside "50% L2-pruned" is marked and explained."""
-    from prunelora_keras.report import REGROWN
+    from prunelora_keras.experiment.report import REGROWN
 
     results = _wide_results()
     for r in results["rows"]:

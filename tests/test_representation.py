@@ -4,8 +4,8 @@ on separable and on noise features, and the probe's data selection."""
 import numpy as np
 import pytest
 
-from prunelora_keras.representation import (balanced_fit_set, linear_cka, probe_accuracy, probe_forget_acc,
-                                            split_halves)
+from prunelora_keras.evaluation.representation import (balanced_fit_set, linear_cka, probe_accuracy, probe_forget_acc,
+    split_halves)
 
 
 def cka_by_hsic(x, y):

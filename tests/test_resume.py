@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env
-from prunelora_keras import checkpoint
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.run import main
-from prunelora_keras.train import Trainer, make_optimizer
+from prunelora_keras.training import checkpoint
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.experiment.run import main
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.optim import make_optimizer
 
 TINY = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "retrain.epochs=2",
         "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
@@ -107,7 +108,7 @@ def test_same_command_twice_gives_identical_metrics_and_a_killed_run_resumes_to_
 
 
 def test_finished_paradigms_are_reused_not_retrained(tmp_path):
-    from prunelora_keras import pipeline
+    from prunelora_keras.experiment import pipeline
 
     done = tmp_path / "paradigms" / "lora-abc.json"
     rows = [{"paradigm": "lora", "epochs": 1, "UA": 1.5, "status": "ok"}]
@@ -139,7 +140,7 @@ def test_a_diverged_original_model_ends_the_run_with_one_line(capsys, tmp_path):
 def test_too_little_disk_fails_before_training(capsys, tmp_path, monkeypatch):
     import shutil
 
-    from prunelora_keras import budget
+    from prunelora_keras.experiment import budget
 
     monkeypatch.setattr(budget.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     code = main([*TINY, "--out", str(tmp_path / "r")])
@@ -149,12 +150,11 @@ def test_too_little_disk_fails_before_training(capsys, tmp_path, monkeypatch):
 
 
 def test_a_full_disk_while_saving_is_one_line(capsys, tmp_path, monkeypatch):
-    from prunelora_keras import pipeline
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r" / "x"))
 
-    from prunelora_keras import stages
+    from prunelora_keras.experiment import stages
 
     monkeypatch.setattr(stages, "save_state", full)  # where the epoch-end state is written
     code = main([*TINY, "--out", str(tmp_path / "r")])

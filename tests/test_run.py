@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, clean_env
-from prunelora_keras.run import main
+from prunelora_keras.experiment.run import main
 
 TINY = ["--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16", "--set", "model.depth=1",
         "--set", "model.heads=2", "--set", "model.mlp_dim=16", "--set", "data.train_size=300"]
@@ -67,7 +67,7 @@ def test_malformed_toml_config(capsys, tmp_path):
 def test_help_explains_every_option(capsys):
     import argparse
 
-    from prunelora_keras.run import parse_args
+    from prunelora_keras.experiment.arguments import parse_args
 
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
@@ -95,7 +95,7 @@ def test_help_explains_every_option(capsys):
 def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
     import dataclasses
 
-    from prunelora_keras.config import SECTIONS
+    from prunelora_keras.experiment.config import SECTIONS
 
     assert main(["--list-keys"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -110,7 +110,7 @@ def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
 def test_list_keys_shows_the_values_this_run_would_use_and_the_allowed_values(capsys, tmp_path):
     """--preset, --config, flags and --set are applied (the quick preset's ViT pretrains 20 epochs,
     the dataclass default is 1); each string key lists its allowed values (config.CHOICES)."""
-    from prunelora_keras.config import CHOICES, build_config
+    from prunelora_keras.experiment.config import CHOICES, build_config
 
     extra = tmp_path / "extra.toml"
     extra.write_text("[unlearn]\nlora_rank = 4\n")
@@ -145,7 +145,7 @@ def test_cifar_not_found_names_the_fixes(capsys, tmp_path, monkeypatch):
 
 EARLY = """
 import sys
-from prunelora_keras.run import main
+from prunelora_keras.experiment.run import main
 for argv in {cases!r}:
     print("rc", main(argv))
 try:
@@ -177,7 +177,7 @@ def test_arguments_are_checked_before_keras_jax_or_sklearn_is_imported(tmp_path)
 def test_out_that_cannot_hold_the_run_folder_is_one_line_before_anything_runs(capsys, tmp_path, monkeypatch):
     """A file as --out, a path through a file, an unwritable place: one error line naming the path
     and why, exit 2 (a path through a file ended in a NotADirectoryError traceback)."""
-    import prunelora_keras.run as run
+    import prunelora_keras.experiment.run as run
 
     monkeypatch.setattr(run, "run", lambda *a, **k: pytest.fail("ran despite a bad --out"))
     (tmp_path / "file").write_text("x")
@@ -187,7 +187,7 @@ def test_out_that_cannot_hold_the_run_folder_is_one_line_before_anything_runs(ca
         code, _, err = run_main(capsys, ["--model", "vit", "--preset", "quick", "--out", str(out)])
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: --out {out}") and why in lines[0], err
-    from prunelora_keras.budget import check_out_dir
+    from prunelora_keras.experiment.budget import check_out_dir
 
     check_out_dir(tmp_path / "new" / "deeper")  # a folder that can be created passes, and is not created yet
     assert not (tmp_path / "new").exists() and [p.name for p in tmp_path.iterdir()] == ["file"]
@@ -198,8 +198,8 @@ def test_only_the_writer_probes_the_run_folder(tmp_path, monkeypatch):
     writability probe (the one-writer audit saw process 1's probe folder); it still refuses a file."""
     import tempfile
 
-    import prunelora_keras.run as run
-    from prunelora_keras.budget import check_out_dir
+    import prunelora_keras.experiment.run as run
+    from prunelora_keras.experiment.budget import check_out_dir
 
     made = []
     real = tempfile.mkdtemp
@@ -220,7 +220,7 @@ def test_only_the_writer_probes_the_run_folder(tmp_path, monkeypatch):
 def test_every_seed_is_validated_before_any_seed_trains(capsys, monkeypatch):
     """--seeds 0,4294967296 used to train seed 0 before seed 4294967296 failed (dataclasses.replace
     skips validate)."""
-    import prunelora_keras.run as run
+    import prunelora_keras.experiment.run as run
 
     trained = []
     monkeypatch.setattr(run, "run_one", lambda cfg, *a, **k: trained.append(cfg.seed))
@@ -229,9 +229,9 @@ def test_every_seed_is_validated_before_any_seed_trains(capsys, monkeypatch):
 
 
 def test_default_run_folders_are_known_before_anything_loads():
-    from prunelora_keras.arguments import parse_args
-    from prunelora_keras.config import build_config
-    from prunelora_keras.run import out_folder
+    from prunelora_keras.experiment.arguments import parse_args
+    from prunelora_keras.experiment.config import build_config
+    from prunelora_keras.experiment.run import out_folder
 
     cfg = build_config("vit", "quick")
     assert out_folder(cfg, parse_args(["--model", "vit"]), None) == Path("runs/vit-quick-seed0")
@@ -244,7 +244,8 @@ def test_default_run_folders_are_known_before_anything_loads():
 def test_the_light_method_names_are_the_registrys_built_in_methods():
     """--help and the config's check read method_names before the methods are imported; once the
     registry is loaded they are the registry's (a user's own method included)."""
-    from prunelora_keras import method_names, methods
+    from prunelora_keras import methods
+    from prunelora_keras.methods import builtin_names as method_names
 
     registered = methods.names()
     assert tuple(n for n in registered if n in method_names.BUILTIN) == tuple(method_names.BUILTIN)
@@ -330,7 +331,7 @@ def test_unlearning_from_the_users_own_pytorch_weights(capsys, tmp_path):
     """--weights: the original model is the given one (loaded safely), not pretrained."""
     import torch
 
-    from prunelora_keras.config import build_config
+    from prunelora_keras.experiment.config import build_config
     from prunelora_keras.interop.torch import keras_to_state_dict
     from prunelora_keras.models import build_model
 

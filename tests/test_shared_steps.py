@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from prunelora_keras import train
-from prunelora_keras.config import build_config
+from prunelora_keras.training import loop as train
+from prunelora_keras.experiment.config import build_config
 from prunelora_keras.models import build_model
-from prunelora_keras.pipeline import load_data, run_paradigm
+from prunelora_keras.experiment.pipeline import load_data, run_paradigm
 
 
 def tiny_cfg(*sets):

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import optax
 
-from prunelora_keras.step import (LossInputs, StepConsts, StepSpec, TrainState, cross_entropy_loss, train_step)
-from prunelora_keras.train import Trainer
+from prunelora_keras.training.step import LossInputs, StepConsts, StepSpec, TrainState, cross_entropy_loss, train_step
+from prunelora_keras.training.loop import Trainer
 
 
 def _linear(seed=0, d=5, k=3):

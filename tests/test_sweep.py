@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from prunelora_keras.config import build_config
+from prunelora_keras.experiment.config import build_config
 from prunelora_keras.errors import UserError
-from prunelora_keras.paradigms import prune_targets
-from prunelora_keras.pruning import PruneResult, pruning_diagnostics
-from prunelora_keras.report import DAGGER, evaluation_table, paper_table
-from prunelora_keras.run import main
-from prunelora_keras.sweep import fold_classes, parse_classes, per_class_table
+from prunelora_keras.experiment.paradigms import prune_targets
+from prunelora_keras.models.pruning import PruneResult, pruning_diagnostics
+from prunelora_keras.experiment.report import DAGGER, evaluation_table, paper_table
+from prunelora_keras.experiment.run import main
+from prunelora_keras.experiment.sweep import fold_classes, parse_classes, per_class_table
 
 TINY = ["--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16", "--set", "model.depth=1",
         "--set", "model.heads=2", "--set", "model.mlp_dim=16", "--set", "data.train_size=300",
@@ -29,7 +29,7 @@ def test_parse_classes():
 
 
 def test_the_class_requests_syntax_is_checked_without_the_data():
-    from prunelora_keras.sweep import parse_class_request
+    from prunelora_keras.experiment.sweep import parse_class_request
 
     assert parse_class_request("all") is None and parse_class_request(" 7, 0") == [7, 0]
     assert parse_class_request("12") == [12]  # whether class 12 exists needs the data: parse_classes

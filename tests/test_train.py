@@ -2,10 +2,14 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import ModelConfig, TrainConfig, build_config
+from prunelora_keras.experiment.config import ModelConfig, build_config
+from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.models import build_model
-from prunelora_keras.metrics import cross_entropy as per_sample_losses
-from prunelora_keras.train import Trainer, accuracy, make_optimizer, make_schedule, predict_logits, set_bn_policy
+from prunelora_keras.evaluation.metrics import cross_entropy as per_sample_losses
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.inference import accuracy, predict_logits
+from prunelora_keras.training.optim import make_optimizer, make_schedule
+from prunelora_keras.training.bn import set_bn_policy
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -138,7 +142,7 @@ def test_losses_and_accuracy_against_independent_formula():
 
 
 def test_one_compiled_evaluation_serves_models_of_one_architecture():
-    from prunelora_keras import predict, train
+    from prunelora_keras.training import inference as predict, loop as train
 
     cfg = build_config("vit", "quick", sets=["model.dim=16", "model.depth=1", "model.heads=2", "model.mlp_dim=16"])
     a = build_model(cfg.model, 10, (8, 8, 3))

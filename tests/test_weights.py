@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.config import ModelConfig
+from prunelora_keras.experiment.config import ModelConfig
 from prunelora_keras.errors import UserError
 from prunelora_keras.models import build_model
-from prunelora_keras.weights import load_weights_file
+from prunelora_keras.models.weights import load_weights_file
 
 VIT = ModelConfig("vit", patch_size=4, dim=16, depth=1, heads=2, mlp_dim=32)
 SHAPE = (8, 8, 3)

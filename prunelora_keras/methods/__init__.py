@@ -1,8 +1,9 @@
-"""Unlearning methods: one registry (``registry.py``), one module per family of entries.
+"""Unlearning methods: what a method is (``base.py``), the registry of names (``registry.py``), and
+one module per family of entries: the paper's paradigms (``paper.py``), the baselines of Jia et
+al. and SalUn (``baselines.py``), NegGrad+ (``neggrad.py``) and SCRUB (``scrub.py``).
 
-Importing this package registers the built-in methods, in the order the report lists them:
-``retrain`` and the paper's paradigms (``paper.py``), the baselines of Jia et al. and SalUn
-(``baselines.py``), NegGrad+ (``neggrad.py``) and SCRUB (``scrub.py``).
+The names below load on first use (PEP 562), so that the light modules of this package
+(``names.py``, ``options.py``: what the command checks before it imports Keras) stay light.
 
 Example:
     >>> from prunelora_keras import methods
@@ -10,11 +11,20 @@ Example:
     ('retrain', 'finetune', 'pruned', 'lora', 'pruned_lora')
 """
 
-from prunelora_keras.methods.registry import (RETRAIN, Method, MethodContext, Plan, Targets, by_kind, get, jax_only,
-                                              label, names, register)
-from prunelora_keras.methods import paper  # noqa: E402,F401  (registers retrain and the paradigms)
-from prunelora_keras.methods import baselines  # noqa: E402,F401
-from prunelora_keras.methods import neggrad  # noqa: E402,F401
-from prunelora_keras.methods import scrub  # noqa: E402,F401
+import importlib
 
-__all__ = ["RETRAIN", "Method", "MethodContext", "Plan", "Targets", "by_kind", "get", "jax_only", "label", "names", "register"]
+_BASE = ("RETRAIN", "Method", "MethodContext", "Plan", "Targets")
+_REGISTRY = ("by_kind", "get", "jax_only", "label", "names", "register")
+__all__ = sorted(_BASE + _REGISTRY)
+
+
+def __getattr__(name: str):
+    if name in _BASE:
+        return getattr(importlib.import_module("prunelora_keras.methods.base"), name)
+    if name in _REGISTRY:
+        return getattr(importlib.import_module("prunelora_keras.methods.registry"), name)
+    raise AttributeError(f"module 'prunelora_keras.methods' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -23,7 +23,7 @@ import numpy as np
 
 from prunelora_keras.methods.common import (decaying_l1, random_labels_per_epoch, random_other_labels,
                                             saliency_masks, sgd_chain)
-from prunelora_keras.methods.registry import Method, MethodContext, Plan, register
+from prunelora_keras.methods.base import Method, MethodContext, Plan
 
 _SGD = ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay")
 
@@ -73,12 +73,14 @@ def prepare_salun(ctx: MethodContext) -> Plan:
                 f"{how} on the {u.salun_ratio:.0%} most salient weights, lr {u.salun_lr}", x=x, y=y,
                 labels_for_epoch=per_epoch)
 
-
-register(Method("ga", "GA", prepare_ga, "gradient ascent on D_f (Thudi et al. 2022)", "baseline",
-                _SGD + ("ga_lr",)))
-register(Method("rl", "RL", prepare_rl, "random labels on D_f, with D_r (Golatkar et al. 2020)", "baseline",
-                _SGD + ("rl_lr", "rl_labels")))
-register(Method("l1_sparse", "l1-sparse", prepare_l1_sparse, "l1-sparse fine-tuning on D_r (Jia et al. 2023)",
-                "baseline", _SGD + ("l1_lr", "l1_alpha")))
-register(Method("salun", "SalUn", prepare_salun, "random labels on the most salient weights (Fan et al. 2024)",
-                "baseline", _SGD + ("salun_lr", "salun_ratio", "rl_labels")))
+# this family's entries of the registry (``registry.py``), in the report's order
+METHODS = (
+    Method("ga", "GA", prepare_ga, "gradient ascent on D_f (Thudi et al. 2022)", "baseline",
+        _SGD + ("ga_lr",)),
+    Method("rl", "RL", prepare_rl, "random labels on D_f, with D_r (Golatkar et al. 2020)", "baseline",
+        _SGD + ("rl_lr", "rl_labels")),
+    Method("l1_sparse", "l1-sparse", prepare_l1_sparse, "l1-sparse fine-tuning on D_r (Jia et al. 2023)",
+        "baseline", _SGD + ("l1_lr", "l1_alpha")),
+    Method("salun", "SalUn", prepare_salun, "random labels on the most salient weights (Fan et al. 2024)",
+        "baseline", _SGD + ("salun_lr", "salun_ratio", "rl_labels")),
+)

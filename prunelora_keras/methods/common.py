@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import optax
 
-from prunelora_keras.augment import infer_images
+from prunelora_keras.data.augment import infer_images
 
 
 def random_other_labels(y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:

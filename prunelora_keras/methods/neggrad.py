@@ -22,9 +22,9 @@ import jax
 import numpy as np
 import optax
 
-from prunelora_keras.data import batches, num_batches
+from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import sgd_chain
-from prunelora_keras.methods.registry import Method, MethodContext, Plan, register
+from prunelora_keras.methods.base import Method, MethodContext, Plan
 
 
 @dataclass
@@ -73,8 +73,10 @@ def prepare_neggrad_plus(ctx: MethodContext) -> Plan:
                 f"{u.neggrad_alpha} x CE(D_r) - {1 - u.neggrad_alpha:.3g} x CE(D_f), D_f cycled in batches of "
                 f"{forget_batch}, lr {u.neggrad_lr}", stream=stream, loss=neggrad_plus_loss(u.neggrad_alpha))
 
-
-register(Method("neggrad_plus", "NegGrad+", prepare_neggrad_plus,
-                "descend on D_r and ascend on D_f in one weighted loss (Kurmanji et al. 2023)", "baseline",
-                ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "neggrad_alpha", "neggrad_lr",
-                 "neggrad_forget_batch")))
+# this family's entries of the registry (``registry.py``), in the report's order
+METHODS = (
+    Method("neggrad_plus", "NegGrad+", prepare_neggrad_plus,
+        "descend on D_r and ascend on D_f in one weighted loss (Kurmanji et al. 2023)", "baseline",
+        ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "neggrad_alpha", "neggrad_lr",
+         "neggrad_forget_batch")),
+)

@@ -21,12 +21,12 @@ import json
 
 import optax
 
-from prunelora_keras.config import TrainConfig
-from prunelora_keras.lora import add_lora
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.models.lora import add_lora
 from prunelora_keras.methods.common import decaying_l1
-from prunelora_keras.methods.registry import RETRAIN, Method, MethodContext, Plan, register
-from prunelora_keras.optim import make_optimizer
-from prunelora_keras.pruning import PruneResult, gate_adapters, prune_heads, prune_units
+from prunelora_keras.methods.base import RETRAIN, Method, MethodContext, Plan
+from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.models.pruning import PruneResult, gate_adapters, prune_heads, prune_units
 
 
 def prune(ctx: MethodContext) -> PruneResult:
@@ -93,12 +93,16 @@ def prepare_pruned_lora(ctx: MethodContext) -> Plan:
 _OPTIM = ("optimizer", "lr", "weight_decay", "batch_size", "bn", "paradigm_l1")
 _PRUNE = ("prune_amount", "prune_mode", "prune_classifier", "prune_heads")
 _LORA = ("lora_rank", "lora_alpha", "lora_dropout")
-register(Method(RETRAIN, "Retrain", None, "the exact baseline: a new model trained from scratch on D_r", "paper"))
-register(Method("finetune", "Finetune", prepare_finetune, "fine-tune every parameter on D_r", "paper", _OPTIM, keras_fit=True))
-register(Method("pruned", "Pruned", prepare_pruned, "structured L2 pruning, then fine-tune on D_r", "paper",
-                _OPTIM + _PRUNE, keras_fit=True))
-register(Method("lora", "LoRA", prepare_lora, "LoRA adapters on a frozen base, trained on D_r", "paper",
-                _OPTIM + _LORA, keras_fit=True))
-register(Method("pruned_lora", "Pruned LoRA", prepare_pruned_lora,
-                "PruneLoRA: structured L2 pruning, then LoRA adapters trained on D_r", "paper",
-                _OPTIM + _PRUNE + _LORA, keras_fit=True))
+
+# this family's entries of the registry (``registry.py``), in the report's order
+METHODS = (
+    Method(RETRAIN, "Retrain", None, "the exact baseline: a new model trained from scratch on D_r", "paper"),
+    Method("finetune", "Finetune", prepare_finetune, "fine-tune every parameter on D_r", "paper", _OPTIM, keras_fit=True),
+    Method("pruned", "Pruned", prepare_pruned, "structured L2 pruning, then fine-tune on D_r", "paper",
+        _OPTIM + _PRUNE, keras_fit=True),
+    Method("lora", "LoRA", prepare_lora, "LoRA adapters on a frozen base, trained on D_r", "paper",
+        _OPTIM + _LORA, keras_fit=True),
+    Method("pruned_lora", "Pruned LoRA", prepare_pruned_lora,
+        "PruneLoRA: structured L2 pruning, then LoRA adapters trained on D_r", "paper",
+        _OPTIM + _PRUNE + _LORA, keras_fit=True),
+)

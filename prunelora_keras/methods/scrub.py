@@ -38,9 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prunelora_keras.data import batches, num_batches
+from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import distill_kl, sgd_chain
-from prunelora_keras.methods.registry import Method, MethodContext, Plan, register
+from prunelora_keras.methods.base import Method, MethodContext, Plan
 
 
 @dataclass
@@ -122,9 +122,11 @@ def prepare_scrub(ctx: MethodContext) -> Plan:
                 f"{u.scrub_gamma}, T {u.scrub_temperature}), lr {u.scrub_lr}{decay}", stream=stream,
                 loss=scrub_loss(u.scrub_alpha, u.scrub_gamma, u.scrub_temperature), teacher=teacher)
 
-
-register(Method("scrub", "SCRUB", prepare_scrub,
-                "a student pulled from the original on D_f and towards it on D_r (Kurmanji et al. 2023)", "baseline",
-                ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "scrub_lr", "scrub_alpha",
-                 "scrub_gamma", "scrub_temperature", "scrub_msteps", "scrub_forget_batch", "scrub_lr_decay_epochs",
-                 "scrub_lr_decay_rate")))
+# this family's entries of the registry (``registry.py``), in the report's order
+METHODS = (
+    Method("scrub", "SCRUB", prepare_scrub,
+        "a student pulled from the original on D_f and towards it on D_r (Kurmanji et al. 2023)", "baseline",
+        ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "scrub_lr", "scrub_alpha",
+         "scrub_gamma", "scrub_temperature", "scrub_msteps", "scrub_forget_batch", "scrub_lr_decay_epochs",
+         "scrub_lr_decay_rate")),
+)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from prunelora_keras.conv import PointwiseConv2D
+from prunelora_keras.models.layers import PointwiseConv2D
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5

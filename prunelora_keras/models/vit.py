@@ -19,7 +19,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from prunelora_keras.conv import FlatDense
+from prunelora_keras.models.layers import FlatDense
 
 
 def posemb_sincos_2d(h: int, w: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:

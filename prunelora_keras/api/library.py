@@ -1,0 +1,381 @@
+"""The library's front door: unlearn a set of samples from *your* Keras model, and measure it.
+
+``unlearn`` runs any registered method (``methods.names()``: the paper's paradigms, the baselines,
+NegGrad+, SCRUB, yours) on any functional or Sequential Keras 3 model, with NumPy arrays (or a
+``keras.utils.PyDataset``) in the model's own input domain: nothing is normalised behind your back.
+``evaluate`` computes every metric the toolkit has from a model and arrays. ``find_targets``
+says which layers a method will prune, wrap with adapters and train in full, and which it cannot
+wrap. The command (``python -m prunelora_keras.run``) runs the same methods through the same
+``unlearning.prepare_method``.
+
+Example:
+    >>> import keras, numpy as np, prunelora_keras as plk  # doctest: +SKIP
+    >>> model = keras.applications.MobileNetV3Small(weights=None, input_shape=(32, 32, 3), classes=10)  # doctest: +SKIP
+    >>> result = plk.unlearn(model, retain=(x_r, y_r), forget=(x_f, y_f), method="pruned_lora", epochs=5)  # doctest: +SKIP
+    >>> scores = plk.evaluate(result.model, retain=(x_r, y_r), forget=(x_f, y_f), test=(x_t, y_t))  # doctest: +SKIP
+    >>> result.model.save("unlearned.keras")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from prunelora_keras.api.checks import chance_warnings, labelled_arrays, require_epochs, require_logits
+from prunelora_keras.models.layers import FlatDense, PointwiseConv2D
+from prunelora_keras.data.datasets import Subset
+from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
+from prunelora_keras.evaluation.features import classifier_layer
+from prunelora_keras.models.lora import LORA_LAYERS, matches_any, replace_layers
+from prunelora_keras.methods.base import MethodContext, Targets
+from prunelora_keras.evaluation.metrics import accuracy_pct, add_avg_gap
+from prunelora_keras.methods.options import UnlearnConfig, check_unlearn, did_you_mean
+from prunelora_keras.training.inference import predict_inputs
+from prunelora_keras.models.pruning import PruneResult, prune_units, sparsity_report
+from prunelora_keras.evaluation.relearn import relearn_plan
+from prunelora_keras.training.loop import EpochStats
+from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.methods.prepare import prepare_method
+
+__all__ = ["UnlearnResult", "FoundTargets", "copy_model", "evaluate", "find_targets", "prune", "unlearn",
+           "unlearn_options"]
+
+Data = Any  # (x, y) arrays, or a keras.utils.PyDataset of (x, y) batches
+
+
+@dataclass
+class FoundTargets:
+    """``find_targets``' answer: the ``methods.Targets`` and the layers LoRA cannot wrap.
+
+    ``not_wrappable``: {layer name: why} for layers with weights that no adapter covers
+    (DepthwiseConv2D, SeparableConv2D, grouped Conv2D, ...): frozen under the LoRA methods.
+    """
+
+    targets: Targets
+    not_wrappable: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class UnlearnResult:
+    """What ``unlearn`` returns.
+
+    Attributes:
+        model: the unlearned model: a new model (the input is untouched), adapters merged into
+            plain Dense/Conv2D layers, so it saves and loads as an ordinary ``.keras`` file.
+        method: the method's registry name.
+        history: per epoch ``{"epoch", "loss", "accuracy", "seconds", ...}``.
+        trainable_params: how many values trained.
+        sparsity: percent of zero weights in the pruning targets' kernels (0 if nothing pruned).
+        seconds: wall time of ``unlearn`` (preparation, compilation and training).
+        seconds_per_epoch: mean training time per epoch, compilation excluded.
+        targets: the layers the method pruned / wrapped / trained in full.
+        not_wrappable: layers LoRA could not wrap (frozen under the LoRA methods).
+        diagnostics: what pruning zeroed (per layer; the classifier's rows; the forget rows).
+        description: the method's one-line account of what it trained.
+    """
+
+    model: keras.Model
+    method: str
+    history: list[dict[str, Any]]
+    trainable_params: int
+    sparsity: float
+    seconds: float
+    seconds_per_epoch: float
+    targets: Targets
+    not_wrappable: dict[str, str]
+    diagnostics: dict[str, Any]
+    description: str
+
+
+def unlearn_options(**options: Any) -> UnlearnConfig:
+    """The paper's (and each method's published) defaults with ``options`` replaced, validated.
+
+    Args:
+        **options: any field of ``options.UnlearnConfig`` (``lr``, ``batch_size``, ``lora_rank``,
+            ``prune_amount``, ``bn``, ``prune_mode``, ``scrub_lr``, ...).
+    Returns:
+        the ``UnlearnConfig``, checked by ``options.check_unlearn`` (the command's own validation):
+        ValueError with one line for an unknown name, a value of the wrong type, a string option
+        outside its allowed values (``options.UNLEARN_CHOICES``) or a value out of range.
+
+    Example:
+        >>> unlearn_options(lora_rank=4).lora_rank
+        4
+    """
+    known = {f.name for f in dataclasses.fields(UnlearnConfig)} - {"paradigms", "epochs"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}; options are the "
+                         f"fields of UnlearnConfig: {', '.join(sorted(known))}")
+    return check_unlearn(dataclasses.replace(UnlearnConfig(), **options))
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """A new functional/Sequential model with ``model``'s architecture and a copy of its weights.
+
+    Args:
+        model: a functional or Sequential Keras model.
+    Returns:
+        the copy (layers rebuilt from their configs, weights copied by layer name).
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a")])
+        >>> c = copy_model(m)
+        >>> c is not m and all((a == b).all() for a, b in zip(c.get_weights(), m.get_weights()))
+        True
+    """
+    return replace_layers(model, lambda layer: None)
+
+
+def _kind(layer) -> str | None:
+    """Why LoRA cannot wrap a weighted layer (None: it can, or it has nothing to wrap)."""
+    if isinstance(layer, LORA_LAYERS):
+        return None
+    if isinstance(layer, keras.layers.Conv2D):
+        if layer.groups != 1 or layer.data_format != "channels_last":
+            return "grouped or channels_first Conv2D"
+        return None
+    if isinstance(layer, keras.layers.Dense):
+        return None
+    if any(len(w.shape) >= 2 for w in layer.trainable_weights) and not isinstance(layer, keras.Model):
+        return type(layer).__name__
+    return None
+
+
+def find_targets(model: keras.Model, targets: Sequence[str] | None = None, lora_targets: Sequence[str] | None = None,
+                 train_in_full: Sequence[str] | None = None, classifier: str | None = None,
+                 prune_classifier: str = "reference") -> FoundTargets:
+    """The layers a method prunes, wraps with adapters and trains in full, found or checked.
+
+    Args:
+        model: a functional or Sequential Keras model.
+        targets: regular expressions over layer names for pruning (default: every Dense and
+            Conv2D, the classifier only with ``prune_classifier="true"``).
+        lora_targets: patterns for adapters (default: every Dense/ungrouped Conv2D but the classifier).
+        train_in_full: patterns of layers trained in full beside adapters (peft's
+            ``modules_to_save``; default: the classifier).
+        classifier: the classifier layer's name (default: the layer producing the logits,
+            ``features.classifier_layer``; else the last Dense layer).
+        prune_classifier: "true" prunes the classifier too; "reference"/"false" keep it (the rule
+            of the paper's CNN; the reference pruned its ViT's head).
+    Returns:
+        ``FoundTargets``; ValueError when a given pattern matches no layer.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(3, name="b")])
+        >>> found = find_targets(m)
+        >>> found.targets.classifier, found.targets.lora, found.targets.train_in_full
+        ('b', ['a'], ['b'])
+    """
+    layers = list(model.layers)
+    weighted = [layer for layer in layers if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D))]
+    if classifier is None:
+        try:
+            classifier = classifier_layer(model).name
+        except ValueError:  # several outputs, or probabilities: the last Dense layer, if any
+            dense = [layer.name for layer in layers if isinstance(layer, keras.layers.Dense)]
+            classifier = dense[-1] if dense else None
+    elif classifier not in {layer.name for layer in layers}:
+        raise ValueError(f"classifier {classifier!r} is not a layer of {model.name}")
+    exact = lambda names: [re.escape(n) for n in names]  # noqa: E731
+    not_wrappable = {layer.name: why for layer in layers if (why := _kind(layer)) is not None}
+    for what, patterns in (("targets", targets), ("lora_targets", lora_targets), ("train_in_full", train_in_full)):
+        if patterns is not None and not any(matches_any(layer.name, patterns) for layer in layers):
+            raise ValueError(f"{what} {list(patterns)} match no layer of {model.name}; its Dense/Conv2D layers: "
+                             f"{', '.join(layer.name for layer in weighted[:8])}{' ...' if len(weighted) > 8 else ''}")
+    if targets is None:
+        targets = exact(layer.name for layer in weighted if layer.name != classifier or prune_classifier == "true")
+    if lora_targets is None:
+        lora_targets = exact(layer.name for layer in weighted if layer.name != classifier and layer.name
+                             not in not_wrappable)
+    else:  # given patterns: a matched layer LoRA cannot wrap is reported, never silently skipped
+        not_wrappable = {n: why for n, why in not_wrappable.items() if matches_any(n, lora_targets)} or not_wrappable
+    if train_in_full is None:
+        train_in_full = exact([classifier]) if classifier else []
+    return FoundTargets(Targets(list(targets), list(lora_targets), list(train_in_full), classifier), not_wrappable)
+
+
+def prune(model: keras.Model, targets: Sequence[str] | None = None, amount: float = 0.5,
+          mode: str = "reference") -> tuple[keras.Model, PruneResult]:
+    """A pruned copy of ``model``: the lowest-L2 ``amount`` of output units of each target zeroed.
+
+    Args:
+        model: any functional or Sequential Keras model (not modified).
+        targets: patterns of the layers to prune (default: ``find_targets``' pruning targets).
+        amount: the fraction of output units (channels, neurons) zeroed per layer.
+        mode: "reference" (zeros once) or "persistent" (the returned masks are to be enforced,
+            e.g. with ``pruning.PruneMasks`` in a plain ``model.fit``).
+    Returns:
+        (the pruned copy, the ``PruneResult`` with its masks).
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="a"), keras.layers.Dense(3, name="b")])
+        >>> pruned, result = prune(m, ["a"])
+        >>> int((pruned.get_layer("a").kernel.numpy() == 0).all(axis=0).sum())
+        4
+    """
+    copy = copy_model(model)
+    targets = find_targets(copy).targets.prune if targets is None else list(targets)
+    return copy, prune_units(copy, targets, amount, mode=mode)
+
+
+def _with_callers_layer_types(out: keras.Model, model: keras.Model) -> keras.Model:
+    """``out`` with each of the package's speed layers (``PointwiseConv2D``, ``FlatDense``, which merging
+    adapters produces) back to the caller's own layer type: the result loads without this package."""
+    own = {layer.name: type(layer) for layer in model.layers}
+
+    def replace(layer):
+        cls = own.get(layer.name)
+        if isinstance(layer, (PointwiseConv2D, FlatDense)) and cls is not None and cls is not type(layer):
+            return cls.from_config(layer.get_config())
+        return None
+
+    if not any(isinstance(layer, (PointwiseConv2D, FlatDense)) for layer in out.layers):
+        return out
+    return replace_layers(out, replace)
+
+
+def checked_inputs(model: keras.Model, retain: Data, forget: Data) -> tuple[np.ndarray, ...]:
+    """(x_r, y_r, x_f, y_f, classes) for ``unlearn`` and the pools, after the refusals of
+    ``checks``: a model that outputs logits, labels in range, neither set empty."""
+    num_classes = require_logits(model)
+    x_r, y_r = labelled_arrays(retain, "retain", num_classes)
+    x_f, y_f = labelled_arrays(forget, "forget", num_classes)
+    require_logits(model, x_r[:32])
+    return x_r, y_r, x_f, y_f, num_classes
+
+
+def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "pruned_lora", *, epochs: int = 10,
+            seed: int = 0, targets: Sequence[str] | None = None, lora_targets: Sequence[str] | None = None,
+            train_in_full: Sequence[str] | None = None, classifier: str | None = None, verbose: bool = True,
+            on_epoch_end: Callable[[EpochStats], None] | None = None, **options: Any) -> UnlearnResult:
+    """Unlearn ``forget`` from ``model`` with a registered method; the input model is not changed.
+
+    Args:
+        model: a trained functional or Sequential Keras 3 classifier that outputs logits.
+        retain, forget: D_r and D_f as (x, y) NumPy arrays or ``keras.utils.PyDataset``s, x in the
+            model's own input domain (as it was trained; no normalisation is added), y integer
+            labels (or one-hot).
+        method: a name from ``methods.names()`` (default PruneLoRA, "pruned_lora").
+        epochs: training epochs of the method.
+        seed: adapter initialisation, data order, dropout, random labels.
+        targets, lora_targets, train_in_full, classifier: see ``find_targets`` (found when not given).
+        verbose: progress lines on stderr.
+        on_epoch_end: called with each epoch's ``EpochStats``.
+        **options: the method's options (``unlearn_options``): ``lr``, ``batch_size``, ``optimizer``,
+            ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``prune_amount``, ``prune_mode``, ``bn``, ...
+    Returns:
+        ``UnlearnResult``.
+    Raises:
+        ValueError: (one line, before any work) a model that outputs probabilities rather than
+            logits (``checks.require_logits``: rebuild its head without the activation), labels
+            outside the model's classes or not integers, an empty set, ``epochs`` < 1, an unknown
+            or invalid option.
+
+    Example:
+        >>> result = unlearn(model, (x_r, y_r), (x_f, y_f), "scrub", epochs=3)  # doctest: +SKIP
+        >>> result.model.save("scrubbed.keras")  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    opts = unlearn_options(**options)
+    epochs = require_epochs(epochs)
+    x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
+    keras.utils.set_random_seed(seed)
+    work = copy_model(model)
+    flags = {layer.name: layer.trainable for layer in model.layers}
+    set_bn_policy(work, opts.bn)
+    found = find_targets(work, targets, lora_targets, train_in_full, classifier, opts.prune_classifier)
+    classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
+    ctx = MethodContext(work, opts, Subset(x_r, y_r), Subset(x_f, y_f), num_classes, (0.0,), (1.0,), seed,
+                        found.targets, False, 256, epochs, tuple(int(c) for c in np.unique(y_f)) if classwise else ())
+    prep = prepare_method(method, ctx, verbose=verbose)
+    if found.not_wrappable and prep.plan.uses_lora and verbose:  # reported, never silently skipped
+        print(f"{method}: no adapter for {', '.join(f'{n} ({w})' for n, w in list(found.not_wrappable.items())[:6])}"
+              f"{' ...' if len(found.not_wrappable) > 6 else ''}: frozen", file=sys.stderr, flush=True)
+    history = prep.fit(epochs, opts.batch_size, False, on_epoch_end)
+    out = _with_callers_layer_types(prep.plan.eval_model(), model)
+    for layer in out.layers:  # the caller's trainable flags back (the BatchNorm policy and Keras's fit change them)
+        if layer.name in flags:
+            layer.trainable = flags[layer.name]
+    pruned_names = [layer.name for layer in out.layers if matches_any(layer.name, found.targets.prune)]
+    sparsity = 100.0 * sparsity_report(out, pruned_names)["overall"]["zero_weights"] if prep.plan.pruned else 0.0
+    return UnlearnResult(out, method, [dataclasses.asdict(h) for h in history], prep.plan.trainable_params, sparsity,
+                         time.perf_counter() - start, float(np.mean([h.seconds for h in history])) if history else 0.0,
+                         found.targets, found.not_wrappable, prep.diagnostics, prep.plan.description)
+
+
+def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, reference: keras.Model | None = None,
+             original: keras.Model | None = None, test_forget: Data | None = None, seed: int = 0,
+             batch_size: int = 256, relearn_max_steps: int = 200, relearn_fraction: float = 0.1,
+             relearn_lr: float = 1e-3) -> dict[str, Any]:
+    """Every metric of an unlearned ``model``, from arrays in the model's own input domain.
+
+    Args:
+        model: the model to score (not modified).
+        retain, forget: D_r and D_f, as given to ``unlearn``.
+        test: held-out data of the retained distribution (class-wise: the remaining classes' test
+            samples): TA, and the attacks' non-members.
+        reference: a model retrained without D_f: adds Avg. Gap and ToW (the distance to it) and
+            CKA of the penultimate features on D_f and on ``test`` (``cka_forget``, ``cka_retain``).
+        original: the model before unlearning: adds relearn time (``relearn_steps``: fine-tuning
+            steps on D_r plus ``relearn_fraction`` of D_f until the rest of D_f is back at the
+            original's accuracy minus 10 points, capped at ``relearn_max_steps``).
+        test_forget: held-out samples of the forgotten classes: adds ``probe_forget_acc_test``.
+        seed, batch_size: the attacks' and probes' seed; the inference batch.
+        relearn_max_steps, relearn_fraction, relearn_lr: the relearning fine-tune.
+    Returns:
+        {metric: value}: UA, RA, TA, MIA_<attack> and attack_acc_/attack_degenerate_<attack>,
+        probe_forget_acc, and where given the reference / original metrics above. Percent,
+        except CKA in [0, 1] and ToW in [0, 1]. ``"warnings"``: one line per model (unlearned,
+        reference, original) within a few points of chance on D_r (``checks.chance_warnings``,
+        also issued as a ``ChanceLevelWarning``): its scores say nothing.
+    Raises:
+        ValueError: as ``unlearn`` (probability outputs of any of the models, bad labels, empty
+            sets), or a reference/original with another number of classes.
+
+    Example:
+        >>> scores = evaluate(result.model, (x_r, y_r), (x_f, y_f), (x_t, y_t), reference=retrained)  # doctest: +SKIP
+        >>> scores["UA"], scores["avg_gap"]  # doctest: +SKIP
+    """
+    num_classes = require_logits(model)
+    sets = {"retain": Subset(*labelled_arrays(retain, "retain", num_classes)),
+            "forget": Subset(*labelled_arrays(forget, "forget", num_classes)),
+            "test_retain": Subset(*labelled_arrays(test, "test", num_classes))}
+    if test_forget is not None:
+        sets["test_forget"] = Subset(*labelled_arrays(test_forget, "test_forget", num_classes))
+    sample = sets["retain"].x[:32]
+    require_logits(model, sample)
+    for what, other in (("reference", reference), ("original", original)):
+        if other is not None and require_logits(other, sample, what) != num_classes:
+            raise ValueError(f"the {what} model has {other.output_shape[-1]} outputs, the model {num_classes}: "
+                             "pass models of the same classes")
+    common = {"seed": seed, "batch_size": batch_size}
+    ref = Reference()
+    rows = []
+    if reference is not None:
+        r = evaluate_arrays(reference, sets, num_classes, **common)
+        ref.retrain_features = {k: r.features[k] for k in ("forget", "test_retain")}
+        rows.append({"paradigm": "retrain", "epochs": 0, **r.metrics})
+    if original is not None and relearn_max_steps > 0 and len(sets["forget"]) >= 2:
+        ref.relearn = relearn_plan(sets["retain"], sets["forget"], relearn_fraction, seed)
+        ref.relearn_target = accuracy_pct(predict_inputs(original, ref.relearn.heldout.x, batch_size),
+                                          ref.relearn.heldout.y) - 10.0
+    relearn = {"lr": relearn_lr, "batch_size": 128, "max_steps": relearn_max_steps, "eval_every": 5}
+    metrics = evaluate_arrays(model, sets, num_classes, reference=ref, relearn=relearn, **common).metrics
+    if rows:
+        row = {"paradigm": "unlearned", "epochs": 0, **metrics}
+        add_avg_gap(rows + [row])
+        metrics.update(avg_gap=row["avg_gap"], tow=row["tow"])
+    retain_acc = {"unlearned": metrics["RA"], **({"reference": rows[0]["RA"]} if rows else {})}
+    if original is not None:
+        retain_acc["original"] = accuracy_pct(predict_inputs(original, sets["retain"].x, batch_size), sets["retain"].y)
+    metrics["warnings"] = chance_warnings(retain_acc, sets["retain"].y)
+    return metrics

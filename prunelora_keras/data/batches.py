@@ -1,0 +1,64 @@
+"""Batch streams over host arrays: shuffled index batches (``batches``) and the lazy row gather
+(``Rows``) that a data-parallel run uses to fetch only its own shards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+
+class Rows:
+    """Rows ``index`` of ``source``: a global batch gathered only where, and as far as, it is needed.
+
+    This is the seam for input sharding. In a data-parallel run ``distributed.Placement.put_batch``
+    asks each process only for the rows of its own devices' shards (``rows[start:stop]``), so no
+    process gathers the whole global batch. Today ``source`` is the in-memory array every process
+    holds (CIFAR-10 fits); a data set that does not fit would pass its own reader instead: anything
+    with ``shape``, ``dtype`` and ``__getitem__`` over an array of row numbers, such as a ``grain``
+    random-access data source over the files this process's rows live in.
+
+    Args:
+        source: the rows to draw from (first axis: examples).
+        index: which rows of ``source``, in batch order.
+    """
+
+    def __init__(self, source: Any, index: np.ndarray):
+        self.source, self.index = source, np.asarray(index)
+        self.shape = (len(self.index), *source.shape[1:])
+        self.dtype = source.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first = key[0] if isinstance(key[0], slice) else slice(key[0], key[0] + 1)
+        rows = np.asarray(self.source[self.index[first]])
+        return rows[(slice(None),) + tuple(key[1:])] if isinstance(key[0], slice) else rows[0][tuple(key[1:])]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        rows = np.asarray(self.source[self.index])
+        return rows if dtype is None else rows.astype(dtype)
+
+
+def batches(x: np.ndarray | list[np.ndarray], y: np.ndarray, batch_size: int,
+            rng: np.random.Generator | None = None, drop_last: bool = False,
+            lazy: bool = False) -> Iterator[tuple[Any, np.ndarray]]:
+    """Batches in order, or shuffled by ``rng``. The last partial batch is kept unless ``drop_last``.
+
+    ``x`` may be a list of arrays (a model with several inputs); each is indexed alike. ``lazy``:
+    each batch's inputs are ``Rows`` views, gathered only where they are placed (the training loop's
+    streams: each process gathers its own devices' rows only).
+    """
+    order = rng.permutation(len(y)) if rng is not None else np.arange(len(y))
+    stop = len(y) - (len(y) % batch_size if drop_last else 0)
+    take = (lambda a, idx: Rows(a, idx)) if lazy else (lambda a, idx: a[idx])
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield ([take(a, idx) for a in x] if isinstance(x, (list, tuple)) else take(x, idx)), y[idx]
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    return n // batch_size if drop_last else -(-n // batch_size)

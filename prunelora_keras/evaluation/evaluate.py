@@ -1,0 +1,103 @@
+"""Evaluating one trained model for unlearning: every metric from one pass over each data set.
+
+One forward pass per evaluation set gives logits and penultimate features together
+(``features.predict_logits_and_features``); from them come the output metrics (UA, RA, TA, the
+attacks: ``metrics.py``), the representation metrics (the linear probes, and CKA against
+Retrain's features: ``representation.py``) and, when a ``Reference`` holds a relearning plan,
+the relearn time (``relearn.py``, which trains a copy of the model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from prunelora_keras.data.datasets import Dataset, UnlearningSplit
+from prunelora_keras.evaluation.features import predict_logits_and_features
+from prunelora_keras.evaluation.metrics import accuracy_pct, cross_entropy, unlearning_metrics
+from prunelora_keras.evaluation.relearn import RelearnPlan, relearn_steps
+from prunelora_keras.evaluation.representation import linear_cka, probe_forget_acc
+from prunelora_keras.training.inference import predict_logits
+
+RELEARN_MARGIN = 10.0  # relearnt = the original's held-out D_f accuracy minus this many points
+
+
+@dataclass
+class Reference:
+    """What every row of one forget request is compared with.
+
+    ``retrain_features``: Retrain's penultimate features per evaluation set (for CKA);
+    ``relearn``: the fixed relearning stream and held-out D_f; ``relearn_target``: the accuracy
+    (percent) on the held-out D_f that counts as relearnt (the original's minus 10 points).
+    """
+
+    retrain_features: dict[str, np.ndarray] = field(default_factory=dict)
+    relearn: RelearnPlan | None = None
+    relearn_target: float | None = None
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    losses: dict[str, np.ndarray]  # per-sample losses of the test and forget sets (the paper's Figure 2)
+    features: dict[str, np.ndarray]
+
+
+def evaluation_sets(split: UnlearningSplit) -> dict[str, Any]:
+    sets = {"retain": split.retain, "forget": split.forget, "test_retain": split.test_retain}
+    if len(split.test_forget):
+        sets["test_forget"] = split.test_forget
+    return sets
+
+
+def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, mean=(0.0,), std=(1.0,), *,
+                    seed: int = 0, batch_size: int = 512, members: int = 9000, nonmembers: int = 5000,
+                    reference: Reference | None = None, relearn: dict[str, Any] | None = None) -> Evaluation:
+    """Every metric of ``model`` from data sets given as arrays: the core of ``api.evaluate`` and of
+    the experiment's ``experiment.context.evaluate_model``.
+
+    Args:
+        model: the model to evaluate (not modified).
+        sets: {"retain", "forget", "test_retain" and optionally "test_forget": ``data.Subset``}.
+        num_classes: the classifier's width.
+        mean, std: normalisation (uint8 images after ``/ 255``; float inputs: (0,), (1,) = none).
+        seed, batch_size: the attacks' and probes' seed; the inference batch.
+        members, nonmembers: the loss attack's full-scale draw sizes (``metrics.attack_sizes``).
+        reference: Retrain's features (CKA) and the relearning plan (relearn time); None: neither.
+        relearn: the relearning fine-tune's ``lr``, ``batch_size``, ``max_steps``, ``eval_every``.
+    Returns:
+        ``Evaluation``.
+    """
+    reference = reference or Reference()
+    outputs = {k: predict_logits_and_features(model, v.x, mean, std, batch_size) for k, v in sets.items()}
+    logits = {k: v[0] for k, v in outputs.items()}
+    feats = {k: v[1] for k, v in outputs.items()}
+    labels = {k: v.y for k, v in sets.items()}
+    metrics: dict[str, Any] = unlearning_metrics(logits, labels, seed, members, nonmembers)
+    metrics["probe_forget_acc"] = probe_forget_acc(feats["retain"], labels["retain"], feats["forget"],
+                                                   labels["forget"], seed)
+    if "test_forget" in feats:
+        metrics["probe_forget_acc_test"] = probe_forget_acc(feats["test_retain"], labels["test_retain"],
+                                                            feats["test_forget"], labels["test_forget"], seed)
+    for name, key in (("forget", "cka_forget"), ("test_retain", "cka_retain")):
+        if name in reference.retrain_features:
+            metrics[key] = linear_cka(feats[name], reference.retrain_features[name])
+    if reference.relearn is not None and reference.relearn_target is not None:
+        r = {"lr": 1e-3, "batch_size": 128, "max_steps": 200, "eval_every": 5, **(relearn or {})}
+        metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, num_classes, mean, std,
+                                     lr=r["lr"], batch_size=r["batch_size"], max_steps=r["max_steps"],
+                                     eval_every=r["eval_every"], seed=seed, eval_batch_size=batch_size))
+    losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
+              "forget": cross_entropy(logits["forget"], labels["forget"])}
+    return Evaluation(metrics, losses, feats)
+
+
+def evaluate_sets(model: keras.Model, split: UnlearningSplit, ds: Dataset, batch_size: int) -> dict[str, float]:
+    """Accuracy in percent on each evaluation set of the split."""
+    sets = {"train": split.train, "test": split.test, "retain": split.retain, "forget": split.forget,
+            "test_retain": split.test_retain, "test_forget": split.test_forget}
+    return {name: accuracy_pct(predict_logits(model, subset.x, ds.mean, ds.std, batch_size), subset.y)
+            for name, subset in sets.items() if len(subset)}

@@ -1,0 +1,121 @@
+"""Relearn time (Kurmanji et al. 2023, SCRUB): how fast does the forgotten data come back?
+
+A model that only hides D_f (a zeroed logit row, a retrained classifier on intact features)
+relearns it from a handful of examples in a few steps; a model that never learnt it (Retrain)
+needs as long as learning it from scratch. We fine-tune a *copy* of each unlearned model with a
+fixed optimiser (Adam) on a fixed, seeded batch stream: D_r with a small seeded sample of D_f
+mixed in (``fraction`` of D_f), and count the optimiser steps until its accuracy on the rest of
+D_f (the held-out part, never trained on) reaches a target, by default the original model's
+accuracy there minus 10 points. Runs are capped at ``max_steps``; a capped row says so.
+
+It trains through the package's one compiled step (``train.Trainer``) on JAX: models of one
+architecture share one compilation. On Keras's other backends it trains with Keras's fit
+(``fit_loop.FitTrainer``: the same Adam, data order and checks). The model passed in is never changed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import optax
+
+from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.data.datasets import Subset
+from prunelora_keras.data.batches import num_batches
+from prunelora_keras.training.fit_loop import FitTrainer
+from prunelora_keras.training.loop import Trainer
+from prunelora_keras.training.inference import accuracy, predict_logits
+from prunelora_keras.training.bn import set_bn_policy
+
+
+@dataclass
+class RelearnPlan:
+    """The fixed relearning data: a stream (D_r plus a sample of D_f) and the held-out rest of D_f."""
+
+    stream: Subset
+    heldout: Subset
+    n_forget_in_stream: int
+
+
+def relearn_plan(retain: Subset, forget: Subset, fraction: float = 0.1, seed: int = 0) -> RelearnPlan:
+    """Split D_f into a seeded sample of ``round(fraction * |D_f|)`` (at least 1) that joins D_r in
+    the training stream and the held-out rest, on which relearning is measured.
+
+    Example:
+        >>> f = Subset(np.zeros((20, 2, 2, 3), np.uint8), np.full(20, 3))
+        >>> r = Subset(np.zeros((50, 2, 2, 3), np.uint8), np.zeros(50, int))
+        >>> p = relearn_plan(r, f, 0.1)
+        >>> len(p.stream), len(p.heldout), p.n_forget_in_stream
+        (52, 18, 2)
+    """
+    if len(forget) < 2:
+        raise ValueError("relearning needs at least 2 forget examples (one to learn from, one to measure on)")
+    k = min(max(1, round(fraction * len(forget))), len(forget) - 1)
+    order = np.random.default_rng([seed, 86028121]).permutation(len(forget))
+    pick, rest = np.sort(order[:k]), np.sort(order[k:])
+    stream = Subset(np.concatenate([retain.x, forget.x[pick]]), np.concatenate([retain.y, forget.y[pick]]))
+    return RelearnPlan(stream, Subset(forget.x[rest], forget.y[rest]), k)
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """A new model with ``model``'s architecture and a copy of its weights."""
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_classes: int, mean, std, *,
+                  lr: float = 1e-3, batch_size: int = 32, max_steps: int = 200, eval_every: int = 5, seed: int = 0,
+                  eval_batch_size: int = 512) -> dict[str, Any]:
+    """Steps of fine-tuning until ``model`` (a copy of it) is ``target_pct`` accurate on the held-out D_f.
+
+    Args:
+        model: the unlearned model (not modified).
+        plan: the stream and held-out set (:func:`relearn_plan`); the same plan for every model.
+        target_pct: accuracy (percent) on ``plan.heldout`` that counts as relearnt.
+        num_classes, mean, std: the data's class count and normalisation of uint8 images.
+        lr, batch_size: Adam's learning rate and the batch size of the stream.
+        max_steps: the cap; a model that does not reach the target by then is reported capped.
+        eval_every: accuracy is checked every this many steps (and at step 0), so a count is
+            exact to this resolution (the first checked step at or above the target).
+        seed: seeds the stream's order.
+    Returns:
+        {"relearn_steps": steps (``max_steps`` when capped), "relearn_capped": bool,
+        "relearn_final_acc": held-out accuracy at the last check, "relearn_target": target_pct}.
+    """
+    heldout = plan.heldout
+    eval_bs = min(eval_batch_size, len(heldout))
+    start_acc = 100.0 * accuracy(predict_logits(model, heldout.x, mean, std, eval_bs), heldout.y)
+    if start_acc >= target_pct:
+        return {"relearn_steps": 0, "relearn_capped": False, "relearn_final_acc": start_acc, "relearn_target": target_pct}
+    clone = copy_model(model)
+    set_bn_policy(clone, "update")
+    if keras.backend.backend() == "jax":
+        trainer = Trainer(clone, optax.adam(lr), num_classes, mean, std, seed=seed, label="relearn",
+                          share_key=f"relearn:adam:{lr}", verbose=False)
+        current = trainer.current_values
+    else:  # Keras's fit trains the clone's own variables: evaluate the clone as it is
+        trainer = FitTrainer(clone, TrainConfig(optimizer="adam", lr=lr), max_steps, num_classes, mean, std,
+                             seed=seed, label="relearn", verbose=False)
+        current = lambda: None  # noqa: E731
+    found: dict[str, Any] = {"steps": None, "acc": start_acc}
+
+    def check(steps: int) -> bool:
+        if steps % eval_every and steps < max_steps:
+            return False
+        found["acc"] = 100.0 * accuracy(predict_logits(clone, heldout.x, mean, std, eval_bs,
+                                                       values=current()), heldout.y)
+        if found["acc"] >= target_pct:
+            found["steps"] = steps
+            return True
+        return steps >= max_steps
+
+    epochs = math.ceil(max_steps / num_batches(len(plan.stream), batch_size))
+    trainer.fit(plan.stream.x, plan.stream.y, epochs, batch_size, on_step_end=check)
+    capped = found["steps"] is None
+    return {"relearn_steps": max_steps if capped else found["steps"], "relearn_capped": capped,
+            "relearn_final_acc": found["acc"], "relearn_target": target_pct}

@@ -1,0 +1,343 @@
+"""Typed run configuration: TOML presets from ``configs/``, a user TOML file, ``--set`` overrides.
+
+Configuration is data. A preset is a TOML file with top-level sections (``[data]``,
+``[pretrain]``, ...) that apply to every model, and ``[models.<name>.<section>]`` tables that
+override them for one model. The code reads only the typed ``Config`` built here, never a raw
+dict, and every key is checked: an unknown key or a value of the wrong type is a ``UserError``.
+
+Order of precedence, lowest first: dataclass defaults, preset, ``--config FILE``, command-line
+flags (``--dataset``, ``--forget-class``, ...), ``--set section.key=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from prunelora_keras.errors import UserError
+from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
+from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, UnlearnConfig, check_unlearn,  # noqa: F401
+    did_you_mean, unlearn_checks)
+
+MODEL_NAMES = ("resnet18", "resnet50", "vit")
+DATASET_NAMES = ("cifar10", "digits", "tfds:cifar10")  # data.DATASETS; checked here so it fails before loading
+# Integers beyond int64 overflow as soon as numpy or JAX sees them; the seed also seeds numpy's
+# legacy generator and scikit-learn (< 2**32), and the test split draws with ``seed + 1``.
+INT_LIMIT = 2**63
+SEED_MAX = 2**32 - 2
+SHORT_REPR = 60
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how the class-wise unlearning split is made."""
+
+    dataset: str = "cifar10"  # cifar10 | digits | tfds:cifar10
+    data_dir: str = ""  # cifar-10-batches-py folder, image-folder tree, or .tar.gz/.tar/.zip of one
+    forget_class: int = 3
+    forget_classes: list[int] = field(default_factory=list)  # continual unlearning: forget requests in order, e.g. [3, 5, 7]
+    forget_fraction: float = 0.0  # > 0: random-sample forgetting of this stratified fraction of the training set
+    train_size: int = 0  # seeded stratified subsample of the training set; 0 keeps all
+    test_size: int = 0  # same for the test set
+    batch_size: int = 128
+    eval_batch_size: int = 512
+    drop_last: bool = False  # drop the last partial training batch (PyTorch's default keeps it)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture. ResNet fields apply to resnet*, ViT fields to vit; the rest is ignored."""
+
+    name: str = "resnet50"
+    width: float = 1.0  # ResNet width multiplier (1.0 = the paper's 64/128/256/512 planes)
+    patch_size: int = 4  # ViT
+    depth: int = 12
+    heads: int = 6
+    dim: int = 384
+    mlp_dim: int = 1536
+    weights: str = ""  # a trained original model (.keras, or a PyTorch state dict .pt/.pth) to unlearn from; "": pretrain one
+
+
+@dataclass
+class Config:
+    """Everything one run needs, resolved for one model."""
+
+    preset: str = "paper"
+    seed: int = 0
+    devices: int = 0  # data-parallel over this many local devices; 0: all of them (one on a plain CPU)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    retrain: TrainConfig = field(default_factory=TrainConfig)
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+TOP_LEVEL = ("seed", "devices")  # keys outside any section
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "pretrain": TrainConfig, "retrain": TrainConfig,
+            "unlearn": UnlearnConfig}
+CHOICES = {
+    ("model", "name"): MODEL_NAMES,
+    ("pretrain", "optimizer"): ("sgd", "adam", "adamw"),
+    ("retrain", "optimizer"): ("sgd", "adam", "adamw"),
+    ("pretrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
+    ("retrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
+    ("pretrain", "bn"): ("update", "freeze"),
+    ("retrain", "bn"): ("update", "freeze"),
+    **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
+}
+AUGMENTATIONS = ("crop", "flip", "mixup")
+
+
+def preset_dir() -> Path:
+    """The folder holding the shipped TOML presets (installed package or source checkout)."""
+    try:
+        folder = Path(str(resources.files("prunelora_keras.configs")))
+        if folder.is_dir() and any(folder.glob("*.toml")):
+            return folder
+    except ModuleNotFoundError:
+        pass
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in preset_dir().glob("*.toml"))
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into one clear line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist: check the path") from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc.__class__.__name__}): pass a readable TOML file") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = preset_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"unknown preset {name!r}{did_you_mean(name, available_presets())}: choose one of "
+                        f"{', '.join(available_presets())}")
+    return read_toml(path, "preset")
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _short(value: Any) -> str:
+    """``repr`` cut to one short line, so a huge or nested bad value still gives a readable error."""
+    text = repr(value)
+    return text if len(text) <= SHORT_REPR else text[:SHORT_REPR - 3] + "..."
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against a dataclass field type, converting only where it is lossless.
+
+    Numbers must also be usable: floats finite (TOML allows ``nan`` and ``inf``, which would
+    only surface as a NaN loss or an overflow hours later), integers within int64.
+    """
+    if isinstance(tp, str):
+        tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})  # noqa: S307
+    origin = typing.get_origin(tp)
+    if origin in (list, types.GenericAlias) or origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+            if item_tp is not str:
+                value = [parse_set(f"item={v}")[1] for v in value]
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {_short(value)}")
+        return [coerce(v, item_tp, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= INT_LIMIT:
+                raise UserError(f"{where}: {_short(value)} is too large (integers must fit in 64 bits)")
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and abs(value) >= INT_LIMIT:
+                raise UserError(f"{where}: {_short(value)} is too large")
+            if not math.isfinite(value):
+                raise UserError(f"{where}: expected a finite number, got {value!r}")
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise UserError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
+
+
+def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) -> None:
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: [{section}] must be a table")
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        if key not in names:
+            raise UserError(f"{source}: unknown key {section}.{key}{did_you_mean(key, names)}; valid keys: "
+                            f"{', '.join(sorted(names))}")
+        if isinstance(value, bool) and "true" in CHOICES.get((section, key), ()):  # a choice that reads as TOML bool
+            value = "true" if value else "false"
+        setattr(obj, key, coerce(value, names[key].type, f"{source}: {section}.{key}"))
+
+
+def _apply_tree(cfg: Config, tree: dict[str, Any], model: str, source: str, retrain_layers: list) -> None:
+    """Apply a preset-shaped TOML tree: top-level sections, then ``models.<model>`` sections.
+
+    ``[retrain]`` tables are collected in ``retrain_layers`` rather than applied: Retrain is the
+    pretraining recipe plus these explicit differences, applied once pretraining is resolved.
+    """
+    models = tree.get("models", {})
+    if not isinstance(models, dict):
+        raise UserError(f"{source}: [models] must be a table of per-model tables")
+    layers = [tree, models.get(model, {})]
+    for depth, layer_tree in enumerate(layers):
+        if not isinstance(layer_tree, dict):
+            raise UserError(f"{source}: [models.{model}] must be a table")
+        for key, value in layer_tree.items():
+            if key == "models" and depth == 0:
+                continue
+            if key in TOP_LEVEL:
+                setattr(cfg, key, coerce(value, int, f"{source}: {key}"))
+            elif key == "retrain":
+                retrain_layers.append((value, source))
+            elif key in SECTIONS:
+                _apply_section(getattr(cfg, key), value, key, source)
+            else:
+                valid = ", ".join([*TOP_LEVEL, "models", *SECTIONS])
+                raise UserError(f"{source}: unknown key {key!r}{did_you_mean(key, [*TOP_LEVEL, 'models', *SECTIONS])}; "
+                                f"valid top-level keys: {valid}")
+
+
+def parse_set(assignment: str) -> tuple[str, Any]:
+    """``section.key=value`` -> (dotted key, value). The value is read as TOML, else as a string."""
+    if "=" not in assignment:
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set pretrain.epochs=3")
+    key, raw = assignment.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_value(cfg: Config, key: str, value: Any, where: str) -> None:
+    """Set one dotted key (``section.name`` or ``seed``) with type checking."""
+    if key in TOP_LEVEL:
+        setattr(cfg, key, coerce(value, int, where))
+        return
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        every = [*TOP_LEVEL, *(f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls))]
+        raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, every)}; use "
+                        f"section.key with section one of {', '.join(SECTIONS)} "
+                        f"(or {' or '.join(TOP_LEVEL)})")
+    _apply_section(getattr(cfg, section), {name: value}, section, where)
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and choices that can be checked without data. Raises ``UserError``."""
+    for (section, name), choices in CHOICES.items():
+        value = getattr(getattr(cfg, section), name)
+        if section != "unlearn" and value not in choices:  # unlearn.*: check_unlearn, below
+            raise UserError(f"{section}.{name} = {value!r} is not valid: choose one of {', '.join(choices)}"
+                            f"{did_you_mean(value, choices)}")
+    try:  # the library's own validation of the unlearning options, word for word
+        check_unlearn(cfg.unlearn, "unlearn.")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    checks = [
+        (cfg.data.dataset in DATASET_NAMES,
+         f"unknown dataset {cfg.data.dataset!r}{did_you_mean(cfg.data.dataset, DATASET_NAMES)}: choose one of "
+         f"{', '.join(DATASET_NAMES)}"),
+        (0 <= cfg.devices <= 1 << 20, "devices must be >= 0 (0: every local device)"),
+        (0 <= cfg.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX} (it seeds numpy and scikit-learn)"),
+        (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
+        (cfg.data.eval_batch_size >= 1, "data.eval_batch_size must be >= 1"),
+        (cfg.data.train_size >= 0, "data.train_size must be >= 0 (0 keeps the whole training set)"),
+        (cfg.data.test_size >= 0, "data.test_size must be >= 0 (0 keeps the whole test set)"),
+        (cfg.data.forget_class >= 0, "data.forget_class must be >= 0"),
+        (0 <= cfg.data.forget_fraction < 1, "data.forget_fraction must be in [0, 1) (0: class-wise forgetting)"),
+        (len(set(cfg.data.forget_classes)) == len(cfg.data.forget_classes) and min(cfg.data.forget_classes, default=0) >= 0,
+         "data.forget_classes must list distinct classes >= 0, e.g. --forget-class 3,5,7"),
+        (not (cfg.data.forget_classes and cfg.data.forget_fraction),
+         "continual class requests (--forget-class 3,5,...) and --forget-fraction exclude each other: choose one"),
+        (cfg.model.width > 0, "model.width must be > 0"),
+        (cfg.model.patch_size >= 1, "model.patch_size must be >= 1"),
+        (cfg.model.depth >= 1 and cfg.model.heads >= 1, "model.depth and model.heads must be >= 1"),
+        (cfg.model.dim >= 4 and cfg.model.mlp_dim >= 1, "model.dim must be >= 4 and model.mlp_dim >= 1"),
+        (cfg.model.dim % max(cfg.model.heads, 1) == 0, "model.dim must be divisible by model.heads"),
+        (cfg.model.dim % 4 == 0, "model.dim must be divisible by 4 (2-D sin-cos position embedding)"),
+    ]
+    for section in ("pretrain", "retrain"):
+        t: TrainConfig = getattr(cfg, section)
+        checks += [
+            (t.epochs >= 1, f"{section}.epochs must be >= 1"),
+            (t.lr > 0, f"{section}.lr must be > 0"),
+            (0 <= t.momentum < 1, f"{section}.momentum must be in [0, 1)"),
+            (t.weight_decay >= 0, f"{section}.weight_decay must be >= 0"),
+            (t.clip_norm >= 0, f"{section}.clip_norm must be >= 0 (0 disables clipping)"),
+            (t.warmup_steps >= 0, f"{section}.warmup_steps must be >= 0"),
+            (t.mixup_alpha > 0, f"{section}.mixup_alpha must be > 0"),
+            (set(t.augment) <= set(AUGMENTATIONS), f"{section}.augment may only hold {', '.join(AUGMENTATIONS)}"),
+        ]
+    if cfg.data.data_dir and cfg.data.dataset != "cifar10":
+        checks.append((False, f"data.data_dir (--data-dir) applies to --dataset cifar10 only; {cfg.data.dataset} comes "
+                              "from its own package: drop --data-dir, or pass --dataset cifar10"))
+    if cfg.data.data_dir and not Path(cfg.data.data_dir).expanduser().exists():
+        checks.append((False, f"--data-dir {cfg.data.data_dir} does not exist: pass the CIFAR-10 folder or archive "
+                              "(e.g. ../shared/data/cifar10-jpeg.tar.gz)"))
+    if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
+        checks.append((False, f"model.weights {cfg.model.weights} is not a file: pass a .keras or .pt/.pth file, or "
+                              "leave it empty to pretrain the original model"))
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def build_config(
+    model: str,
+    preset: str = "paper",
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> Config:
+    """Resolve the typed configuration for one model. ``overrides`` are dotted keys from CLI flags."""
+    if model not in MODEL_NAMES:
+        raise UserError(f"unknown model {model!r}{did_you_mean(model, MODEL_NAMES)}: choose one of "
+                        f"{', '.join(MODEL_NAMES)}")
+    cfg = Config(preset=preset)
+    retrain_layers: list[tuple[Any, str]] = []
+    _apply_tree(cfg, load_preset(preset), model, f"preset {preset}", retrain_layers)
+    if config_file:
+        _apply_tree(cfg, read_toml(Path(config_file), "config file"), model, f"config {config_file}", retrain_layers)
+    cfg.model.name = model
+    pairs = [(key, value, "command line") for key, value in (overrides or {}).items()]
+    pairs += [(*parse_set(assignment), "--set") for assignment in sets or []]
+    for key, value, where in pairs:
+        if key.startswith("retrain."):
+            retrain_layers.append(({key.partition(".")[2]: value}, where))
+        else:
+            apply_value(cfg, key, value, where)
+    cfg.retrain = dataclasses.replace(cfg.pretrain, augment=list(cfg.pretrain.augment))
+    for values, source in retrain_layers:
+        _apply_section(cfg.retrain, values, "retrain", source)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,110 @@
+"""From the experiment's ``Config`` to the library's inputs: the method context, the prepared
+paradigm, the evaluation of one model and its reference (the relearning plan)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
+from prunelora_keras.evaluation.evaluate import (RELEARN_MARGIN, Evaluation, Reference, evaluate_arrays,
+                                                 evaluation_sets)
+from prunelora_keras.evaluation.metrics import accuracy_pct
+from prunelora_keras.evaluation.relearn import relearn_plan
+from prunelora_keras.experiment.config import Config
+from prunelora_keras.training.inference import predict_logits
+from prunelora_keras.experiment.paradigms import config_targets
+from prunelora_keras.methods.prepare import Prepared, prefix_cached, prepare_method
+from prunelora_keras.methods.base import MethodContext, Plan
+from prunelora_keras.models.layers import FlatDense
+from prunelora_keras.models.lora import replace_layers
+from prunelora_keras.models.precision import training_model
+from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.training.trainers import on_jax
+
+
+def config_context(cfg: Config, model: keras.Model, ds: Dataset, split: UnlearningSplit) -> MethodContext:
+    """The ``MethodContext`` of the experiment: the package's model, D_r and D_f of ``split``, ``cfg``'s options."""
+    return MethodContext(model, cfg.unlearn, split.retain, split.forget, ds.num_classes, tuple(ds.mean),
+                         tuple(ds.std), cfg.seed, config_targets(cfg), cfg.data.drop_last, cfg.data.eval_batch_size,
+                         max(cfg.unlearn.epochs), tuple(split.forget_classes))
+
+
+def prepare_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
+                     distribution: Any = None) -> Prepared:
+    """Load the original model and prepare method ``name`` on it, as the experiment runs it.
+
+    The BatchNorm policy (``unlearn.bn``) is applied before the method captures the variables it
+    trains: with ``freeze`` BatchNorm's gamma and beta are no longer trainable variables.
+    """
+    u = cfg.unlearn
+    keras.utils.set_random_seed(cfg.seed)
+    original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
+    original = training_model(with_flat_dense(original), u.precision)
+    set_bn_policy(original, u.bn)
+    return prepare_method(name, config_context(cfg, original, ds, split), distribution=distribution,
+                          prefix_cache=u.prefix_cache, prefix_cache_max_gb=u.prefix_cache_max_gb)
+
+
+def with_flat_dense(model: keras.Model) -> keras.Model:
+    """``model`` with every plain Dense on token inputs (rank >= 3) as a ``FlatDense``.
+
+    Models built by this version already use ``FlatDense``; checkpoints from before it (or a
+    user's own models) hold plain Dense layers, whose training step is slower on XLA:CPU.
+    Same weights and outputs; ``model`` itself when nothing changes.
+    """
+
+    def on_tokens(layer) -> bool:
+        return type(layer) is keras.layers.Dense and len(layer.input.shape) >= 3
+
+    if not any(on_tokens(layer) for layer in model.layers):
+        return model
+    return replace_layers(model, lambda layer: FlatDense.from_config(layer.get_config()) if on_tokens(layer) else None)
+
+
+def training_inputs(plan: Plan, cfg: Config, ds: Dataset, retain: Subset) -> tuple[keras.Model, Any, bool, dict]:
+    """(model to train, inputs, inputs-are-features, facts) for ``plan`` on ``retain`` under ``cfg``
+    (the benchmarks' view of the prefix cache)."""
+    ctx = MethodContext(plan.model, cfg.unlearn, retain, retain, ds.num_classes, tuple(ds.mean), tuple(ds.std),
+                        cfg.seed, config_targets(cfg), cfg.data.drop_last, cfg.data.eval_batch_size, 1)
+    if cfg.unlearn.prefix_cache == "off" or not on_jax():
+        return plan.model, retain.x, False, {"prefix_cache": False}
+    plan = Plan(plan.model, plan.train_vars, plan.optimizer, x=retain.x, y=retain.y)
+    return prefix_cached(plan, ctx, "benchmark", cfg.unlearn.prefix_cache_max_gb)
+
+
+def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config) -> Reference:
+    """The relearning plan and target of a forget request, from the original model.
+
+    Relearning is off (no plan) when ``unlearn.relearn_max_steps`` is 0 or D_f has fewer than 2 images.
+    """
+    u = cfg.unlearn
+    if u.relearn_max_steps <= 0 or len(split.forget) < 2:
+        return Reference()
+    plan = relearn_plan(split.retain, split.forget, u.relearn_fraction, cfg.seed)
+    start = accuracy_pct(predict_logits(original, plan.heldout.x, ds.mean, ds.std, cfg.data.eval_batch_size),
+                         plan.heldout.y)
+    return Reference(relearn=plan, relearn_target=start - RELEARN_MARGIN)
+
+
+def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config,
+                   reference: Reference | None = None) -> Evaluation:
+    """UA, RA, TA, every attack, the probes, CKA against Retrain and relearn time of ``model``.
+
+    Args:
+        model: the model to evaluate (a LoRA model merged first); not modified.
+        split, ds: the forget request's data and the data set (normalisation, classes).
+        cfg: seeds, evaluation batch size, attack sizes and relearning options.
+        reference: Retrain's features (adds ``cka_forget``, ``cka_retain``) and the relearning
+            plan (adds ``relearn_steps``, ``relearn_capped``); None: neither.
+    Returns:
+        ``Evaluation`` with the metrics (percent; CKA in [0, 1]), the Figure-2 losses and the
+        features per evaluation set.
+    """
+    u = cfg.unlearn
+    relearn = {"lr": u.relearn_lr, "batch_size": u.batch_size, "max_steps": u.relearn_max_steps,
+               "eval_every": u.relearn_eval_every}
+    return evaluate_arrays(model, evaluation_sets(split), ds.num_classes, ds.mean, ds.std, seed=cfg.seed,
+                           batch_size=cfg.data.eval_batch_size, members=u.mia_members, nonmembers=u.mia_nonmembers,
+                           reference=reference, relearn=relearn)

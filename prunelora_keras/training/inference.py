@@ -1,0 +1,194 @@
+"""The compiled evaluation pass: logits over a whole data set in padded, jitted batches.
+
+One compiled function serves every model of one architecture (``architecture_key``): the
+experiment evaluates many (the original, Retrain, each method at each epoch column), and
+compiling once per architecture instead of once per model saves most of the evaluation time.
+The last partial batch is padded to the batch size and cut back, so one shape serves every set.
+
+Inside ``evaluation_devices(distribution)`` (the pipeline's whole run) every pass is data-parallel
+like training: each padded batch is split over the distribution's devices, across all processes
+of a multi-process job, the model's values replicated, and the logits gathered back whole in every
+process (each process feeds only its own devices' rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+
+from prunelora_keras.data.augment import infer_images, to_float
+from prunelora_keras.parallel.distributed import Placement
+from prunelora_keras.parallel.multihost import host_value
+
+__all__ = ["accuracy", "architecture_key", "evaluation_devices", "padded_batches", "predict_logits", "predict_inputs"]
+
+_PLACEMENT: list[Placement | None] = [None]  # the evaluation placement of the innermost evaluation_devices block
+
+
+@contextlib.contextmanager
+def evaluation_devices(distribution: Any) -> Iterator[None]:
+    """Run every evaluation pass inside the block data-parallel over ``distribution``'s devices.
+
+    Args:
+        distribution: a ``keras.distribution.DataParallel`` (``distributed.data_parallel``), or None
+            for one device (no change).
+
+    Example:
+        >>> with evaluation_devices(None):
+        ...     pass
+    """
+    previous = _PLACEMENT[0]
+    _PLACEMENT[0] = Placement(distribution) if distribution is not None else None
+    try:
+        yield
+    finally:
+        _PLACEMENT[0] = previous
+
+
+def on_evaluation_devices(values: Any) -> Any:
+    """``values`` (a pytree of arrays) replicated over the evaluation devices (as they are on one)."""
+    placement = _PLACEMENT[0]
+    return values if placement is None else placement.replicate(values)
+
+
+_EVAL_FNS: dict[str, tuple[keras.Model, Callable]] = {}
+
+
+def architecture_key(model: keras.Model) -> str:
+    """Equal for two models that compute the same function of (variables, input).
+
+    The pipeline evaluates many models of one architecture (the original, Retrain, each
+    paradigm's model, each merged LoRA model at every epoch column); keyed by this, one compiled
+    evaluation function serves them all instead of one XLA compilation each.
+    """
+    config = dict(model.get_config())
+    config.pop("name", None)
+    shapes = [(tuple(v.shape), str(v.dtype)) for v in model.trainable_variables]
+    shapes += [("nt", tuple(v.shape), str(v.dtype)) for v in model.non_trainable_variables]
+    text = json.dumps([type(model).__name__, config, shapes], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _eval_fn(model: keras.Model, mean, std) -> Callable:
+    """A jitted (trainable, non-trainable, uint8 batch) -> logits function, cached per architecture."""
+    mean, std = tuple(mean), tuple(std)
+    try:
+        key = f"{architecture_key(model)}:{mean}:{std}"
+    except (NotImplementedError, TypeError):  # a model without a complete config: cache per object
+        key = f"id:{id(model)}:{mean}:{std}"
+    cached = _EVAL_FNS.get(key)
+    if cached is not None:  # same architecture: the first model's stateless_call computes this one's function
+        return cached[1]
+
+    @jax.jit
+    def logits_fn(trainable, non_trainable, images):
+        return infer_images(model, trainable, non_trainable, images, mean, std).astype(jnp.float32)
+
+    _EVAL_FNS[key] = (model, logits_fn)
+    return logits_fn
+
+
+def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+                   batch_size: int = 512, values: tuple[list, list] | None = None) -> np.ndarray:
+    """Logits over a whole data set in compiled batches; the last batch is padded, then cut back.
+
+    ``values``: (trainable, non-trainable) values to use instead of the model's own variables
+    (e.g. ``Trainer.current_values()``), in the order of ``model.trainable_variables`` and
+    ``model.non_trainable_variables``; jax backend only.
+    On Keras's other backends: the model's own inference call, batch by batch.
+    """
+    if keras.backend.backend() != "jax":
+        mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        out = [keras.ops.convert_to_numpy(model((np.asarray(to_float(x[i:i + batch_size])) - mean_) / std_,
+                                                training=False)).astype(np.float32)
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    fn = _eval_fn(model, mean, std)
+    if values is not None:
+        trainable, non_trainable = values
+    else:
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+    trainable, non_trainable = on_evaluation_devices((trainable, non_trainable))
+    out = padded_batches(lambda xb: fn(trainable, non_trainable, xb), x, batch_size)
+    return out[0] if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def padded_batches(fn: Callable, x: np.ndarray, batch_size: int, data_parallel: bool = True) -> list[np.ndarray]:
+    """``fn`` over ``x`` in batches of exactly ``batch_size`` (the last one zero-padded, its outputs
+    cut back), so one compilation serves every set; ``fn`` returns an array or a tuple of arrays,
+    and so does the result per output, concatenated over the batches (an empty list for empty ``x``).
+
+    Inside ``evaluation_devices`` (and with ``data_parallel``), each batch is split over the devices
+    (``batch_size`` rounded up to a multiple of their count) and ``fn``'s outputs gathered whole.
+    """
+    placement = _PLACEMENT[0] if data_parallel else None
+    if placement is not None:
+        batch_size = -(-batch_size // placement.n) * placement.n
+    parts = []
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size]
+        valid = len(xb)
+        if valid < batch_size:
+            xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
+        outputs = fn(xb if placement is None else placement.put_batch(xb))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        parts.append([host_value(o)[:valid] for o in outputs])
+    return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))] if parts else []
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of correct argmax predictions, in [0, 1] (0 for an empty set)."""
+    return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else 0.0
+
+
+_INPUT_FNS: dict[str, tuple[keras.Model, Callable]] = {}
+
+
+def predict_inputs(model: keras.Model, x, batch_size: int = 512) -> np.ndarray:
+    """Logits of ``model`` over float inputs in its own domain (no normalisation), in compiled batches.
+
+    Args:
+        model: any Keras model; its inference call (``training=False``) is used.
+        x: an array (or a list of arrays for a model with several inputs), first axis the samples.
+        batch_size: the compiled batch; the last batch is padded and cut back.
+
+    Returns:
+        float32 logits, one row per sample.
+
+    Example:
+        >>> logits = predict_inputs(model, x_test.astype("float32"))  # doctest: +SKIP
+    """
+    arrays = [np.asarray(a) for a in (x if isinstance(x, (list, tuple)) else [x])]
+    n = len(arrays[0])
+    if keras.backend.backend() != "jax":
+        out = [keras.ops.convert_to_numpy(model([a[i:i + batch_size] for a in arrays] if len(arrays) > 1
+                                                else arrays[0][i:i + batch_size], training=False)).astype(np.float32)
+               for i in range(0, n, batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
+    try:
+        key = architecture_key(model)
+    except (NotImplementedError, TypeError):  # no complete config: per object (the cache keeps it alive)
+        key = f"id:{id(model)}"
+    fn = _INPUT_FNS[key][1] if key in _INPUT_FNS else None
+    if fn is None:
+        @jax.jit
+        def fn(trainable, non_trainable, inputs):
+            inputs = list(inputs) if len(inputs) > 1 else inputs[0]
+            return model.stateless_call(trainable, non_trainable, inputs, training=False)[0].astype(jnp.float32)
+
+        _INPUT_FNS[key] = (model, fn)
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    index = np.arange(n)
+    out = padded_batches(lambda idx: fn(trainable, non_trainable, tuple(a[idx] for a in arrays)), index, batch_size,
+                         data_parallel=False)
+    return out[0] if out else np.zeros((0, model.output_shape[-1]), np.float32)

@@ -1,0 +1,26 @@
+"""A training recipe: the optimiser, schedule, augmentation and BatchNorm policy of one training run.
+
+The experiment's presets fill one for pretraining and one for Retrain (``[pretrain]``, ``[retrain]``);
+the methods that train with another recipe build their own. The loop reads nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """One training recipe: optimiser, schedule, augmentation, BatchNorm policy."""
+
+    epochs: int = 1
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.1
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0  # sgd: coupled L2 on all weights, as torch; adamw: decoupled, matrices only
+    schedule: str = "constant"  # constant | cosine | warmup_cosine
+    warmup_steps: int = 0  # warmup_cosine only
+    clip_norm: float = 0.0  # global gradient-norm clipping; 0 disables
+    augment: list[str] = field(default_factory=list)  # any of crop, flip, mixup
+    mixup_alpha: float = 0.2
+    bn: str = "update"  # update: batch statistics and running-stat updates (torch train mode); freeze

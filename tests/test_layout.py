@@ -1,0 +1,102 @@
+"""The package's shape (docs/api.md, "Layout"): subpackages by job, imports only downwards.
+
+Every import counts, at the top of a module and inside its functions: a module imports only from
+its own subpackage or a lower layer, the imports form no circle, nothing in the library imports
+``experiment/``, and no module is much over 400 lines.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "prunelora_keras"
+# lowest first; a module may import from its own layer and from any layer before it
+LAYERS = ["errors", "interop", "parallel", "data", "models", "training", "methods", "evaluation", "api",
+          "experiment"]
+ENTRY = {"prunelora_keras", "prunelora_keras.run"}  # the flat namespace and the command's entry point
+MAX_LINES = 420
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def imports(name: str) -> set[str]:
+    """Every package module ``name`` imports, anywhere in it (the most specific module named)."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                found.add(target if target in MODULES else base)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m in MODULES and m != name}
+
+
+def layer(name: str) -> int:
+    parts = name.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
+
+
+GRAPH = {name: imports(name) for name in MODULES}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if n not in ENTRY))
+def test_a_module_imports_only_its_own_layer_or_lower(name):
+    upward = sorted(m for m in GRAPH[name] if m not in ENTRY and layer(m) > layer(name))
+    assert not upward, f"{name} (layer {LAYERS[layer(name)]}) imports from a higher layer: {upward}"
+    assert "prunelora_keras" not in GRAPH[name] or MODULES[name].read_text().count(
+        "from prunelora_keras import __version__") == 1, f"{name} imports the flat namespace"
+
+
+def test_there_is_no_import_circle():
+    seen, stack, circles = set(), [], []
+
+    def visit(node):
+        if node in stack:
+            circles.append(stack[stack.index(node):] + [node])
+            return
+        if node in seen:
+            return
+        seen.add(node)
+        stack.append(node)
+        for dep in sorted(GRAPH[node]):
+            if dep not in ENTRY:
+                visit(dep)
+        stack.pop()
+
+    for name in sorted(GRAPH):
+        visit(name)
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_nothing_in_the_library_imports_the_experiment():
+    offenders = sorted(n for n, deps in GRAPH.items() if layer(n) < LAYERS.index("experiment")
+                       and any(layer(d) == LAYERS.index("experiment") for d in deps))
+    assert not offenders
+
+
+def test_the_test_sees_real_imports():
+    """The parser finds imports inside functions and resolves them to modules (so the checks above
+    cannot pass by missing them)."""
+    assert "prunelora_keras.methods.registry" in GRAPH["prunelora_keras.experiment.labels"]  # inside a function
+    assert "prunelora_keras.training.step" in GRAPH["prunelora_keras.training.loop"]
+    assert layer("prunelora_keras.experiment.run") == len(LAYERS) - 1 and layer("prunelora_keras.errors") == 0
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_is_much_over_400_lines(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{name} has {lines} lines"
