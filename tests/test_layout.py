@@ -100,3 +100,12 @@ def test_the_test_sees_real_imports():
 def test_no_module_is_much_over_400_lines(name):
     lines = len(MODULES[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines"
+
+
+def test_every_subpackage_is_packaged():
+    """pyproject.toml lists its packages: a subpackage missing there is missing from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    subpackages = {module_name(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
+    assert subpackages <= listed, sorted(subpackages - listed)
