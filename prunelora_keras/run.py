@@ -131,7 +131,15 @@ def out_folder(cfg, args: argparse.Namespace, seeds: list[int] | None) -> Path:
 
 def writes_run_folder(args: argparse.Namespace) -> bool | None:
     """Whether this process writes the run folder (process 0, or the only one); None when JAX has
-    yet to say which process this is (``--num-processes auto``)."""
+    yet to say which process this is (``--num-processes auto``). Without multi-process flags or
+    variables this is one process, answered without importing JAX (the checks before it stay light)."""
+    import os
+
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    variables = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
+                 "KERAS_DISTRIBUTION_PROCESS_ID", "SLURM_NTASKS")
+    if all(v is None for v in flags) and not any(os.environ.get(k) for k in variables):
+        return True
     from prunelora_keras import multihost
 
     job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
