@@ -106,7 +106,7 @@ def preset_dir() -> Path:
             return folder
     except ModuleNotFoundError:
         pass
-    return Path(__file__).resolve().parent.parent / "configs"
+    return Path(__file__).resolve().parents[2] / "configs"  # the source checkout: prunelora_keras/experiment/ -> root
 
 
 def available_presets() -> list[str]:
