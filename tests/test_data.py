@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_CIFAR
-from prunelora_keras.data import cifar10, datasets as data
+from prunelora_keras.data import batches as batching, cifar10, datasets as data, sources
 from prunelora_keras.errors import UserError
 
 
 def test_digits_fixed_stratified_split():
-    a, b = data.load_digits(), data.load_digits()
+    a, b = sources.load_digits(), sources.load_digits()
     assert a.x_train.shape == (1437, 8, 8, 3) and a.x_test.shape == (360, 8, 8, 3)
     assert a.x_train.dtype == np.uint8 and a.y_train.dtype == np.int32
     np.testing.assert_array_equal(a.x_test, b.x_test)  # fixed split
@@ -25,7 +25,7 @@ def test_digits_fixed_stratified_split():
 
 
 def test_split_invariants_and_subsampling():
-    ds = data.load_digits()
+    ds = sources.load_digits()
     sp = data.make_split(ds, forget_class=3, train_size=500, test_size=200, seed=1)
     assert len(sp.train) == 500 and len(sp.test) == 200
     assert len(sp.retain) + len(sp.forget) == 500
@@ -45,11 +45,11 @@ def test_split_invariants_and_subsampling():
 def test_batches_keep_last_partial_and_shuffle_by_seed():
     x = np.arange(10)[:, None]
     y = np.arange(10)
-    sizes = [len(b[1]) for b in data.batches(x, y, 4)]
-    assert sizes == [4, 4, 2] and data.num_batches(10, 4) == 3
-    assert [len(b[1]) for b in data.batches(x, y, 4, drop_last=True)] == [4, 4] and data.num_batches(10, 4, True) == 2
-    first = np.concatenate([b[1] for b in data.batches(x, y, 4, np.random.default_rng(0))])
-    second = np.concatenate([b[1] for b in data.batches(x, y, 4, np.random.default_rng(0))])
+    sizes = [len(b[1]) for b in batching.batches(x, y, 4)]
+    assert sizes == [4, 4, 2] and batching.num_batches(10, 4) == 3
+    assert [len(b[1]) for b in batching.batches(x, y, 4, drop_last=True)] == [4, 4] and batching.num_batches(10, 4, True) == 2
+    first = np.concatenate([b[1] for b in batching.batches(x, y, 4, np.random.default_rng(0))])
+    second = np.concatenate([b[1] for b in batching.batches(x, y, 4, np.random.default_rng(0))])
     np.testing.assert_array_equal(first, second)
     assert sorted(first) == list(range(10)) and not np.array_equal(first, y)
 
@@ -140,7 +140,7 @@ def test_bad_sources_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="corrupt or truncated"):
         cifar10.read_cifar10_dir(trunc)
     with pytest.raises(UserError, match="unknown dataset"):
-        data.load_dataset("mnist")
+        sources.load_dataset("mnist")
 
 
 @pytest.mark.skipif(not SHARED_CIFAR.is_file(), reason="../shared/data/cifar10-jpeg.tar.gz is not present")
@@ -202,9 +202,9 @@ def test_malformed_datasets_are_refused_before_training(case, monkeypatch):
         data.check_dataset(ds)
     with pytest.raises(UserError, match=message):
         data.make_split(ds, forget_class=0)
-    monkeypatch.setattr(data, "load_digits", lambda: ds)
+    monkeypatch.setattr(sources, "load_digits", lambda: ds)
     with pytest.raises(UserError, match=message):
-        data.load_dataset("digits")
+        sources.load_dataset("digits")
 
 
 def test_good_tiny_dataset_passes():
@@ -233,7 +233,7 @@ def test_empty_retain_forget_or_test_set_after_subsampling():
 
 
 def test_subsample_sizes_that_cannot_be_stratified():
-    ds = data.load_digits()
+    ds = sources.load_digits()
     with pytest.raises(UserError, match=r"data.train_size = 5 cannot be drawn stratified .* 10 classes"):
         data.make_split(ds, 3, train_size=5)
     with pytest.raises(UserError, match=r"data.test_size = 355 cannot be drawn stratified"):
@@ -398,4 +398,4 @@ def test_batch_labels_out_of_range_are_refused_on_load(tmp_path):
     _write_batches(tmp_path / "cifar-10-batches-py",
                    lambda name: {b"data": rows, b"labels": [0, 10] if name == "test_batch" else [0, 1]})
     with pytest.raises(UserError, match=r"test label 10 \(image 1\) is outside 0..9"):
-        data.load_dataset("cifar10", str(tmp_path))
+        sources.load_dataset("cifar10", str(tmp_path))

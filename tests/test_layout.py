@@ -109,3 +109,70 @@ def test_every_subpackage_is_packaged():
     listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     subpackages = {module_name(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
     assert subpackages <= listed, sorted(subpackages - listed)
+
+
+def top_level_names(name: str) -> set[str]:
+    """Every name module ``name`` binds at its top level (defs, classes, assignments, imports; a
+    package's submodules), and what a PEP 562 ``__getattr__`` serves (a string-tuple's members)."""
+    path, names = MODULES[name], set()
+    tree = ast.parse(path.read_text())
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.If, ast.Try)):
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.FunctionDef, ast.ClassDef)):
+                    names.add(sub.name)
+                elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    names.update((a.asname or a.name).split(".")[0] for a in sub.names)
+                elif isinstance(sub, ast.Assign):
+                    names.update(n.id for t in sub.targets for n in ast.walk(t) if isinstance(n, ast.Name))
+    if "__getattr__" in names:  # lazy names: every string constant of the module may be one
+        names.update(c.value for c in ast.walk(tree) if isinstance(c, ast.Constant) and isinstance(c.value, str))
+    if path.name == "__init__.py":
+        names.update(m.rsplit(".", 1)[1] for m in MODULES if "." in m and m.rsplit(".", 1)[0] == name)
+    return names
+
+
+def module_aliases(tree: ast.AST, package: str) -> dict[str, str]:
+    """{local name: package module} for ``import a.b as x`` and ``from a import b`` where b is a module."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                if f"{node.module}.{a.name}" in MODULES:
+                    out[a.asname or a.name] = f"{node.module}.{a.name}"
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname and a.name in MODULES:
+                    out[a.asname] = a.name
+    return out
+
+
+SOURCES = sorted([*PKG.rglob("*.py"), *(PKG.parent / "tests").glob("*.py"), *(PKG.parent / "benchmarks").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PKG.parent)))
+def test_every_attribute_of_a_package_module_exists(path):
+    """``module.name`` (and ``monkeypatch.setattr(module, "name", ...)``) names something the module
+    defines: a function moved to another module fails here, not in a slow test's subprocess."""
+    tree = ast.parse(path.read_text())
+    aliases = module_aliases(tree, "")
+    missing = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            target = aliases[node.value.id]
+            if node.attr not in top_level_names(target):
+                missing.append(f"{node.value.id}.{node.attr} ({target}, line {node.lineno})")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "setattr"
+              and len(node.args) >= 2 and isinstance(node.args[0], ast.Name) and node.args[0].id in aliases
+              and isinstance(node.args[1], ast.Constant)):
+            target = aliases[node.args[0].id]
+            if node.args[1].value not in top_level_names(target):
+                missing.append(f"setattr({node.args[0].id}, {node.args[1].value!r}) ({target}, line {node.lineno})")
+    assert not missing, missing

@@ -344,12 +344,12 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
         rows, losses, _ = unlearn_round(cfg, split, ds, {}, original.checkpoint, out_dir, data_id, distribution, stages)
         requests = None
         if cfg.unlearn.eval_models:
-            from prunelora_keras.experiment import many_models
+            from prunelora_keras.experiment import many_models, pool_report
 
             per_example = many_models.run_pools(cfg, ds, split, original.checkpoint, out_dir, data_id, rows,
                                                 distribution)
             many_models.save_per_example(per_example, out_dir / "per_example.npz")
-            many_models.plot_forgetting_quality(per_example, out_dir / "forgetting_quality.png",
+            pool_report.plot_forgetting_quality(per_example, out_dir / "forgetting_quality.png",
                                                 f"{cfg.model.name}: per-example scores, K = {cfg.unlearn.eval_models}")
     results = {
         "warnings": chance_warnings(retain_accuracies(original_metrics, rows), split.retain.y),
