@@ -68,7 +68,8 @@ def main(argv=None) -> int:
             if mode == "auto" and not features and "off" in modes:
                 continue  # no exact cut for this paradigm: the uncached row says it all
             steps = num_batches(args.images, u.batch_size)
-            opt = make_optimizer(TrainConfig(optimizer=u.optimizer, lr=u.lr, schedule="constant"), steps * args.epochs)
+            h = cfg.methods[name]
+            opt = make_optimizer(TrainConfig(optimizer=h.optimizer, lr=h.lr, schedule="constant"), steps * args.epochs)
             paths = {v.path for v in model.variables}
             trainer = Trainer(model, opt, 10, stats.mean, stats.std, train_vars=recipe.train_vars,
                               masks={k: m for k, m in recipe.masks.items() if k in paths}, label=name,

@@ -5,7 +5,7 @@
 set -euo pipefail
 OLD=${1:?old commit}; M=${2:-vit}
 ROOT=$(cd "$(dirname "$0")/.." && pwd); PY=${PYTHON:-python}
-P=retrain,finetune,pruned,lora,pruned_lora,ga,rl,l1_sparse,salun
+P=${PARADIGMS:-retrain,finetune,pruned,lora,pruned_lora,ga,rl,l1_sparse,salun,neggrad_plus,scrub}
 TMP=$(mktemp -d); trap 'git -C "$ROOT" worktree remove --force "$TMP/old" >/dev/null 2>&1 || true' EXIT
 git -C "$ROOT" worktree add "$TMP/old" "$OLD" >/dev/null
 (cd "$TMP/old" && $PY -m prunelora_keras.run --model "$M" --preset quick --paradigms $P --out "$TMP/a" > "$TMP/a.log" 2>&1)

@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     overrides = {"data.data_dir": a.data_dir} if a.data_dir else {}
     cfg = build_config(a.model, a.preset, None, overrides, a.sets)
-    u = cfg.unlearn
+    u, h = cfg.unlearn, cfg.methods[a.paradigm]
     ds, split = pipeline.load_data(cfg)
     _, original = pipeline.train_stage("original", cfg, cfg.pretrain, split.train, ds, split, Path(a.run_dir),
                                        pipeline.data_identity(cfg))
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     tmodel = build_torch_model(cfg.model, ds.num_classes, ds.image_shape[0])
     tmodel.load_state_dict(start_state)
     params = [q for q in tmodel.parameters() if q.requires_grad]
-    topt = torch.optim.Adam(params, lr=u.lr, weight_decay=u.weight_decay)
+    topt = torch.optim.Adam(params, lr=h.lr, weight_decay=h.weight_decay)
     # The control: PyTorch against itself, from weights moved by float32 rounding noise (relative
     # 1e-7, below one unit in the last place for most weights). How far apart these two drift is
     # what float rounding alone does to this training; Keras vs PyTorch is judged against it.
@@ -169,11 +169,11 @@ def main(argv=None) -> int:
              for k, v in start_state.items()}
     pmodel = build_torch_model(cfg.model, ds.num_classes, ds.image_shape[0])
     pmodel.load_state_dict(noisy)
-    popt = torch.optim.Adam([q for q in pmodel.parameters() if q.requires_grad], lr=u.lr,
-                            weight_decay=u.weight_decay)
+    popt = torch.optim.Adam([q for q in pmodel.parameters() if q.requires_grad], lr=h.lr,
+                            weight_decay=h.weight_decay)
     total = num_batches(len(split.retain), u.batch_size) * max(u.epochs)
-    opt = make_optimizer(TrainConfig(epochs=max(u.epochs), optimizer=u.optimizer, lr=u.lr,
-                                     weight_decay=u.weight_decay, schedule="constant"), total)
+    opt = make_optimizer(TrainConfig(epochs=max(u.epochs), optimizer=h.optimizer, lr=h.lr,
+                                     weight_decay=h.weight_decay, schedule="constant"), total)
     trainer = Trainer(recipe.model, opt, ds.num_classes, ds.mean, ds.std, train_vars=recipe.train_vars,
                       masks=recipe.masks, seed=cfg.seed, label=a.paradigm)
 
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
                    for key, v in start_state.items()}
         tm = build_torch_model(cfg.model, ds.num_classes, ds.image_shape[0])
         tm.load_state_dict(state_k)
-        to = torch.optim.Adam([q for q in tm.parameters() if q.requires_grad], lr=u.lr, weight_decay=u.weight_decay)
+        to = torch.optim.Adam([q for q in tm.parameters() if q.requires_grad], lr=h.lr, weight_decay=h.weight_decay)
         km = build_recipe(a.paradigm, pipeline.with_flat_dense(
             keras.saving.load_model(original.checkpoint, compile=False, safe_mode=True)), cfg)
         set_bn_policy(km.model, u.bn)

@@ -36,28 +36,29 @@ def to_tensor(x: np.ndarray, mean, std) -> torch.Tensor:
     return (t - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def prune_reference(model: torch.nn.Module, cfg) -> None:
-    """REFERENCE.md: ln_structured(amount, n=2, dim=0) then prune.remove on the targets."""
+def prune_reference(model: torch.nn.Module, cfg, name: str = "pruned") -> None:
+    """REFERENCE.md: ln_structured(amount, n=2, dim=0) then prune.remove on the targets (the amount of
+    method ``name``'s hyperparameters)."""
     if cfg.model.name.startswith("resnet"):
         modules = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     else:
         modules = [model.blocks[-1].attn.out_proj, model.head]
     for m in modules:
-        tprune.ln_structured(m, "weight", amount=cfg.unlearn.prune_amount, n=2, dim=0)
+        tprune.ln_structured(m, "weight", amount=cfg.methods[name].amount, n=2, dim=0)
         tprune.remove(m, "weight")
 
 
-def add_peft_lora(model: torch.nn.Module, cfg):
+def add_peft_lora(model: torch.nn.Module, cfg, name: str = "lora"):
     import peft
 
-    u = cfg.unlearn
+    u, h = cfg.unlearn, cfg.methods[name]
     if cfg.model.name.startswith("resnet"):
         targets, save = r".*layer\d+\.\d+\.conv\d", ["linear"]
     else:
         depth = cfg.model.depth
         targets = ["head"] if u.vit_lora_targets == "reference" else [f"blocks.{depth - 1}.attn.out_proj", "head"]
         save = None
-    config = peft.LoraConfig(r=u.lora_rank, lora_alpha=u.lora_alpha, lora_dropout=u.lora_dropout,
+    config = peft.LoraConfig(r=h.rank, lora_alpha=h.alpha, lora_dropout=h.dropout,
                              target_modules=targets, modules_to_save=save)
     return peft.get_peft_model(model, config)
 
@@ -70,16 +71,16 @@ def logits_of(model, x, mean, std, batch_size=500) -> np.ndarray:
 
 
 def run_paradigm(name, state_dict, cfg, ds, split, log=print) -> list[dict]:
-    u = cfg.unlearn
+    u, h = cfg.unlearn, cfg.methods[name]
     torch.manual_seed(cfg.seed)
     model = build_torch_model(cfg.model, ds.num_classes, ds.image_shape[0])
     model.load_state_dict(state_dict)
     if name in ("pruned", "pruned_lora"):
-        prune_reference(model, cfg)
+        prune_reference(model, cfg, name)
     if name in ("lora", "pruned_lora"):
-        model = add_peft_lora(model, cfg)
+        model = add_peft_lora(model, cfg, name)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=u.lr, weight_decay=u.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=h.lr, weight_decay=h.weight_decay)
     x, y = split.retain.x, split.retain.y
     rng = np.random.default_rng(cfg.seed)
     seconds, rows = [], []

@@ -60,11 +60,12 @@ def test_targets_are_found_and_unwrappable_layers_reported(mobilenet):
 
 
 def test_options_are_checked_by_name_and_value():
-    assert plk.unlearn_options(lora_rank=4, scrub_lr=0.1).lora_rank == 4
+    assert plk.unlearn_options("lora", rank=4, batch_size=16)[1].rank == 4
+    assert plk.unlearn_options("scrub", lr=0.1)[1].lr == 0.1
     with pytest.raises(ValueError, match="unknown option"):
-        plk.unlearn_options(lora_rnak=4)
-    with pytest.raises(ValueError, match="lora_rank must be >= 1"):
-        plk.unlearn_options(lora_rank=0)
+        plk.unlearn_options("lora", rnak=4)
+    with pytest.raises(ValueError, match="rank = 0 is out of range: must be >= 1"):
+        plk.unlearn_options("pruned_lora", rank=0)
 
 
 def test_prune_returns_a_pruned_copy(mobilenet):
@@ -82,7 +83,7 @@ def test_every_method_unlearns_a_keras_applications_model(method, mobilenet, dig
     before = [np.array(w) for w in mobilenet.get_weights()]
     # persistent masks: the pruned units must still be zero in the merged model (adapters gated)
     result = plk.unlearn(mobilenet, retain, forget, method=method, epochs=1, batch_size=60, verbose=False,
-                         prune_mode="persistent")
+                         **({"mode": "persistent"} if method in ("pruned", "pruned_lora") else {}))
     assert all(np.array_equal(a, b) for a, b in zip(before, mobilenet.get_weights()))  # the input is untouched
     assert result.model is not mobilenet and result.method == method and len(result.history) == 1
     assert result.trainable_params > 0 and np.isfinite(result.history[0]["loss"])
@@ -126,7 +127,7 @@ def test_another_family_efficientnet_with_prunelora(digits):
     found = plk.find_targets(model)
     assert found.targets.classifier == "predictions" and len(found.targets.lora) > 50
     result = plk.unlearn(model, retain, forget, method="pruned_lora", epochs=1, batch_size=60, verbose=False,
-                         lora_rank=4, prune_mode="persistent")
+                         rank=4, mode="persistent")
     assert result.sparsity > 20 and result.trainable_params < model.count_params() / 4
     assert {type(layer).__name__ for layer in result.model.layers}.isdisjoint({"LoRADense", "LoRAConv2D"})
     assert np.isfinite(plk.evaluate(result.model, retain, forget, test)["UA"])

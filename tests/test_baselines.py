@@ -1,6 +1,7 @@
 """The baselines' defining behaviours, random-sample forgetting and Avg. Gap, on tiny data."""
 
 import copy
+import dataclasses
 import json
 
 import keras
@@ -59,13 +60,12 @@ def _forget_loss(model, trained):
 
 def _plan(name, model, cfg, split, ds):
     """The registry's plan of baseline ``name`` for ``model`` under ``cfg``."""
-    return methods.get(name).prepare(config_context(cfg, model, ds, split))
+    return methods.get(name).prepare(config_context(cfg, name, model, ds, split))
 
 
 def _run(name, trained, epochs=2, **overrides):
     cfg, ds, split, _, _ = trained
-    for key, value in overrides.items():
-        setattr(cfg.unlearn, key, value)
+    cfg.methods[name] = dataclasses.replace(cfg.methods[name], **overrides)  # this test's copy only
     model = _fresh(trained)
     plan = _plan(name, model, cfg, split, ds)
     trainer = Trainer(model, plan.optimizer, ds.num_classes, ds.mean, ds.std, seed=0)
@@ -75,7 +75,7 @@ def _run(name, trained, epochs=2, **overrides):
 
 def test_ga_ascends_the_forget_loss_on_d_f_only(trained):
     before = _forget_loss(_fresh(trained), trained)
-    model, plan = _run("ga", trained, epochs=10, ga_lr=0.1)  # one step per epoch on ~30 images
+    model, plan = _run("ga", trained, epochs=10, lr=0.1)  # one step per epoch on ~30 images
     assert len(plan.y) == len(trained[2].forget) and set(plan.y) == {trained[2].forget_class}
     assert _forget_loss(model, trained) > max(10 * before, before + 0.1)
 
@@ -86,7 +86,7 @@ def test_rl_relabels_every_forget_image_and_changes_its_predictions(trained):
     assert np.all(relabelled != split.forget.y) and len(set(relabelled)) > 3
     np.testing.assert_array_equal(relabelled, common.random_other_labels(split.forget.y, ds.num_classes, seed=0))
     right_before = np.mean(np.argmax(predict_logits(_fresh(trained), split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
-    model, plan = _run("rl", trained, epochs=3, rl_lr=0.05)
+    model, plan = _run("rl", trained, epochs=3, lr=0.05)
     assert len(plan.y) == len(split.retain) + len(split.forget)
     right_after = np.mean(np.argmax(predict_logits(model, split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
     assert right_before > 0.8 and right_after < right_before - 0.3
@@ -99,7 +99,7 @@ def test_salun_moves_only_the_salient_weights(trained):
     masks = common.saliency_masks(model, model.trainable_variables, split.forget.x, split.forget.y, ds.mean, ds.std, 0.3, 64)
     total = sum(m.size for m in masks)
     assert sum(m.sum() for m in masks) == pytest.approx(0.3 * total, abs=2)
-    model, _ = _run("salun", trained, salun_ratio=0.3, salun_lr=0.05)
+    model, _ = _run("salun", trained, ratio=0.3, lr=0.05)
     moved = 0
     for b, v, m in zip(before, model.trainable_variables, masks):
         v = np.asarray(v)
@@ -119,7 +119,7 @@ def test_l1_penalty_decays_linearly_over_the_epochs(trained):
     for step, u in enumerate(seen):
         coef = 0.1 * (1 - (step // 2) / 4)
         np.testing.assert_allclose(u, coef * np.array([1.0, -1.0, 0.0]), rtol=1e-6)
-    model, _ = _run("l1_sparse", trained, epochs=1, l1_alpha=1e-2)  # a penalty that visibly shrinks weights
+    model, _ = _run("l1_sparse", trained, epochs=1, alpha=1e-2)  # a penalty that visibly shrinks weights
     assert np.abs(np.asarray(model.get_layer("head").kernel)).sum() < np.abs(trained[3][2]).sum()
 
 
@@ -152,7 +152,7 @@ def test_every_baseline_runs_in_the_experiment_with_random_forgetting(capsys, tm
     args = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16",
             "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
             "--set", "data.train_size=300", "--paradigms", "retrain,lora,ga,rl,l1_sparse,salun,neggrad_plus,scrub",
-            "--epochs", "1", "--forget-fraction", "0.1", "--set", "unlearn.paradigm_l1=1e-4", "--out", str(tmp_path / "r")]
+            "--epochs", "1", "--forget-fraction", "0.1", "--set", "lora.l1=1e-4", "--out", str(tmp_path / "r")]
     assert main(args) == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     rows = {r["paradigm"]: r for r in results["rows"]}
@@ -193,7 +193,7 @@ def test_continual_unlearning_applies_requests_one_after_another(capsys, tmp_pat
 def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     cfg, ds, split, _, _ = trained
     model = _fresh(trained)
-    cfg.unlearn.rl_labels = "per_batch"
+    cfg.methods["rl"] = dataclasses.replace(cfg.methods["rl"], labels="per_batch")
     plan = _plan("rl", model, cfg, split, ds)
     n_r = len(split.retain)
     e1, e2 = plan.labels_for_epoch(1), plan.labels_for_epoch(2)
@@ -203,7 +203,7 @@ def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     assert set(draws) == set(range(ds.num_classes))  # from all classes, the true one included
     assert np.mean(draws == split.forget_class) == pytest.approx(1 / ds.num_classes, abs=0.03)
     np.testing.assert_array_equal(e1, plan.labels_for_epoch(1))  # a function of the epoch: resumable
-    cfg.unlearn.rl_labels = "once_other"
+    cfg.methods["rl"] = dataclasses.replace(cfg.methods["rl"], labels="once_other")
     once = _plan("rl", model, cfg, split, ds)
     assert once.labels_for_epoch is None and np.all(once.y[n_r:] != split.forget.y)
 
@@ -231,9 +231,10 @@ def test_l1_sparse_penalty_counts_steps_like_the_loop_with_drop_last(trained):
     """The plan's own optimiser, stepped as often as the loop steps: its l1 coefficient (read off the
     update of a weight of 1 with a zero gradient, no momentum, no decay) changes at the loop's epochs."""
     cfg, ds, split, _, _ = trained
-    u, bs, epochs = cfg.unlearn, cfg.unlearn.batch_size, max(cfg.unlearn.epochs)
+    bs, epochs = cfg.unlearn.batch_size, max(cfg.unlearn.epochs)
     assert len(split.retain) % bs  # there is a partial batch to drop
-    u.baseline_momentum, u.baseline_weight_decay, u.l1_alpha = 0.0, 0.0, 1.0  # this test's copy only
+    h = cfg.methods["l1_sparse"] = dataclasses.replace(cfg.methods["l1_sparse"], momentum=0.0, weight_decay=0.0,
+                                                       alpha=1.0)  # this test's copy only
     for drop_last, steps in ((True, len(split.retain) // bs), (False, -(-len(split.retain) // bs))):
         cfg.data.drop_last = drop_last
         plan = _plan("l1_sparse", _fresh(trained), cfg, split, ds)
@@ -242,7 +243,7 @@ def test_l1_sparse_penalty_counts_steps_like_the_loop_with_drop_last(trained):
         coefs = []
         for _ in range(epochs * steps):  # every step the loop takes
             updates, state = plan.optimizer.update([np.zeros(1, np.float32)], state, params)
-            coefs.append(-float(updates[0][0]) / u.l1_lr)
+            coefs.append(-float(updates[0][0]) / h.lr)
         # each epoch's steps carry that epoch's coefficient 1 - e / E (e from 0)
         assert coefs[steps - 1] == pytest.approx(1.0), drop_last
         assert coefs[steps] == pytest.approx(1 - 1 / epochs), drop_last
@@ -250,11 +251,11 @@ def test_l1_sparse_penalty_counts_steps_like_the_loop_with_drop_last(trained):
 
 
 def test_every_test_starts_from_the_presets_options(trained):
-    """The fixture's options are a copy per test: what an earlier test set (ga_lr, rl_labels, drop_last,
+    """The fixture's options are a copy per test: what an earlier test set (ga.lr, rl.labels, drop_last,
     ...) never reaches a later one, so no test depends on the order the tests run in."""
     assert trained[0] == build_config("resnet18", "quick", None, {}, CONFIG_SETS)
-    trained[0].unlearn.ga_lr = 123.0  # and a change here reaches no other test
+    trained[0].methods["ga"] = dataclasses.replace(trained[0].methods["ga"], lr=123.0)  # reaches no other test
 
 
 def test_a_later_test_does_not_see_that_change(trained):
-    assert trained[0].unlearn.ga_lr == build_config("resnet18", "quick", None, {}, CONFIG_SETS).unlearn.ga_lr
+    assert trained[0].methods["ga"].lr == build_config("resnet18", "quick", None, {}, CONFIG_SETS).methods["ga"].lr == 1e-4

@@ -21,7 +21,7 @@ METHODS = ("finetune", "pruned", "lora", "pruned_lora", "ga", "rl", "l1_sparse",
 SMALL = ["model.width=0.0625", "data.train_size=100", "unlearn.epochs=[1]", "unlearn.batch_size=50",
          "unlearn.relearn_max_steps=0",
          # an untrained model with frozen BatchNorm statistics: small steps keep the baselines finite
-         "unlearn.rl_lr=1e-3", "unlearn.salun_lr=1e-3", "unlearn.l1_lr=1e-3", "unlearn.ga_lr=1e-5"]
+         "rl.lr=1e-3", "salun.lr=1e-3", "l1_sparse.lr=1e-3", "ga.lr=1e-5"]
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,8 @@ def _garbage_structure(rng: random.Random) -> bytes:
         "retrain = 3", "[[data]]\nbatch_size = 1", "[models.vit.models.vit.data]\nbatch_size = 1",
         "seed = {a = {b = {c = 1}}}", "[unlearn]\nparadigms = [[\"lora\"]]", "[unlearn]\nepochs = [0]",
         "[unlearn]\nepochs = \"5,x\"", "[pretrain]\naugment = \"crop,,rotate\"", "[model]\nname = \"vgg\"",
-        "[data]\nforget_class = -1", "[unlearn]\nprune_amount = 1.0", "[unlearn]\nlora_rank = 0",
+        "[data]\nforget_class = -1", "[methods.pruned]\namount = 1.0", "[methods.lora]\nrank = 0",
+        "[methods]\nlora = 3", "[methods.nope]\nx = 1", "[models.vit.methods.scrub]\nlr = -1",
         "[data]\nbatch_size = 0", "[pretrain]\nepochs = 0", "[model]\npatch_size = 0", "[retrain]\nlr = nan",
         "[pretrain]\nlr = inf", "[model]\nwidth = -inf", "seed = -5", "seed = 99999999999999",
     ]

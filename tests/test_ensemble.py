@@ -97,12 +97,14 @@ def test_method_pools_share_frozen_values_and_match_single_runs():
     model = _cnn(0)
     Trainer(model, optax.adam(1e-2), 3, MEAN, STD, verbose=False).fit(x, y, 3, 16)
     retain, forget = Subset(x[y != 2], y[y != 2]), Subset(x[y == 2], y[y == 2])
-    opts = unlearn_options(batch_size=8, lora_rank=2)
+    opts, hparams = unlearn_options("lora", batch_size=8, rank=2)
     targets = find_targets(model).targets
 
     def ctx(seed):  # built as the experiment builds a run of seed ``seed`` (dropout's seed generator included)
         keras.utils.set_random_seed(seed)
-        return methods.MethodContext(copy_model(model), opts, retain, forget, 3, MEAN, STD, seed, targets, epochs=1)
+        return methods.MethodContext(model=copy_model(model), options=opts, hparams=hparams, retain=retain,
+                                     forget=forget, num_classes=3, mean=MEAN, std=STD, seed=seed, targets=targets,
+                                     epochs=1)
 
     seeds = member_seeds(0, "unlearn", 2)
     pool = method_pool("lora", ctx, seeds, mode="vmap", verbose=False)

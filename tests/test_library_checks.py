@@ -26,7 +26,7 @@ def test_a_cache_hit_never_changes_a_result_the_l1_schedule_is_part_of_the_key()
     architecture; the decaying l1's schedule differs, so the second must not reuse the first's step."""
     model = tiny()
     forget = data(8, seed=9)
-    opts = dict(batch_size=8, paradigm_l1=0.05, lr=1e-2)
+    opts = dict(batch_size=8, l1=0.05, lr=1e-2)
     train._SHARED_STEPS.clear()
     plk.unlearn(model, data(32), forget, "finetune", epochs=2, verbose=False, **opts)
     shared = plk.unlearn(model, data(64, seed=1), forget, "finetune", epochs=1, verbose=False, **opts)
@@ -36,34 +36,43 @@ def test_a_cache_hit_never_changes_a_result_the_l1_schedule_is_part_of_the_key()
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(rl_labels="per-batch"), r"rl_labels = 'per-batch' is not valid: choose one of per_batch, once_other "
-                                  r"\(did you mean 'per_batch'\?\)"),
-    (dict(prune_classifier="yes"), "prune_classifier = 'yes' is not valid: choose one of reference, true, false"),
-    (dict(lr="abc"), "lr must be a number, got 'abc'"),
-    (dict(lr=float("nan")), "lr must be a finite number"),
-    (dict(lora_rank=2.5), "lora_rank must be an integer"),
-    (dict(batch_size=True), "batch_size must be an integer"),
-    (dict(prune_heads="no"), "prune_heads must be True or False"),
-    (dict(eval_models_mode="vamp"), "did you mean 'vmap'"),
-    (dict(lora_rnak=4), "unknown option.*did you mean 'lora_rank'"),
+@pytest.mark.parametrize("method, options, message", [
+    ("rl", dict(labels="per-batch"), r"labels = 'per-batch' is not valid: choose one of per_batch, once_other "
+                                     r"\(did you mean 'per_batch'\?\)"),
+    ("finetune", dict(prune_classifier="yes"), "prune_classifier = 'yes' is not valid: choose one of reference, true, false"),
+    ("finetune", dict(lr="abc"), "lr must be a number, got 'abc'"),
+    ("finetune", dict(lr=float("nan")), "lr must be a finite number"),
+    ("lora", dict(rank=2.5), "rank must be an integer"),
+    ("finetune", dict(batch_size=True), "batch_size must be an integer"),
+    ("finetune", dict(prune_heads="no"), "prune_heads must be True or False"),
+    ("finetune", dict(eval_models_mode="vamp"), "did you mean 'vmap'"),
+    ("lora", dict(rnak=4), "unknown option 'rnak' for method 'lora' \\(did you mean 'rank'\\?\\)"),
+    ("lora", dict(amount=0.5), "unknown option 'amount' for method 'lora'.*its hyperparameters: alpha, dropout"),
+    ("scrub", dict(scrub_lr=0.1), "unknown option 'scrub_lr' for method 'scrub': pass lr=..."),
+    ("ga", dict(scrub_lr=0.1), "unknown option 'scrub_lr' for method 'ga': it is now scrub.lr, not a hyperparameter of ga"),
+    ("scrub", dict(lr_decay_epochs=[0, 5]), r"lr_decay_epochs = \(0, 5\) is out of range: must be >= 1"),
+    ("scrub", dict(lr_decay_epochs=3), "lr_decay_epochs must be a list of int values"),
+    ("neggrad_plus", dict(alpha=1.5), r"alpha = 1.5 is out of range: must be in \[0, 1\]"),
 ])
-def test_library_options_are_validated_like_the_commands(options, message):
+def test_library_options_are_validated_like_the_commands(method, options, message):
     with pytest.raises(ValueError, match=message):
-        plk.unlearn_options(**options)
+        plk.unlearn_options(method, **options)
     with pytest.raises(ValueError, match=message):  # and unlearn itself, before any work
-        plk.unlearn(tiny(), data(16), data(4, seed=2), "finetune", epochs=1, verbose=False, **options)
+        plk.unlearn(tiny(), data(16), data(4, seed=2), method, epochs=1, verbose=False, **options)
 
 
 def test_lossless_conversions_are_kept_and_the_command_gives_the_same_message():
     from prunelora_keras.experiment.config import build_config
     from prunelora_keras.errors import UserError
 
-    opts = plk.unlearn_options(lr=1, prune_classifier=True, lora_rank=np.int64(4), lora_dropout=np.float32(0.5))
-    assert (opts.lr, opts.prune_classifier, opts.lora_rank, opts.lora_dropout) == (1.0, "true", 4, 0.5)
-    assert type(opts.lr) is float and type(opts.lora_rank) is int
-    with pytest.raises(UserError, match=r"unlearn.rl_labels = 'per-batch' is not valid.*did you mean 'per_batch'"):
-        build_config("vit", "quick", sets=["unlearn.rl_labels=per-batch"])
+    opts, h = plk.unlearn_options("lora", lr=1, prune_classifier=True, rank=np.int64(4), dropout=np.float32(0.5))
+    assert (h.lr, opts.prune_classifier, h.rank, h.dropout) == (1.0, "true", 4, 0.5)
+    assert type(h.lr) is float and type(h.rank) is int
+    assert plk.unlearn_options("scrub", lr_decay_epochs=[])[1].lr_decay_epochs == ()  # no decay
+    with pytest.raises(UserError, match=r"rl.labels = 'per-batch' is not valid.*did you mean 'per_batch'"):
+        build_config("vit", "quick", sets=["rl.labels=per-batch"])
+    with pytest.raises(ValueError, match=r"labels = 'per-batch' is not valid.*did you mean 'per_batch'"):
+        plk.unlearn_options("salun", labels="per-batch")
     with pytest.raises(UserError, match=r"unlearn.paradigms: 'prunedlora' is not a method \(did you mean 'pruned_lora'"):
         build_config("vit", "quick", sets=["unlearn.paradigms=prunedlora"])
 

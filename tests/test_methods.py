@@ -1,5 +1,6 @@
 """The method registry, and NegGrad+ and SCRUB against independent computations."""
 
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,8 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.methods.common import distill_kl
 from prunelora_keras.methods.neggrad import RetainWithForget, neggrad_plus_loss
 from prunelora_keras.methods.scrub import MaxThenMin, scrub_loss
-from prunelora_keras.methods.options import UnlearnConfig
+import prunelora_keras as plk
+from prunelora_keras.methods.hparams import POSITIVE, HParams, ScrubHParams, hparam
 from prunelora_keras.experiment.labels import method_label
 from prunelora_keras.training.step import LossInputs
 from prunelora_keras.training.loop import Trainer
@@ -38,23 +40,62 @@ def test_one_registry_feeds_config_cli_report_and_labels():
         build_config("vit", "quick", sets=["unlearn.paradigms=nonsense"])
 
 
-def test_a_users_method_registers_once_and_everything_sees_it():
-    def prepare(ctx):
-        head = ctx.model.get_layer(ctx.targets.classifier)
-        return methods.Plan(ctx.model, list(head.trainable_variables), optax.sgd(0.1), "head only",
-                            x=ctx.retain.x, y=ctx.retain.y)
+@dataclasses.dataclass(frozen=True)
+class HeadOnlyHParams(HParams):
+    lr: float = hparam(0.1, "learning rate", check=POSITIVE)
+    steps_scale: int = hparam(1, "a knob of this test's own", check=(lambda v: v in (1, 2), "must be 1 or 2"))
+    part: str = hparam("head", "which part trains", choices=("head", "all"))
 
-    methods.register(methods.Method("head_only_test", "Head only", prepare), replace=True)
+
+def test_a_users_method_registers_once_and_everything_sees_it():
+    """A user's method with its own hyperparameter dataclass: the command's --set and --list-keys,
+    plk.unlearn's keywords and their validation come from its fields, with nothing else to write."""
+    seen = []
+
+    def prepare(ctx):
+        seen.append(ctx.hparams)
+        head = ctx.model.get_layer(ctx.targets.classifier)
+        return methods.Plan(model=ctx.model, train_vars=list(head.trainable_variables),
+                            optimizer=optax.sgd(ctx.hparams.lr), description="head only", x=ctx.retain.x,
+                            y=ctx.retain.y)
+
+    methods.register(methods.Method("head_only_test", "Head only", prepare, hparams=HeadOnlyHParams), replace=True)
     try:
         assert "head_only_test" in methods.names() and method_label("head_only_test") == "Head only"
-        cfg = build_config("vit", "quick", sets=["unlearn.paradigms=retrain,head_only_test"])
+        cfg = build_config("vit", "quick", sets=["unlearn.paradigms=retrain,head_only_test",
+                                                 "head_only_test.lr=0.5", "methods.head_only_test.part=all"])
         assert "head_only_test" in cfg.unlearn.paradigms
+        assert cfg.methods["head_only_test"] == HeadOnlyHParams(lr=0.5, part="all")
+        with pytest.raises(UserError, match=r"head_only_test.steps_scale = 3 is out of range: must be 1 or 2"):
+            build_config("vit", "quick", sets=["head_only_test.steps_scale=3"])
+        with pytest.raises(UserError, match=r"head_only_test.part = 'tail' is not valid: choose one of head, all"):
+            build_config("vit", "quick", sets=["head_only_test.part=tail"])
+        from prunelora_keras.experiment.arguments import list_keys
+
+        assert "head_only_test.steps_scale" in list_keys(cfg, "test")
+        x = np.random.default_rng(0).normal(size=(24, 4)).astype("float32")
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="head")])
+        plk.unlearn(model, (x[:16], np.arange(16) % 2), (x[16:], np.full(8, 2)), "head_only_test", epochs=1,
+                    verbose=False, lr=0.25)
+        assert seen[-1] == HeadOnlyHParams(lr=0.25)
+        with pytest.raises(ValueError, match="unknown option 'rate' for method 'head_only_test'"):
+            plk.unlearn(model, (x[:16], np.arange(16) % 2), (x[16:], np.full(8, 2)), "head_only_test", rate=1)
         with pytest.raises(ValueError, match="registered already"):
             methods.register(methods.Method("head_only_test", "x", prepare))
         with pytest.raises(ValueError, match="lowercase identifier"):
             methods.register(methods.Method("Bad-Name", "x", prepare))
+        with pytest.raises(ValueError, match="hparams must be a frozen dataclass"):
+            methods.register(methods.Method("loose", "x", prepare, hparams=dict))
     finally:
         methods.registry._REGISTRY.pop("head_only_test", None)
+
+
+def test_the_registry_and_the_light_list_hold_the_same_hyperparameters():
+    """The command checks keys against hparams.BUILTIN_HPARAMS before the registry is imported."""
+    from prunelora_keras.methods.hparams import BUILTIN_HPARAMS
+
+    builtin = [n for n in methods.names() if n in BUILTIN_HPARAMS]
+    assert {n: methods.get(n).hparams for n in builtin} == BUILTIN_HPARAMS
 
 
 def test_neggrad_plus_loss_against_numpy():
@@ -133,10 +174,11 @@ def test_scrub_max_steps_push_the_student_away_from_the_teacher_on_d_f_only():
     x, y = np.concatenate(xs), np.concatenate(ys)
     Trainer(model, optax.adam(1e-2), 3, mean, std, verbose=False).fit(x, y, 10, 8)
     before = predict_logits(model, xs[2], mean, std)
-    opts = build_config("vit", "quick", sets=["unlearn.scrub_lr=0.05", "unlearn.scrub_msteps=1",
-                                              "unlearn.batch_size=8"]).unlearn
+    cfg = build_config("vit", "quick", sets=["scrub.lr=0.05", "scrub.msteps=1", "unlearn.batch_size=8"])
     retain = Subset(np.concatenate(xs[:2]), np.concatenate(ys[:2]))
-    ctx = MethodContext(model, opts, retain, Subset(xs[2], ys[2]), 3, mean, std, 0, Targets(classifier="head"), epochs=1)
+    ctx = MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods["scrub"], retain=retain,
+                        forget=Subset(xs[2], ys[2]), num_classes=3, mean=mean, std=std, seed=0,
+                        targets=Targets(classifier="head"), epochs=1)
     plan = methods.get("scrub").prepare(ctx)
     teacher = [np.array(v) for v in plan.teacher[0]]
     stream = MaxThenMin(retain, Subset(xs[2], ys[2]), 8, 8, msteps=1)
@@ -146,7 +188,7 @@ def test_scrub_max_steps_push_the_student_away_from_the_teacher_on_d_f_only():
                       teacher=plan.teacher, verbose=False)
     trainer.fit(epochs=1, stream=stream_max_only)
     after = predict_logits(plan.model, xs[2], mean, std)
-    kl = lambda a: float(distill_kl(jnp.asarray(a), jnp.asarray(before), opts.scrub_temperature))  # noqa: E731
+    kl = lambda a: float(distill_kl(jnp.asarray(a), jnp.asarray(before), ctx.hparams.temperature))  # noqa: E731
     assert kl(before) == pytest.approx(0.0, abs=1e-6) and kl(after) > 1e-3
     assert all(np.array_equal(a, np.array(b)) for a, b in zip(teacher, plan.teacher[0]))
 
@@ -176,11 +218,12 @@ def _np_distill_kl(s, t, temp):
     return float(np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_q), axis=-1)) * temp ** 2)
 
 
-def _context(model, sets, retain, forget, mean=(0.5,) * 3, std=(0.25,) * 3):
+def _context(model, sets, retain, forget, mean=(0.5,) * 3, std=(0.25,) * 3, method="scrub"):
     from prunelora_keras.methods import MethodContext, Targets
 
-    opts = build_config("vit", "quick", sets=sets).unlearn
-    return MethodContext(model, opts, retain, forget, 3, mean, std, 0, Targets(classifier="head"), epochs=1)
+    cfg = build_config("vit", "quick", sets=sets)
+    return MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods[method], retain=retain, forget=forget,
+                         num_classes=3, mean=mean, std=std, seed=0, targets=Targets(classifier="head"), epochs=1)
 
 
 def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
@@ -191,8 +234,7 @@ def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
     xs, ys = zip(*(_data(8, c, c) for c in range(3)))
     retain, forget = Subset(np.concatenate(xs[:2]), np.concatenate(ys[:2])), Subset(xs[2], ys[2])
     model = _linear()
-    ctx = _context(model, ["unlearn.scrub_lr=0.5", "unlearn.scrub_msteps=1", "unlearn.scrub_forget_batch=8"],
-                   retain, forget, mean, std)
+    ctx = _context(model, ["scrub.lr=0.5", "scrub.msteps=1", "scrub.forget_batch=8"], retain, forget, mean, std)
     plan = methods.get("scrub").prepare(ctx)
     w0, b0 = (np.asarray(v, np.float64) for v in plan.teacher[0])
     rng = np.random.default_rng(3)
@@ -205,13 +247,13 @@ def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
                       teacher=plan.teacher, verbose=False)
     (stats,) = trainer.fit(epochs=1, stream=max_only)
 
-    u, temp = ctx.options, ctx.options.scrub_temperature
+    h, temp = ctx.hparams, ctx.hparams.temperature
     x = _np_inputs(forget.x, mean, std)
     t = x @ w0 + b0
     kl_before = _np_distill_kl(x @ w + b, t, temp)
     q, p_t = np.exp(_np_log_softmax((x @ w + b) / temp)), np.exp(_np_log_softmax(t / temp))
     g_logits = -temp * (q - p_t) / len(x)  # d(-KL)/d(student logits) of T^2 * mean KL(p_t || softmax(s / T))
-    lr, wd = u.scrub_lr, u.baseline_weight_decay  # first step: the momentum buffer is the gradient itself
+    lr, wd = h.lr, h.weight_decay  # first step: the momentum buffer is the gradient itself
     w1 = w - lr * (x.T @ g_logits + wd * w)
     b1 = b - lr * (g_logits.sum(0) + wd * b)
     kl_expected = _np_distill_kl(x @ w1 + b1, t, temp)
@@ -227,15 +269,15 @@ def test_scrub_learning_rate_decays_at_the_reference_epochs_counted_in_the_strea
     2 max-steps + 3 min-steps, epochs 3-4 3 min-steps: the switches sit at steps 5 and 13."""
     retain = Subset(np.zeros((10, 4, 4, 3), np.uint8), np.zeros(10, int))
     forget = Subset(np.zeros((3, 4, 4, 3), np.uint8), np.ones(3, int))
-    base = ["unlearn.scrub_lr=1.0", "unlearn.scrub_msteps=2", "unlearn.scrub_forget_batch=2", "unlearn.batch_size=4",
-            "unlearn.baseline_momentum=0", "unlearn.baseline_weight_decay=0"]
-    assert UnlearnConfig().scrub_lr_decay_epochs == [3, 5, 9] and UnlearnConfig().scrub_lr_decay_rate == 0.1
+    base = ["scrub.lr=1.0", "scrub.msteps=2", "scrub.forget_batch=2", "unlearn.batch_size=4",
+            "scrub.momentum=0", "scrub.weight_decay=0"]
+    assert ScrubHParams().lr_decay_epochs == (3, 5, 9) and ScrubHParams().lr_decay_rate == 0.1
     cases = {("1,3", "0.1"): [1.0] * 5 + [0.1] * 5 + [0.1] * 3 + [0.01] * 3,
              ("2,2", "0.5"): [1.0] * 10 + [0.25] * 6,  # a repeated epoch decays twice, as np.sum(epoch > [2, 2])
              ("3,5,9", "0.1"): [1.0] * 13 + [0.1] * 3}  # the defaults: nothing changes before epoch 4
     for (epochs, rate), expected in cases.items():
-        plan = methods.get("scrub").prepare(_context(_linear(), base + [f"unlearn.scrub_lr_decay_epochs={epochs}",
-                                                                        f"unlearn.scrub_lr_decay_rate={rate}"],
+        plan = methods.get("scrub").prepare(_context(_linear(), base + [f"scrub.lr_decay_epochs={epochs}",
+                                                                        f"scrub.lr_decay_rate={rate}"],
                                                      retain, forget))
         lengths = [len(list(plan.stream(e, np.random.default_rng(e)))) for e in range(1, 5)]
         assert lengths == [plan.stream.epoch_steps(e) for e in range(1, 5)] == [5, 5, 3, 3]
@@ -249,15 +291,15 @@ def test_scrub_learning_rate_decays_at_the_reference_epochs_counted_in_the_strea
 
 
 def test_scrub_decay_options_are_checked():
-    from prunelora_keras.methods.options import check_unlearn
+    from prunelora_keras.methods.hparams import check_hparams
 
-    with pytest.raises(ValueError, match="scrub_lr_decay_epochs must be epochs >= 1"):
-        check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=[0, 5]))
-    with pytest.raises(ValueError, match="scrub_lr_decay_rate > 0"):
-        check_unlearn(UnlearnConfig(scrub_lr_decay_rate=0.0))
-    with pytest.raises(ValueError, match="scrub_lr_decay_epochs must be a list of int"):
-        check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=3))
-    assert check_unlearn(UnlearnConfig(scrub_lr_decay_epochs=[])).scrub_lr_decay_epochs == []  # no decay
+    with pytest.raises(ValueError, match=r"scrub.lr_decay_epochs = \(0, 5\) is out of range: must be >= 1"):
+        check_hparams(ScrubHParams, {"lr_decay_epochs": [0, 5]}, "scrub.")
+    with pytest.raises(ValueError, match="scrub.lr_decay_rate = 0.0 is out of range: must be > 0"):
+        check_hparams(ScrubHParams, {"lr_decay_rate": 0.0}, "scrub.")
+    with pytest.raises(ValueError, match="scrub.lr_decay_epochs must be a list of int"):
+        check_hparams(ScrubHParams, {"lr_decay_epochs": 3}, "scrub.")
+    assert check_hparams(ScrubHParams, {"lr_decay_epochs": []}).lr_decay_epochs == ()  # no decay
 
 
 def test_neggrad_plus_ascends_on_d_f_and_descends_on_d_r_end_to_end():
@@ -270,8 +312,8 @@ def test_neggrad_plus_ascends_on_d_f_and_descends_on_d_r_end_to_end():
     model = _linear(1)
     alpha = 0.5
     plan = methods.get("neggrad_plus").prepare(_context(
-        model, [f"unlearn.neggrad_alpha={alpha}", "unlearn.neggrad_lr=0.05", "unlearn.batch_size=24",
-                "unlearn.neggrad_forget_batch=12"], retain, forget, mean, std))
+        model, [f"neggrad_plus.alpha={alpha}", "neggrad_plus.lr=0.05", "unlearn.batch_size=24",
+                "neggrad_plus.forget_batch=12"], retain, forget, mean, std, method="neggrad_plus"))
     w, b = (np.asarray(v, np.float64) for v in model.get_layer("head").get_weights())
 
     def ce(x, y, w, b):

@@ -30,7 +30,7 @@ def test_recipes_train_what_they_declare():
     assert len(lora_layer_names(lo.model)) == 48
     assert {v.path.split("/")[-1] for v in lo.train_vars} == {"lora_a", "lora_b", "kernel", "bias"}
     assert all(v.path.startswith("head/") for v in lo.train_vars if not v.path.endswith(("lora_a", "lora_b")))
-    persistent = build_config("resnet50", "quick", sets=["model.width=0.0625", "unlearn.prune_mode=persistent"])
+    persistent = build_config("resnet50", "quick", sets=["model.width=0.0625", "pruned_lora.mode=persistent"])
     pl = build_recipe("pruned_lora", build_model(persistent.model, 10, (8, 8, 3)), persistent)
     assert len(pl.masks) == 53 and np.all(keras.ops.convert_to_numpy(
         pl.model.get_layer("stage1_block1_conv1").unit_mask).sum() == 2)  # 4 channels, round(0.5 * 4) = 2 pruned
@@ -68,8 +68,8 @@ def test_whole_pipeline_invariants(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["--model", "vit", "--preset", "quick", "--out", str(out), "--epochs", "2,4",
             "--set", "model.dim=32", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=32",
-            "--set", "pretrain.epochs=12", "--set", "unlearn.batch_size=16", "--set", "unlearn.lr=3e-3",
-            "--set", "unlearn.prune_mode=persistent", "--set", "unlearn.vit_lora_targets=intended"]
+            "--set", "pretrain.epochs=12", "--set", "unlearn.batch_size=16", *[a for m in ("finetune", "pruned", "lora", "pruned_lora") for a in ("--set", f"{m}.lr=3e-3")],
+            "--set", "pruned.mode=persistent", "--set", "pruned_lora.mode=persistent", "--set", "unlearn.vit_lora_targets=intended"]
     assert main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())

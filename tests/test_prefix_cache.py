@@ -89,7 +89,7 @@ def test_batches_index_every_input_alike():
 @pytest.mark.parametrize("paradigm, targets", [("lora", "intended"), ("pruned_lora", "reference")])
 def test_cached_training_gives_the_metrics_of_the_uncached_run(tmp_path, paradigm, targets):
     sets = ["data.train_size=300", f"unlearn.vit_lora_targets={targets}", "unlearn.epochs=[1,2]",
-            "unlearn.batch_size=32", "unlearn.prune_mode=persistent"]
+            "unlearn.batch_size=32", "pruned_lora.mode=persistent"]
     cached_cfg = tiny_cfg("vit", *sets)
     plain_cfg = tiny_cfg("vit", *sets, "unlearn.prefix_cache=off")
     ds, split = load_data(cached_cfg)

@@ -241,6 +241,11 @@ def test_pruned_sparsity_below_the_pruning_amount_carries_its_reason():
     cells = {x.split(" | ")[0].strip("| "): x.strip(" |").split(" | ")[-1] for x in lines if x.startswith("| ")}
     assert cells["Pruned"] == "0.0" + REGROWN and cells["Pruned LoRA"] == "50.0" and cells["Finetune"] == "0.0"
     note = next(x for x in lines if x.startswith(REGROWN))
-    assert "50%" in note and "prune_mode = reference" in note and "regrows" in note
-    results["config"]["unlearn"]["prune_mode"] = "persistent"
+    assert "50%" in note and "pruned.mode, pruned_lora.mode = reference" in note and "regrows" in note  # (before methods
+    results["config"]["unlearn"]["prune_mode"] = "persistent"                       # owned their knobs)
+    assert REGROWN not in paper_table(results)
+    results["config"]["methods"] = {"pruned": {"amount": 0.25, "mode": "reference"}}  # today's: the method's own
+    note = next(x for x in paper_table(results).splitlines() if x.startswith(REGROWN))
+    assert "25%" in note and "--set pruned.mode=persistent" in note
+    results["config"]["methods"]["pruned"]["mode"] = "persistent"
     assert REGROWN not in paper_table(results)

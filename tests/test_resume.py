@@ -119,7 +119,7 @@ def test_finished_paradigms_are_reused_not_retrained(tmp_path):
 
 def test_non_finite_loss_names_stage_epoch_and_step_and_other_paradigms_still_run(capsys, tmp_path):
     # lr 1e30 makes Finetune's loss non-finite; LoRA trains a few adapter weights and stays finite
-    code = main([*TINY, "--paradigms", "finetune,lora", "--set", "unlearn.lr=1e30", "--out", str(tmp_path / "r")])
+    code = main([*TINY, "--paradigms", "finetune,lora", "--set", "finetune.lr=1e30", "--set", "lora.lr=1e30", "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 0, err
     assert "finetune: stopped: finetune: loss is" in err and "at epoch 1, step" in err

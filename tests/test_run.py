@@ -36,11 +36,13 @@ def run_main(capsys, argv):
      "'prunedlora' is not a method (did you mean 'pruned_lora'?)"),
     (["--model", "vit", "--preset", "quck"], "unknown preset 'quck' (did you mean 'quick'?)"),
     (["--model", "vit", "--preset", "quick", "--dataset", "digit"], "unknown dataset 'digit' (did you mean 'digits'?)"),
-    (["--model", "vit", "--preset", "quick", "--set", "unlearn.optimizr=adam"],
-     "unknown key unlearn.optimizr (did you mean 'optimizer'?)"),
-    (["--model", "vit", "--preset", "quick", "--set", "unlern.lr=1"], "unknown key 'unlern.lr' (did you mean 'unlearn.lr'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "unlearn.precison=float32"],
+     "unknown key unlearn.precison (did you mean 'precision'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "unlern.bn=update"], "unknown key 'unlern.bn' (did you mean 'unlearn.bn'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "lora.rnak=4"], "unknown hyperparameter lora.rnak (did you mean 'rank'?)"),
     (["--model", "vit", "--preset", "quick", "--set", "pretrain.schedule=cosin"], "(did you mean 'cosine'?)"),
-    (["--model", "vit", "--preset", "quick", "--set", "unlearn.optimizer=adamm"], "(did you mean 'adam'?)"),
+    (["--model", "vit", "--preset", "quick", "--set", "finetune.optimizer=adamm"],
+     "finetune.optimizer = 'adamm' is not valid: choose one of sgd, adam, adamw (did you mean 'adam'?)"),
     (["--model", "vit", "--preset", "quick", "--seeds", "0,4294967296"],
      "--seeds '0,4294967296': seed 4294967296: seed must be in 0..4294967294"),
     (["--model", "vit", "--preset", "quick", "--forget-each", "1,1"], "lists a class twice"),
@@ -103,7 +105,13 @@ def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
         for f in dataclasses.fields(cls):
             line = next((x for x in lines if x.split()[:1] == [f"{section}.{f.name}"]), None)
             assert line is not None, f"{section}.{f.name}"
-    assert any(x.split()[:3] == ["unlearn.lr", "float", "0.001"] for x in lines)
+    from prunelora_keras.methods.hparams import BUILTIN_HPARAMS
+
+    for method, cls in BUILTIN_HPARAMS.items():  # every method's hyperparameters, from its dataclass
+        for f in dataclasses.fields(cls):
+            assert any(x.split()[:1] == [f"{method}.{f.name}"] for x in lines), f"{method}.{f.name}"
+    assert any(x.split()[:3] == ["finetune.lr", "float", "0.001"] for x in lines)
+    assert any(x.split()[:3] == ["scrub.lr_decay_epochs", "list[int]", "[3,"] for x in lines)
     assert any(x.split()[:2] == ["seed", "int"] for x in lines)
 
 
@@ -113,17 +121,19 @@ def test_list_keys_shows_the_values_this_run_would_use_and_the_allowed_values(ca
     from prunelora_keras.experiment.config import CHOICES, build_config
 
     extra = tmp_path / "extra.toml"
-    extra.write_text("[unlearn]\nlora_rank = 4\n")
+    extra.write_text("[methods.lora]\nrank = 4\n")
     argv = ["--list-keys", "--model", "vit", "--preset", "quick", "--config", str(extra), "--seed", "7",
-            "--set", "unlearn.optimizer=sgd"]
+            "--set", "lora.optimizer=sgd"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "--model vit, preset quick" in lines[0] and str(extra) in lines[0]
     value = {x.split()[0]: x.split()[2] for x in lines[2:]}
-    expected = build_config("vit", "quick", str(extra), {"seed": 7}, ["unlearn.optimizer=sgd"])
+    expected = build_config("vit", "quick", str(extra), {"seed": 7}, ["lora.optimizer=sgd"])
     assert value["pretrain.epochs"] == str(expected.pretrain.epochs) == "20"
-    assert value["data.dataset"] == '"digits"' and value["unlearn.lora_rank"] == "4" and value["seed"] == "7"
-    assert value["unlearn.optimizer"] == '"sgd"'
+    assert value["data.dataset"] == '"digits"' and value["lora.rank"] == "4" and value["seed"] == "7"
+    assert value["lora.optimizer"] == '"sgd"' and value["finetune.optimizer"] == '"adam"'
+    assert value["pruned_lora.rank"] == "16" and value["lora.alpha"] == "32.0"  # the quick preset's ViT adapters
+    assert "(one of: sgd, adam, adamw)" in next(x for x in lines if x.startswith("lora.optimizer "))
     for (section, name), choices in CHOICES.items():
         line = next(x for x in lines if x.split()[:1] == [f"{section}.{name}"])
         assert line.endswith("one of " + ", ".join(choices)), line
@@ -162,7 +172,7 @@ def test_arguments_are_checked_before_keras_jax_or_sklearn_is_imported(tmp_path)
     (tmp_path / "file").write_text("x")
     cases = [["--model", "resnet"], ["--model", "vit", "--preset", "quick", "--paradigms", "prunedlora"],
              ["--model", "vit", "--preset", "quick", "--seeds", "0,4294967296"],
-             ["--model", "vit", "--preset", "quick", "--set", "unlearn.lr=-1"],
+             ["--model", "vit", "--preset", "quick", "--set", "scrub.lr=-1"],
              ["--model", "vit", "--preset", "quick", "--forget-each", "x"],
              ["--model", "vit", "--preset", "quick", "--out", str(tmp_path / "file" / "run")]]
     proc = _subprocess(EARLY.format(cases=cases), clean_env(), REPO)

@@ -40,7 +40,7 @@ def test_pruned_reuses_finetunes_compiled_step_and_gets_the_same_results(tmp_pat
     for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "sparsity"):
         assert shared[0][key] == alone[0][key], key
     # persistent masks are constants of the step: never shared
-    persistent = tiny_cfg("unlearn.prune_mode=persistent")
+    persistent = tiny_cfg("pruned.mode=persistent")
     masked, _ = run_paradigm("pruned", persistent, ckpt, ds, split)
     assert len(compiles) == 3 * after_finetune
     assert np.isfinite(masked[0]["RA"])

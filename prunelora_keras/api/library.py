@@ -37,6 +37,8 @@ from prunelora_keras.evaluation.features import classifier_layer
 from prunelora_keras.models.lora import LORA_LAYERS, matches_any, replace_layers
 from prunelora_keras.methods.base import MethodContext, Targets
 from prunelora_keras.evaluation.metrics import accuracy_pct, add_avg_gap
+from prunelora_keras.methods import registry
+from prunelora_keras.methods.hparams import MOVED, HParams, check_hparams
 from prunelora_keras.methods.options import UnlearnConfig, check_unlearn, did_you_mean
 from prunelora_keras.training.inference import predict_inputs
 from prunelora_keras.models.pruning import PruneResult, prune_units, sparsity_report
@@ -95,27 +97,39 @@ class UnlearnResult:
     description: str
 
 
-def unlearn_options(**options: Any) -> UnlearnConfig:
-    """The paper's (and each method's published) defaults with ``options`` replaced, validated.
+def unlearn_options(method: str = "pruned_lora", **options: Any) -> tuple[UnlearnConfig, HParams]:
+    """The shared options and method ``method``'s hyperparameters, defaults with ``options`` replaced,
+    validated: each keyword is either a shared option (a field of ``options.UnlearnConfig``:
+    ``batch_size``, ``bn``, ``precision``, ...) or one of the method's hyperparameters (its
+    ``Method.hparams`` dataclass: ``lr``, ``rank``, ``amount``, ...).
 
     Args:
-        **options: any field of ``options.UnlearnConfig`` (``lr``, ``batch_size``, ``lora_rank``,
-            ``prune_amount``, ``bn``, ``prune_mode``, ``scrub_lr``, ...).
+        method: a registered method (``methods.names()``).
+        **options: shared options and the method's hyperparameters, by name.
     Returns:
-        the ``UnlearnConfig``, checked by ``options.check_unlearn`` (the command's own validation):
-        ValueError with one line for an unknown name, a value of the wrong type, a string option
-        outside its allowed values (``options.UNLEARN_CHOICES``) or a value out of range.
+        (``UnlearnConfig``, the method's hyperparameters), checked by ``options.check_unlearn`` and
+        ``hparams.check_hparams`` (the command's own validation): ValueError with one line for an
+        unknown name, a value of the wrong type, outside its allowed values or out of range.
 
     Example:
-        >>> unlearn_options(lora_rank=4).lora_rank
-        4
+        >>> shared, h = unlearn_options("lora", rank=4, batch_size=64)
+        >>> (h.rank, h.alpha, shared.batch_size)
+        (4, 16.0, 64)
     """
-    known = {f.name for f in dataclasses.fields(UnlearnConfig)} - {"paradigms", "epochs"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)}{did_you_mean(unknown[0], known)}; options are the "
-                         f"fields of UnlearnConfig: {', '.join(sorted(known))}")
-    return check_unlearn(dataclasses.replace(UnlearnConfig(), **options))
+    cls = registry.get(method).hparams
+    shared = {f.name for f in dataclasses.fields(UnlearnConfig)} - {"paradigms", "epochs"}
+    own = {f.name for f in dataclasses.fields(cls)}
+    for name in sorted(set(options) - shared - own):
+        if name in MOVED and MOVED[name].startswith(f"{method}."):
+            hint = f": pass {MOVED[name].split()[0].partition('.')[2]}=... (each method owns its hyperparameters)"
+        elif name in MOVED:
+            hint = f": it is now {MOVED[name]}, not a hyperparameter of {method}"
+        else:
+            hint = did_you_mean(name, shared | own)
+        raise ValueError(f"unknown option {name!r} for method {method!r}{hint}; its hyperparameters: "
+                         f"{', '.join(sorted(own)) or 'none'}; shared options: {', '.join(sorted(shared))}")
+    opts = check_unlearn(dataclasses.replace(UnlearnConfig(), **{k: v for k, v in options.items() if k in shared}))
+    return opts, check_hparams(cls, {k: v for k, v in options.items() if k in own and k not in shared})
 
 
 def copy_model(model: keras.Model) -> keras.Model:
@@ -270,8 +284,9 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
         targets, lora_targets, train_in_full, classifier: see ``find_targets`` (found when not given).
         verbose: progress lines on stderr.
         on_epoch_end: called with each epoch's ``EpochStats``.
-        **options: the method's options (``unlearn_options``): ``lr``, ``batch_size``, ``optimizer``,
-            ``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``prune_amount``, ``prune_mode``, ``bn``, ...
+        **options: the shared options (``batch_size``, ``bn``, ``precision``, ...) and the method's own
+            hyperparameters (``lr``, ``rank``, ``amount``, ...: its ``Method.hparams``; docs/methods.md
+            lists them), checked by ``unlearn_options``.
     Returns:
         ``UnlearnResult``.
     Raises:
@@ -285,7 +300,7 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
         >>> result.model.save("scrubbed.keras")  # doctest: +SKIP
     """
     start = time.perf_counter()
-    opts = unlearn_options(**options)
+    opts, hparams = unlearn_options(method, **options)
     epochs = require_epochs(epochs)
     x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
     keras.utils.set_random_seed(seed)
@@ -294,8 +309,10 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     set_bn_policy(work, opts.bn)
     found = find_targets(work, targets, lora_targets, train_in_full, classifier, opts.prune_classifier)
     classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
-    ctx = MethodContext(work, opts, Subset(x_r, y_r), Subset(x_f, y_f), num_classes, (0.0,), (1.0,), seed,
-                        found.targets, False, 256, epochs, tuple(int(c) for c in np.unique(y_f)) if classwise else ())
+    ctx = MethodContext(model=work, options=opts, hparams=hparams, retain=Subset(x_r, y_r), forget=Subset(x_f, y_f),
+                        num_classes=num_classes, mean=(0.0,), std=(1.0,), seed=seed, targets=found.targets,
+                        drop_last=False, eval_batch_size=256, epochs=epochs,
+                        forget_classes=tuple(int(c) for c in np.unique(y_f)) if classwise else ())
     prep = prepare_method(method, ctx, verbose=verbose)
     if found.not_wrappable and prep.plan.uses_lora and verbose:  # reported, never silently skipped
         print(f"{method}: no adapter for {', '.join(f'{n} ({w})' for n, w in list(found.not_wrappable.items())[:6])}"

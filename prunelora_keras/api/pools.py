@@ -135,7 +135,7 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
         seeds: the runs' seeds (default: K reproducible seeds derived from the method's name).
         mode: how the K axis is mapped ("auto", "vmap", "map", "loop"; ``ensemble.PoolTrainer``).
         verbose: progress lines.
-        **options: the method's options (``plk.unlearn_options``).
+        **options: the shared options and the method's hyperparameters (``plk.unlearn_options``).
     Returns:
         the trained ``PoolTrainer``.
 
@@ -146,7 +146,7 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
     """
     from prunelora_keras.api.library import checked_inputs, copy_model, find_targets, unlearn_options
 
-    opts = unlearn_options(**options)
+    opts, hparams = unlearn_options(method, **options)
     epochs = require_epochs(epochs)
     x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
     seeds = [int(s) for s in seeds] if seeds is not None else member_seeds(0, method, k)
@@ -159,9 +159,10 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
         work = copy_model(model)
         set_bn_policy(work, opts.bn)
         found = find_targets(work, prune_classifier=opts.prune_classifier)
-        return MethodContext(work, opts, Subset(x_r, y_r), Subset(x_f, y_f), num_classes, (0.0,), (1.0,), seed,
-                             found.targets, False, 256, epochs,
-                             tuple(int(c) for c in np.unique(y_f)) if classwise else ())
+        return MethodContext(model=work, options=opts, hparams=hparams, retain=Subset(x_r, y_r),
+                             forget=Subset(x_f, y_f), num_classes=num_classes, mean=(0.0,), std=(1.0,), seed=seed,
+                             targets=found.targets, drop_last=False, eval_batch_size=256, epochs=epochs,
+                             forget_classes=tuple(int(c) for c in np.unique(y_f)) if classwise else ())
 
     pool = method_pool(method, context, seeds, mode=mode, verbose=verbose)
     pool.fit(epochs)

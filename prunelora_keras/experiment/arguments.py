@@ -11,6 +11,8 @@ import dataclasses
 import json
 
 from prunelora_keras.methods import builtin_names as method_names
+from prunelora_keras.methods.builtin_names import hparams_type
+from prunelora_keras.methods.hparams import describe
 from prunelora_keras.experiment.config import MODEL_NAMES, available_presets
 from prunelora_keras.errors import UserError
 
@@ -27,14 +29,22 @@ def config_keys(cfg=None) -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(cls):
             tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             rows.append((f"{section}.{f.name}", tp, json.dumps(getattr(values, f.name))))
+    for method, hp in values_from.methods.items():  # each method's hyperparameters (methods/hparams.py)
+        for name, tp, _default, _doc in describe(type(hp)):
+            value = getattr(hp, name)
+            rows.append((f"{method}.{name}", tp, json.dumps(list(value) if isinstance(value, tuple) else value)))
     return rows
 
 
 def allowed_values(key: str) -> str:
     """What a string or list key accepts ("one of a, b", "any of a, b"), "" for free-form keys."""
-    from prunelora_keras.experiment.config import AUGMENTATIONS, CHOICES, DATASET_NAMES
+    from prunelora_keras.experiment.config import AUGMENTATIONS, CHOICES, DATASET_NAMES, SECTIONS
 
     section, _, name = key.partition(".")
+    hp = hparams_type(section) if section in method_names.BUILTIN or section in method_names.names() else None
+    if hp is not None and section not in SECTIONS:
+        doc = {n: d for n, _, _, d in describe(hp)}.get(name, "")
+        return doc
     if (section, name) in CHOICES:
         return "one of " + ", ".join(CHOICES[(section, name)])
     if key == "data.dataset":
@@ -108,7 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
-                             "(sections: model, data, pretrain, retrain, unlearn; --list-keys prints every key); "
+                             "(sections: model, data, pretrain, retrain, unlearn; a method's hyperparameters: "
+                             "METHOD.KEY, e.g. scrub.lr=1e-3; --list-keys prints every key); "
                              "repeatable")
     parser.add_argument("--devices", type=int, metavar="N",
                         help="data-parallel training over N local devices (default 0: all of them; a CPU is one)")

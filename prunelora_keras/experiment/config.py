@@ -5,6 +5,10 @@ Configuration is data. A preset is a TOML file with top-level sections (``[data]
 override them for one model. The code reads only the typed ``Config`` built here, never a raw
 dict, and every key is checked: an unknown key or a value of the wrong type is a ``UserError``.
 
+Each method's hyperparameters (``methods.hparams``) are set in ``[methods.<name>]`` tables (also
+under ``[models.<model>]``) and by ``--set <name>.<key>=value`` (or ``methods.<name>.<key>``), and
+checked by the method's own dataclass, as ``prunelora_keras.unlearn`` checks its keywords.
+
 Order of precedence, lowest first: dataclass defaults, preset, ``--config FILE``, command-line
 flags (``--dataset``, ``--forget-class``, ...), ``--set section.key=value``.
 """
@@ -12,6 +16,7 @@ flags (``--dataset``, ``--forget-class``, ...), ``--set section.key=value``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -23,6 +28,8 @@ from typing import Any
 
 from prunelora_keras.errors import UserError
 from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
+from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
+from prunelora_keras.methods.hparams import MOVED, check_hparams
 from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, UnlearnConfig, check_unlearn,  # noqa: F401
     did_you_mean, unlearn_checks)
 
@@ -77,9 +84,11 @@ class Config:
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     retrain: TrainConfig = field(default_factory=TrainConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    methods: dict[str, Any] = field(default_factory=lambda: default_hparams())  # name -> its hyperparameters
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The configuration as JSON data (tuples as lists), as results.json holds it."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 TOP_LEVEL = ("seed", "devices")  # keys outside any section
@@ -96,6 +105,39 @@ CHOICES = {
     **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
 }
 AUGMENTATIONS = ("crop", "flip", "mixup")
+
+
+def default_hparams() -> dict[str, Any]:
+    """Every registered method's hyperparameters at their defaults (methods without any left out)."""
+    out = {}
+    for name in method_names():
+        cls = hparams_type(name)
+        if dataclasses.fields(cls):
+            out[name] = cls()
+    return out
+
+
+def apply_hparams(cfg: Config, method: str, values: Any, source: str) -> None:
+    """Set method ``method``'s hyperparameters from a table ``{key: value}`` (TOML or ``--set``),
+    checked by the method's dataclass (``hparams.check_hparams``)."""
+    if method not in cfg.methods:
+        known = list(cfg.methods)
+        raise UserError(f"{source}: {method!r} is not a method with hyperparameters{did_you_mean(method, known)}; "
+                        f"choose one of {', '.join(known)}")
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: [methods.{method}] must be a table of its hyperparameters")
+    current = cfg.methods[method]
+    hints = typing.get_type_hints(type(current))
+    merged = dataclasses.asdict(current)
+    for key, value in values.items():
+        tp = hints.get(key)
+        if tp is not None and typing.get_origin(tp) in (list, tuple) and isinstance(value, str):
+            value = coerce(value, list[typing.get_args(tp)[0]], f"{source}: {method}.{key}")  # "3,5,9"
+        merged[key] = value
+    try:
+        cfg.methods[method] = check_hparams(type(current), merged, f"{method}.")
+    except ValueError as exc:
+        raise UserError(f"{source}: {exc}") from None
 
 
 def preset_dir() -> Path:
@@ -189,6 +231,9 @@ def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) 
         raise UserError(f"{source}: [{section}] must be a table")
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        if section == "unlearn" and key in MOVED:
+            raise UserError(f"{source}: unlearn.{key} is now {MOVED[key]}: each method owns its hyperparameters "
+                            f"(--set {MOVED[key].split()[0]}=..., or a [methods.{MOVED[key].split('.')[0]}] table)")
         if key not in names:
             raise UserError(f"{source}: unknown key {section}.{key}{did_you_mean(key, names)}; valid keys: "
                             f"{', '.join(sorted(names))}")
@@ -217,11 +262,16 @@ def _apply_tree(cfg: Config, tree: dict[str, Any], model: str, source: str, retr
                 setattr(cfg, key, coerce(value, int, f"{source}: {key}"))
             elif key == "retrain":
                 retrain_layers.append((value, source))
+            elif key == "methods":
+                if not isinstance(value, dict):
+                    raise UserError(f"{source}: [methods] must be a table of per-method tables")
+                for method, table in value.items():
+                    apply_hparams(cfg, method, table, source)
             elif key in SECTIONS:
                 _apply_section(getattr(cfg, key), value, key, source)
             else:
-                valid = ", ".join([*TOP_LEVEL, "models", *SECTIONS])
-                raise UserError(f"{source}: unknown key {key!r}{did_you_mean(key, [*TOP_LEVEL, 'models', *SECTIONS])}; "
+                valid = ", ".join([*TOP_LEVEL, "models", *SECTIONS, "methods"])
+                raise UserError(f"{source}: unknown key {key!r}{did_you_mean(key, [*TOP_LEVEL, 'models', *SECTIONS, 'methods'])}; "
                                 f"valid top-level keys: {valid}")
 
 
@@ -244,11 +294,19 @@ def apply_value(cfg: Config, key: str, value: Any, where: str) -> None:
         setattr(cfg, key, coerce(value, int, where))
         return
     section, _, name = key.partition(".")
+    if section == "methods" and name.count(".") == 1:  # methods.<method>.<key>
+        method, _, name = name.partition(".")
+        apply_hparams(cfg, method, {name: value}, where)
+        return
+    if section not in SECTIONS and section in cfg.methods and name:  # <method>.<key>
+        apply_hparams(cfg, section, {name: value}, where)
+        return
     if section not in SECTIONS or not name:
         every = [*TOP_LEVEL, *(f"{sec}.{f.name}" for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls))]
+        every += [f"{m}.{f.name}" for m, h in cfg.methods.items() for f in dataclasses.fields(h)]
         raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, every)}; use "
-                        f"section.key with section one of {', '.join(SECTIONS)} "
-                        f"(or {' or '.join(TOP_LEVEL)})")
+                        f"section.key with section one of {', '.join(SECTIONS)}, or method.key with a method "
+                        f"(e.g. scrub.lr; --list-keys prints every key) (or {' or '.join(TOP_LEVEL)})")
     _apply_section(getattr(cfg, section), {name: value}, section, where)
 
 

@@ -17,6 +17,7 @@ from prunelora_keras.training.inference import predict_logits
 from prunelora_keras.experiment.paradigms import config_targets
 from prunelora_keras.methods.prepare import Prepared, prefix_cached, prepare_method
 from prunelora_keras.methods.base import MethodContext, Plan
+from prunelora_keras.methods.hparams import HParams
 from prunelora_keras.models.layers import FlatDense
 from prunelora_keras.models.lora import replace_layers
 from prunelora_keras.models.precision import training_model
@@ -24,11 +25,14 @@ from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.training.trainers import on_jax
 
 
-def config_context(cfg: Config, model: keras.Model, ds: Dataset, split: UnlearningSplit) -> MethodContext:
-    """The ``MethodContext`` of the experiment: the package's model, D_r and D_f of ``split``, ``cfg``'s options."""
-    return MethodContext(model, cfg.unlearn, split.retain, split.forget, ds.num_classes, tuple(ds.mean),
-                         tuple(ds.std), cfg.seed, config_targets(cfg), cfg.data.drop_last, cfg.data.eval_batch_size,
-                         max(cfg.unlearn.epochs), tuple(split.forget_classes))
+def config_context(cfg: Config, name: str, model: keras.Model, ds: Dataset, split: UnlearningSplit) -> MethodContext:
+    """The ``MethodContext`` of method ``name`` in the experiment: the package's model, D_r and D_f of
+    ``split``, ``cfg``'s shared options and the method's hyperparameters."""
+    return MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods.get(name, HParams()),
+                         retain=split.retain, forget=split.forget, num_classes=ds.num_classes, mean=tuple(ds.mean),
+                         std=tuple(ds.std), seed=cfg.seed, targets=config_targets(cfg), drop_last=cfg.data.drop_last,
+                         eval_batch_size=cfg.data.eval_batch_size, epochs=max(cfg.unlearn.epochs),
+                         forget_classes=tuple(split.forget_classes))
 
 
 def prepare_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
@@ -43,7 +47,7 @@ def prepare_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, sp
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
     original = training_model(with_flat_dense(original), u.precision)
     set_bn_policy(original, u.bn)
-    return prepare_method(name, config_context(cfg, original, ds, split), distribution=distribution,
+    return prepare_method(name, config_context(cfg, name, original, ds, split), distribution=distribution,
                           prefix_cache=u.prefix_cache, prefix_cache_max_gb=u.prefix_cache_max_gb)
 
 
@@ -66,11 +70,13 @@ def with_flat_dense(model: keras.Model) -> keras.Model:
 def training_inputs(plan: Plan, cfg: Config, ds: Dataset, retain: Subset) -> tuple[keras.Model, Any, bool, dict]:
     """(model to train, inputs, inputs-are-features, facts) for ``plan`` on ``retain`` under ``cfg``
     (the benchmarks' view of the prefix cache)."""
-    ctx = MethodContext(plan.model, cfg.unlearn, retain, retain, ds.num_classes, tuple(ds.mean), tuple(ds.std),
-                        cfg.seed, config_targets(cfg), cfg.data.drop_last, cfg.data.eval_batch_size, 1)
+    ctx = MethodContext(model=plan.model, options=cfg.unlearn, hparams=HParams(), retain=retain, forget=retain,
+                        num_classes=ds.num_classes, mean=tuple(ds.mean), std=tuple(ds.std), seed=cfg.seed,
+                        targets=config_targets(cfg), drop_last=cfg.data.drop_last,
+                        eval_batch_size=cfg.data.eval_batch_size, epochs=1)
     if cfg.unlearn.prefix_cache == "off" or not on_jax():
         return plan.model, retain.x, False, {"prefix_cache": False}
-    plan = Plan(plan.model, plan.train_vars, plan.optimizer, x=retain.x, y=retain.y)
+    plan = Plan(model=plan.model, train_vars=plan.train_vars, optimizer=plan.optimizer, x=retain.x, y=retain.y)
     return prefix_cached(plan, ctx, "benchmark", cfg.unlearn.prefix_cache_max_gb)
 
 

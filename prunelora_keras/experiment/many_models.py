@@ -215,12 +215,12 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
         seeds = member_seeds(cfg.seed, "unlearn", k)  # every method's pool: the same K seeds
         path = pools_dir / f"{name}-{pool_key(name, [paradigm_key(name, cfg, original_ckpt), seeds])}.npz"
 
-        def make_context(seed: int):  # member k is the single run of seed k: prepare_paradigm's own path
+        def make_context(seed: int, name=name):  # member k is the single run of seed k: prepare_paradigm's own path
             keras.utils.set_random_seed(seed)
             original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
             original = training_model(with_flat_dense(original), u.precision)
             set_bn_policy(original, u.bn)
-            return config_context(dataclasses.replace(cfg, seed=seed), original, ds, split)
+            return config_context(dataclasses.replace(cfg, seed=seed), name, original, ds, split)
 
         try:
             logits[name], facts[name] = train_pool(name, lambda name=name, seeds=seeds: method_pool(

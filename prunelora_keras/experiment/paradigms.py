@@ -60,10 +60,13 @@ def build_recipe(name: str, model: keras.Model, cfg: Config) -> Plan:
     what it prunes, wraps and trains). ``model`` is changed in place where the method prunes."""
     from prunelora_keras.data.datasets import Subset
     from prunelora_keras.methods.base import MethodContext
+    from prunelora_keras.methods.hparams import HParams
     from prunelora_keras.methods.registry import get
     import numpy as np
 
     empty = Subset(np.zeros((0,), np.uint8), np.zeros((0,), np.int64))
-    ctx = MethodContext(model, cfg.unlearn, empty, empty, 10, (0.0,), (1.0,), cfg.seed, config_targets(cfg),
-                        cfg.data.drop_last, cfg.data.eval_batch_size, max(cfg.unlearn.epochs))
+    ctx = MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods.get(name, HParams()), retain=empty,
+                        forget=empty, num_classes=10, mean=(0.0,), std=(1.0,), seed=cfg.seed,
+                        targets=config_targets(cfg), drop_last=cfg.data.drop_last,
+                        eval_batch_size=cfg.data.eval_batch_size, epochs=max(cfg.unlearn.epochs))
     return get(name).prepare(ctx)

@@ -42,25 +42,33 @@ ATTACKS = ("loss_logreg", "confidence_svc", "entropy_svc", "m_entropy_svc")
 REGROWN = "‡"
 
 
-def regrown_note(results: dict[str, Any]) -> str:
-    """Why a pruned method's sparsity is far below its pruning amount: under the reference mask mode
-    the zeros are set once, and fine-tuning regrows them."""
-    u = (results.get("config") or {}).get("unlearn") or {}
-    amount = u.get("prune_amount", 0.5)
-    return (f"{REGROWN} pruned once: {amount:.0%} of the target layers' units were L2-pruned before unlearning, "
-            "but unlearn.prune_mode = reference (the paper's code: torch's prune.remove) sets the zeros once and "
-            "training then regrows them, so the sparsity shown is what is left at the end; --set "
-            "unlearn.prune_mode=persistent keeps them at zero.")
+def pruning_hparams(results: dict[str, Any], name: str) -> tuple[float, str]:
+    """(amount, mode) of method ``name``'s pruning in a run's ``results`` (its ``methods.<name>``
+    hyperparameters; results written before methods owned them: ``unlearn.prune_amount/mode``)."""
+    config = results.get("config") or {}
+    h = (config.get("methods") or {}).get(name) or {}
+    u = config.get("unlearn") or {}
+    return h.get("amount", u.get("prune_amount", 0.5)), h.get("mode", u.get("prune_mode", "reference"))
+
+
+def regrown_note(results: dict[str, Any], names: list[str]) -> str:
+    """Why the sparsity of the pruned methods ``names`` is far below their pruning amount: under the
+    reference mask mode the zeros are set once, and fine-tuning regrows them."""
+    amounts = sorted({f"{pruning_hparams(results, n)[0]:.0%}" for n in names})
+    return (f"{REGROWN} pruned once: {' or '.join(amounts)} of the target layers' units were L2-pruned before "
+            f"unlearning, but {', '.join(f'{n}.mode' for n in names)} = reference (the paper's code: torch's "
+            "prune.remove) sets the zeros once and training then regrows them, so the sparsity shown is what is "
+            f"left at the end; --set {names[0]}.mode=persistent keeps them at zero.")
 
 
 def regrown(row: dict[str, Any], results: dict[str, Any]) -> bool:
     """Whether ``row`` is a method that pruned (it carries the pruning diagnostics) whose zeros
-    regrew under ``prune_mode = reference``: its final sparsity is below the pruning amount."""
-    u = (results.get("config") or {}).get("unlearn") or {}
+    regrew under ``mode = reference``: its final sparsity is below the pruning amount."""
+    amount, mode = pruning_hparams(results, row.get("paradigm", ""))
     pruned = any(k in row for k in ("pruned_units", "classifier_rows_pruned", "forget_row_pruned"))
     sparsity = row.get("sparsity")
-    return (pruned and u.get("prune_mode", "reference") == "reference" and sparsity is not None
-            and np.isfinite(sparsity) and sparsity < 100.0 * u.get("prune_amount", 0.5) - 0.5)
+    return (pruned and mode == "reference" and sparsity is not None
+            and np.isfinite(sparsity) and sparsity < 100.0 * amount - 0.5)
 
 
 def degenerate(row: dict[str, Any], metric: str) -> bool:
@@ -146,8 +154,9 @@ def paper_table(results: dict[str, Any]) -> str:
                              "(the original model does not separate members from non-members).")
     if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[:2]):
         lines += ["", DAGGER_NOTE]
-    if any(regrown(r, results) for r in rows if r.get("status", "ok") == "ok"):
-        lines += ["", regrown_note(results)]
+    regrew = [r for r in rows if r.get("status", "ok") == "ok" and regrown(r, results)]
+    if regrew:
+        lines += ["", regrown_note(results, list(dict.fromkeys(r["paradigm"] for r in regrew)))]
     return "\n".join(lines)
 
 

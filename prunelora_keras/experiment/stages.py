@@ -52,6 +52,7 @@ def paradigm_key(name: str, cfg: Config, original_ckpt: str) -> str:
     """A short hash of everything that determines a paradigm's results (not which others run)."""
     config = cfg.to_dict()
     config["unlearn"] = {k: v for k, v in config["unlearn"].items() if k != "paradigms"}
+    config["methods"] = config["methods"].get(name)  # this method's hyperparameters, not the others'
     config.pop("devices", None)  # results agree across device counts up to float summation order
     payload = {"paradigm": name, "config": config, "original": Path(original_ckpt).name}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]

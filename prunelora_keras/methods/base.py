@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from prunelora_keras.methods.hparams import HParams
+
 RETRAIN = "retrain"  # the exact baseline: a new model trained from scratch on D_r (the experiment trains it)
 
 
@@ -36,14 +38,16 @@ class Targets:
     prune_heads: tuple[list[str], int] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MethodContext:
     """What a method's ``prepare`` receives.
 
     Args:
         model: a fresh copy of the original model, its BatchNorm policy applied; the method may
             change it in place (prune it) or return a new one (adapters).
-        options: the unlearning options (``config.UnlearnConfig``: learning rates, rank, ...).
+        options: the options every method shares (``options.UnlearnConfig``: batch size, BN policy, ...).
+        hparams: the method's own hyperparameters, an instance of its ``Method.hparams`` dataclass
+            (``prepare_method`` checks the type).
         retain, forget: D_r and D_f as ``data.Subset`` (``x``, ``y``) in the trainer's input domain.
         num_classes: the classifier's width.
         mean, std: the normalisation the trainer applies (uint8 images: after ``/ 255``; float
@@ -59,6 +63,7 @@ class MethodContext:
 
     model: Any
     options: Any
+    hparams: Any
     retain: Any
     forget: Any
     num_classes: int
@@ -78,7 +83,7 @@ class MethodContext:
         return num_batches(n, batch_size or self.options.batch_size, self.drop_last)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     """What a method hands the loop.
 
@@ -151,7 +156,9 @@ class Method:
         summary: one line on what it does and where it comes from.
         kind: "paper" (the paper's paradigms) or "baseline" (methods of the literature); the
             report lists them in registration order within each kind.
-        options: the names of the ``UnlearnConfig`` options the method reads (for the docs).
+        hparams: the method's hyperparameter dataclass (``hparams.HParams`` subclass, frozen): the
+            command's ``--set <name>.<key>``, ``unlearn(..., key=value)``, ``--list-keys`` and the
+            docs read its fields, defaults and checks.
         keras_fit: the method also runs through Keras's ``fit`` on the torch and tensorflow
             backends (its plan has a ``keras_recipe``, plain cross-entropy and no batch stream).
     """
@@ -161,5 +168,5 @@ class Method:
     prepare: Callable[[MethodContext], Plan] | None
     summary: str = ""
     kind: str = "baseline"
-    options: tuple[str, ...] = ()
+    hparams: type = HParams
     keras_fit: bool = False

@@ -1,18 +1,18 @@
 """The unlearning baselines of Jia, Liu et al. (NeurIPS 2023) and SalUn (Fan et al., ICLR 2024).
 
 Recipes follow their code base (github.com/OPTML-Group/Unlearn-Sparse): SGD with momentum 0.9
-and coupled weight decay 5e-4 (``unlearn.baseline_momentum``, ``baseline_weight_decay``) and
-each method's published learning rate. Every parameter trains.
+and coupled weight decay 5e-4 (each method's ``momentum`` and ``weight_decay``) and each method's
+published learning rate (``lr``). Every parameter trains.
 
 - ``ga``, gradient ascent (Thudi et al. 2022; Graves et al. 2021): ascend the cross-entropy on
-  D_f only (``ga_lr`` 1e-4). Nothing anchors D_r, so it forgets fast and damages the rest as fast.
+  D_f only (``ga.lr`` 1e-4). Nothing anchors D_r, so it forgets fast and damages the rest as fast.
 - ``rl``, random labels (Golatkar et al. 2020; Hayase et al. 2020): train on D_r plus D_f with
-  each forget image relabelled at random (``rl_lr`` 0.013). ``rl_labels = "per_batch"`` (the
+  each forget image relabelled at random (``rl.lr`` 0.013). ``rl.labels = "per_batch"`` (the
   default, as OPTML-Group's code): a fresh label from *all* classes every epoch; ``"once_other"``:
   one label per image for the whole run, never the true class.
 - ``l1_sparse`` (Jia et al. 2023): fine-tune on D_r with an l1 penalty alpha * (1 - e / E) *
-  ||theta||_1 decaying linearly to zero over the E epochs (``l1_alpha`` 1e-4, ``l1_lr`` 0.01).
-- ``salun`` (Fan et al. 2024): the gradient of the forget loss over D_f picks the ``salun_ratio``
+  ||theta||_1 decaying linearly to zero over the E epochs (``l1_sparse.alpha`` 1e-4, ``l1_sparse.lr`` 0.01).
+- ``salun`` (Fan et al. 2024): the gradient of the forget loss over D_f picks the ``salun.ratio``
   (0.5) of weights with the largest magnitude (one global threshold); then ``rl`` with every other
   weight frozen (its updates, weight decay included, are masked).
 """
@@ -24,21 +24,22 @@ import numpy as np
 from prunelora_keras.methods.common import (decaying_l1, random_labels_per_epoch, random_other_labels,
                                             saliency_masks, sgd_chain)
 from prunelora_keras.methods.base import Method, MethodContext, Plan
+from prunelora_keras.methods.hparams import GAHParams, L1SparseHParams, RLHParams, SalUnHParams
 
-_SGD = ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay")
 
 
 def prepare_ga(ctx: MethodContext) -> Plan:
-    u = ctx.options
-    return Plan(ctx.model, list(ctx.model.trainable_variables), sgd_chain(u.ga_lr, u, ascend=True),
-                f"gradient ascent on D_f ({len(ctx.forget)} images), lr {u.ga_lr}", x=ctx.forget.x, y=ctx.forget.y)
+    h = ctx.hparams
+    return Plan(model=ctx.model, train_vars=list(ctx.model.trainable_variables), optimizer=sgd_chain(h.lr, h, ascend=True),
+                description=f"gradient ascent on D_f ({len(ctx.forget)} images), lr {h.lr}", x=ctx.forget.x,
+                y=ctx.forget.y)
 
 
 def random_label_data(ctx: MethodContext) -> tuple[np.ndarray, np.ndarray, object, str]:
-    """D_r + D_f with D_f's labels random (``rl_labels``): (x, y, labels_for_epoch or None, how)."""
-    u, retain, forget = ctx.options, ctx.retain, ctx.forget
+    """D_r + D_f with D_f's labels random (``labels``): (x, y, labels_for_epoch or None, how)."""
+    h, retain, forget = ctx.hparams, ctx.retain, ctx.forget
     x = np.concatenate([retain.x, forget.x])
-    if u.rl_labels == "per_batch":
+    if h.labels == "per_batch":
         y = np.concatenate([retain.y, forget.y])
         is_forget = np.r_[np.zeros(len(retain), bool), np.ones(len(forget), bool)]
         return x, y, random_labels_per_epoch(y, is_forget, ctx.num_classes, ctx.seed), \
@@ -48,39 +49,39 @@ def random_label_data(ctx: MethodContext) -> tuple[np.ndarray, np.ndarray, objec
 
 
 def prepare_rl(ctx: MethodContext) -> Plan:
-    u = ctx.options
+    h = ctx.hparams
     x, y, per_epoch, how = random_label_data(ctx)
-    return Plan(ctx.model, list(ctx.model.trainable_variables), sgd_chain(u.rl_lr, u),
-                f"D_r + D_f with {how}, lr {u.rl_lr}", x=x, y=y, labels_for_epoch=per_epoch)
+    return Plan(model=ctx.model, train_vars=list(ctx.model.trainable_variables), optimizer=sgd_chain(h.lr, h),
+                description=f"D_r + D_f with {how}, lr {h.lr}", x=x, y=y, labels_for_epoch=per_epoch)
 
 
 def prepare_l1_sparse(ctx: MethodContext) -> Plan:
-    u = ctx.options
+    h = ctx.hparams
     steps = ctx.steps_per_epoch(len(ctx.retain))  # the loop's steps per epoch (drop_last included)
-    return Plan(ctx.model, list(ctx.model.trainable_variables),
-                sgd_chain(u.l1_lr, u, l1=decaying_l1(u.l1_alpha, steps, ctx.epochs)),
-                f"fine-tuning on D_r with l1 {u.l1_alpha} decaying to 0 over {ctx.epochs} epochs, lr {u.l1_lr}",
+    return Plan(model=ctx.model, train_vars=list(ctx.model.trainable_variables),
+                optimizer=sgd_chain(h.lr, h, l1=decaying_l1(h.alpha, steps, ctx.epochs)),
+                description=f"fine-tuning on D_r with l1 {h.alpha} decaying to 0 over {ctx.epochs} epochs, lr {h.lr}",
                 x=ctx.retain.x, y=ctx.retain.y)
 
 
 def prepare_salun(ctx: MethodContext) -> Plan:
-    u = ctx.options
+    h = ctx.hparams
     train_vars = list(ctx.model.trainable_variables)
-    masks = saliency_masks(ctx.model, train_vars, ctx.forget.x, ctx.forget.y, ctx.mean, ctx.std, u.salun_ratio,
+    masks = saliency_masks(ctx.model, train_vars, ctx.forget.x, ctx.forget.y, ctx.mean, ctx.std, h.ratio,
                            ctx.eval_batch_size)
     x, y, per_epoch, how = random_label_data(ctx)
-    return Plan(ctx.model, train_vars, sgd_chain(u.salun_lr, u, masks=masks),
-                f"{how} on the {u.salun_ratio:.0%} most salient weights, lr {u.salun_lr}", x=x, y=y,
+    return Plan(model=ctx.model, train_vars=train_vars, optimizer=sgd_chain(h.lr, h, masks=masks),
+                description=f"{how} on the {h.ratio:.0%} most salient weights, lr {h.lr}", x=x, y=y,
                 labels_for_epoch=per_epoch)
 
 # this family's entries of the registry (``registry.py``), in the report's order
 METHODS = (
     Method("ga", "GA", prepare_ga, "gradient ascent on D_f (Thudi et al. 2022)", "baseline",
-        _SGD + ("ga_lr",)),
+        GAHParams),
     Method("rl", "RL", prepare_rl, "random labels on D_f, with D_r (Golatkar et al. 2020)", "baseline",
-        _SGD + ("rl_lr", "rl_labels")),
+        RLHParams),
     Method("l1_sparse", "l1-sparse", prepare_l1_sparse, "l1-sparse fine-tuning on D_r (Jia et al. 2023)",
-        "baseline", _SGD + ("l1_lr", "l1_alpha")),
+        "baseline", L1SparseHParams),
     Method("salun", "SalUn", prepare_salun, "random labels on the most salient weights (Fan et al. 2024)",
-        "baseline", _SGD + ("salun_lr", "salun_ratio", "rl_labels")),
+        "baseline", SalUnHParams),
 )

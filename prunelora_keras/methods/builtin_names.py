@@ -29,3 +29,17 @@ def names(kind: str | None = None) -> tuple[str, ...]:
     if registry is not None:
         return registry.names(kind)
     return tuple(n for n, k in BUILTIN.items() if kind is None or k == kind)
+
+
+def hparams_type(name: str) -> type:
+    """The hyperparameter dataclass of method ``name`` (``Method.hparams``), read from the registry
+    when it is loaded, else from the built-in list (``hparams.BUILTIN_HPARAMS``); ValueError for an
+    unknown name."""
+    from prunelora_keras.methods.hparams import BUILTIN_HPARAMS
+
+    registry = sys.modules.get("prunelora_keras.methods.registry")
+    if registry is not None:
+        return registry.get(name).hparams
+    if name not in BUILTIN_HPARAMS:
+        raise ValueError(f"unknown method {name!r}; registered: {', '.join(BUILTIN_HPARAMS)}")
+    return BUILTIN_HPARAMS[name]

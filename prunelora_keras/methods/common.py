@@ -68,23 +68,23 @@ def masked_updates(masks: Sequence[np.ndarray | None]) -> optax.GradientTransfor
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def sgd_chain(lr: float | optax.Schedule, options: Any, *, ascend: bool = False, l1: optax.GradientTransformation | None = None,
+def sgd_chain(lr: float | optax.Schedule, hparams: Any, *, ascend: bool = False, l1: optax.GradientTransformation | None = None,
               masks: Sequence[np.ndarray | None] | None = None) -> optax.GradientTransformation:
-    """The code bases' SGD (momentum, coupled weight decay) with the method's additions, in order:
+    """The code bases' SGD (``hparams.momentum``, coupled ``hparams.weight_decay``) with the method's additions, in order:
     ascent flips the loss gradient only; decay and l1 are added after it; masks come last. ``lr`` may
     be a schedule over the step count (SCRUB's step decay), applied as PyTorch applies a changed lr:
     to the momentum buffer's step, the buffer itself unscaled."""
-    u = options
+    h = hparams
     parts = []
     if ascend:
         parts.append(optax.scale(-1.0))
-    if u.baseline_weight_decay:
-        parts.append(optax.add_decayed_weights(u.baseline_weight_decay))
+    if h.weight_decay:
+        parts.append(optax.add_decayed_weights(h.weight_decay))
     if l1 is not None:
         parts.append(l1)
     if masks is not None:
         parts.append(masked_updates(masks))
-    parts.append(optax.sgd(lr, momentum=u.baseline_momentum or None))
+    parts.append(optax.sgd(lr, momentum=h.momentum or None))
     return optax.chain(*parts)
 
 

@@ -25,6 +25,7 @@ import optax
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import sgd_chain
 from prunelora_keras.methods.base import Method, MethodContext, Plan
+from prunelora_keras.methods.hparams import NegGradPlusHParams
 
 
 @dataclass
@@ -64,19 +65,18 @@ def neggrad_plus_loss(alpha: float):
 
 
 def prepare_neggrad_plus(ctx: MethodContext) -> Plan:
-    u = ctx.options
+    u, h = ctx.options, ctx.hparams
     if len(ctx.forget) == 0:
         raise ValueError("neggrad_plus needs forget samples: D_f is empty")
-    forget_batch = min(u.neggrad_forget_batch or u.batch_size, len(ctx.forget))
+    forget_batch = min(h.forget_batch or u.batch_size, len(ctx.forget))
     stream = RetainWithForget(ctx.retain, ctx.forget, u.batch_size, forget_batch, ctx.drop_last)
-    return Plan(ctx.model, list(ctx.model.trainable_variables), sgd_chain(u.neggrad_lr, u),
-                f"{u.neggrad_alpha} x CE(D_r) - {1 - u.neggrad_alpha:.3g} x CE(D_f), D_f cycled in batches of "
-                f"{forget_batch}, lr {u.neggrad_lr}", stream=stream, loss=neggrad_plus_loss(u.neggrad_alpha))
+    return Plan(model=ctx.model, train_vars=list(ctx.model.trainable_variables), optimizer=sgd_chain(h.lr, h),
+                description=f"{h.alpha} x CE(D_r) - {1 - h.alpha:.3g} x CE(D_f), D_f cycled in batches of "
+                f"{forget_batch}, lr {h.lr}", stream=stream, loss=neggrad_plus_loss(h.alpha))
 
 # this family's entries of the registry (``registry.py``), in the report's order
 METHODS = (
     Method("neggrad_plus", "NegGrad+", prepare_neggrad_plus,
         "descend on D_r and ascend on D_f in one weighted loss (Kurmanji et al. 2023)", "baseline",
-        ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "neggrad_alpha", "neggrad_lr",
-         "neggrad_forget_batch")),
+        NegGradPlusHParams),
 )

@@ -73,8 +73,10 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
         the experiment does.
 
     Example:
-        >>> ctx = methods.MethodContext(model_copy, plk.unlearn_options(), retain, forget, 10,  # doctest: +SKIP
-        ...                             (0.0,), (1.0,), 0, plk.find_targets(model_copy).targets, epochs=5)
+        >>> shared, h = plk.unlearn_options("pruned_lora", rank=4)  # doctest: +SKIP
+        >>> ctx = methods.MethodContext(model=model_copy, options=shared, hparams=h, retain=retain,  # doctest: +SKIP
+        ...     forget=forget, num_classes=10, mean=(0.0,), std=(1.0,), seed=0,
+        ...     targets=plk.find_targets(model_copy).targets, epochs=5)
         >>> prepared = prepare_method("pruned_lora", ctx)  # doctest: +SKIP
         >>> history = prepared.fit(5, batch_size=128, on_epoch_end=lambda stats: print(stats.epoch))  # doctest: +SKIP
         >>> unlearned = prepared.plan.eval_model()  # doctest: +SKIP
@@ -85,6 +87,10 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
                         "model trained from scratch on the retained data")
     if not on_jax() and not method.keras_fit:
         raise _needs_jax(name)
+    if type(ctx.hparams) is not method.hparams:
+        raise ValueError(f"{name} takes its hyperparameters as {method.hparams.__name__}, got "
+                         f"{type(ctx.hparams).__name__}: build them with hparams.check_hparams({method.hparams.__name__}, "
+                         "{...}) or plk.unlearn_options")
     plan = method.prepare(ctx)
     set_bn_policy(plan.model, ctx.options.bn)  # adapters' model surgery keeps the flags; the same policy, stated
     if verbose and plan.description:

@@ -21,10 +21,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from prunelora_keras.methods import baselines, neggrad, paper, scrub
 from prunelora_keras.methods.base import RETRAIN, Method
+from prunelora_keras.methods.hparams import HParams
 
 __all__ = ["get", "label", "names", "register", "by_kind", "jax_only"]
 
@@ -49,19 +51,33 @@ def register(method: Method, *, replace: bool = False) -> Method:
         ``method``.
 
     Example:
-        >>> import optax
+        >>> import dataclasses, optax
         >>> from prunelora_keras import methods
-        >>> def prepare(ctx):  # fine-tune the classifier only
+        >>> from prunelora_keras.methods.hparams import HParams, hparam, POSITIVE
+        >>> @dataclasses.dataclass(frozen=True)
+        ... class HeadOnly(HParams):
+        ...     lr: float = hparam(1e-3, "learning rate", check=POSITIVE)
+        >>> def prepare(ctx):  # fine-tune the classifier only, at its own learning rate
         ...     head = ctx.model.get_layer(ctx.targets.classifier)
-        ...     return methods.Plan(ctx.model, list(head.trainable_variables), optax.adam(1e-3),
-        ...                         "head only", x=ctx.retain.x, y=ctx.retain.y)
-        >>> _ = methods.register(methods.Method("head_only", "Head only", prepare), replace=True)
+        ...     return methods.Plan(model=ctx.model, train_vars=list(head.trainable_variables),
+        ...                         optimizer=optax.adam(ctx.hparams.lr), description="head only",
+        ...                         x=ctx.retain.x, y=ctx.retain.y)
+        >>> _ = methods.register(methods.Method("head_only", "Head only", prepare, hparams=HeadOnly), replace=True)
         >>> "head_only" in methods.names()
         True
         >>> _ = methods.registry._REGISTRY.pop("head_only")  # (the example tidies up after itself)
     """
     if not method.name.isidentifier() or method.name != method.name.lower():
         raise ValueError(f"a method's name must be a lowercase identifier, got {method.name!r}")
+    hp = method.hparams
+    if not (isinstance(hp, type) and issubclass(hp, HParams) and dataclasses.is_dataclass(hp)
+            and hp.__dataclass_params__.frozen):
+        raise ValueError(f"method {method.name!r}: hparams must be a frozen dataclass subclassing hparams.HParams, "
+                         f"got {hp!r}")
+    try:
+        hp()
+    except TypeError as exc:
+        raise ValueError(f"method {method.name!r}: every field of {hp.__name__} needs a default ({exc})") from None
     if method.name in _REGISTRY and not replace:
         raise ValueError(f"method {method.name!r} is registered already; pass replace=True to replace it")
     _REGISTRY[method.name] = method

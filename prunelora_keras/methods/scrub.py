@@ -7,12 +7,12 @@ which keep the student close to the teacher and correct there (loss ``alpha * KL
 The KL is ``DistillKL`` at temperature ``scrub_temperature`` (``methods.common.distill_kl``).
 
 Defaults are the published ones, those of ``large_scale_unlearning.ipynb`` in
-github.com/meghdadk/SCRUB (CIFAR-10 / Lacuna-10, ResNet-18 and All-CNN): SGD lr 5e-4 (``scrub_lr``),
+github.com/meghdadk/SCRUB (CIFAR-10 / Lacuna-10, ResNet-18 and All-CNN): SGD lr 5e-4 (``scrub.lr``),
 momentum 0.9 and weight decay 5e-4 (the baselines'), gamma 0.99 (``scrub_gamma``), alpha 0.001
 (``scrub_alpha``), T 4, msteps 2, forget batches of 32 (``scrub_forget_batch``), retain batches
 of ``batch_size``. One optimiser serves both kinds of step, as in their code, and its learning rate
-follows their ``adjust_learning_rate``: in epoch e (from 1) it is ``scrub_lr * scrub_lr_decay_rate
-** #{d in scrub_lr_decay_epochs: e > d}`` (defaults [3, 5, 9] and 0.1: 5e-4 in epochs 1-3, 5e-5 in
+follows their ``adjust_learning_rate``: in epoch e (from 1) it is ``lr * lr_decay_rate
+** #{d in lr_decay_epochs: e > d}`` (defaults [3, 5, 9] and 0.1: 5e-4 in epochs 1-3, 5e-5 in
 4-5, 5e-6 in 6-9, 5e-7 from 10). ``step_decay_schedule`` makes that an optax schedule over the
 optimiser's step count; the epochs with max-steps are longer than those without, so each switch
 sits at the cumulative step count of the epochs before it (``MaxThenMin.epoch_steps``).
@@ -41,6 +41,7 @@ import optax
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import distill_kl, sgd_chain
 from prunelora_keras.methods.base import Method, MethodContext, Plan
+from prunelora_keras.methods.hparams import ScrubHParams
 
 
 @dataclass
@@ -109,24 +110,22 @@ def scrub_loss(alpha: float, gamma: float, temperature: float):
 
 
 def prepare_scrub(ctx: MethodContext) -> Plan:
-    u, model = ctx.options, ctx.model
-    forget_batch = min(u.scrub_forget_batch, max(len(ctx.forget), 1))
+    u, h, model = ctx.options, ctx.hparams, ctx.model
+    forget_batch = min(h.forget_batch, max(len(ctx.forget), 1))
     teacher = ([jnp.array(v.value, copy=True) for v in model.trainable_variables],
                [jnp.array(v.value, copy=True) for v in model.non_trainable_variables])
-    stream = MaxThenMin(ctx.retain, ctx.forget, u.batch_size, forget_batch, u.scrub_msteps, ctx.drop_last)
-    lr = step_decay_schedule(u.scrub_lr, u.scrub_lr_decay_epochs, u.scrub_lr_decay_rate, stream.epoch_steps)
-    decay = (f" x{u.scrub_lr_decay_rate:g} after epochs {', '.join(map(str, u.scrub_lr_decay_epochs))}"
-             if u.scrub_lr_decay_epochs else "")
-    return Plan(model, list(model.trainable_variables), sgd_chain(lr, u),
-                f"max-steps on D_f for {u.scrub_msteps} epochs, min-steps on D_r (alpha {u.scrub_alpha}, gamma "
-                f"{u.scrub_gamma}, T {u.scrub_temperature}), lr {u.scrub_lr}{decay}", stream=stream,
-                loss=scrub_loss(u.scrub_alpha, u.scrub_gamma, u.scrub_temperature), teacher=teacher)
+    stream = MaxThenMin(ctx.retain, ctx.forget, u.batch_size, forget_batch, h.msteps, ctx.drop_last)
+    lr = step_decay_schedule(h.lr, h.lr_decay_epochs, h.lr_decay_rate, stream.epoch_steps)
+    decay = (f" x{h.lr_decay_rate:g} after epochs {', '.join(map(str, h.lr_decay_epochs))}"
+             if h.lr_decay_epochs else "")
+    return Plan(model=model, train_vars=list(model.trainable_variables), optimizer=sgd_chain(lr, h),
+                description=f"max-steps on D_f for {h.msteps} epochs, min-steps on D_r (alpha {h.alpha}, gamma "
+                f"{h.gamma}, T {h.temperature}), lr {h.lr}{decay}", stream=stream,
+                loss=scrub_loss(h.alpha, h.gamma, h.temperature), teacher=teacher)
 
 # this family's entries of the registry (``registry.py``), in the report's order
 METHODS = (
     Method("scrub", "SCRUB", prepare_scrub,
         "a student pulled from the original on D_f and towards it on D_r (Kurmanji et al. 2023)", "baseline",
-        ("batch_size", "bn", "baseline_momentum", "baseline_weight_decay", "scrub_lr", "scrub_alpha",
-         "scrub_gamma", "scrub_temperature", "scrub_msteps", "scrub_forget_batch", "scrub_lr_decay_epochs",
-         "scrub_lr_decay_rate")),
+        ScrubHParams),
 )

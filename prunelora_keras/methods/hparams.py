@@ -1,0 +1,308 @@
+"""Each method's hyperparameters: one frozen dataclass per method, typed, documented, checked once.
+
+A method's knobs belong to the method (``Method.hparams`` names its dataclass), not to a shared bag
+of options: SCRUB's learning rate is ``scrub.lr``, GA's is ``ga.lr``. Every field is declared with
+``hparam(default, doc, ...)``, which records its one-line documentation, its allowed values and its
+range; ``check_hparams`` reads them to validate a value set, for the command (``--set scrub.lr=...``
+and ``[methods.scrub]`` tables) and for ``prunelora_keras.unlearn(..., method="scrub", lr=...)``
+alike; ``--list-keys`` and the tables of docs/methods.md are generated from the same declarations
+(``hparams_markdown``). A user's registered method brings its own dataclass and gets all of this.
+
+The built-in methods' dataclasses live here, in one module that imports neither Keras nor JAX, so
+that the command checks every key before anything heavy is imported.
+
+Example:
+    >>> h = check_hparams(ScrubHParams, {"lr": 1e-3}, "scrub.")
+    >>> (h.lr, h.temperature)
+    (0.001, 4.0)
+    >>> check_hparams(ScrubHParams, {"lr": -1.0}, "scrub.")
+    Traceback (most recent call last):
+    ...
+    ValueError: scrub.lr = -1.0 is out of range: must be > 0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+INT_LIMIT = 2**63  # integers beyond int64 overflow as soon as numpy or JAX sees them
+
+Check = tuple[Callable[[Any], bool], str]
+POSITIVE: Check = (lambda v: v > 0, "must be > 0")
+NON_NEGATIVE: Check = (lambda v: v >= 0, "must be >= 0")
+AT_LEAST_ONE: Check = (lambda v: v >= 1, "must be >= 1")
+UNIT_OPEN: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
+UNIT_CLOSED: Check = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
+
+
+def hparam(default: Any, doc: str, *, choices: tuple[str, ...] = (), check: Check | None = None) -> Any:
+    """A hyperparameter field: its default, a one-line ``doc``, the allowed ``choices`` of a string
+    and a ``check`` (predicate, "must be ...") on its value.
+
+    Example:
+        >>> @dataclass(frozen=True)
+        ... class Mine(HParams):
+        ...     steps: int = hparam(3, "how many steps", check=AT_LEAST_ONE)
+        >>> Mine().steps
+        3
+    """
+    return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices, "check": check})
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The base of every method's hyperparameters (a method without any uses it as it is)."""
+
+
+def did_you_mean(value: Any, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest valid name, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def typed(name: str, value: Any, tp: Any, where: str = "", choices: tuple[str, ...] = ()) -> Any:
+    """``value`` checked against the field type ``tp`` (an int given for a float is converted, NumPy
+    scalars are read as Python ones, a list for a tuple); ValueError naming the option, what it got
+    and what it needs."""
+    got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}{name} must be a list of {item.__name__} values, got {got}")
+        out = [typed(f"{name}[{i}]", v, item, where) for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if hasattr(value, "item") and type(value).__module__ == "numpy":
+        value = value.item()  # numpy scalars (np.float32(1e-3), np.int64(4), np.bool_)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= INT_LIMIT:
+            raise ValueError(f"{where}{name} = {got} is too large (integers must fit in 64 bits)")
+        return value
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and abs(value) >= INT_LIMIT:
+            raise ValueError(f"{where}{name} = {got} is too large")
+        if not math.isfinite(value):
+            raise ValueError(f"{where}{name} must be a finite number, got {got}")
+        return float(value)
+    if tp is str and isinstance(value, str):
+        return value
+    if tp is str and isinstance(value, bool) and "true" in choices:
+        return "true" if value else "false"  # a choice "true"/"false" given as a bool (TOML, Python)
+    kind = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}.get(tp, str(tp))
+    raise ValueError(f"{where}{name} must be {kind}, got {got}")
+
+
+def check_value(f: dataclasses.Field, value: Any, tp: Any, where: str = "") -> Any:
+    """One field's value: its type (``typed``), its choices and its range, from ``f``'s metadata."""
+    choices = f.metadata.get("choices", ())
+    value = typed(f.name, value, tp, where, choices)
+    if choices and value not in choices:
+        raise ValueError(f"{where}{f.name} = {value!r} is not valid: choose one of {', '.join(choices)}"
+                         f"{did_you_mean(value, choices)}")
+    check = f.metadata.get("check")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if check is not None and not all(check[0](v) for v in items):
+        raise ValueError(f"{where}{f.name} = {value!r} is out of range: {check[1]}")
+    return value
+
+
+def check_hparams(cls: type[HParams], values: Mapping[str, Any] | HParams | None = None, where: str = "") -> HParams:
+    """The one validation of a method's hyperparameters: ``cls``'s defaults with ``values`` replaced,
+    every field's type, choices and range checked.
+
+    Args:
+        cls: the method's dataclass (``Method.hparams``).
+        values: {field: value} to replace (unknown names are refused), or an instance to check.
+        where: the prefix of each name in messages (the command passes ``"scrub."``).
+    Returns:
+        the validated, frozen instance (lossless conversions applied: an int for a float).
+    Raises:
+        ValueError: one line naming the field, the bad value and the fix.
+
+    Example:
+        >>> check_hparams(GAHParams, {"lr": 1}).lr
+        1.0
+    """
+    if isinstance(values, HParams):
+        values = {f.name: getattr(values, f.name) for f in dataclasses.fields(values)}
+    values = dict(values or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        known = ", ".join(fields) or "none"
+        raise ValueError(f"unknown hyperparameter {where}{unknown[0]}{did_you_mean(unknown[0], fields)}; "
+                         f"{where.rstrip('.') or cls.__name__} has: {known}")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for name, f in fields.items():
+        value = values[name] if name in values else getattr(cls(), name)
+        out[name] = check_value(f, value, hints[name], where)
+    return cls(**out)
+
+
+def describe(cls: type[HParams]) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, doc with its choices and range) per field, for ``--list-keys`` and the docs."""
+    hints, default, rows = typing.get_type_hints(cls), cls(), []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        kind = getattr(tp, "__name__", str(tp)) if typing.get_origin(tp) is None else \
+            f"list[{typing.get_args(tp)[0].__name__}]"
+        doc = f.metadata.get("doc", "")
+        if f.metadata.get("choices"):
+            doc += f" (one of: {', '.join(f.metadata['choices'])})"
+        if f.metadata.get("check"):
+            doc += f"; {f.metadata['check'][1]}"
+        value = getattr(default, f.name)
+        rows.append((f.name, kind, list(value) if isinstance(value, tuple) else value, doc))
+    return rows
+
+
+def hparams_markdown(methods: Iterable[tuple[str, type[HParams]]]) -> str:
+    """One markdown table per method (``### name``, then key, type, default, meaning), as
+    docs/methods.md holds them between its generated-table markers."""
+    parts = []
+    for name, cls in methods:
+        rows = describe(cls)
+        if not rows:
+            continue
+        parts.append(f"#### `{name}`\n\n| key | type | default | meaning |\n|---|---|---|---|")
+        parts += [f"| `{name}.{key}` | {kind} | `{default!r}` | {doc} |" for key, kind, default, doc in rows]
+        parts.append("")
+    return "\n".join(parts).strip() + "\n"
+
+
+# ------------------------------------------------------------------ the built-in methods' hyperparameters
+
+@dataclass(frozen=True)
+class FinetuneHParams(HParams):
+    """The paper's paradigms (REFERENCE.md): Adam at a constant 1e-3 on D_r."""
+
+    optimizer: str = hparam("adam", "the optimiser", choices=("sgd", "adam", "adamw"))
+    lr: float = hparam(1e-3, "learning rate (constant)", check=POSITIVE)
+    weight_decay: float = hparam(0.0, "weight decay (Adam: torch's L2 form; AdamW: decoupled)", check=NON_NEGATIVE)
+    l1: float = hparam(0.0, "> 0: a decaying l1 penalty on the trained variables ('LoRA + l1')", check=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class PrunedHParams(FinetuneHParams):
+    """Structured L2 pruning of the prune targets' output units, then fine-tuning."""
+
+    amount: float = hparam(0.5, "fraction of each target's output units (and heads) zeroed", check=UNIT_OPEN)
+    mode: str = hparam("reference", "reference: zeros once (torch prune.remove); persistent: enforced "
+                       "after every update", choices=("reference", "persistent"))
+
+
+@dataclass(frozen=True)
+class LoRAHParams(FinetuneHParams):
+    """LoRA adapters on the frozen base (peft's defaults of the reference)."""
+
+    rank: int = hparam(8, "adapter rank", check=AT_LEAST_ONE)
+    alpha: float = hparam(16.0, "adapter scale alpha (the update is alpha / rank x B A)", check=POSITIVE)
+    dropout: float = hparam(0.1, "dropout on the adapter's input", check=UNIT_OPEN)
+
+
+@dataclass(frozen=True)
+class PrunedLoRAHParams(LoRAHParams, PrunedHParams):
+    """PruneLoRA: pruned's pruning (amount, mode), then lora's adapters (rank, alpha, dropout)."""
+
+
+@dataclass(frozen=True)
+class SGDHParams(HParams):
+    """The code bases' SGD (OPTML-Group/Unlearn-Sparse): momentum 0.9, coupled weight decay 5e-4."""
+
+    lr: float = hparam(0.01, "learning rate", check=POSITIVE)
+    momentum: float = hparam(0.9, "SGD momentum", check=UNIT_OPEN)
+    weight_decay: float = hparam(5e-4, "coupled weight decay (added to the gradient)", check=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class GAHParams(SGDHParams):
+    """Gradient ascent on D_f."""
+
+    lr: float = hparam(1e-4, "learning rate", check=POSITIVE)
+
+
+RL_LABELS = ("per_batch", "once_other")
+
+
+@dataclass(frozen=True)
+class RLHParams(SGDHParams):
+    """Random labels on D_f, trained with D_r."""
+
+    lr: float = hparam(0.013, "learning rate", check=POSITIVE)
+    labels: str = hparam("per_batch", "per_batch: a new label from all classes each epoch (the code bases); "
+                         "once_other: one label per image, never its class", choices=RL_LABELS)
+
+
+@dataclass(frozen=True)
+class L1SparseHParams(SGDHParams):
+    """Fine-tuning on D_r with an l1 penalty decaying linearly to 0."""
+
+    lr: float = hparam(0.01, "learning rate", check=POSITIVE)
+    alpha: float = hparam(1e-4, "l1 weight at the first epoch", check=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class SalUnHParams(RLHParams):
+    """Random labels on the most salient weights."""
+
+    ratio: float = hparam(0.5, "fraction of the weights the saliency mask lets move",
+                          check=(lambda v: 0 < v <= 1, "must be in (0, 1]"))
+
+
+@dataclass(frozen=True)
+class NegGradPlusHParams(SGDHParams):
+    """alpha x CE(D_r) - (1 - alpha) x CE(D_f) (Kurmanji et al. 2023)."""
+
+    alpha: float = hparam(0.999, "weight of the retain loss", check=UNIT_CLOSED)
+    forget_batch: int = hparam(0, "forget batch size (0: the retain batch size, capped at |D_f|)", check=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class ScrubHParams(SGDHParams):
+    """SCRUB's published defaults (meghdadk/SCRUB)."""
+
+    lr: float = hparam(5e-4, "learning rate", check=POSITIVE)
+    alpha: float = hparam(0.001, "weight of the KL on D_r's min-steps", check=NON_NEGATIVE)
+    gamma: float = hparam(0.99, "weight of the cross-entropy on D_r's min-steps", check=NON_NEGATIVE)
+    temperature: float = hparam(4.0, "distillation temperature", check=POSITIVE)
+    msteps: int = hparam(2, "epochs that start with max-steps on D_f", check=NON_NEGATIVE)
+    forget_batch: int = hparam(32, "forget batch size of the max-steps", check=AT_LEAST_ONE)
+    lr_decay_epochs: tuple[int, ...] = hparam((3, 5, 9), "the lr is multiplied by lr_decay_rate after each of "
+                                              "these epochs (empty: no decay)", check=AT_LEAST_ONE)
+    lr_decay_rate: float = hparam(0.1, "the step decay's factor", check=POSITIVE)
+
+
+# the built-in methods' dataclasses by name (``methods.registry`` holds the same ones; a test checks)
+BUILTIN_HPARAMS: dict[str, type[HParams]] = {
+    "retrain": HParams, "finetune": FinetuneHParams, "pruned": PrunedHParams, "lora": LoRAHParams,
+    "pruned_lora": PrunedLoRAHParams, "ga": GAHParams, "rl": RLHParams, "l1_sparse": L1SparseHParams,
+    "salun": SalUnHParams, "neggrad_plus": NegGradPlusHParams, "scrub": ScrubHParams,
+}
+
+# where each option of the old flat ``unlearn`` section went (the command names the new key)
+MOVED: dict[str, str] = {
+    "optimizer": "finetune.optimizer (and pruned., lora., pruned_lora.)",
+    "lr": "finetune.lr (and pruned.lr, lora.lr, pruned_lora.lr)",
+    "weight_decay": "finetune.weight_decay (and pruned., lora., pruned_lora.)",
+    "paradigm_l1": "finetune.l1 (and pruned.l1, lora.l1, pruned_lora.l1)",
+    "prune_amount": "pruned.amount and pruned_lora.amount", "prune_mode": "pruned.mode and pruned_lora.mode",
+    "lora_rank": "lora.rank and pruned_lora.rank", "lora_alpha": "lora.alpha and pruned_lora.alpha",
+    "lora_dropout": "lora.dropout and pruned_lora.dropout",
+    "baseline_momentum": "ga.momentum (and rl., l1_sparse., salun., neggrad_plus., scrub.)",
+    "baseline_weight_decay": "ga.weight_decay (and rl., l1_sparse., salun., neggrad_plus., scrub.)",
+    "ga_lr": "ga.lr", "rl_lr": "rl.lr", "rl_labels": "rl.labels and salun.labels", "l1_lr": "l1_sparse.lr",
+    "l1_alpha": "l1_sparse.alpha", "salun_lr": "salun.lr", "salun_ratio": "salun.ratio",
+    "neggrad_alpha": "neggrad_plus.alpha", "neggrad_lr": "neggrad_plus.lr",
+    "neggrad_forget_batch": "neggrad_plus.forget_batch",
+    **{f"scrub_{k}": f"scrub.{k}" for k in ("lr", "alpha", "gamma", "temperature", "msteps", "forget_batch",
+                                            "lr_decay_epochs", "lr_decay_rate")},
+}
