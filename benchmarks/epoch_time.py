@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             h = cfg.methods[name]
             opt = make_optimizer(TrainConfig(optimizer=h.optimizer, lr=h.lr, schedule="constant"), steps * args.epochs)
             paths = {v.path for v in model.variables}
-            trainer = Trainer(model, opt, 10, stats.mean, stats.std, train_vars=recipe.train_vars,
+            trainer = Trainer(model, opt, num_classes=10, mean=stats.mean, std=stats.std, train_vars=recipe.train_vars,
                               masks={k: m for k, m in recipe.masks.items() if k in paths}, label=name,
                               features=features)
             start = time.perf_counter()

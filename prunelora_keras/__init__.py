@@ -84,7 +84,7 @@ _PUBLIC = {
     "Trainer": "prunelora_keras.training.loop", "PoolTrainer": "prunelora_keras.training.pool_trainer",
     "train_step": "prunelora_keras.training.step", "LossInputs": "prunelora_keras.training.step",
     "UnlearnConfig": "prunelora_keras.methods.options", "methods": "prunelora_keras.methods",
-    "prepare_method": "prunelora_keras.methods.prepare",
+    "prepare_method": "prunelora_keras.methods.prepare", "clear_caches": "prunelora_keras.training.caches",
     **dict.fromkeys(("forgetting_quality", "klom"), "prunelora_keras.evaluation.forgetting_quality"),
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]

@@ -41,7 +41,7 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     ds, split = pipeline.load_data(cfg)
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, ds.num_classes, ds.image_shape)
-    Trainer(model, make_optimizer(cfg.pretrain, 10), ds.num_classes, ds.mean, ds.std).fit(
+    Trainer(model, make_optimizer(cfg.pretrain, 10), num_classes=ds.num_classes, mean=ds.mean, std=ds.std).fit(
         split.train.x, split.train.y, 2, 64)  # a trained model: predictions far from ties
     path = tmp_path / "model.keras"
     model.save(path)
@@ -77,7 +77,7 @@ def _fit_trainer(seed=3):
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])
-    return FitTrainer(model, TrainConfig(optimizer="adam", lr=1e-2), 20, 4, (0.5,) * 3, (0.25,) * 3, seed=seed,
+    return FitTrainer(model, TrainConfig(optimizer="adam", lr=1e-2), total_steps=20, num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3, seed=seed,
                       verbose=False)
 
 
@@ -121,7 +121,7 @@ def test_the_compiled_trainer_refuses_another_backend_with_the_fix(monkeypatch):
     model = _fit_trainer().model
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(ValueError, match="unset KERAS_BACKEND .* fit_loop.FitTrainer"):
-        Trainer(model, None, 4, (0.5,) * 3, (0.25,) * 3)
+        Trainer(model, None, num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3)
 
 
 # The issue-24 command (`--model vit --preset quick`), every default paradigm, made small: a narrow

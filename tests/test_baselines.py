@@ -34,7 +34,7 @@ def trained_once():
     h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inputs)
     h = keras.layers.Flatten()(h)
     model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, name="head")(h))
-    Trainer(model, optax.adam(1e-2), ds.num_classes, ds.mean, ds.std).fit(split.train.x, split.train.y, 15, 32)
+    Trainer(model, optax.adam(1e-2), num_classes=ds.num_classes, mean=ds.mean, std=ds.std).fit(split.train.x, split.train.y, 15, 32)
     return cfg, ds, split, [np.asarray(v) for v in model.get_weights()], model
 
 
@@ -68,7 +68,7 @@ def _run(name, trained, epochs=2, **overrides):
     cfg.methods[name] = dataclasses.replace(cfg.methods[name], **overrides)  # this test's copy only
     model = _fresh(trained)
     plan = _plan(name, model, cfg, split, ds)
-    trainer = Trainer(model, plan.optimizer, ds.num_classes, ds.mean, ds.std, seed=0)
+    trainer = Trainer(model, plan.optimizer, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, seed=0)
     trainer.fit(plan.x, plan.y, epochs, 32, labels_for_epoch=plan.labels_for_epoch)
     return model, plan
 

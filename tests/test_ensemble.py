@@ -48,7 +48,7 @@ def _data(n=40, seed=0):
 def _single(seed, x, y, epochs=2, batch=16):
     set_bn_policy(model := _cnn(seed), "update")
     steps = -(-len(y) // batch) * RECIPE.epochs
-    trainer = Trainer(model, make_optimizer(RECIPE, steps), 3, MEAN, STD, augment=RECIPE.augment, seed=seed,
+    trainer = Trainer(model, make_optimizer(RECIPE, steps), num_classes=3, mean=MEAN, std=STD, augment=RECIPE.augment, seed=seed,
                       verbose=False)
     trainer.fit(x, y, epochs, batch)
     return [np.asarray(v) for v in trainer.train_values + trainer.non_trainable_values]
@@ -95,7 +95,7 @@ def test_method_pools_share_frozen_values_and_match_single_runs():
     is ``prepare_method`` with seed k trained alone."""
     x, y = _data(48)
     model = _cnn(0)
-    Trainer(model, optax.adam(1e-2), 3, MEAN, STD, verbose=False).fit(x, y, 3, 16)
+    Trainer(model, optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, verbose=False).fit(x, y, 3, 16)
     retain, forget = Subset(x[y != 2], y[y != 2]), Subset(x[y == 2], y[y == 2])
     opts, hparams = unlearn_options("lora", batch_size=8, rank=2)
     targets = find_targets(model).targets
@@ -128,7 +128,7 @@ def test_unlearn_pool_member_is_plk_unlearn_of_that_seed():
 
     x, y = _data(48)
     model = _cnn(0)
-    Trainer(model, optax.adam(1e-2), 3, MEAN, STD, verbose=False).fit(x, y, 3, 16)
+    Trainer(model, optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, verbose=False).fit(x, y, 3, 16)
     xf = x.astype("float32") / 255.0  # the model's own input domain (nothing normalised for the user)
     retain, forget = (xf[y != 2], y[y != 2]), (xf[y == 2], y[y == 2])
     pool = plk.unlearn_pool(model, retain, forget, "finetune", seeds=[4, 9], epochs=1, batch_size=16, verbose=False)
@@ -139,11 +139,11 @@ def test_unlearn_pool_member_is_plk_unlearn_of_that_seed():
 
 def test_members_that_do_not_share_a_layout_are_refused():
     x, y = _data()
-    narrow = Trainer(_cnn(0), optax.sgd(0.1), 3, MEAN, STD, verbose=False)
+    narrow = Trainer(_cnn(0), optax.sgd(0.1), num_classes=3, mean=MEAN, std=STD, verbose=False)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     other = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
-    wide = Trainer(other, optax.sgd(0.1), 3, MEAN, STD, verbose=False)
+    wide = Trainer(other, optax.sgd(0.1), num_classes=3, mean=MEAN, std=STD, verbose=False)
     with pytest.raises(ValueError, match="share one architecture"):
         PoolTrainer([narrow, wide], [ArrayStream(x, y, 8)] * 2)
     with pytest.raises(ValueError, match="mode"):
@@ -162,21 +162,21 @@ def test_members_that_do_not_share_a_layout_are_refused():
 def test_members_whose_step_differs_are_refused(other, what):
     x, y = _data()
     settings = dict(optimizer=optax.adam(1e-2), mean=MEAN, std=STD, augment=["crop", "flip"])
-    first = Trainer(_cnn(0), settings["optimizer"], 3, settings["mean"], settings["std"], augment=settings["augment"],
+    first = Trainer(_cnn(0), settings["optimizer"], num_classes=3, mean=settings["mean"], std=settings["std"], augment=settings["augment"],
                     seed=0, verbose=False)
     changed = {**settings, **other}
     loss = {"loss": changed.pop("loss")} if "loss" in changed else {}
-    second = Trainer(_cnn(1), changed.pop("optimizer"), 3, changed.pop("mean"), changed.pop("std"), seed=1,
+    second = Trainer(_cnn(1), changed.pop("optimizer"), num_classes=3, mean=changed.pop("mean"), std=changed.pop("std"), seed=1,
                      verbose=False, **changed, **loss)
     with pytest.raises(ValueError, match=f"pool member 1.*{what}"):
         PoolTrainer([first, second], [ArrayStream(x, y, 8)] * 2)
-    same = Trainer(_cnn(1), optax.adam(1e-2), 3, MEAN, STD, augment=["crop", "flip"], seed=1, verbose=False)
+    same = Trainer(_cnn(1), optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, augment=["crop", "flip"], seed=1, verbose=False)
     PoolTrainer([first, same], [ArrayStream(x, y, 8)] * 2)  # equal settings built twice: accepted
 
 
 def test_a_loop_pool_never_consumes_its_members_buffers():
     x, y = _data()
-    members = [Trainer(_cnn(s), optax.adam(1e-2), 3, MEAN, STD, seed=s, verbose=False) for s in (0, 1)]
+    members = [Trainer(_cnn(s), optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, seed=s, verbose=False) for s in (0, 1)]
     before = [[np.asarray(v) for v in m.train_values] for m in members]
     pool = PoolTrainer(members, [ArrayStream(x, y, 8)] * 2, mode="loop")
     pool.fit(1)
@@ -187,7 +187,7 @@ def test_a_loop_pool_never_consumes_its_members_buffers():
 
 
 def test_pool_bytes_counts_state_and_the_steps_working_memory():
-    trainer = Trainer(_cnn(0), optax.adam(1e-3), 3, MEAN, STD, verbose=False)
+    trainer = Trainer(_cnn(0), optax.adam(1e-3), num_classes=3, mean=MEAN, std=STD, verbose=False)
     state, work, shared = pool_bytes(trainer, 16)
     params = sum(int(np.prod(v.shape)) for v in trainer.model.trainable_variables) * 4
     assert state >= 3 * params  # values + Adam's two moments
@@ -238,7 +238,7 @@ def test_a_diverging_member_stops_the_pool_with_its_index():
     models = [_cnn(1), _cnn(2)]
     head = models[1].get_layer("head")
     head.kernel.assign(np.full(head.kernel.shape, np.inf, "float32"))  # member 1 only: its loss is not finite
-    members = [Trainer(m, optax.sgd(0.01), 3, MEAN, STD, seed=s, verbose=False) for m, s in zip(models, (1, 2))]
+    members = [Trainer(m, optax.sgd(0.01), num_classes=3, mean=MEAN, std=STD, seed=s, verbose=False) for m, s in zip(models, (1, 2))]
     pool = PoolTrainer(members, [ArrayStream(x, y, 16)] * 2, mode="loop", verbose=False)
     with pytest.raises(FloatingPointError, match=r"pool member\(s\) \[1\]"):
         pool.fit(2)

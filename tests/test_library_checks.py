@@ -7,7 +7,6 @@ import pytest
 import keras
 
 import prunelora_keras as plk
-from prunelora_keras.training import loop as train
 
 
 def tiny(activation=None, classes=4, name="head"):
@@ -27,10 +26,10 @@ def test_a_cache_hit_never_changes_a_result_the_l1_schedule_is_part_of_the_key()
     model = tiny()
     forget = data(8, seed=9)
     opts = dict(batch_size=8, l1=0.05, lr=1e-2)
-    train._SHARED_STEPS.clear()
+    plk.clear_caches()
     plk.unlearn(model, data(32), forget, "finetune", epochs=2, verbose=False, **opts)
     shared = plk.unlearn(model, data(64, seed=1), forget, "finetune", epochs=1, verbose=False, **opts)
-    train._SHARED_STEPS.clear()
+    plk.clear_caches()
     alone = plk.unlearn(model, data(64, seed=1), forget, "finetune", epochs=1, verbose=False, **opts)
     for a, b in zip(shared.model.get_weights(), alone.model.get_weights()):
         np.testing.assert_array_equal(a, b)

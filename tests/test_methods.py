@@ -172,7 +172,7 @@ def test_scrub_max_steps_push_the_student_away_from_the_teacher_on_d_f_only():
     mean, std = (0.5,) * 3, (0.25,) * 3
     xs, ys = zip(*(_data(24, c, c) for c in range(3)))
     x, y = np.concatenate(xs), np.concatenate(ys)
-    Trainer(model, optax.adam(1e-2), 3, mean, std, verbose=False).fit(x, y, 10, 8)
+    Trainer(model, optax.adam(1e-2), num_classes=3, mean=mean, std=std, verbose=False).fit(x, y, 10, 8)
     before = predict_logits(model, xs[2], mean, std)
     cfg = build_config("vit", "quick", sets=["scrub.lr=0.05", "scrub.msteps=1", "unlearn.batch_size=8"])
     retain = Subset(np.concatenate(xs[:2]), np.concatenate(ys[:2]))
@@ -184,7 +184,7 @@ def test_scrub_max_steps_push_the_student_away_from_the_teacher_on_d_f_only():
     stream = MaxThenMin(retain, Subset(xs[2], ys[2]), 8, 8, msteps=1)
     stream_max_only = lambda epoch, rng: (b for b in stream(epoch, rng) if "forget" in b)  # noqa: E731
     stream_max_only.steps_per_epoch = 3
-    trainer = Trainer(plan.model, plan.optimizer, 3, mean, std, train_vars=plan.train_vars, loss=plan.loss,
+    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, mean=mean, std=std, train_vars=plan.train_vars, loss=plan.loss,
                       teacher=plan.teacher, verbose=False)
     trainer.fit(epochs=1, stream=stream_max_only)
     after = predict_logits(plan.model, xs[2], mean, std)
@@ -243,7 +243,7 @@ def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
     stream = plan.stream
     max_only = lambda epoch, rng: (p for p in stream(epoch, rng) if "forget" in p)  # noqa: E731
     max_only.steps_per_epoch = 1
-    trainer = Trainer(plan.model, plan.optimizer, 3, mean, std, train_vars=plan.train_vars, loss=plan.loss,
+    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, mean=mean, std=std, train_vars=plan.train_vars, loss=plan.loss,
                       teacher=plan.teacher, verbose=False)
     (stats,) = trainer.fit(epochs=1, stream=max_only)
 
@@ -320,7 +320,7 @@ def test_neggrad_plus_ascends_on_d_f_and_descends_on_d_r_end_to_end():
         return float(-_np_log_softmax(_np_inputs(x, mean, std) @ w + b)[np.arange(len(y)), y].mean())
 
     ce_r, ce_f = ce(retain.x, retain.y, w, b), ce(forget.x, forget.y, w, b)
-    trainer = Trainer(plan.model, plan.optimizer, 3, mean, std, train_vars=plan.train_vars, loss=plan.loss,
+    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, mean=mean, std=std, train_vars=plan.train_vars, loss=plan.loss,
                       verbose=False)
     history = trainer.fit(epochs=5, stream=plan.stream)
     assert plan.stream.steps_per_epoch == 1 and history[0].loss == pytest.approx(alpha * ce_r - (1 - alpha) * ce_f,

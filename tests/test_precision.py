@@ -64,7 +64,7 @@ def _train(precision, lora: bool, epochs: int):
         train_vars = list(model.trainable_variables)
     x, y = _images(64), np.arange(64) % 10
     optimizer = make_optimizer(TrainConfig(epochs=epochs, optimizer="adam", lr=3e-3), 2 * epochs)
-    trainer = Trainer(model, optimizer, 10, MEAN, STD, train_vars=train_vars, seed=0)
+    trainer = Trainer(model, optimizer, num_classes=10, mean=MEAN, std=STD, train_vars=train_vars, seed=0)
     return model, train_vars, np.array([h.loss for h in trainer.fit(x, y, epochs, 32)]), x
 
 

@@ -55,7 +55,7 @@ def test_relearn_counts_steps_until_the_target_and_leaves_the_model_alone():
     # a model that knows classes 0-2 and has "forgotten" class 3 (its row never trained)
     model = _model()
     rows = np.isin(plan.stream.y, [0, 1, 2])
-    Trainer(model, optax.adam(0.05), 4, MEAN, STD).fit(plan.stream.x[rows], plan.stream.y[rows], 5, 16)
+    Trainer(model, optax.adam(0.05), num_classes=4, mean=MEAN, std=STD).fit(plan.stream.x[rows], plan.stream.y[rows], 5, 16)
     before = [w.copy() for w in model.get_weights()]
     start = 100 * accuracy(predict_logits(model, plan.heldout.x, MEAN, STD), plan.heldout.y)
     assert start < 10
@@ -78,7 +78,7 @@ def test_relearn_counts_steps_until_the_target_and_leaves_the_model_alone():
 def test_on_step_end_stops_the_trainer_exactly_there():
     retain, _ = _data()
     model = _model()
-    trainer = Trainer(model, optax.sgd(0.01), 4, MEAN, STD, verbose=False)
+    trainer = Trainer(model, optax.sgd(0.01), num_classes=4, mean=MEAN, std=STD, verbose=False)
     seen = []
     history = trainer.fit(retain.x, retain.y, 5, 16, on_step_end=lambda s: seen.append(s) or s == 11)
     assert seen == list(range(1, 12)) and trainer.global_step == 11
@@ -90,7 +90,7 @@ def test_syncing_mid_fit_never_hands_the_model_a_donated_buffer():
     continual unlearning's saves) must leave the model with arrays of its own."""
     retain, _ = _data()
     model = _model()
-    trainer = Trainer(model, optax.adam(0.01), 4, MEAN, STD, verbose=False)
+    trainer = Trainer(model, optax.adam(0.01), num_classes=4, mean=MEAN, std=STD, verbose=False)
     seen, held = [], []
 
     def read_weights(stats):

@@ -36,8 +36,8 @@ def _tiny_trainer(seed=0, filters=4):
     import keras
 
     keras.utils.set_random_seed(seed)
-    return Trainer(_tiny_model(filters), make_optimizer(TrainConfig(epochs=3, optimizer="adam", lr=1e-2), 30), 4,
-                   (0.0,) * 3, (1.0,) * 3, augment=("flip",), seed=seed)
+    return Trainer(_tiny_model(filters), make_optimizer(TrainConfig(epochs=3, optimizer="adam", lr=1e-2), 30), num_classes=4,
+                   mean=(0.0,) * 3, std=(1.0,) * 3, augment=("flip",), seed=seed)
 
 
 def test_saved_state_continues_exactly_as_the_uninterrupted_trainer(tmp_path):

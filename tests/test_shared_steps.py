@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from prunelora_keras.training import loop as train
+from prunelora_keras.training.caches import clear_caches
 from prunelora_keras.experiment.config import build_config
 from prunelora_keras.models import build_model
 from prunelora_keras.experiment.pipeline import load_data, run_paradigm
@@ -28,13 +28,13 @@ def test_pruned_reuses_finetunes_compiled_step_and_gets_the_same_results(tmp_pat
         v.assign(rng.normal(scale=0.2, size=v.shape).astype("float32"))
     ckpt = str(tmp_path / "original.keras")
     model.save(ckpt)
-    train._SHARED_STEPS.clear()
+    clear_caches()
     finetune, _ = run_paradigm("finetune", cfg, ckpt, ds, split)
     after_finetune = len(compiles)
     assert after_finetune >= 1
     shared, _ = run_paradigm("pruned", cfg, ckpt, ds, split)  # reference mode: no masks, same step
     assert len(compiles) == after_finetune
-    train._SHARED_STEPS.clear()
+    clear_caches()
     alone, _ = run_paradigm("pruned", cfg, ckpt, ds, split)  # compiled for itself
     assert len(compiles) == 2 * after_finetune
     for key in ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "sparsity"):

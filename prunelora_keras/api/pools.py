@@ -109,7 +109,7 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
             raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
                              "make them agree")
         set_bn_policy(model, recipe.bn)
-        members.append(Trainer(model, make_optimizer(recipe, steps * recipe.epochs), num_classes, mean, std,
+        members.append(Trainer(model, make_optimizer(recipe, steps * recipe.epochs), num_classes=num_classes, mean=mean, std=std,
                                augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=int(seed), label=label,
                                verbose=False))
     return PoolTrainer(members, [ArrayStream(x, y, batch_size, drop_last) for _ in seeds], mode=mode,

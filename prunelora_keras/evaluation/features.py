@@ -16,8 +16,8 @@ from prunelora_keras.data.augment import to_float
 
 from prunelora_keras.training.inference import on_evaluation_devices
 from prunelora_keras.training.inference import architecture_key, padded_batches
+from prunelora_keras.training.caches import COMPILED
 
-_FEATURE_FNS: dict[str, Callable] = {}
 
 
 def classifier_layer(model: keras.Model) -> keras.layers.Layer:
@@ -82,15 +82,16 @@ def _jitted(fmodel: keras.Model, mean: tuple, std: tuple) -> Callable:
         key = f"{architecture_key(fmodel)}:{mean}:{std}"
     except (NotImplementedError, TypeError):
         key = f"id:{id(fmodel)}:{mean}:{std}"
-    fn = _FEATURE_FNS.get(key)
-    if fn is None:
-        @jax.jit
-        def fn(trainable, non_trainable, images):
-            logits, feats = infer_images(fmodel, trainable, non_trainable, images, mean, std)
-            return logits.astype(jnp.float32), feats.astype(jnp.float32)
+    cached = COMPILED.lookup(("features", key))
+    if cached is not None:
+        return cached[1]
 
-        _FEATURE_FNS[key] = fn
-    return fn
+    @jax.jit
+    def fn(trainable, non_trainable, images):
+        logits, feats = infer_images(fmodel, trainable, non_trainable, images, mean, std)
+        return logits.astype(jnp.float32), feats.astype(jnp.float32)
+
+    return COMPILED.put(("features", key), (fmodel, fn))[1]
 
 
 def predict_logits_and_features(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],

@@ -95,11 +95,11 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
     clone = copy_model(model)
     set_bn_policy(clone, "update")
     if keras.backend.backend() == "jax":
-        trainer = Trainer(clone, optax.adam(lr), num_classes, mean, std, seed=seed, label="relearn",
+        trainer = Trainer(clone, optax.adam(lr), num_classes=num_classes, mean=mean, std=std, seed=seed, label="relearn",
                           share_key=f"relearn:adam:{lr}", verbose=False)
         current = trainer.current_values
     else:  # Keras's fit trains the clone's own variables: evaluate the clone as it is
-        trainer = FitTrainer(clone, TrainConfig(optimizer="adam", lr=lr), max_steps, num_classes, mean, std,
+        trainer = FitTrainer(clone, TrainConfig(optimizer="adam", lr=lr), total_steps=max_steps, num_classes=num_classes, mean=mean, std=std,
                              seed=seed, label="relearn", verbose=False)
         current = lambda: None  # noqa: E731
     found: dict[str, Any] = {"steps": None, "acc": start_acc}

@@ -60,7 +60,7 @@ def keras_optimizer(cfg: TrainConfig, total_steps: int, variables: Sequence[kera
 class FitTrainer:
     """``train.Trainer``'s interface (``fit``, ``sync_to_model``) over ``model.fit``."""
 
-    def __init__(self, model: keras.Model, recipe: TrainConfig, total_steps: int, num_classes: int,
+    def __init__(self, model: keras.Model, recipe: TrainConfig, *, total_steps: int, num_classes: int,
                  mean: Sequence[float], std: Sequence[float], train_vars: Sequence[keras.Variable] | None = None,
                  masks: dict[str, np.ndarray] | None = None, augment: Sequence[str] = (), mixup_alpha: float = 0.2,
                  seed: int = 0, label: str = "train", verbose: bool = True):

@@ -27,6 +27,7 @@ import numpy as np
 from prunelora_keras.data.augment import infer_images, to_float
 from prunelora_keras.parallel.distributed import Placement
 from prunelora_keras.parallel.multihost import host_value
+from prunelora_keras.training.caches import COMPILED
 
 __all__ = ["accuracy", "architecture_key", "evaluation_devices", "padded_batches", "predict_logits", "predict_inputs"]
 
@@ -59,9 +60,6 @@ def on_evaluation_devices(values: Any) -> Any:
     return values if placement is None else placement.replicate(values)
 
 
-_EVAL_FNS: dict[str, tuple[keras.Model, Callable]] = {}
-
-
 def architecture_key(model: keras.Model) -> str:
     """Equal for two models that compute the same function of (variables, input).
 
@@ -84,7 +82,7 @@ def _eval_fn(model: keras.Model, mean, std) -> Callable:
         key = f"{architecture_key(model)}:{mean}:{std}"
     except (NotImplementedError, TypeError):  # a model without a complete config: cache per object
         key = f"id:{id(model)}:{mean}:{std}"
-    cached = _EVAL_FNS.get(key)
+    cached = COMPILED.lookup(("eval", key))
     if cached is not None:  # same architecture: the first model's stateless_call computes this one's function
         return cached[1]
 
@@ -92,8 +90,7 @@ def _eval_fn(model: keras.Model, mean, std) -> Callable:
     def logits_fn(trainable, non_trainable, images):
         return infer_images(model, trainable, non_trainable, images, mean, std).astype(jnp.float32)
 
-    _EVAL_FNS[key] = (model, logits_fn)
-    return logits_fn
+    return COMPILED.put(("eval", key), (model, logits_fn))[1]
 
 
 def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
@@ -150,9 +147,6 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(logits, axis=1) == labels)) if len(labels) else 0.0
 
 
-_INPUT_FNS: dict[str, tuple[keras.Model, Callable]] = {}
-
-
 def predict_inputs(model: keras.Model, x, batch_size: int = 512) -> np.ndarray:
     """Logits of ``model`` over float inputs in its own domain (no normalisation), in compiled batches.
 
@@ -178,14 +172,15 @@ def predict_inputs(model: keras.Model, x, batch_size: int = 512) -> np.ndarray:
         key = architecture_key(model)
     except (NotImplementedError, TypeError):  # no complete config: per object (the cache keeps it alive)
         key = f"id:{id(model)}"
-    fn = _INPUT_FNS[key][1] if key in _INPUT_FNS else None
+    cached = COMPILED.lookup(("inputs", key))
+    fn = None if cached is None else cached[1]
     if fn is None:
         @jax.jit
         def fn(trainable, non_trainable, inputs):
             inputs = list(inputs) if len(inputs) > 1 else inputs[0]
             return model.stateless_call(trainable, non_trainable, inputs, training=False)[0].astype(jnp.float32)
 
-        _INPUT_FNS[key] = (model, fn)
+        COMPILED.put(("inputs", key), (model, fn))
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     index = np.arange(n)

@@ -20,7 +20,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import jax
@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.training.bn import set_bn_policy  # noqa: F401
+from prunelora_keras.training.caches import COMPILED
 from prunelora_keras.training.checkpoint import step_fault_point
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.parallel.distributed import Placement, device_count
@@ -95,7 +96,6 @@ class EpochStats:
     mem_kind: str
 
 
-_SHARED_STEPS: dict[tuple, Callable] = {}  # (shared step key, batch signature) -> compiled step
 
 
 def _signature(batch: Batch) -> tuple:
@@ -133,12 +133,14 @@ class Trainer:
             whose logits the loss sees (distillation methods such as SCRUB); None: no teacher.
 
     Example:
-        >>> trainer = Trainer(model, optax.adam(1e-3), 10, (0.5,) * 3, (0.25,) * 3)  # doctest: +SKIP
+        >>> trainer = Trainer(model, optax.adam(1e-3), num_classes=10, mean=(0.5,) * 3,  # doctest: +SKIP
+        ...                   std=(0.25,) * 3)
         >>> history = trainer.fit(x_uint8, y, epochs=2, batch_size=32)  # doctest: +SKIP
     """
 
     model: keras.Model
     optimizer: optax.GradientTransformation
+    _: KW_ONLY  # everything after the model and the optimiser by name
     num_classes: int
     mean: Sequence[float]
     std: Sequence[float]
@@ -255,12 +257,12 @@ class Trainer:
             return self._compiled[sig], 0.0
         start = time.perf_counter()
         shared = None if self._shared_prefix is None else (self._shared_prefix, sig)
-        if shared is not None and shared in _SHARED_STEPS:
-            self._compiled[sig] = _SHARED_STEPS[shared]
+        if shared is not None and COMPILED.lookup(("step", *shared)) is not None:
+            self._compiled[sig] = COMPILED.lookup(("step", *shared))
         else:
             self._compiled[sig] = self._step.lower(self._state(), self._consts(), batch, key).compile()
             if shared is not None:
-                _SHARED_STEPS[shared] = self._compiled[sig]
+                COMPILED.put(("step", *shared), self._compiled[sig])
         return self._compiled[sig], time.perf_counter() - start
 
     def compile(self, batches_: Iterable[Batch]) -> float:

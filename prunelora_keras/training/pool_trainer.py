@@ -41,6 +41,7 @@ import numpy as np
 from prunelora_keras.data.augment import infer_images
 from prunelora_keras.parallel.distributed import put_global
 from prunelora_keras.parallel.multihost import host_value
+from prunelora_keras.training.caches import COMPILED
 from prunelora_keras.training.pool_checks import all_equal, check_members
 from prunelora_keras.training.inference import predict_logits
 from prunelora_keras.training.progress import Progress
@@ -94,7 +95,7 @@ class PoolTrainer:
         >>> logits = pool.logits(x_test, mean, std)  # (K, N, classes)  # doctest: +SKIP
     """
 
-    def __init__(self, members: Sequence[Trainer], streams: Sequence[Stream], mode: str = "auto",
+    def __init__(self, members: Sequence[Trainer], streams: Sequence[Stream], *, mode: str = "auto",
                  devices: Sequence[Any] | None = None, label: str = "pool", verbose: bool = True):
         if len(members) < 1 or len(members) != len(streams):
             raise ValueError("one stream per member, and at least one member")
@@ -326,8 +327,13 @@ def _pool_step(spec, mode: str, frozen_stacked: bool, teacher_stacked: bool, sta
                        (state, frozen if frozen_stacked else None, teacher if teacher_stacked else None, batch, keys))
 
 
-@functools.lru_cache(maxsize=32)
 def _pool_logits(spec, mode: str, frozen_stacked: bool, mean: tuple, std: tuple) -> Callable:
+    """The pool's jitted logits over its K members (one per step spec, mapping and normalisation)."""
+    key = ("pool_logits", id(spec), mode, frozen_stacked, mean, std)
+    cached = COMPILED.lookup(key)
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+
     def one(train, frozen, non_trainable, images):
         values = merge_values(spec, train, frozen)
         return infer_images(spec.model, values, non_trainable, images, mean, std).astype(jnp.float32)
@@ -340,7 +346,7 @@ def _pool_logits(spec, mode: str, frozen_stacked: bool, mean: tuple, std: tuple)
         return jax.lax.map(lambda xs: one(xs[0], xs[1] if frozen_stacked else frozen, xs[2], images),
                            (train, frozen if frozen_stacked else None, non_trainable))
 
-    return fn
+    return COMPILED.put(key, (spec, fn))[1]  # the spec is kept: its id names no other spec while cached
 def member_seeds(seed: int, pool: str, k: int) -> list[int]:
     """K seeds for the members of pool ``pool`` of a run with seed ``seed``: distinct, reproducible,
     below 2**31 (a Trainer's ``jax.random.key`` and numpy's generators take them as they are)."""
