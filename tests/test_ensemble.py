@@ -65,7 +65,7 @@ def test_a_pool_reproduces_the_single_loop_member_by_member(mode):
     pool = _pool(seeds, x, y, mode)
     history = pool.fit(2)
     assert pool.mode == mode and [h.epoch for h in history] == [1, 2]
-    assert np.asarray(pool.train_values[0]).shape[0] == 3  # stacked: leading K axis
+    assert np.asarray(pool.state().train[0]).shape[0] == 3  # stacked: leading K axis
     for k, seed in enumerate(seeds):  # 3 steps x 2 epochs of Adam, dropout, crop, flip, BatchNorm
         trained, non_trainable = pool.member_values(k)
         for got, want in zip([np.asarray(v) for v in trained + non_trainable], _single(seed, x, y)):
@@ -86,7 +86,7 @@ def test_pool_state_saves_and_resumes_to_the_uninterrupted_result(tmp_path):
     resumed = _pool(seeds, x, y, "vmap")  # another mode reads the same stacked file
     load_state(tmp_path / "pool.npz", resumed)
     resumed.fit(1, first_epoch=2)
-    for a, b in zip(resumed.train_values, whole.train_values):
+    for a, b in zip(resumed.state().train, whole.state().train):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
@@ -115,10 +115,10 @@ def test_method_pools_share_frozen_values_and_match_single_runs():
         prepared.trainer.verbose = False
         prepared.fit(1, 8)
         want = [np.asarray(v) for v in prepared.trainer.train_values]
-        got = [np.asarray(v[k]) for v in pool.train_values]
+        got = [np.asarray(v[k]) for v in pool.state().train]
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    a0, a1 = (np.asarray(v) for v in pool.train_values[0])
+    a0, a1 = (np.asarray(v) for v in pool.state().train[0])
     assert not np.allclose(a0, a1)  # adapter init differs per seed
 
 
@@ -214,8 +214,8 @@ for devices in (None, jax.devices()):
     pool = scratch_pool(cnn, recipe, x, y, 8, 3, (127.,) * 3, (64.,) * 3, [1, 2, 3, 4], mode="vmap", devices=devices,
                         verbose=False)
     pool.fit(1)
-    out[str(devices is not None)] = {"w": [np.asarray(v).ravel().tolist() for v in pool.train_values],
-                                     "shards": len(pool.train_values[0].sharding.device_set),
+    out[str(devices is not None)] = {"w": [np.asarray(v).ravel().tolist() for v in pool.state().train],
+                                     "shards": len(pool.state().train[0].sharding.device_set),
                                      "logits": pool.logits(x, (127.,) * 3, (64.,) * 3, 8).ravel().tolist()}
 print(json.dumps(out))
 """

@@ -403,7 +403,7 @@ recipe = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, momentum=0.9)
 make = lambda: scratch_pool(build, recipe, x, y, 16, 3, (127.0,) * 3, (64.0,) * 3, seeds=[3, 5, 7, 9],
                             devices=jax.devices(), verbose=False)
 pool = make()
-assert pool.mode == "vmap" and len(pool.train_values[0].sharding.device_set) == 4  # K over all four devices
+assert pool.mode == "vmap" and len(pool.state().train[0].sharding.device_set) == 4  # K over all four devices
 history = pool.fit(1)
 path = os.path.join(sys.argv[-1], "pool.state.npz")
 save_state(path, pool, {"epoch": 1})  # gathered from both processes, written by process 0

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -219,7 +220,11 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
 
     from prunelora_keras import methods
     from prunelora_keras.experiment import pipeline
+    from prunelora_keras.training.checkpoint import step_fault_point
+    from prunelora_keras.training.epochs import set_step_hook
 
+    if os.environ.get("PRUNELORA_KILL_AT"):  # the tests' mid-epoch crash, before a chosen step
+        set_step_hook(step_fault_point)
     if not pipeline.on_jax():
         needs_jax = methods.jax_only(cfg.unlearn.paradigms)
         if needs_jax:

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from prunelora_keras.parallel.multihost import host_value, is_writer, write_once
+from prunelora_keras.training.step import TrainState
 
 FORMAT = 1
 
@@ -65,17 +66,18 @@ def save_model(model, path: Path) -> None:
     write_once(write, path.name)
 
 
-def _state_groups(trainer) -> dict[str, list]:
-    """The trainer's arrays by file-key prefix: one layout for saving and loading."""
-    return {"train": list(trainer.train_values), "nt": list(trainer.non_trainable_values),
-            "opt": jax.tree_util.tree_leaves(trainer.opt_state)}
+def _state_groups(state) -> dict[str, list]:
+    """A ``step.TrainState``'s arrays by file-key prefix: one layout for saving and loading."""
+    return {"train": list(state.train), "nt": list(state.non_trainable), "opt": jax.tree_util.tree_leaves(state.opt)}
 
 
 def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
-    """Save ``trainer``'s state and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz)."""
+    """Save a trainer's state pytree (``trainer.state()``: a ``step.TrainState``, stacked over a
+    pool's members), its step count and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz).
+    ``Trainer`` and ``PoolTrainer`` both give ``state()`` and take ``restore(state, global_step)``."""
     import io
 
-    arrays = {f"{prefix}_{i}": host_value(v) for prefix, values in _state_groups(trainer).items()
+    arrays = {f"{prefix}_{i}": host_value(v) for prefix, values in _state_groups(trainer.state()).items()
               for i, v in enumerate(values)}
     if not is_writer():  # every process took part in gathering; process 0 writes
         atomic_write_bytes(path, b"")
@@ -103,7 +105,8 @@ def load_state(path: Path, trainer) -> dict[str, Any]:
     """
     import jax.numpy as jnp
 
-    groups = _state_groups(trainer)
+    like = trainer.state()
+    groups = _state_groups(like)
     with np.load(path, allow_pickle=False) as z:
         doc = json.loads(z["meta"].tobytes().decode())
         expected = {f"{prefix}_{i}" for prefix, values in groups.items() for i in range(len(values))}
@@ -114,12 +117,9 @@ def load_state(path: Path, trainer) -> dict[str, Any]:
         for array, current in zip(saved[prefix], values):
             if array.shape != tuple(current.shape) or array.dtype != current.dtype:
                 raise ValueError(f"{path} does not hold this trainer's state (a shape or dtype differs)")
-    trainer.train_values = [jnp.asarray(v) for v in saved["train"]]
-    trainer.non_trainable_values = [jnp.asarray(v) for v in saved["nt"]]
-    treedef = jax.tree_util.tree_structure(trainer.opt_state)
-    trainer.opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in saved["opt"]])
-    trainer.global_step = int(doc["global_step"])
-    trainer.place_state()  # data-parallel: back onto every device
+    opt = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like.opt), [jnp.asarray(v) for v in saved["opt"]])
+    trainer.restore(TrainState([jnp.asarray(v) for v in saved["train"]], [jnp.asarray(v) for v in saved["nt"]], opt),
+                    int(doc["global_step"]))  # data-parallel or sharded: placed back onto the devices
     return doc
 
 

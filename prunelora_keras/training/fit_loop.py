@@ -23,8 +23,7 @@ from prunelora_keras.data.augment import prepare_batch
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.models.pruning import PruneMasks
-from prunelora_keras.training.loop import EpochStats, peak_memory
-from prunelora_keras.training.progress import Progress
+from prunelora_keras.training.epochs import EpochRun, EpochStats, run_epochs
 
 
 def keras_schedule(cfg: TrainConfig, total_steps: int):
@@ -94,29 +93,25 @@ class FitTrainer:
             on_step_end: Callable[[int], bool] | None = None) -> list[EpochStats]:
         """As ``train.Trainer.fit``: ``on_step_end(steps)`` is called after every step with the number
         of steps this call has taken (the masks already re-applied); True stops training there."""
-        steps = num_batches(len(y), batch_size, drop_last)
-        progress = Progress(self.label, first_epoch + epochs - 1, steps, quiet=not self.verbose)
         masks = [PruneMasks({v.path: m for v, m in self.masked})] if self.masked else []
         stop = _StopAt(on_step_end) if on_step_end is not None else None
-        history = []
-        for epoch in range(first_epoch, first_epoch + epochs):
+
+        def run_epoch(epoch: int, progress) -> EpochRun:
             data = self._epoch(x, y, batch_size, epoch, drop_last)
             start = time.perf_counter()
             logs = self.model.fit(data, epochs=1, verbose=0, shuffle=False,
                                   callbacks=masks + ([stop] if stop else [])).history
             seconds = time.perf_counter() - start
-            mem, kind = peak_memory()
-            stats = EpochStats(epoch, float(logs["loss"][-1]), float(logs["accuracy"][-1]), seconds, 0.0, mem, kind)
-            history.append(stats)
-            progress.epoch_end(stats)
-            if not np.isfinite(stats.loss):
-                raise FloatingPointError(f"{self.label}: loss is {stats.loss} at epoch {epoch}")
-            if on_epoch_end:
-                on_epoch_end(stats)
-            if stop is not None and stop.stopped:
+            stopped = stop is not None and stop.stopped
+            if stopped:
                 self.global_step = data.first_step + stop.in_epoch  # the steps actually taken
-                break
-        return history
+            # Keras's own epoch mean: one "step" of weight 1 carries it
+            return EpochRun(np.array([logs["loss"][-1]]), np.ones(1), float(logs["accuracy"][-1]), seconds, 0.0,
+                            stopped)
+
+        return run_epochs(self.label, run_epoch, epochs=epochs, first_epoch=first_epoch,
+                          steps_per_epoch=num_batches(len(y), batch_size, drop_last), verbose=self.verbose,
+                          on_epoch_end=on_epoch_end)
 
     def sync_to_model(self) -> None:
         """Nothing to do: ``fit`` trains the model's own variables."""

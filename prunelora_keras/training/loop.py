@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
-import os
-import resource
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -31,12 +28,11 @@ import optax
 
 from prunelora_keras.training.bn import set_bn_policy  # noqa: F401
 from prunelora_keras.training.caches import COMPILED
-from prunelora_keras.training.checkpoint import step_fault_point
+from prunelora_keras.training.epochs import EpochRun, EpochStats, peak_memory, run_epochs, step_hook  # noqa: F401
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.parallel.distributed import Placement, device_count
 from prunelora_keras.training.optim import make_optimizer, make_schedule  # noqa: F401
 from prunelora_keras.training.inference import accuracy, architecture_key, padded_batches, predict_logits  # noqa: F401
-from prunelora_keras.training.progress import Progress
 from prunelora_keras.training.step import (LossInputs, StepConsts, StepSpec, TrainState, apply_masks,
     cross_entropy_loss, merge_values, train_step)
 
@@ -67,35 +63,7 @@ class ArrayStream:
             yield {"train": (xb, yb)}
 
 
-# ----------------------------------------------------------------------------- measurement
-
-
-def peak_memory() -> tuple[int, str]:
-    """(bytes, kind): the accelerator's peak bytes in use where JAX reports it, else peak RSS."""
-    stats = None
-    try:
-        stats = jax.local_devices()[0].memory_stats()
-    except Exception:  # noqa: BLE001 - backends without memory stats raise various errors
-        stats = None
-    if stats and "peak_bytes_in_use" in stats:
-        return int(stats["peak_bytes_in_use"]), "device"
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "host_rss"
-
-
 # ----------------------------------------------------------------------------- training
-
-
-@dataclass
-class EpochStats:
-    epoch: int
-    loss: float
-    accuracy: float  # training accuracy on the (un-mixed) labels, in [0, 1]
-    seconds: float  # wall time of the epoch's steps, compilation excluded
-    compile_s: float  # compilation time spent before this epoch (first epoch only)
-    peak_mem_bytes: int
-    mem_kind: str
-
-
 
 
 def _signature(batch: Batch) -> tuple:
@@ -233,6 +201,17 @@ class Trainer:
     def _state(self) -> TrainState:
         return TrainState(self.train_values, self.non_trainable_values, self.opt_state)
 
+    def state(self) -> TrainState:
+        """The trained values, non-trainable values and optimiser state, for ``checkpoint.save_state``."""
+        return self._state()
+
+    def restore(self, state: TrainState, global_step: int) -> None:
+        """Continue from ``state`` (as ``state()`` gives it) after ``global_step`` steps."""
+        self.train_values, self.non_trainable_values, self.opt_state = (list(state.train), list(state.non_trainable),
+                                                                        state.opt)
+        self.global_step = int(global_step)
+        self.place_state()
+
     def _consts(self) -> StepConsts:
         return StepConsts(self.frozen_values, self.teacher)
 
@@ -302,20 +281,19 @@ class Trainer:
                                      for b in sizes)
         else:
             compile_s = 0.0
-        steps = getattr(stream, "steps_per_epoch", 0)
-        progress = Progress(self.label, first_epoch + epochs - 1, max(steps, 1), quiet=not self.verbose)
-        history = []
-        taken, stop = 0, False
         base_key = jax.random.key(self.seed)
-        kill_at = bool(os.environ.get("PRUNELORA_KILL_AT"))  # the tests' mid-epoch crash (checkpoint.step_fault_point)
-        for epoch in range(first_epoch, first_epoch + epochs):
+        hook = step_hook()
+        taken = [0]
+
+        def run_epoch(epoch: int, progress) -> EpochRun:
             rng = np.random.default_rng([self.seed, epoch])
             losses, corrects, sizes = [], [], []
             start = time.perf_counter()
             epoch_compile = compile_s if epoch == first_epoch else 0.0
+            stop = False
             for i, batch in enumerate(stream(epoch, rng), start=1):
-                if kill_at:
-                    step_fault_point(self.label, epoch, i)
+                if hook is not None:
+                    hook(self.label, epoch, i)
                 placed, key = self._placed(batch, jax.random.fold_in(base_key, self.global_step))
                 step, spent = self.compiled_step(placed, key)
                 epoch_compile += spent
@@ -328,28 +306,22 @@ class Trainer:
                 sizes.append(sum(len(part[1]) for part in batch.values()))
                 if progress.tty:  # reading the previous step's loss keeps one step in flight
                     progress.step(epoch, i, float(losses[-2]) if i > 1 else None)
-                taken += 1
-                if on_step_end is not None and on_step_end(taken):
+                taken[0] += 1
+                if on_step_end is not None and on_step_end(taken[0]):
                     stop = True
                     break
             jax.block_until_ready(self.train_values)
             seconds = time.perf_counter() - start
-            step_losses = np.asarray(jax.device_get(losses), np.float64)
-            total_loss = float(np.dot(step_losses, sizes))
-            total_correct, seen = int(np.sum(jax.device_get(corrects))), max(int(np.sum(sizes)), 1)
-            mem, kind = peak_memory()
-            stats = EpochStats(epoch, total_loss / seen, total_correct / seen, seconds, epoch_compile, mem, kind)
-            history.append(stats)
-            progress.epoch_end(stats)
-            if not math.isfinite(stats.loss):
-                bad = int(np.flatnonzero(~np.isfinite(step_losses))[0]) if not np.isfinite(step_losses).all() else 0
-                raise FloatingPointError(f"{self.label}: loss is {step_losses[bad]} at epoch {epoch}, step {bad + 1} "
-                                         f"of {len(step_losses)}")
-            if on_epoch_end:
-                self.sync_to_model()
-                on_epoch_end(stats)
-            if stop:
-                break
+            return EpochRun(np.asarray(jax.device_get(losses), np.float64), np.asarray(sizes, np.float64),
+                            int(np.sum(jax.device_get(corrects))), seconds, epoch_compile, stop)
+
+        def epoch_end(stats: EpochStats) -> None:
+            self.sync_to_model()
+            on_epoch_end(stats)
+
+        history = run_epochs(self.label, run_epoch, epochs=epochs, first_epoch=first_epoch,
+                             steps_per_epoch=getattr(stream, "steps_per_epoch", 0), verbose=self.verbose,
+                             on_epoch_end=epoch_end if on_epoch_end else None)
         self.sync_to_model()
         return history
 

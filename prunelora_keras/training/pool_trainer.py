@@ -44,9 +44,9 @@ from prunelora_keras.parallel.multihost import host_value
 from prunelora_keras.training.caches import COMPILED
 from prunelora_keras.training.pool_checks import all_equal, check_members
 from prunelora_keras.training.inference import predict_logits
-from prunelora_keras.training.progress import Progress
 from prunelora_keras.training.step import StepConsts, TrainState, merge_values, train_step
-from prunelora_keras.training.loop import EpochStats, Trainer, peak_memory
+from prunelora_keras.training.epochs import EpochRun, EpochStats, run_epochs
+from prunelora_keras.training.loop import Trainer
 
 MODES = ("auto", "vmap", "map", "loop")
 Stream = Callable[[int, np.random.Generator], Any]
@@ -138,20 +138,23 @@ class PoolTrainer:
         self._key_block: tuple[int, np.ndarray] = (0, np.zeros((0,)))
         self._key_data = jax.jit(lambda seeds, step: jax.random.key_data(self._keys(seeds, step)))
 
-    # ------------------------------------------------------------------ the stacked state (checkpoint.py's view)
+    # ------------------------------------------------------------------ the state, as checkpoints see it
 
-    def _stacked(self, i: int) -> Any:
-        return stack([s[i] for s in self._states]) if self.mode == "loop" else self._states[i]
-
-    def _set(self, i: int, value: Any) -> None:
+    def state(self) -> TrainState:
+        """Every member's trained values, non-trainable values and optimiser state, stacked on a
+        leading K axis (in loop mode too), for ``checkpoint.save_state``."""
         if self.mode == "loop":
-            self._states = [s._replace(**{TrainState._fields[i]: unstack(value, k)}) for k, s in enumerate(self._states)]
-        else:
-            self._states = self._states._replace(**{TrainState._fields[i]: value})
+            return TrainState(*(stack([s[i] for s in self._states]) for i in range(3)))
+        return self._states
 
-    train_values = property(lambda self: self._stacked(0), lambda self, v: self._set(0, v))
-    non_trainable_values = property(lambda self: self._stacked(1), lambda self, v: self._set(1, v))
-    opt_state = property(lambda self: self._stacked(2), lambda self, v: self._set(2, v))
+    def restore(self, state: TrainState, global_step: int) -> None:
+        """Continue from ``state`` (as ``state()`` gives it) after ``global_step`` steps."""
+        if self.mode == "loop":
+            self._states = [TrainState(*(unstack(part, k) for part in state)) for k in range(self.k)]
+        else:
+            self._states = TrainState(*state)
+        self.global_step = int(global_step)
+        self.place_state()
 
     @property
     def frozen_values(self) -> Any:
@@ -234,10 +237,7 @@ class PoolTrainer:
             ) -> list[EpochStats]:
         """Train every member ``epochs`` epochs; returns the pool's statistics per epoch (loss and
         accuracy averaged over the members; ``seconds`` excludes the first step's compilation)."""
-        steps = getattr(self.streams[0], "steps_per_epoch", 0)
-        progress = Progress(self.label, first_epoch + epochs - 1, max(steps, 1), quiet=not self.verbose)
-        history = []
-        for epoch in range(first_epoch, first_epoch + epochs):
+        def run_epoch(epoch: int, progress) -> EpochRun:
             losses, corrects, counts = [], [], []
             start, compile_s = time.perf_counter(), 0.0
             for i, parts in enumerate(self._batches(epoch), start=1):
@@ -265,19 +265,12 @@ class PoolTrainer:
             # (steps, K); gathered whole where the K axis is sharded over several processes
             loss = np.asarray([host_value(v) for v in losses], np.float64)
             count = np.asarray([host_value(v) for v in counts], np.float64)
-            corrects = [host_value(v) for v in corrects]
-            seen = max(float(count.sum()), 1.0)
-            mem, kind = peak_memory()
-            stats = EpochStats(epoch, float((loss * count).sum() / seen),
-                               float(np.asarray(jax.device_get(corrects)).sum() / seen), seconds, compile_s, mem, kind)
-            history.append(stats)
-            progress.epoch_end(stats)
-            if not np.isfinite(loss).all():
-                bad = sorted({int(k) for k in np.flatnonzero(~np.isfinite(loss).all(axis=0))})
-                raise FloatingPointError(f"{self.label}: loss is not finite in epoch {epoch} for pool member(s) {bad}")
-            if on_epoch_end is not None:
-                on_epoch_end(stats)
-        return history
+            correct = float(np.asarray(jax.device_get([host_value(v) for v in corrects])).sum())
+            return EpochRun(loss, count, correct, seconds, compile_s)
+
+        return run_epochs(self.label, run_epoch, epochs=epochs, first_epoch=first_epoch,
+                          steps_per_epoch=getattr(self.streams[0], "steps_per_epoch", 0), verbose=self.verbose,
+                          on_epoch_end=on_epoch_end)
 
     # ------------------------------------------------------------------ reading the members
 
