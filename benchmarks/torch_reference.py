@@ -101,7 +101,7 @@ def run_paradigm(name, state_dict, cfg, ds, split, log=print) -> list[dict]:
             sets = {"retain": split.retain, "forget": split.forget, "test_retain": split.test_retain}
             logits = {k: logits_of(model, v.x, ds.mean, ds.std) for k, v in sets.items()}
             metrics = unlearning_metrics(logits, {k: v.y for k, v in sets.items()}, cfg.seed,
-                                         u.mia_members, u.mia_nonmembers)
+                                         cfg.eval.mia_members, cfg.eval.mia_nonmembers)
             rows.append({"paradigm": name, "epochs": epoch, **metrics,
                          "rte_s": float(np.median(seconds)), "rte_mean_s": float(np.mean(seconds)),
                          "trainable_params": int(sum(p.numel() for p in params)),

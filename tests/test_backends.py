@@ -130,7 +130,7 @@ def test_the_compiled_trainer_refuses_another_backend_with_the_fix(monkeypatch):
 # 10 relearn steps (relearn trains a copy of every model, on torch through Keras's fit).
 TINY = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=3", "--set", "model.dim=32",
         "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=32",
-        "--set", "unlearn.relearn_max_steps=10", "--set", "pruned.mode=persistent",
+        "--set", "eval.relearn_max_steps=10", "--set", "pruned.mode=persistent",
         "--set", "pruned_lora.mode=persistent", "--epochs", "1"]
 
 

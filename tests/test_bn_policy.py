@@ -19,7 +19,7 @@ from prunelora_keras.experiment.context import prepare_paradigm
 
 METHODS = ("finetune", "pruned", "lora", "pruned_lora", "ga", "rl", "l1_sparse", "salun")
 SMALL = ["model.width=0.0625", "data.train_size=100", "unlearn.epochs=[1]", "unlearn.batch_size=50",
-         "unlearn.relearn_max_steps=0",
+         "eval.relearn_max_steps=0",
          # an untrained model with frozen BatchNorm statistics: small steps keep the baselines finite
          "rl.lr=1e-3", "salun.lr=1e-3", "l1_sparse.lr=1e-3", "ga.lr=1e-5"]
 

@@ -32,8 +32,8 @@ for devices in (1, 4):
     h = keras.layers.Dropout(0.2)(keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(h)))
     model = keras.Model(inputs, keras.layers.Dense(4)(h))
     dist = data_parallel(devices)
-    trainer = Trainer(model, make_optimizer(TrainConfig(epochs=2, optimizer="adam", lr=1e-2), 8), 4, (127.0,) * 3,
-                      (64.0,) * 3, augment=("crop", "flip"), seed=0, distribution=dist)
+    trainer = Trainer(model, make_optimizer(TrainConfig(epochs=2, optimizer="adam", lr=1e-2), 8), num_classes=4,
+                      mean=(127.0,) * 3, std=(64.0,) * 3, augment=("crop", "flip"), seed=0, distribution=dist)
     history = trainer.fit(x, y, 2, 16)  # 3 batches of 16 split 4 ways, then a batch of 2, computed whole
     out[devices] = {"loss": [h.loss for h in history],
                     "weights": [np.asarray(v).ravel().tolist() for v in trainer.train_values + trainer.non_trainable_values],

@@ -44,7 +44,7 @@ def test_a_cache_hit_never_changes_a_result_the_l1_schedule_is_part_of_the_key()
     ("lora", dict(rank=2.5), "rank must be an integer"),
     ("finetune", dict(batch_size=True), "batch_size must be an integer"),
     ("finetune", dict(prune_heads="no"), "prune_heads must be True or False"),
-    ("finetune", dict(eval_models_mode="vamp"), "did you mean 'vmap'"),
+    ("finetune", dict(eval_models_mode="vmap"), "unknown option 'eval_models_mode'"),  # an evaluation option
     ("lora", dict(rnak=4), "unknown option 'rnak' for method 'lora' \\(did you mean 'rank'\\?\\)"),
     ("lora", dict(amount=0.5), "unknown option 'amount' for method 'lora'.*its hyperparameters: alpha, dropout"),
     ("scrub", dict(scrub_lr=0.1), "unknown option 'scrub_lr' for method 'scrub': pass lr=..."),

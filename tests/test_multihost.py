@@ -257,7 +257,7 @@ TINY_VIT = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2",
 # ResNet-50 passes it too: PRUNELORA_TEST_RESNET=resnet50. Relearning is exercised by the ViT.
 RESNET = os.environ.get("PRUNELORA_TEST_RESNET", "resnet18")
 TINY_RESNET = ["--model", RESNET, "--preset", "quick", "--set", "model.width=0.0625", "--set", "data.train_size=200",
-               "--paradigms", "pruned_lora", "--epochs", "1", "--set", "unlearn.relearn_max_steps=0",
+               "--paradigms", "pruned_lora", "--epochs", "1", "--set", "eval.relearn_max_steps=0",
                "--set", "unlearn.batch_size=64", "--set", "unlearn.bn=freeze"]
 
 

@@ -16,7 +16,7 @@ from prunelora_keras.experiment.sweep import fold_classes, parse_classes, per_cl
 
 TINY = ["--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16", "--set", "model.depth=1",
         "--set", "model.heads=2", "--set", "model.mlp_dim=16", "--set", "data.train_size=300",
-        "--set", "unlearn.relearn_max_steps=20"]
+        "--set", "eval.relearn_max_steps=20"]
 
 
 def test_parse_classes():
@@ -44,8 +44,8 @@ def test_the_class_requests_syntax_is_checked_without_the_data():
     (["--forget-each", "all", "--forget-fraction", "0.1"], "exclude each other"),
     (["--forget-each", "1,2", "--forget-class", "3"], "exclude each other"),
     (["--set", "unlearn.prune_classifier=maybe"], "unlearn.prune_classifier = 'maybe' is not valid"),
-    (["--set", "unlearn.relearn_fraction=1.5"], "unlearn.relearn_fraction must be in (0, 1)"),
-    (["--set", "unlearn.relearn_max_steps=-1"], "unlearn.relearn_max_steps must be in"),
+    (["--set", "eval.relearn_fraction=1.5"], "eval.relearn_fraction must be in (0, 1)"),
+    (["--set", "eval.relearn_max_steps=-1"], "eval.relearn_max_steps must be in"),
 ])
 def test_bad_sweep_input_is_one_line_and_exit_2(capsys, tmp_path, extra, message):
     code = main(["--model", "vit", "--preset", "quick", "--out", str(tmp_path / "r"), *extra])

@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/<model>-<preset>-seed<seed>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                         help="override any config key, e.g. --set pretrain.epochs=3 --set data.train_size=2000 "
-                             "(sections: model, data, pretrain, retrain, unlearn; a method's hyperparameters: "
+                             "(sections: model, data, pretrain, retrain, unlearn, eval; a method's hyperparameters: "
                              "METHOD.KEY, e.g. scrub.lr=1e-3; --list-keys prints every key); "
                              "repeatable")
     parser.add_argument("--devices", type=int, metavar="N",
@@ -182,7 +182,7 @@ def overrides(args: argparse.Namespace) -> dict:
     if args.paradigms is not None:
         out["unlearn.paradigms"] = args.paradigms
     if args.eval_models is not None:
-        out["unlearn.eval_models"] = args.eval_models
+        out["eval.models"] = args.eval_models
     if args.epochs is not None:
         out["unlearn.epochs"] = args.epochs
     if args.forget_each is not None:

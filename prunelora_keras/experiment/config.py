@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelora_keras.errors import UserError
+from prunelora_keras.evaluation.settings import EVAL_CHOICES, MOVED_TO_EVAL, EvalConfig, check_eval
 from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
 from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
 from prunelora_keras.methods.hparams import MOVED, check_hparams
@@ -84,6 +85,7 @@ class Config:
     pretrain: TrainConfig = field(default_factory=TrainConfig)
     retrain: TrainConfig = field(default_factory=TrainConfig)
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     methods: dict[str, Any] = field(default_factory=lambda: default_hparams())  # name -> its hyperparameters
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +95,7 @@ class Config:
 
 TOP_LEVEL = ("seed", "devices")  # keys outside any section
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "pretrain": TrainConfig, "retrain": TrainConfig,
-            "unlearn": UnlearnConfig}
+            "unlearn": UnlearnConfig, "eval": EvalConfig}
 CHOICES = {
     ("model", "name"): MODEL_NAMES,
     ("pretrain", "optimizer"): ("sgd", "adam", "adamw"),
@@ -103,6 +105,7 @@ CHOICES = {
     ("pretrain", "bn"): ("update", "freeze"),
     ("retrain", "bn"): ("update", "freeze"),
     **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
+    **{("eval", name): choices for name, choices in EVAL_CHOICES.items()},
 }
 AUGMENTATIONS = ("crop", "flip", "mixup")
 
@@ -231,6 +234,9 @@ def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) 
         raise UserError(f"{source}: [{section}] must be a table")
     names = {f.name: f for f in dataclasses.fields(obj)}
     for key, value in values.items():
+        if section == "unlearn" and key in MOVED_TO_EVAL:
+            raise UserError(f"{source}: unlearn.{key} is now eval.{MOVED_TO_EVAL[key]}: the evaluation's options have "
+                            f"their own section (--set eval.{MOVED_TO_EVAL[key]}=..., or an [eval] table)")
         if section == "unlearn" and key in MOVED:
             raise UserError(f"{source}: unlearn.{key} is now {MOVED[key]}: each method owns its hyperparameters "
                             f"(--set {MOVED[key].split()[0]}=..., or a [methods.{MOVED[key].split('.')[0]}] table)")
@@ -314,11 +320,12 @@ def validate(cfg: Config) -> None:
     """Ranges and choices that can be checked without data. Raises ``UserError``."""
     for (section, name), choices in CHOICES.items():
         value = getattr(getattr(cfg, section), name)
-        if section != "unlearn" and value not in choices:  # unlearn.*: check_unlearn, below
+        if section not in ("unlearn", "eval") and value not in choices:  # check_unlearn and check_eval, below
             raise UserError(f"{section}.{name} = {value!r} is not valid: choose one of {', '.join(choices)}"
                             f"{did_you_mean(value, choices)}")
     try:  # the library's own validation of the unlearning options, word for word
         check_unlearn(cfg.unlearn, "unlearn.")
+        check_eval(cfg.eval, "eval.")
     except ValueError as exc:
         raise UserError(str(exc)) from None
     checks = [

@@ -83,12 +83,12 @@ def training_inputs(plan: Plan, cfg: Config, ds: Dataset, retain: Subset) -> tup
 def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config) -> Reference:
     """The relearning plan and target of a forget request, from the original model.
 
-    Relearning is off (no plan) when ``unlearn.relearn_max_steps`` is 0 or D_f has fewer than 2 images.
+    Relearning is off (no plan) when ``eval.relearn_max_steps`` is 0 or D_f has fewer than 2 images.
     """
-    u = cfg.unlearn
-    if u.relearn_max_steps <= 0 or len(split.forget) < 2:
+    e = cfg.eval
+    if e.relearn_max_steps <= 0 or len(split.forget) < 2:
         return Reference()
-    plan = relearn_plan(split.retain, split.forget, u.relearn_fraction, cfg.seed)
+    plan = relearn_plan(split.retain, split.forget, e.relearn_fraction, cfg.seed)
     start = accuracy_pct(predict_logits(original, plan.heldout.x, ds.mean, ds.std, cfg.data.eval_batch_size),
                          plan.heldout.y)
     return Reference(relearn=plan, relearn_target=start - RELEARN_MARGIN)
@@ -108,9 +108,9 @@ def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg:
         ``Evaluation`` with the metrics (percent; CKA in [0, 1]), the Figure-2 losses and the
         features per evaluation set.
     """
-    u = cfg.unlearn
-    relearn = {"lr": u.relearn_lr, "batch_size": u.batch_size, "max_steps": u.relearn_max_steps,
-               "eval_every": u.relearn_eval_every}
+    e = cfg.eval
+    relearn = {"lr": e.relearn_lr, "batch_size": cfg.unlearn.batch_size, "max_steps": e.relearn_max_steps,
+               "eval_every": e.relearn_eval_every}
     return evaluate_arrays(model, evaluation_sets(split), ds.num_classes, ds.mean, ds.std, seed=cfg.seed,
-                           batch_size=cfg.data.eval_batch_size, members=u.mia_members, nonmembers=u.mia_nonmembers,
+                           batch_size=cfg.data.eval_batch_size, members=e.mia_members, nonmembers=e.mia_nonmembers,
                            reference=reference, relearn=relearn)

@@ -64,7 +64,7 @@ def check_pools(cfg: Config, ds: Dataset, distribution: Any) -> None:
     """Refuse, before anything trains, a K that cannot run: wrong backend, continual requests, a K
     that does not split over the devices, or a pool larger than the free memory (one line naming
     the largest K that fits)."""
-    k = cfg.unlearn.eval_models
+    k = cfg.eval.models
     if not k:
         return
     if keras.backend.backend() != "jax":
@@ -77,7 +77,7 @@ def check_pools(cfg: Config, ds: Dataset, distribution: Any) -> None:
     if devices and k % len(devices):
         raise UserError(f"--eval-models {k} does not split over {len(devices)} devices: pass a multiple of "
                         f"{len(devices)} or --devices with a divisor of {k}")
-    mode = choose_mode(cfg.unlearn.eval_models_mode, devices)
+    mode = choose_mode(cfg.eval.models_mode, devices)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.model, ds.num_classes, ds.image_shape)
     trainer = scratch_trainer(model, cfg.retrain, 1, ds, cfg.seed, "estimate")
@@ -192,8 +192,8 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
     Returns the per-example values by method."""
     from prunelora_keras.experiment.stages import paradigm_key
 
-    u, k = cfg.unlearn, cfg.unlearn.eval_models
-    devices, mode = pool_devices(distribution), u.eval_models_mode
+    u, k = cfg.unlearn, cfg.eval.models
+    devices, mode = pool_devices(distribution), cfg.eval.models_mode
     pools_dir = out_dir / "pools"
 
     def retrain_pool(tag: str):
@@ -229,7 +229,7 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
         except FloatingPointError as exc:  # one method's pool diverged: it has no scores, the others still run
             log(f"{name} pool: stopped: {exc}")
             _attach(rows, name, {"pool_status": f"non-finite loss ({exc})"}, float("nan"))
-    n = min(u.eval_models_retain_sample, len(split.retain))
+    n = min(cfg.eval.models_retain_sample, len(split.retain))
     retain_sample = np.sort(np.random.default_rng([cfg.seed, 7]).choice(len(split.retain), n, replace=False))
     per_example: dict[str, dict[str, np.ndarray]] = {}
     ceiling_row, per_example["retrain"] = score_pool(logits["retrain_ceiling"], logits["retrain"], split, retain_sample)

@@ -325,7 +325,7 @@ def run_pipeline(cfg: Config, out_dir: Path, ds: Dataset | None = None,
 
 def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSplit, original_dir: Path | None,
                   data_id: str, distribution: Any, start: float) -> dict[str, Any]:
-    if cfg.unlearn.eval_models:
+    if cfg.eval.models:
         from prunelora_keras.experiment.many_models import check_pools
 
         check_pools(cfg, ds, distribution)
@@ -343,14 +343,14 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
     else:
         rows, losses, _ = unlearn_round(cfg, split, ds, {}, original.checkpoint, out_dir, data_id, distribution, stages)
         requests = None
-        if cfg.unlearn.eval_models:
+        if cfg.eval.models:
             from prunelora_keras.experiment import many_models, pool_report
 
             per_example = many_models.run_pools(cfg, ds, split, original.checkpoint, out_dir, data_id, rows,
                                                 distribution)
             many_models.save_per_example(per_example, out_dir / "per_example.npz")
             pool_report.plot_forgetting_quality(per_example, out_dir / "forgetting_quality.png",
-                                                f"{cfg.model.name}: per-example scores, K = {cfg.unlearn.eval_models}")
+                                                f"{cfg.model.name}: per-example scores, K = {cfg.eval.models}")
     results = {
         "warnings": chance_warnings(retain_accuracies(original_metrics, rows), split.retain.y),
         "config": cfg.to_dict(),

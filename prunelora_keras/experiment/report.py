@@ -200,8 +200,9 @@ def evaluation_table(results: dict[str, Any]) -> str:
     if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[2:]):
         lines += ["", DAGGER_NOTE]
     if any(r.get("relearn_capped") for r in rows):
-        cap = ((results.get("config") or {}).get("unlearn") or {}).get("relearn_max_steps")
-        lines += ["", f"> relearn hit the cap (unlearn.relearn_max_steps{f' = {cap}' if cap else ''}): D_f was not back "
+        config = results.get("config") or {}  # (results before the [eval] section: unlearn.relearn_max_steps)
+        cap = (config.get("eval") or {}).get("relearn_max_steps") or (config.get("unlearn") or {}).get("relearn_max_steps")
+        lines += ["", f"> relearn hit the cap (eval.relearn_max_steps{f' = {cap}' if cap else ''}): D_f was not back "
                       "at the original's accuracy minus 10 points within it; the true count is larger."]
     return "\n".join(lines)
 

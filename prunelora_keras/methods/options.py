@@ -1,5 +1,5 @@
 """The unlearning options every method shares (epochs, batch size, BatchNorm policy, precision, the
-targets of the package's models, the evaluation's knobs), as one typed dataclass (``UnlearnConfig``).
+targets of the package's models), as one typed dataclass (``UnlearnConfig``).
 Each method's own knobs are its hyperparameters (``hparams.py``).
 
 The command reads them from presets and ``--set unlearn.<key>=...``; ``prunelora_keras.unlearn``
@@ -22,7 +22,8 @@ PAPER_PARADIGMS = ("retrain", "finetune", "pruned", "lora", "pruned_lora")  # th
 
 @dataclass
 class UnlearnConfig:
-    """The unlearning options every method shares (the fields below); ``--set unlearn.<field>=...``
+    """The unlearning options every method shares (the fields below; the evaluation's are
+    ``evaluation.settings.EvalConfig``); ``--set unlearn.<field>=...``
     on the command, ``plk.unlearn(**{field: value})`` in the library. A method's own knobs (learning
     rate, rank, ...) are its hyperparameters (``methods.hparams``: ``--set scrub.lr=...``).
     Example: ``UnlearnConfig(batch_size=64).bn == "update"``.
@@ -39,21 +40,9 @@ class UnlearnConfig:
     # ResNet's Linear); true: on both models; false: on neither (the forget class's logit row is never zeroed)
     prune_classifier: str = "reference"
     vit_lora_targets: str = "reference"  # reference: head adapter only (what ran in the paper); intended: out-proj + head
-    mia_members: int = 9000  # loss_logreg: retain losses drawn at full scale (scaled down 9:5 on subsets)
-    mia_nonmembers: int = 5000  # loss_logreg: remaining-class test losses drawn at full scale
     prefix_cache: str = "auto"  # auto: train only the suffix on cached prefix features when exact; off
     prefix_cache_max_gb: float = 8.0  # host memory the cached features may take; larger -> uncached
     precision: str = "float32"  # bfloat16: bfloat16 compute, float32 master weights (for GPUs/TPUs)
-    # relearn time (relearn.py): Adam on D_r plus this fraction of D_f, steps until the held-out rest of D_f is
-    # back at the original's accuracy minus 10 points; capped at relearn_max_steps (0: no relearning)
-    relearn_fraction: float = 0.1
-    relearn_max_steps: int = 200
-    relearn_eval_every: int = 5
-    relearn_lr: float = 1e-3
-    # many-model evaluation (ensemble.py, forgetting_quality.py): K models per pool, 0: off
-    eval_models: int = 0
-    eval_models_mode: str = "auto"  # auto | vmap | map | loop: how a pool maps its K axis (ensemble.py)
-    eval_models_retain_sample: int = 1000  # KLoM on D_r: a seeded sample of this many retained images
 
 
 # The string options and their allowed values (``config.CHOICES`` reads them from here).
@@ -63,7 +52,6 @@ UNLEARN_CHOICES: dict[str, tuple[str, ...]] = {
     "prune_classifier": ("reference", "true", "false"),
     "prefix_cache": ("auto", "off"),
     "precision": ("float32", "bfloat16"),
-    "eval_models_mode": ("auto", "vmap", "map", "loop"),
 }
 
 
@@ -85,7 +73,7 @@ def check_unlearn(u: UnlearnConfig, where: str = "") -> UnlearnConfig:
         ValueError: one line naming the option, the bad value and the fix.
 
     Example:
-        >>> check_unlearn(UnlearnConfig(relearn_lr=1)).relearn_lr
+        >>> check_unlearn(UnlearnConfig(prefix_cache_max_gb=1)).prefix_cache_max_gb
         1.0
     """
     for name, tp in _field_types().items():
@@ -115,13 +103,5 @@ def unlearn_checks(u: UnlearnConfig) -> list[tuple[bool, str]]:
         (len(set(u.paradigms)) == len(u.paradigms), "unlearn.paradigms lists a paradigm twice"),
         (len(u.epochs) >= 1 and all(e >= 1 for e in u.epochs), "unlearn.epochs must be one or more integers >= 1"),
         (u.batch_size >= 1, "unlearn.batch_size must be >= 1"),
-        (u.mia_members >= 1 and u.mia_nonmembers >= 1, "unlearn.mia_members and unlearn.mia_nonmembers must be >= 1"),
         (u.prefix_cache_max_gb > 0, "unlearn.prefix_cache_max_gb must be > 0"),
-        (0 < u.relearn_fraction < 1, "unlearn.relearn_fraction must be in (0, 1)"),
-        (0 <= u.relearn_max_steps <= 1_000_000, "unlearn.relearn_max_steps must be in 0..1000000 (0: no relearning)"),
-        (u.relearn_eval_every >= 1, "unlearn.relearn_eval_every must be >= 1"),
-        (u.relearn_lr > 0, "unlearn.relearn_lr must be > 0"),
-        (u.eval_models == 0 or 2 <= u.eval_models <= 100_000,
-         "--eval-models (unlearn.eval_models) must be 0 (off) or a number of models per pool from 2 to 100000"),
-        (u.eval_models_retain_sample >= 1, "unlearn.eval_models_retain_sample must be >= 1"),
     ]
