@@ -223,8 +223,10 @@ def test_only_the_writer_probes_the_run_folder(tmp_path, monkeypatch):
     assert made == [tmp_path] and [p.name for p in tmp_path.iterdir()] == ["f"]
     ns = run.parse_args(["--model", "vit", "--coordinator", "127.0.0.1:1", "--num-processes", "2",
                                         "--process-id", "1"])
-    assert run.writes_run_folder(ns) is False
-    assert run.writes_run_folder(run.parse_args(["--model", "vit"])) is True
+    job = run.detect_job(ns.coordinator, ns.num_processes, ns.process_id)
+    assert run.writes_run_folder(job) is False and run.writes_run_folder(None) is True
+    auto = run.parse_args(["--model", "vit", "--num-processes", "auto"])
+    assert run.writes_run_folder(run.detect_job(auto.coordinator, auto.num_processes, auto.process_id)) is None
 
 
 def test_every_seed_is_validated_before_any_seed_trains(capsys, monkeypatch):
@@ -377,3 +379,10 @@ def test_seeds_run_everything_per_seed_and_report_mean_and_spread(capsys, tmp_pa
     assert "RA_std" in (out / "results.csv").read_text().splitlines()[0]
     code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--seeds", "0,0", "--out", str(tmp_path / "bad")])
     assert code == 2 and "--seeds '0,0'" in err
+
+
+def test_list_keys_into_a_reader_that_stops_early_ends_quietly():
+    """``--list-keys | head -1``: the closed pipe is not an error (no traceback, exit 0)."""
+    proc = subprocess.run(f"{sys.executable} -m prunelora_keras.run --list-keys --model vit | head -1", shell=True,
+                          env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("values this run would use") and "Error" not in proc.stderr, proc.stderr

@@ -22,6 +22,7 @@ from prunelora_keras.experiment.arguments import list_keys, overrides, parse_arg
 from prunelora_keras.experiment.budget import check_disk, check_out_dir, checkpoint_bytes, estimate_train_seconds
 from prunelora_keras.experiment.config import MODEL_NAMES, build_config, validate
 from prunelora_keras.methods.options import did_you_mean
+from prunelora_keras.parallel.jobs import Job, detect_job
 from prunelora_keras.errors import BackendUnavailable, TrainingFailed, UserError, backend_unavailable
 
 EXIT_USAGE = 2
@@ -39,14 +40,18 @@ def main(argv: list[str] | None = None) -> int:
                             f"one of {', '.join(MODEL_NAMES)}")
         cfg = build_config(model, args.preset, args.config, overrides(args), args.sets)
         if args.list_keys:
-            print(list_keys(cfg, sources(args)))
+            try:
+                print(list_keys(cfg, sources(args)), flush=True)
+            except BrokenPipeError:  # `--list-keys | head`: the reader has all it wanted
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         seeds = seed_list(cfg, args.seeds)
         plan_class_sweep(cfg, args, seeds)
         out_dir = out_folder(cfg, args, seeds)
-        writer = writes_run_folder(args)
+        job = detect_job(args.coordinator, args.num_processes, args.process_id)  # no JAX: the checks stay light
+        writer = writes_run_folder(job)
         check_out_dir(out_dir, probe=writer is True)  # a path that cannot hold the run folder: before anything heavy
-        join_job(args)  # before anything touches a device
+        join_job(job, args)  # before anything touches a device
         if writer is None:  # JAX named this process only now: only the writer probes the folder
             from prunelora_keras.parallel import multihost
 
@@ -130,20 +135,9 @@ def out_folder(cfg, args: argparse.Namespace, seeds: list[int] | None) -> Path:
     return Path(f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
 
 
-def writes_run_folder(args: argparse.Namespace) -> bool | None:
-    """Whether this process writes the run folder (process 0, or the only one); None when JAX has
-    yet to say which process this is (``--num-processes auto``). Without multi-process flags or
-    variables this is one process, answered without importing JAX (the checks before it stay light)."""
-    import os
-
-    flags = (args.coordinator, args.num_processes, args.process_id)
-    variables = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES",
-                 "KERAS_DISTRIBUTION_PROCESS_ID", "SLURM_NTASKS")
-    if all(v is None for v in flags) and not any(os.environ.get(k) for k in variables):
-        return True
-    from prunelora_keras.parallel import multihost
-
-    job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
+def writes_run_folder(job: Job | None) -> bool | None:
+    """Whether this process writes the run folder (process 0, or the only one: ``job`` is None); None
+    when JAX has yet to say which process this is (``--num-processes auto``)."""
     if job is None:
         return True
     if job.process_id is None:
@@ -151,13 +145,12 @@ def writes_run_folder(args: argparse.Namespace) -> bool | None:
     return job.process_id == 0
 
 
-def join_job(args: argparse.Namespace) -> None:
-    """Join the multi-process job the flags or the environment describe (nothing to do for one process)."""
-    from prunelora_keras.parallel import multihost
-
-    job = multihost.detect_job(args.coordinator, args.num_processes, args.process_id)
+def join_job(job: Job | None, args: argparse.Namespace) -> None:
+    """Join the multi-process ``job`` (``jobs.detect_job``; None: one process, nothing to do)."""
     if job is None:
         return
+    from prunelora_keras.parallel import multihost
+
     import keras
 
     from prunelora_keras.experiment import pipeline
