@@ -110,8 +110,9 @@ def _load_pool(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _save_pool(path: Path, pool: PoolTrainer, logits: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    arrays = {f"train_{i}": host_value(v) for i, v in enumerate(pool.train_values)}
-    arrays.update({f"nt_{i}": host_value(v) for i, v in enumerate(pool.non_trainable_values)})
+    state = pool.state()  # stacked over the members
+    arrays = {f"train_{i}": host_value(v) for i, v in enumerate(state.train)}
+    arrays.update({f"nt_{i}": host_value(v) for i, v in enumerate(state.non_trainable)})
     arrays.update({f"logits_{s}": logits[s] for s in SETS})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
