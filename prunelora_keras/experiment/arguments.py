@@ -157,6 +157,11 @@ def sources(args: argparse.Namespace) -> str:
     return ", ".join(given)
 
 
+FLAG_KEYS = {"seed": "seed", "forget_fraction": "data.forget_fraction", "devices": "devices",
+             "weights": "model.weights", "paradigms": "unlearn.paradigms", "eval_models": "eval.models",
+             "epochs": "unlearn.epochs"}
+
+
 def overrides(args: argparse.Namespace) -> dict:
     """The configuration keys the flags set (``--dataset`` -> ``data.dataset``, ...)."""
     out = {}
@@ -171,20 +176,9 @@ def overrides(args: argparse.Namespace) -> dict:
         out["data.forget_class"] = int(classes[0])
         if len(classes) > 1:
             out["data.forget_classes"] = [int(c) for c in classes]
-    if args.seed is not None:
-        out["seed"] = args.seed
-    if args.forget_fraction is not None:
-        out["data.forget_fraction"] = args.forget_fraction
-    if args.devices is not None:
-        out["devices"] = args.devices
-    if args.weights is not None:
-        out["model.weights"] = args.weights
-    if args.paradigms is not None:
-        out["unlearn.paradigms"] = args.paradigms
-    if args.eval_models is not None:
-        out["eval.models"] = args.eval_models
-    if args.epochs is not None:
-        out["unlearn.epochs"] = args.epochs
+    for flag, key in FLAG_KEYS.items():  # the flags that set one configuration key as they are
+        if getattr(args, flag) is not None:
+            out[key] = getattr(args, flag)
     if args.forget_each is not None:
         if args.forget_class is not None:
             raise UserError("--forget-each and --forget-class exclude each other: --forget-each runs one experiment "

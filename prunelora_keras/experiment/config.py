@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelora_keras.errors import UserError
+from prunelora_keras.experiment.values import INT_LIMIT, coerce, parse_set  # noqa: F401  (re-exported)
 from prunelora_keras.evaluation.settings import EVAL_CHOICES, MOVED_TO_EVAL, EvalConfig, check_eval
 from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
 from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
@@ -36,11 +35,9 @@ from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, U
 
 MODEL_NAMES = ("resnet18", "resnet50", "vit")
 DATASET_NAMES = ("cifar10", "digits", "tfds:cifar10")  # data.DATASETS; checked here so it fails before loading
-# Integers beyond int64 overflow as soon as numpy or JAX sees them; the seed also seeds numpy's
+# The seed also seeds numpy's
 # legacy generator and scikit-learn (< 2**32), and the test split draws with ``seed + 1``.
-INT_LIMIT = 2**63
 SEED_MAX = 2**32 - 2
-SHORT_REPR = 60
 
 
 @dataclass
@@ -180,55 +177,6 @@ def load_preset(name: str) -> dict[str, Any]:
     return read_toml(path, "preset")
 
 
-def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _short(value: Any) -> str:
-    """``repr`` cut to one short line, so a huge or nested bad value still gives a readable error."""
-    text = repr(value)
-    return text if len(text) <= SHORT_REPR else text[:SHORT_REPR - 3] + "..."
-
-
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against a dataclass field type, converting only where it is lossless.
-
-    Numbers must also be usable: floats finite (TOML allows ``nan`` and ``inf``, which would
-    only surface as a NaN loss or an overflow hours later), integers within int64.
-    """
-    if isinstance(tp, str):
-        tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})  # noqa: S307
-    origin = typing.get_origin(tp)
-    if origin in (list, types.GenericAlias) or origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-            if item_tp is not str:
-                value = [parse_set(f"item={v}")[1] for v in value]
-        if not isinstance(value, list):
-            raise UserError(f"{where}: expected a list, got {_short(value)}")
-        return [coerce(v, item_tp, where) for v in value]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if abs(value) >= INT_LIMIT:
-                raise UserError(f"{where}: {_short(value)} is too large (integers must fit in 64 bits)")
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if isinstance(value, int) and abs(value) >= INT_LIMIT:
-                raise UserError(f"{where}: {_short(value)} is too large")
-            if not math.isfinite(value):
-                raise UserError(f"{where}: expected a finite number, got {value!r}")
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise UserError(f"{where}: expected {_type_name(tp)}, got {_short(value)}")
-
-
 def _apply_section(obj: Any, values: dict[str, Any], section: str, source: str) -> None:
     if not isinstance(values, dict):
         raise UserError(f"{source}: [{section}] must be a table")
@@ -279,19 +227,6 @@ def _apply_tree(cfg: Config, tree: dict[str, Any], model: str, source: str, retr
                 valid = ", ".join([*TOP_LEVEL, "models", *SECTIONS, "methods"])
                 raise UserError(f"{source}: unknown key {key!r}{did_you_mean(key, [*TOP_LEVEL, 'models', *SECTIONS, 'methods'])}; "
                                 f"valid top-level keys: {valid}")
-
-
-def parse_set(assignment: str) -> tuple[str, Any]:
-    """``section.key=value`` -> (dotted key, value). The value is read as TOML, else as a string."""
-    if "=" not in assignment:
-        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set pretrain.epochs=3")
-    key, raw = assignment.split("=", 1)
-    key, raw = key.strip(), raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key, value
 
 
 def apply_value(cfg: Config, key: str, value: Any, where: str) -> None:
