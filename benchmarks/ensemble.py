@@ -68,7 +68,7 @@ def jax_sequential(cfg, ds, x, y, seeds) -> float:
         keras.utils.set_random_seed(seed)
         model = build_model(cfg.model, ds.num_classes, ds.image_shape)
         set_bn_policy(model, cfg.retrain.bn)
-        trainer = Trainer(model, make_optimizer(cfg.retrain, steps), num_classes=ds.num_classes, mean=ds.mean, std=ds.std, seed=seed,
+        trainer = Trainer(model, make_optimizer(cfg.retrain, steps), num_classes=ds.num_classes, preprocess=ds.preprocess, seed=seed,
                           share_key="bench-ensemble", verbose=False)
         history = trainer.fit(x, y, 2, cfg.data.batch_size)
         total += history[1].seconds
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
             row["vmap_speedup"] = row["sequential_s"] / row["vmapped_s"]
         keras.utils.set_random_seed(0)
         trainer = Trainer(build_model(cfg.model, ds.num_classes, ds.image_shape), make_optimizer(cfg.retrain, 10),
-                          num_classes=ds.num_classes, mean=ds.mean, std=ds.std, verbose=False)
+                          num_classes=ds.num_classes, preprocess=ds.preprocess, verbose=False)
         state, work, shared = pool_bytes(trainer, cfg.data.batch_size)
         row["pool_bytes_estimate"] = {"vmap": k * (state + work) + shared, "loop": k * state + work + shared}
         if args.torch == "auto" and k <= args.torch_max_k:

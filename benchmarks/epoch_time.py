@@ -34,6 +34,7 @@ from prunelora_keras.experiment.context import training_inputs
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.optim import make_optimizer
 from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.data.augment import Preprocess
 
 
 def main(argv=None) -> int:
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     x = rng.integers(0, 256, (args.images, *shape), dtype=np.uint8)
     y = rng.integers(0, 10, args.images).astype(np.int32)
     u = cfg.unlearn
-    stats = SimpleNamespace(mean=(0.5,) * 3, std=(0.25,) * 3)
+    stats = SimpleNamespace(preprocess=Preprocess((0.5,) * 3, (0.25,) * 3))
     modes = {"both": ["off", "auto"], "off": ["off"], "auto": ["auto"]}[args.cache]
     rows = []
     for name in args.paradigms.split(","):
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
             h = cfg.methods[name]
             opt = make_optimizer(TrainConfig(optimizer=h.optimizer, lr=h.lr, schedule="constant"), steps * args.epochs)
             paths = {v.path for v in model.variables}
-            trainer = Trainer(model, opt, num_classes=10, mean=stats.mean, std=stats.std, train_vars=recipe.train_vars,
+            trainer = Trainer(model, opt, num_classes=10, preprocess=stats.preprocess, train_vars=recipe.train_vars,
                               masks={k: m for k, m in recipe.masks.items() if k in paths}, label=name,
                               features=features)
             start = time.perf_counter()

@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     total = num_batches(len(split.retain), u.batch_size) * max(u.epochs)
     opt = make_optimizer(TrainConfig(epochs=max(u.epochs), optimizer=h.optimizer, lr=h.lr,
                                      weight_decay=h.weight_decay, schedule="constant"), total)
-    trainer = Trainer(recipe.model, opt, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, train_vars=recipe.train_vars,
+    trainer = Trainer(recipe.model, opt, num_classes=ds.num_classes, preprocess=ds.preprocess, train_vars=recipe.train_vars,
                       masks=recipe.masks, seed=cfg.seed, label=a.paradigm)
 
     x, y = split.retain.x, split.retain.y
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     from prunelora_keras.training.inference import predict_logits
 
     def keras_scores(model):
-        return scores(lambda xs: predict_logits(model, xs, ds.mean, ds.std, cfg.data.eval_batch_size))
+        return scores(lambda xs: predict_logits(model, xs, ds.preprocess, cfg.data.eval_batch_size))
 
     # The outcome's spread under rounding noise alone, in each framework: --controls more runs from
     # the start weights perturbed by 1e-7 (relative; noise seeds 1..K), on the same batches.
@@ -238,7 +238,7 @@ def main(argv=None) -> int:
             keras.saving.load_model(original.checkpoint, compile=False, safe_mode=True)), cfg)
         set_bn_policy(km.model, u.bn)
         load_state_dict_into_keras(km.model, state_k)
-        kt = Trainer(km.model, opt, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, train_vars=km.train_vars, masks=km.masks,
+        kt = Trainer(km.model, opt, num_classes=ds.num_classes, preprocess=ds.preprocess, train_vars=km.train_vars, masks=km.masks,
                      seed=cfg.seed, label=a.paradigm)
         for step in range(a.steps):
             idx = order[step * u.batch_size:(step + 1) * u.batch_size]

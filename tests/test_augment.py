@@ -3,6 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from prunelora_keras.data.augment import mixup, prepare_batch, random_crop, random_flip
+from prunelora_keras.data.augment import Preprocess
 
 
 def test_random_crop_is_a_window_of_the_padded_image():
@@ -42,6 +43,6 @@ def test_mixup_is_a_convex_combination_of_pairs():
 
 def test_prepare_batch_normalises_without_augmentation():
     x = np.full((2, 2, 2, 3), 255, np.uint8)
-    out, targets = prepare_batch(None, jnp.asarray(x), jnp.asarray([0, 2]), 3, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    out, targets = prepare_batch(None, jnp.asarray(x), jnp.asarray([0, 2]), 3, Preprocess((0.5, 0.5, 0.5), (0.25, 0.5, 1.0)))
     np.testing.assert_allclose(np.asarray(out)[0, 0, 0], [2.0, 1.0, 0.5])
     np.testing.assert_array_equal(np.asarray(targets), [[1, 0, 0], [0, 0, 1]])

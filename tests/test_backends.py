@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from prunelora_keras.data.augment import Preprocess
 from conftest import REPO, clean_env
 
 TORCH_BACKEND = {"KERAS_BACKEND": "torch"}
@@ -23,7 +24,7 @@ model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
 from prunelora_keras.experiment.context import evaluate_model
 from prunelora_keras.evaluation.features import predict_logits_and_features
 metrics = evaluate_model(model, split, ds, cfg).metrics
-logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
+logits, feats = predict_logits_and_features(model, split.forget.x, ds.preprocess)
 print(json.dumps({"backend": keras.backend.backend(), **metrics, "logits": logits.tolist(), "features": feats.tolist()}))
 """
 
@@ -41,7 +42,7 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     ds, split = pipeline.load_data(cfg)
     keras.utils.set_random_seed(0)
     model = build_model(cfg.model, ds.num_classes, ds.image_shape)
-    Trainer(model, make_optimizer(cfg.pretrain, 10), num_classes=ds.num_classes, mean=ds.mean, std=ds.std).fit(
+    Trainer(model, make_optimizer(cfg.pretrain, 10), num_classes=ds.num_classes, preprocess=ds.preprocess).fit(
         split.train.x, split.train.y, 2, 64)  # a trained model: predictions far from ties
     path = tmp_path / "model.keras"
     model.save(path)
@@ -57,7 +58,7 @@ def test_same_weights_give_the_same_metrics_on_jax_and_torch(tmp_path):
     # tighter than any metric could show (a wrong layer on either backend fails here)
     from prunelora_keras.evaluation.features import predict_logits_and_features
 
-    logits, feats = predict_logits_and_features(model, split.forget.x, ds.mean, ds.std)
+    logits, feats = predict_logits_and_features(model, split.forget.x, ds.preprocess)
     np.testing.assert_allclose(np.asarray(torch_metrics["logits"]), logits, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(torch_metrics["features"]), feats, rtol=1e-4, atol=1e-4)
     for m in ("UA", "RA", "TA"):  # one image at most may flip on float rounding
@@ -77,7 +78,7 @@ def _fit_trainer(seed=3):
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2, 2, 3)), keras.layers.Flatten(), keras.layers.Dense(4)])
-    return FitTrainer(model, TrainConfig(optimizer="adam", lr=1e-2), total_steps=20, num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3, seed=seed,
+    return FitTrainer(model, TrainConfig(optimizer="adam", lr=1e-2), total_steps=20, num_classes=4, preprocess=Preprocess((0.5,) * 3, (0.25,) * 3), seed=seed,
                       verbose=False)
 
 
@@ -121,7 +122,7 @@ def test_the_compiled_trainer_refuses_another_backend_with_the_fix(monkeypatch):
     model = _fit_trainer().model
     monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
     with pytest.raises(ValueError, match="unset KERAS_BACKEND .* fit_loop.FitTrainer"):
-        Trainer(model, None, num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3)
+        Trainer(model, None, num_classes=4, preprocess=Preprocess((0.5,) * 3, (0.25,) * 3))
 
 
 # The issue-24 command (`--model vit --preset quick`), every default paradigm, made small: a narrow

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras import methods
 from prunelora_keras.methods import common
 from prunelora_keras.experiment.context import config_context
@@ -34,7 +35,7 @@ def trained_once():
     h = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv")(inputs)
     h = keras.layers.Flatten()(h)
     model = keras.Model(inputs, keras.layers.Dense(ds.num_classes, name="head")(h))
-    Trainer(model, optax.adam(1e-2), num_classes=ds.num_classes, mean=ds.mean, std=ds.std).fit(split.train.x, split.train.y, 15, 32)
+    Trainer(model, optax.adam(1e-2), num_classes=ds.num_classes, preprocess=ds.preprocess).fit(split.train.x, split.train.y, 15, 32)
     return cfg, ds, split, [np.asarray(v) for v in model.get_weights()], model
 
 
@@ -55,7 +56,7 @@ def _fresh(trained):
 
 def _forget_loss(model, trained):
     cfg, ds, split, _, _ = trained
-    return float(cross_entropy(predict_logits(model, split.forget.x, ds.mean, ds.std), split.forget.y).mean())
+    return float(cross_entropy(predict_logits(model, split.forget.x, ds.preprocess), split.forget.y).mean())
 
 
 def _plan(name, model, cfg, split, ds):
@@ -68,7 +69,7 @@ def _run(name, trained, epochs=2, **overrides):
     cfg.methods[name] = dataclasses.replace(cfg.methods[name], **overrides)  # this test's copy only
     model = _fresh(trained)
     plan = _plan(name, model, cfg, split, ds)
-    trainer = Trainer(model, plan.optimizer, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, seed=0)
+    trainer = Trainer(model, plan.optimizer, num_classes=ds.num_classes, preprocess=ds.preprocess, seed=0)
     trainer.fit(plan.x, plan.y, epochs, 32, labels_for_epoch=plan.labels_for_epoch)
     return model, plan
 
@@ -85,10 +86,10 @@ def test_rl_relabels_every_forget_image_and_changes_its_predictions(trained):
     relabelled = common.random_other_labels(split.forget.y, ds.num_classes, seed=0)
     assert np.all(relabelled != split.forget.y) and len(set(relabelled)) > 3
     np.testing.assert_array_equal(relabelled, common.random_other_labels(split.forget.y, ds.num_classes, seed=0))
-    right_before = np.mean(np.argmax(predict_logits(_fresh(trained), split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
+    right_before = np.mean(np.argmax(predict_logits(_fresh(trained), split.forget.x, ds.preprocess), 1) == split.forget.y)
     model, plan = _run("rl", trained, epochs=3, lr=0.05)
     assert len(plan.y) == len(split.retain) + len(split.forget)
-    right_after = np.mean(np.argmax(predict_logits(model, split.forget.x, ds.mean, ds.std), 1) == split.forget.y)
+    right_after = np.mean(np.argmax(predict_logits(model, split.forget.x, ds.preprocess), 1) == split.forget.y)
     assert right_before > 0.8 and right_after < right_before - 0.3
 
 
@@ -96,7 +97,7 @@ def test_salun_moves_only_the_salient_weights(trained):
     before = [np.asarray(v) for v in _fresh(trained).trainable_variables]
     model = _fresh(trained)
     cfg, ds, split, _, _ = trained
-    masks = common.saliency_masks(model, model.trainable_variables, split.forget.x, split.forget.y, ds.mean, ds.std, 0.3, 64)
+    masks = common.saliency_masks(model, model.trainable_variables, split.forget.x, split.forget.y, ds.preprocess, 0.3, 64)
     total = sum(m.size for m in masks)
     assert sum(m.sum() for m in masks) == pytest.approx(0.3 * total, abs=2)
     model, _ = _run("salun", trained, ratio=0.3, lr=0.05)
@@ -217,13 +218,12 @@ def test_salun_selects_exactly_the_ratio_even_with_ties():
     x = np.full((4, 2, 2, 1), 255, np.uint8)
     y = np.array([0, 0, 1, 1])
 
-    class Data:
-        mean, std = (0.5,), (0.25,)
+    pre = Preprocess((0.5,), (0.25,))
 
     for ratio in (0.25, 0.5, 0.6):
-        masks = common.saliency_masks(model, model.trainable_variables, x, y, Data.mean, Data.std, ratio, 4)
+        masks = common.saliency_masks(model, model.trainable_variables, x, y, pre, ratio, 4)
         assert sum(m.sum() for m in masks) == round(ratio * 8), ratio
-    first = common.saliency_masks(model, model.trainable_variables, x, y, Data.mean, Data.std, 0.25, 4)[0].ravel()
+    first = common.saliency_masks(model, model.trainable_variables, x, y, pre, 0.25, 4)[0].ravel()
     assert first.tolist() == [1, 1, 0, 0, 0, 0, 0, 0]  # ties: the earlier entries, deterministically
 
 

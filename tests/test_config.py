@@ -37,28 +37,28 @@ def test_set_values_are_typed():
     cfg = build_config("vit", "quick", sets=["pretrain.augment=crop,flip", "pretrain.lr=1", "model.dim=32"])
     assert cfg.pretrain.augment == ["crop", "flip"] and cfg.pretrain.lr == 1.0 and isinstance(cfg.pretrain.lr, float)
     assert coerce(3, float, "x") == 3.0
-    with pytest.raises(UserError, match="expected an integer"):
+    with pytest.raises(UserError, match="x must be an integer"):
         coerce(2.5, int, "x")
-    with pytest.raises(UserError, match="expected an integer"):
+    with pytest.raises(UserError, match="x must be an integer"):
         coerce(True, int, "x")
 
 
 @pytest.mark.parametrize("sets, message", [
     (["pretrain.nope=1"], "unknown key pretrain.nope"),
     (["nosection=1"], "unknown key 'nosection'"),
-    (["pretrain.epochs=abc"], "expected an integer"),
+    (["pretrain.epochs=abc"], "pretrain.epochs must be an integer"),
     (["pretrain.epochs=0"], "pretrain.epochs must be >= 1"),
     (["pretrain.optimizer=rmsprop"], "choose one of sgd, adam, adamw"),
     (["pretrain.augment=crop,rotate"], "augment may only hold"),
     (["model.heads=3"], "divisible by model.heads"),
     (["data.batch_size=0"], "batch_size must be >= 1"),
     (["noequals"], "expected KEY=VALUE"),
-    (["pretrain.lr=nan"], "expected a finite number"),
-    (["model.width=inf"], "expected a finite number"),
+    (["pretrain.lr=nan"], "must be a finite number"),
+    (["model.width=inf"], "must be a finite number"),
     (["lora.alpha=1e400"], "lora.alpha must be a finite number"),
     (["pretrain.epochs=9223372036854775808"], "fit in 64 bits"),
     (["pretrain.lr=99999999999999999999999"], "too large"),
-    (["pretrain.lr=[0.1, 0.2]"], "expected a number, got \\[0.1, 0.2\\]"),
+    (["pretrain.lr=[0.1, 0.2]"], "must be a number, got \\[0.1, 0.2\\]"),
     (["seed=-1"], "seed must be in 0..4294967294"),
     (["seed=4294967295"], "seed must be in 0..4294967294"),
     (["data.dataset=mnist"], "unknown dataset 'mnist': choose one of cifar10, digits, tfds:cifar10"),

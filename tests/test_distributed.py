@@ -18,6 +18,7 @@ from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.parallel.distributed import data_parallel
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.data.augment import Preprocess
 
 assert jax.device_count() == 4
 rng = np.random.default_rng(0)
@@ -33,7 +34,7 @@ for devices in (1, 4):
     model = keras.Model(inputs, keras.layers.Dense(4)(h))
     dist = data_parallel(devices)
     trainer = Trainer(model, make_optimizer(TrainConfig(epochs=2, optimizer="adam", lr=1e-2), 8), num_classes=4,
-                      mean=(127.0,) * 3, std=(64.0,) * 3, augment=("crop", "flip"), seed=0, distribution=dist)
+                      preprocess=Preprocess((127.0,) * 3, (64.0,) * 3), augment=("crop", "flip"), seed=0, distribution=dist)
     history = trainer.fit(x, y, 2, 16)  # 3 batches of 16 split 4 ways, then a batch of 2, computed whole
     out[devices] = {"loss": [h.loss for h in history],
                     "weights": [np.asarray(v).ravel().tolist() for v in trainer.train_values + trainer.non_trainable_values],

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from conftest import REPO, clean_env
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras import methods
 from prunelora_keras.api.library import copy_model, find_targets, unlearn_options
 from prunelora_keras.training.checkpoint import load_state, save_state
@@ -48,14 +49,14 @@ def _data(n=40, seed=0):
 def _single(seed, x, y, epochs=2, batch=16):
     set_bn_policy(model := _cnn(seed), "update")
     steps = -(-len(y) // batch) * RECIPE.epochs
-    trainer = Trainer(model, make_optimizer(RECIPE, steps), num_classes=3, mean=MEAN, std=STD, augment=RECIPE.augment, seed=seed,
+    trainer = Trainer(model, make_optimizer(RECIPE, steps), num_classes=3, preprocess=Preprocess(MEAN, STD), augment=RECIPE.augment, seed=seed,
                       verbose=False)
     trainer.fit(x, y, epochs, batch)
     return [np.asarray(v) for v in trainer.train_values + trainer.non_trainable_values]
 
 
 def _pool(seeds, x, y, mode):
-    return scratch_pool(_cnn, RECIPE, x, y, 16, 3, MEAN, STD, seeds, mode=mode, verbose=False)
+    return scratch_pool(_cnn, RECIPE, x, y, 16, 3, Preprocess(MEAN, STD), seeds, mode=mode, verbose=False)
 
 
 @pytest.mark.parametrize("mode", ["vmap", "map", "loop"])
@@ -70,7 +71,7 @@ def test_a_pool_reproduces_the_single_loop_member_by_member(mode):
         trained, non_trainable = pool.member_values(k)
         for got, want in zip([np.asarray(v) for v in trained + non_trainable], _single(seed, x, y)):
             np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)  # << one Adam step (1e-2)
-    logits = pool.logits(x, MEAN, STD, batch_size=16)
+    logits = pool.logits(x, batch_size=16)
     assert logits.shape == (3, len(x), 3)
     assert not np.allclose(logits[0], logits[1])  # different seeds, different models
 
@@ -95,7 +96,7 @@ def test_method_pools_share_frozen_values_and_match_single_runs():
     is ``prepare_method`` with seed k trained alone."""
     x, y = _data(48)
     model = _cnn(0)
-    Trainer(model, optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, verbose=False).fit(x, y, 3, 16)
+    Trainer(model, optax.adam(1e-2), num_classes=3, preprocess=Preprocess(MEAN, STD), verbose=False).fit(x, y, 3, 16)
     retain, forget = Subset(x[y != 2], y[y != 2]), Subset(x[y == 2], y[y == 2])
     opts, hparams = unlearn_options("lora", batch_size=8, rank=2)
     targets = find_targets(model).targets
@@ -103,7 +104,7 @@ def test_method_pools_share_frozen_values_and_match_single_runs():
     def ctx(seed):  # built as the experiment builds a run of seed ``seed`` (dropout's seed generator included)
         keras.utils.set_random_seed(seed)
         return methods.MethodContext(model=copy_model(model), options=opts, hparams=hparams, retain=retain,
-                                     forget=forget, num_classes=3, mean=MEAN, std=STD, seed=seed, targets=targets,
+                                     forget=forget, num_classes=3, preprocess=Preprocess(MEAN, STD), seed=seed, targets=targets,
                                      epochs=1)
 
     seeds = member_seeds(0, "unlearn", 2)
@@ -128,22 +129,22 @@ def test_unlearn_pool_member_is_plk_unlearn_of_that_seed():
 
     x, y = _data(48)
     model = _cnn(0)
-    Trainer(model, optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, verbose=False).fit(x, y, 3, 16)
+    Trainer(model, optax.adam(1e-2), num_classes=3, preprocess=Preprocess(MEAN, STD), verbose=False).fit(x, y, 3, 16)
     xf = x.astype("float32") / 255.0  # the model's own input domain (nothing normalised for the user)
     retain, forget = (xf[y != 2], y[y != 2]), (xf[y == 2], y[y == 2])
     pool = plk.unlearn_pool(model, retain, forget, "finetune", seeds=[4, 9], epochs=1, batch_size=16, verbose=False)
     single = plk.unlearn(model, retain, forget, "finetune", epochs=1, seed=9, batch_size=16, verbose=False)
-    np.testing.assert_allclose(pool.logits(forget[0], (0.0,), (1.0,))[1],
+    np.testing.assert_allclose(pool.logits(forget[0])[1],
                                single.model.predict(forget[0], verbose=0), rtol=1e-3, atol=1e-4)
 
 
 def test_members_that_do_not_share_a_layout_are_refused():
     x, y = _data()
-    narrow = Trainer(_cnn(0), optax.sgd(0.1), num_classes=3, mean=MEAN, std=STD, verbose=False)
+    narrow = Trainer(_cnn(0), optax.sgd(0.1), num_classes=3, preprocess=Preprocess(MEAN, STD), verbose=False)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 3))
     other = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
-    wide = Trainer(other, optax.sgd(0.1), num_classes=3, mean=MEAN, std=STD, verbose=False)
+    wide = Trainer(other, optax.sgd(0.1), num_classes=3, preprocess=Preprocess(MEAN, STD), verbose=False)
     with pytest.raises(ValueError, match="share one architecture"):
         PoolTrainer([narrow, wide], [ArrayStream(x, y, 8)] * 2)
     with pytest.raises(ValueError, match="mode"):
@@ -153,30 +154,30 @@ def test_members_that_do_not_share_a_layout_are_refused():
 @pytest.mark.parametrize("other, what", [
     (dict(optimizer=optax.adam(2e-2)), "optimiser updates differently"),  # another learning rate
     (dict(optimizer=optax.adamw(1e-2, weight_decay=0.1)), "optimiser updates differently"),
-    (dict(mean=(120.0,) * 3), "another mean"),
-    (dict(std=(60.0,) * 3), "another std"),
+    (dict(preprocess=Preprocess((120.0,) * 3, STD)), "another preprocess"),
+    (dict(preprocess=Preprocess(MEAN, (60.0,) * 3)), "another preprocess"),
     (dict(augment=["flip"]), "another augment"),
     (dict(mixup_alpha=0.4, augment=["crop", "flip", "mixup"]), "another augment"),
     (dict(loss=lambda inputs: 0.0), "another loss"),
 ])
 def test_members_whose_step_differs_are_refused(other, what):
     x, y = _data()
-    settings = dict(optimizer=optax.adam(1e-2), mean=MEAN, std=STD, augment=["crop", "flip"])
-    first = Trainer(_cnn(0), settings["optimizer"], num_classes=3, mean=settings["mean"], std=settings["std"], augment=settings["augment"],
+    settings = dict(optimizer=optax.adam(1e-2), preprocess=Preprocess(MEAN, STD), augment=["crop", "flip"])
+    first = Trainer(_cnn(0), settings["optimizer"], num_classes=3, preprocess=settings["preprocess"], augment=settings["augment"],
                     seed=0, verbose=False)
     changed = {**settings, **other}
     loss = {"loss": changed.pop("loss")} if "loss" in changed else {}
-    second = Trainer(_cnn(1), changed.pop("optimizer"), num_classes=3, mean=changed.pop("mean"), std=changed.pop("std"), seed=1,
+    second = Trainer(_cnn(1), changed.pop("optimizer"), num_classes=3, preprocess=changed.pop("preprocess"), seed=1,
                      verbose=False, **changed, **loss)
     with pytest.raises(ValueError, match=f"pool member 1.*{what}"):
         PoolTrainer([first, second], [ArrayStream(x, y, 8)] * 2)
-    same = Trainer(_cnn(1), optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, augment=["crop", "flip"], seed=1, verbose=False)
+    same = Trainer(_cnn(1), optax.adam(1e-2), num_classes=3, preprocess=Preprocess(MEAN, STD), augment=["crop", "flip"], seed=1, verbose=False)
     PoolTrainer([first, same], [ArrayStream(x, y, 8)] * 2)  # equal settings built twice: accepted
 
 
 def test_a_loop_pool_never_consumes_its_members_buffers():
     x, y = _data()
-    members = [Trainer(_cnn(s), optax.adam(1e-2), num_classes=3, mean=MEAN, std=STD, seed=s, verbose=False) for s in (0, 1)]
+    members = [Trainer(_cnn(s), optax.adam(1e-2), num_classes=3, preprocess=Preprocess(MEAN, STD), seed=s, verbose=False) for s in (0, 1)]
     before = [[np.asarray(v) for v in m.train_values] for m in members]
     pool = PoolTrainer(members, [ArrayStream(x, y, 8)] * 2, mode="loop")
     pool.fit(1)
@@ -187,7 +188,7 @@ def test_a_loop_pool_never_consumes_its_members_buffers():
 
 
 def test_pool_bytes_counts_state_and_the_steps_working_memory():
-    trainer = Trainer(_cnn(0), optax.adam(1e-3), num_classes=3, mean=MEAN, std=STD, verbose=False)
+    trainer = Trainer(_cnn(0), optax.adam(1e-3), num_classes=3, preprocess=Preprocess(MEAN, STD), verbose=False)
     state, work, shared = pool_bytes(trainer, 16)
     params = sum(int(np.prod(v.shape)) for v in trainer.model.trainable_variables) * 4
     assert state >= 3 * params  # values + Adam's two moments
@@ -201,6 +202,7 @@ import json, numpy as np
 import prunelora_keras, jax, keras
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.api.pools import scratch_pool
+from prunelora_keras.data.augment import Preprocess
 assert jax.device_count() == 2
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8), rng.integers(0, 3, 24)
@@ -211,12 +213,12 @@ def cnn(seed):
 recipe = TrainConfig(epochs=1, optimizer="adam", lr=1e-2)
 out = {}
 for devices in (None, jax.devices()):
-    pool = scratch_pool(cnn, recipe, x, y, 8, 3, (127.,) * 3, (64.,) * 3, [1, 2, 3, 4], mode="vmap", devices=devices,
+    pool = scratch_pool(cnn, recipe, x, y, 8, 3, Preprocess((127.,) * 3, (64.,) * 3), [1, 2, 3, 4], mode="vmap", devices=devices,
                         verbose=False)
     pool.fit(1)
     out[str(devices is not None)] = {"w": [np.asarray(v).ravel().tolist() for v in pool.state().train],
                                      "shards": len(pool.state().train[0].sharding.device_set),
-                                     "logits": pool.logits(x, (127.,) * 3, (64.,) * 3, 8).ravel().tolist()}
+                                     "logits": pool.logits(x, 8).ravel().tolist()}
 print(json.dumps(out))
 """
 
@@ -238,7 +240,7 @@ def test_a_diverging_member_stops_the_pool_with_its_index():
     models = [_cnn(1), _cnn(2)]
     head = models[1].get_layer("head")
     head.kernel.assign(np.full(head.kernel.shape, np.inf, "float32"))  # member 1 only: its loss is not finite
-    members = [Trainer(m, optax.sgd(0.01), num_classes=3, mean=MEAN, std=STD, seed=s, verbose=False) for m, s in zip(models, (1, 2))]
+    members = [Trainer(m, optax.sgd(0.01), num_classes=3, preprocess=Preprocess(MEAN, STD), seed=s, verbose=False) for m, s in zip(models, (1, 2))]
     pool = PoolTrainer(members, [ArrayStream(x, y, 16)] * 2, mode="loop", verbose=False)
     with pytest.raises(FloatingPointError, match=r"pool member\(s\) \[1\]"):
         pool.fit(2)
@@ -257,7 +259,7 @@ def test_the_ensemble_benchmark_skips_the_pytorch_columns_without_torch(monkeypa
     assert bench.torch_or_none() is None
     for timing in (bench.torch_sequential, bench.torch_vmapped):
         assert timing(None, None, None, None, 4).startswith("skipped: PyTorch is not installed")
-    ds = types.SimpleNamespace(num_classes=4, image_shape=(4, 4, 3), mean=MEAN, std=STD)
+    ds = types.SimpleNamespace(num_classes=4, image_shape=(4, 4, 3), preprocess=Preprocess(MEAN, STD))
     split = types.SimpleNamespace(retain=Subset(np.zeros((8, 4, 4, 3), np.uint8), np.arange(8) % 4))
     monkeypatch.setattr(bench, "load_data", lambda cfg: (ds, split))
     monkeypatch.setattr(bench, "jax_sequential", lambda *a: 2.0)

@@ -7,6 +7,7 @@ import pytest
 import keras
 
 import prunelora_keras as plk
+from prunelora_keras.data.augment import Preprocess
 
 
 def tiny(activation=None, classes=4, name="head"):
@@ -127,7 +128,7 @@ def test_bad_labels_are_refused_in_unlearn_evaluate_and_the_pools(labels, messag
     _refused(lambda: plk.unlearn_pool(model, good, (x, labels), "finetune", k=2, epochs=1, verbose=False), message)
     from prunelora_keras.training.recipe import TrainConfig
 
-    _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(), x.astype("uint8"), labels, 2, 4, (0.0,), (1.0,),
+    _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(), x.astype("uint8"), labels, 2, 4, Preprocess(),
                                       seeds=[0, 1], verbose=False), message)
 
 
@@ -144,7 +145,7 @@ def test_an_empty_set_or_an_empty_training_pass_is_refused():
     from prunelora_keras.training.recipe import TrainConfig
 
     _refused(lambda: plk.scratch_pool(lambda s: tiny(), TrainConfig(epochs=0), good[0].astype("uint8"), good[1], 4, 4,
-                                      (0.0,), (1.0,), seeds=[0, 1], verbose=False), "epochs must be an integer >= 1")
+                                      Preprocess(), seeds=[0, 1], verbose=False), "epochs must be an integer >= 1")
 
 
 def test_a_chance_level_model_is_warned_about_in_the_result_too():

@@ -22,6 +22,7 @@ from prunelora_keras.experiment.labels import method_label
 from prunelora_keras.training.step import LossInputs
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.inference import predict_logits
+from prunelora_keras.data.augment import Preprocess
 
 
 def _np_log_softmax(z):
@@ -172,22 +173,22 @@ def test_scrub_max_steps_push_the_student_away_from_the_teacher_on_d_f_only():
     mean, std = (0.5,) * 3, (0.25,) * 3
     xs, ys = zip(*(_data(24, c, c) for c in range(3)))
     x, y = np.concatenate(xs), np.concatenate(ys)
-    Trainer(model, optax.adam(1e-2), num_classes=3, mean=mean, std=std, verbose=False).fit(x, y, 10, 8)
-    before = predict_logits(model, xs[2], mean, std)
+    Trainer(model, optax.adam(1e-2), num_classes=3, preprocess=Preprocess(mean, std), verbose=False).fit(x, y, 10, 8)
+    before = predict_logits(model, xs[2], Preprocess(mean, std))
     cfg = build_config("vit", "quick", sets=["scrub.lr=0.05", "scrub.msteps=1", "unlearn.batch_size=8"])
     retain = Subset(np.concatenate(xs[:2]), np.concatenate(ys[:2]))
     ctx = MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods["scrub"], retain=retain,
-                        forget=Subset(xs[2], ys[2]), num_classes=3, mean=mean, std=std, seed=0,
+                        forget=Subset(xs[2], ys[2]), num_classes=3, preprocess=Preprocess(mean, std), seed=0,
                         targets=Targets(classifier="head"), epochs=1)
     plan = methods.get("scrub").prepare(ctx)
     teacher = [np.array(v) for v in plan.teacher[0]]
     stream = MaxThenMin(retain, Subset(xs[2], ys[2]), 8, 8, msteps=1)
     stream_max_only = lambda epoch, rng: (b for b in stream(epoch, rng) if "forget" in b)  # noqa: E731
     stream_max_only.steps_per_epoch = 3
-    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, mean=mean, std=std, train_vars=plan.train_vars, loss=plan.loss,
+    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, preprocess=Preprocess(mean, std), train_vars=plan.train_vars, loss=plan.loss,
                       teacher=plan.teacher, verbose=False)
     trainer.fit(epochs=1, stream=stream_max_only)
-    after = predict_logits(plan.model, xs[2], mean, std)
+    after = predict_logits(plan.model, xs[2], Preprocess(mean, std))
     kl = lambda a: float(distill_kl(jnp.asarray(a), jnp.asarray(before), ctx.hparams.temperature))  # noqa: E731
     assert kl(before) == pytest.approx(0.0, abs=1e-6) and kl(after) > 1e-3
     assert all(np.array_equal(a, np.array(b)) for a, b in zip(teacher, plan.teacher[0]))
@@ -223,7 +224,7 @@ def _context(model, sets, retain, forget, mean=(0.5,) * 3, std=(0.25,) * 3, meth
 
     cfg = build_config("vit", "quick", sets=sets)
     return MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods[method], retain=retain, forget=forget,
-                         num_classes=3, mean=mean, std=std, seed=0, targets=Targets(classifier="head"), epochs=1)
+                         num_classes=3, preprocess=Preprocess(mean, std), seed=0, targets=Targets(classifier="head"), epochs=1)
 
 
 def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
@@ -243,7 +244,7 @@ def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
     stream = plan.stream
     max_only = lambda epoch, rng: (p for p in stream(epoch, rng) if "forget" in p)  # noqa: E731
     max_only.steps_per_epoch = 1
-    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, mean=mean, std=std, train_vars=plan.train_vars, loss=plan.loss,
+    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, preprocess=Preprocess(mean, std), train_vars=plan.train_vars, loss=plan.loss,
                       teacher=plan.teacher, verbose=False)
     (stats,) = trainer.fit(epochs=1, stream=max_only)
 
@@ -257,7 +258,7 @@ def test_scrub_max_step_raises_the_kl_by_the_amount_numpy_computes():
     w1 = w - lr * (x.T @ g_logits + wd * w)
     b1 = b - lr * (g_logits.sum(0) + wd * b)
     kl_expected = _np_distill_kl(x @ w1 + b1, t, temp)
-    kl_after = _np_distill_kl(predict_logits(plan.model, forget.x, mean, std).astype(np.float64), t, temp)
+    kl_after = _np_distill_kl(predict_logits(plan.model, forget.x, Preprocess(mean, std)).astype(np.float64), t, temp)
     assert stats.loss == pytest.approx(-kl_before, rel=1e-4)
     assert kl_expected > 1.5 * kl_before  # the direction: away from the teacher
     assert kl_after == pytest.approx(kl_expected, rel=1e-3)  # and the size
@@ -320,7 +321,7 @@ def test_neggrad_plus_ascends_on_d_f_and_descends_on_d_r_end_to_end():
         return float(-_np_log_softmax(_np_inputs(x, mean, std) @ w + b)[np.arange(len(y)), y].mean())
 
     ce_r, ce_f = ce(retain.x, retain.y, w, b), ce(forget.x, forget.y, w, b)
-    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, mean=mean, std=std, train_vars=plan.train_vars, loss=plan.loss,
+    trainer = Trainer(plan.model, plan.optimizer, num_classes=3, preprocess=Preprocess(mean, std), train_vars=plan.train_vars, loss=plan.loss,
                       verbose=False)
     history = trainer.fit(epochs=5, stream=plan.stream)
     assert plan.stream.steps_per_epoch == 1 and history[0].loss == pytest.approx(alpha * ce_r - (1 - alpha) * ce_f,
@@ -345,7 +346,8 @@ def test_the_step_key_does_not_drive_dropout_the_seed_generator_state_does():
     model = _tiny()
     n = len(model.trainable_variables)
     opt = optax.sgd(0.0)
-    spec = StepSpec(model, opt, cross_entropy_loss, 3, tuple(range(n)), (), (None,) * n, (0.5,) * 3, (0.25,) * 3)
+    spec = StepSpec(model, opt, cross_entropy_loss, 3, tuple(range(n)), (), (None,) * n,
+                    Preprocess((0.5,) * 3, (0.25,) * 3))
     train = [v.value for v in model.trainable_variables]
     nt = [v.value for v in model.non_trainable_variables]
     x, y = _data(16, 1, 0)

@@ -6,8 +6,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.svm import SVC
 
 from prunelora_keras.evaluation.metrics import (accuracy_pct, add_avg_gap, attack_sizes, cross_entropy, entropy,
-    mia_confidence_svc, mia_loss_logreg, mia_svc, modified_entropy, stratified_sample, svc_feature,
-    true_class_probability, tug_of_war, unlearning_accuracy, unlearning_metrics)
+    mia_loss_logreg, mia_svc, modified_entropy, stratified_sample, svc_feature,
+    tug_of_war, unlearning_accuracy, unlearning_metrics)
 
 
 def test_accuracies_on_known_inputs():
@@ -18,10 +18,10 @@ def test_accuracies_on_known_inputs():
     assert unlearning_accuracy(logits[:1], labels[:1]) == 0.0
 
 
-def test_true_class_probability_is_softmax():
+def test_cross_entropy_is_minus_log_softmax():
     logits = np.array([[1.0, 2.0, 3.0]])
     p = np.exp(logits) / np.exp(logits).sum()
-    assert true_class_probability(logits, np.array([1]))[0] == pytest.approx(p[0, 1])
+    assert np.exp(-cross_entropy(logits, np.array([1])))[0] == pytest.approx(p[0, 1])
     assert cross_entropy(logits, np.array([2]))[0] == pytest.approx(-np.log(p[0, 2]))
 
 
@@ -49,7 +49,7 @@ def test_confidence_attack_against_independent_svc():
     retain = np.clip(rng.normal(0.97, 0.02, 800), 0, 1)
     test = np.clip(rng.normal(0.6, 0.2, 300), 0, 1)
     forget = np.r_[np.full(40, 0.99), np.full(60, 0.3)]
-    res = mia_confidence_svc(retain, test, forget, seed=5)
+    res = mia_svc(retain, test, forget, seed=5)
     assert (res.n_members, res.n_nonmembers) == (300, 300)  # min(|D_r|, |test|) members
     members = retain[stratified_sample(np.zeros(800, int), 300, 5)]
     x = np.r_[members, test][:, None]

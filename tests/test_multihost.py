@@ -150,6 +150,7 @@ import jax, keras
 from prunelora_keras.data.batches import Rows
 from prunelora_keras.parallel.distributed import Placement, data_parallel
 from prunelora_keras.training.inference import evaluation_devices, predict_logits
+from prunelora_keras.data.augment import Preprocess
 
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
 placement = Placement(data_parallel(0))
@@ -174,9 +175,9 @@ inputs = keras.Input((4, 4, 3))
 h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
 model = keras.Model(inputs, keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(h)))
 images = np.random.default_rng(1).integers(0, 255, (37, 4, 4, 3), dtype=np.uint8)
-alone = predict_logits(model, images, (127.0,) * 3, (64.0,) * 3, batch_size=8)
+alone = predict_logits(model, images, Preprocess((127.0,) * 3, (64.0,) * 3), batch_size=8)
 with evaluation_devices(data_parallel(0)):
-    spread = predict_logits(model, images, (127.0,) * 3, (64.0,) * 3, batch_size=6)  # rounded up to 8
+    spread = predict_logits(model, images, Preprocess((127.0,) * 3, (64.0,) * 3), batch_size=6)  # rounded up to 8
 sharded = jax.make_array_from_callback((8, 3), placement.batch_sharding((8, 3)), lambda i: x[:8][i])
 multihost.write_once(lambda: open(os.path.join(out, "written"), "w").write("0"), "marker")
 seen = open(os.path.join(out, "written")).read()  # every process reads what process 0 wrote
@@ -386,6 +387,7 @@ import jax, keras
 from prunelora_keras.training.checkpoint import load_state, save_state
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.api.pools import scratch_pool
+from prunelora_keras.data.augment import Preprocess
 
 assert jax.device_count() == 4
 
@@ -400,7 +402,7 @@ def build(seed):
 rng = np.random.default_rng(0)
 x, y = rng.integers(0, 255, (40, 6, 6, 3), dtype=np.uint8), rng.integers(0, 3, 40)
 recipe = TrainConfig(epochs=2, optimizer="sgd", lr=0.05, momentum=0.9)
-make = lambda: scratch_pool(build, recipe, x, y, 16, 3, (127.0,) * 3, (64.0,) * 3, seeds=[3, 5, 7, 9],
+make = lambda: scratch_pool(build, recipe, x, y, 16, 3, Preprocess((127.0,) * 3, (64.0,) * 3), seeds=[3, 5, 7, 9],
                             devices=jax.devices(), verbose=False)
 pool = make()
 assert pool.mode == "vmap" and len(pool.state().train[0].sharding.device_set) == 4  # K over all four devices
@@ -410,7 +412,7 @@ save_state(path, pool, {"epoch": 1})  # gathered from both processes, written by
 resumed = make()
 load_state(path, resumed)  # every process reads what process 0 wrote
 history += resumed.fit(1, first_epoch=2)
-logits = resumed.logits(x[:10], (127.0,) * 3, (64.0,) * 3, batch_size=8)
+logits = resumed.logits(x[:10], batch_size=8)
 print(json.dumps({"loss": [h.loss for h in history], "logits": logits.tolist()}))
 """
 

@@ -14,6 +14,7 @@ from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.optim import make_optimizer
 from prunelora_keras.training.inference import predict_logits
 from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.data.augment import Preprocess
 
 
 def tiny_cfg(model="vit", *sets):
@@ -44,13 +45,13 @@ def test_mixed_model_computes_in_bfloat16_on_float32_weights(arch):
     assert computing and all(layer.compute_dtype == "bfloat16" for layer in computing)
     assert all(v.dtype == "float32" for v in mixed.variables)  # master weights (and BN statistics) stay float32
     x = _images()
-    ref = predict_logits(model, x, MEAN, STD)
-    low = predict_logits(mixed, x, MEAN, STD)
+    ref = predict_logits(model, x, Preprocess(MEAN, STD))
+    low = predict_logits(mixed, x, Preprocess(MEAN, STD))
     assert not np.array_equal(ref, low)  # it really computed in bfloat16
     np.testing.assert_allclose(low, ref, rtol=0.1, atol=0.1 * np.abs(ref).max())
     back = evaluation_model(mixed)  # same master weights in float32: exactly the original function
     assert all(layer.compute_dtype == "float32" for layer in back.layers if layer.weights)
-    np.testing.assert_allclose(predict_logits(back, x, MEAN, STD), ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(predict_logits(back, x, Preprocess(MEAN, STD)), ref, rtol=1e-6, atol=1e-6)
     assert training_model(model, "float32") is model and evaluation_model(model) is model
 
 
@@ -64,7 +65,7 @@ def _train(precision, lora: bool, epochs: int):
         train_vars = list(model.trainable_variables)
     x, y = _images(64), np.arange(64) % 10
     optimizer = make_optimizer(TrainConfig(epochs=epochs, optimizer="adam", lr=3e-3), 2 * epochs)
-    trainer = Trainer(model, optimizer, num_classes=10, mean=MEAN, std=STD, train_vars=train_vars, seed=0)
+    trainer = Trainer(model, optimizer, num_classes=10, preprocess=Preprocess(MEAN, STD), train_vars=train_vars, seed=0)
     return model, train_vars, np.array([h.loss for h in trainer.fit(x, y, epochs, 32)]), x
 
 
@@ -85,8 +86,8 @@ def test_mixed_lora_trains_and_evaluates_merged_in_float32():
     assert np.abs(np.asarray(adapted.get_layer("head").lora_b.value)).max() > 0  # the adapter trained
     evaluated = evaluation_model(merge(adapted))
     assert all(layer.compute_dtype == "float32" for layer in evaluated.layers if layer.weights)
-    np.testing.assert_allclose(predict_logits(evaluated, x, MEAN, STD),
-                               predict_logits(with_dtype_policy(adapted, "float32"), x, MEAN, STD),
+    np.testing.assert_allclose(predict_logits(evaluated, x, Preprocess(MEAN, STD)),
+                               predict_logits(with_dtype_policy(adapted, "float32"), x, Preprocess(MEAN, STD)),
                                rtol=1e-4, atol=1e-4)
 
 
@@ -118,4 +119,4 @@ def test_unknown_precision_is_refused():
 
 
 def _untrained_ra(model, split, ds):
-    return 100.0 * float(np.mean(np.argmax(predict_logits(model, split.retain.x, ds.mean, ds.std), 1) == split.retain.y))
+    return 100.0 * float(np.mean(np.argmax(predict_logits(model, split.retain.x, ds.preprocess), 1) == split.retain.y))

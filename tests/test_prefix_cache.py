@@ -12,6 +12,7 @@ from prunelora_keras.experiment.pipeline import load_data, run_paradigm
 from prunelora_keras.training.prefix_cache import compute_features, split_frozen_prefix
 from prunelora_keras.training.inference import predict_logits
 from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.data.augment import Preprocess
 
 
 def tiny_cfg(model="vit", *sets):
@@ -25,8 +26,8 @@ def _random_weights(model, seed=0):
         v.assign(rng.normal(scale=0.3, size=v.shape).astype("float32"))
 
 
-def _suffix_logits(psplit, x, mean, std):
-    features = compute_features(psplit.prefix, x, mean, std, batch_size=7)
+def _suffix_logits(psplit, x, preprocess):
+    features = compute_features(psplit.prefix, x, preprocess, batch_size=7)
     out = psplit.suffix(features, training=False)
     return keras.ops.convert_to_numpy(out)
 
@@ -50,7 +51,7 @@ def test_vit_suffix_of_prefix_features_equals_the_model(targets, suffix_first):
     assert {id(v) for v in recipe.train_vars} <= {id(v) for v in psplit.suffix.trainable_variables}
     x = np.random.default_rng(1).integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    np.testing.assert_allclose(_suffix_logits(psplit, x, mean, std), predict_logits(recipe.model, x, mean, std),
+    np.testing.assert_allclose(_suffix_logits(psplit, x, Preprocess(mean, std)), predict_logits(recipe.model, x, Preprocess(mean, std)),
                                rtol=1e-5, atol=1e-5)
 
 

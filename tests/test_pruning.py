@@ -10,6 +10,7 @@ from prunelora_keras.models import simple_vit
 from prunelora_keras.training.fit_loop import FitTrainer
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.data.augment import Preprocess
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -74,10 +75,10 @@ def _train(model, masks, train_vars=None, steps_epochs=5):
     x, y = data()
     recipe = TrainConfig(optimizer="adamw", lr=0.05, weight_decay=0.1)
     if keras.backend.backend() == "jax":
-        Trainer(model, make_optimizer(recipe, 20), num_classes=3, mean=MEAN, std=STD, train_vars=train_vars, masks=masks).fit(
+        Trainer(model, make_optimizer(recipe, 20), num_classes=3, preprocess=Preprocess(MEAN, STD), train_vars=train_vars, masks=masks).fit(
             x, y, steps_epochs, 16)  # 20 steps
     else:  # the fit loop of the other backends must keep the same masks
-        FitTrainer(model, recipe, total_steps=20, num_classes=3, mean=MEAN, std=STD, train_vars=train_vars, masks=masks).fit(x, y, steps_epochs, 16)
+        FitTrainer(model, recipe, total_steps=20, num_classes=3, preprocess=Preprocess(MEAN, STD), train_vars=train_vars, masks=masks).fit(x, y, steps_epochs, 16)
 
 
 def test_persistent_masks_survive_adam_with_weight_decay_and_reference_regrows():

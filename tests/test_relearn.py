@@ -10,6 +10,7 @@ from prunelora_keras.evaluation.relearn import relearn_plan, relearn_steps
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.inference import accuracy, predict_logits
 import optax
+from prunelora_keras.data.augment import Preprocess
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -55,30 +56,30 @@ def test_relearn_counts_steps_until_the_target_and_leaves_the_model_alone():
     # a model that knows classes 0-2 and has "forgotten" class 3 (its row never trained)
     model = _model()
     rows = np.isin(plan.stream.y, [0, 1, 2])
-    Trainer(model, optax.adam(0.05), num_classes=4, mean=MEAN, std=STD).fit(plan.stream.x[rows], plan.stream.y[rows], 5, 16)
+    Trainer(model, optax.adam(0.05), num_classes=4, preprocess=Preprocess(MEAN, STD)).fit(plan.stream.x[rows], plan.stream.y[rows], 5, 16)
     before = [w.copy() for w in model.get_weights()]
-    start = 100 * accuracy(predict_logits(model, plan.heldout.x, MEAN, STD), plan.heldout.y)
+    start = 100 * accuracy(predict_logits(model, plan.heldout.x, Preprocess(MEAN, STD)), plan.heldout.y)
     assert start < 10
     kwargs = dict(lr=0.05, batch_size=16, eval_every=2, seed=0)
-    res = relearn_steps(model, plan, 90.0, 4, MEAN, STD, max_steps=200, **kwargs)
+    res = relearn_steps(model, plan, 90.0, 4, Preprocess(MEAN, STD), max_steps=200, **kwargs)
     assert not res["relearn_capped"] and 0 < res["relearn_steps"] < 200 and res["relearn_final_acc"] >= 90.0
     assert res["relearn_steps"] % 2 == 0  # checked every eval_every steps
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     # the count is the first check at or above the target: capped just before it, the target is not reached
-    short = relearn_steps(model, plan, 90.0, 4, MEAN, STD, max_steps=res["relearn_steps"] - 2, **kwargs)
+    short = relearn_steps(model, plan, 90.0, 4, Preprocess(MEAN, STD), max_steps=res["relearn_steps"] - 2, **kwargs)
     assert short["relearn_capped"] and short["relearn_final_acc"] < 90.0
     assert short["relearn_steps"] == res["relearn_steps"] - 2
     # already there: zero steps; out of reach: the cap, marked
-    assert relearn_steps(model, plan, 0.0, 4, MEAN, STD, max_steps=50, **kwargs)["relearn_steps"] == 0
-    capped = relearn_steps(model, plan, 101.0, 4, MEAN, STD, max_steps=6, **kwargs)
+    assert relearn_steps(model, plan, 0.0, 4, Preprocess(MEAN, STD), max_steps=50, **kwargs)["relearn_steps"] == 0
+    capped = relearn_steps(model, plan, 101.0, 4, Preprocess(MEAN, STD), max_steps=6, **kwargs)
     assert capped == {**capped, "relearn_steps": 6, "relearn_capped": True}
 
 
 def test_on_step_end_stops_the_trainer_exactly_there():
     retain, _ = _data()
     model = _model()
-    trainer = Trainer(model, optax.sgd(0.01), num_classes=4, mean=MEAN, std=STD, verbose=False)
+    trainer = Trainer(model, optax.sgd(0.01), num_classes=4, preprocess=Preprocess(MEAN, STD), verbose=False)
     seen = []
     history = trainer.fit(retain.x, retain.y, 5, 16, on_step_end=lambda s: seen.append(s) or s == 11)
     assert seen == list(range(1, 12)) and trainer.global_step == 11
@@ -90,7 +91,7 @@ def test_syncing_mid_fit_never_hands_the_model_a_donated_buffer():
     continual unlearning's saves) must leave the model with arrays of its own."""
     retain, _ = _data()
     model = _model()
-    trainer = Trainer(model, optax.adam(0.01), num_classes=4, mean=MEAN, std=STD, verbose=False)
+    trainer = Trainer(model, optax.adam(0.01), num_classes=4, preprocess=Preprocess(MEAN, STD), verbose=False)
     seen, held = [], []
 
     def read_weights(stats):

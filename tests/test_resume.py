@@ -15,6 +15,7 @@ from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.experiment.run import main
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.data.augment import Preprocess
 
 TINY = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "retrain.epochs=2",
         "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
@@ -37,7 +38,7 @@ def _tiny_trainer(seed=0, filters=4):
 
     keras.utils.set_random_seed(seed)
     return Trainer(_tiny_model(filters), make_optimizer(TrainConfig(epochs=3, optimizer="adam", lr=1e-2), 30), num_classes=4,
-                   mean=(0.0,) * 3, std=(1.0,) * 3, augment=("flip",), seed=seed)
+                   preprocess=Preprocess((0.0,) * 3, (1.0,) * 3), augment=("flip",), seed=seed)
 
 
 def test_saved_state_continues_exactly_as_the_uninterrupted_trainer(tmp_path):

@@ -11,6 +11,7 @@ import optax
 
 from prunelora_keras.training.step import LossInputs, StepConsts, StepSpec, TrainState, cross_entropy_loss, train_step
 from prunelora_keras.training.loop import Trainer
+from prunelora_keras.data.augment import Preprocess
 
 
 def _linear(seed=0, d=5, k=3):
@@ -132,7 +133,7 @@ def test_trainer_runs_a_methods_own_stream():
     def loss(inputs):
         return sum(optax.softmax_cross_entropy(inputs.logits[n], inputs.targets[n]).mean() for n in inputs.logits)
 
-    trainer = Trainer(model, optax.sgd(0.05), num_classes=3, mean=(0.0,), std=(1.0,), features=True, loss=loss, verbose=False)
+    trainer = Trainer(model, optax.sgd(0.05), num_classes=3, preprocess=Preprocess(), features=True, loss=loss, verbose=False)
     history = trainer.fit(epochs=2, stream=Paired())
     assert seen == [1, 1, 1, 2, 2, 2] and trainer.global_step == 6
     assert len(history) == 2 and all(np.isfinite(h.loss) for h in history)

@@ -10,6 +10,7 @@ from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.inference import accuracy, predict_logits
 from prunelora_keras.training.optim import make_optimizer, make_schedule
 from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.data.augment import Preprocess
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -67,7 +68,7 @@ def test_trainer_learns_and_trains_only_the_chosen_subset():
     model = dense_model()
     before = {v.path: np.array(v.numpy()) for v in model.variables}
     head = model.get_layer("head")
-    trainer = Trainer(model, make_optimizer(TrainConfig(optimizer="adam", lr=0.05), 40), num_classes=3, mean=MEAN, std=STD,
+    trainer = Trainer(model, make_optimizer(TrainConfig(optimizer="adam", lr=0.05), 40), num_classes=3, preprocess=Preprocess(MEAN, STD),
                       train_vars=head.trainable_variables)
     assert trainer.trainable_count == 16 * 3 + 3
     history = trainer.fit(x, y, epochs=8, batch_size=16)
@@ -90,7 +91,7 @@ def test_bn_freeze_policy_keeps_running_statistics():
     model = dense_model()
     set_bn_policy(model, "freeze")
     moving = np.array(model.get_layer("bn").moving_mean.numpy())
-    Trainer(model, make_optimizer(TrainConfig(optimizer="adam", lr=0.01), 10), num_classes=3, mean=MEAN, std=STD).fit(x, y, 1, 16)
+    Trainer(model, make_optimizer(TrainConfig(optimizer="adam", lr=0.01), 10), num_classes=3, preprocess=Preprocess(MEAN, STD)).fit(x, y, 1, 16)
     np.testing.assert_array_equal(model.get_layer("bn").moving_mean.numpy(), moving)
     assert model.get_layer("bn").gamma.path not in [v.path for v in model.trainable_variables]
 
@@ -102,7 +103,7 @@ def test_masks_are_enforced_through_adam_with_weight_decay():
     mask = np.ones(kernel.shape, np.float32)
     mask[:, ::2] = 0.0
     opt = make_optimizer(TrainConfig(optimizer="adamw", lr=0.05, weight_decay=0.1), 20)
-    Trainer(model, opt, num_classes=3, mean=MEAN, std=STD, masks={kernel.path: mask}).fit(x, y, epochs=7, batch_size=16)  # 21 steps
+    Trainer(model, opt, num_classes=3, preprocess=Preprocess(MEAN, STD), masks={kernel.path: mask}).fit(x, y, epochs=7, batch_size=16)  # 21 steps
     w = np.asarray(kernel.numpy())
     assert np.all(w[:, ::2] == 0.0) and np.all(w[:, 1::2] != 0.0)
 
@@ -114,16 +115,16 @@ def test_same_seed_same_result():
         keras.utils.set_random_seed(0)
         model = build_model(ModelConfig("vit", patch_size=2, dim=16, depth=1, heads=2, mlp_dim=32), 3, (8, 8, 3))
         cfg = TrainConfig(optimizer="adam", lr=0.01, augment=["crop", "flip", "mixup"])
-        t = Trainer(model, make_optimizer(cfg, 6), num_classes=3, mean=MEAN, std=STD, augment=cfg.augment, seed=3)
+        t = Trainer(model, make_optimizer(cfg, 6), num_classes=3, preprocess=Preprocess(MEAN, STD), augment=cfg.augment, seed=3)
         t.fit(x, y, 2, 16)
-        runs.append(predict_logits(model, x, MEAN, STD))
+        runs.append(predict_logits(model, x, Preprocess(MEAN, STD)))
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
 def test_predict_logits_pads_the_last_batch():
     x, _ = tiny_data(n=23)
     model = dense_model()
-    logits = predict_logits(model, x, MEAN, STD, batch_size=10)
+    logits = predict_logits(model, x, Preprocess(MEAN, STD), batch_size=10)
     direct = keras.ops.convert_to_numpy(model((x.astype("float32") / 255 - 0.5) / 0.25, training=False))
     assert logits.shape == (23, 3)
     np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-5)
@@ -154,7 +155,7 @@ def test_one_compiled_evaluation_serves_models_of_one_architecture():
     assert train.architecture_key(a) == train.architecture_key(b)
     x = rng.integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
     before = COMPILED.count("eval")
-    la, lb = predict_logits(a, x, MEAN, STD, batch_size=4), predict_logits(b, x, MEAN, STD, batch_size=4)
+    la, lb = predict_logits(a, x, Preprocess(MEAN, STD), batch_size=4), predict_logits(b, x, Preprocess(MEAN, STD), batch_size=4)
     assert COMPILED.count("eval") <= before + 1
     expected = keras.ops.convert_to_numpy(b(((x / 255.0) - np.array(MEAN)) / np.array(STD), training=False))
     np.testing.assert_allclose(lb, expected, rtol=1e-5, atol=1e-5)  # b's weights, not a's

@@ -24,11 +24,8 @@ from typing import Any
 import keras
 import numpy as np
 
-# Layers that only reshape or pass logits on: the walk from the output looks through them.
-_PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Activation, keras.layers.Dropout,
-                 keras.layers.Identity)
-_ACTIVATION_LAYERS = (keras.layers.Softmax, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
-                      keras.layers.PReLU)
+from prunelora_keras.evaluation.features import output_activation  # noqa: F401  (re-exported)
+
 CHANCE_MARGIN = 5.0  # points above the majority-class rate that still count as chance
 
 
@@ -36,38 +33,6 @@ class ChanceLevelWarning(UserWarning):
     """A model scores within ``CHANCE_MARGIN`` points of chance on the retained data."""
 
 
-def _activation_name(layer) -> str | None:
-    """The name of ``layer``'s non-linear activation, or None when it leaves its input linear."""
-    if isinstance(layer, _ACTIVATION_LAYERS):
-        return type(layer).__name__.lower()
-    activation = getattr(layer, "activation", None)
-    if activation is None:
-        return None
-    name = getattr(activation, "__name__", type(activation).__name__)
-    return None if name == "linear" else name
-
-
-def output_activation(model: keras.Model) -> tuple[str, str] | None:
-    """(layer name, activation) of the first non-linear activation on the path from ``model``'s
-    output back to its classifier (through Flatten, Reshape, Dropout, Identity, Activation), or None.
-
-    Example:
-        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="out")])
-        >>> output_activation(m)
-        ('out', 'softmax')
-    """
-    outputs = getattr(model, "outputs", None) or []
-    if len(outputs) != 1:
-        raise ValueError(f"{model.name} has {len(outputs)} outputs: pass a functional or Sequential classifier with "
-                         "one output (its logits)")
-    layer = outputs[0]._keras_history.operation
-    while True:
-        name = _activation_name(layer)
-        if name is not None:
-            return layer.name, name
-        if not isinstance(layer, _PASS_THROUGH):
-            return None
-        layer = layer.input._keras_history.operation
 
 
 def require_logits(model: keras.Model, x_sample: np.ndarray | None = None, what: str = "model") -> int:

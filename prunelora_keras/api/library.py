@@ -31,6 +31,7 @@ import numpy as np
 
 from prunelora_keras.api.checks import chance_warnings, labelled_arrays, require_epochs, require_logits
 from prunelora_keras.models.layers import FlatDense, PointwiseConv2D
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
 from prunelora_keras.evaluation.features import classifier_layer
@@ -303,16 +304,9 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     opts, hparams = unlearn_options(method, **options)
     epochs = require_epochs(epochs)
     x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
-    keras.utils.set_random_seed(seed)
-    work = copy_model(model)
     flags = {layer.name: layer.trainable for layer in model.layers}
-    set_bn_policy(work, opts.bn)
-    found = find_targets(work, targets, lora_targets, train_in_full, classifier, opts.prune_classifier)
-    classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
-    ctx = MethodContext(model=work, options=opts, hparams=hparams, retain=Subset(x_r, y_r), forget=Subset(x_f, y_f),
-                        num_classes=num_classes, mean=(0.0,), std=(1.0,), seed=seed, targets=found.targets,
-                        drop_last=False, eval_batch_size=256, epochs=epochs,
-                        forget_classes=tuple(int(c) for c in np.unique(y_f)) if classwise else ())
+    ctx, found = user_context(model, (x_r, y_r), (x_f, y_f), num_classes, opts, hparams, seed, epochs, targets=targets,
+                              lora_targets=lora_targets, train_in_full=train_in_full, classifier=classifier)
     prep = prepare_method(method, ctx, verbose=verbose)
     if found.not_wrappable and prep.plan.uses_lora and verbose:  # reported, never silently skipped
         print(f"{method}: no adapter for {', '.join(f'{n} ({w})' for n, w in list(found.not_wrappable.items())[:6])}"
@@ -327,6 +321,25 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     return UnlearnResult(out, method, [dataclasses.asdict(h) for h in history], prep.plan.trainable_params, sparsity,
                          time.perf_counter() - start, float(np.mean([h.seconds for h in history])) if history else 0.0,
                          found.targets, found.not_wrappable, prep.diagnostics, prep.plan.description)
+
+
+def user_context(model: keras.Model, retain: tuple[np.ndarray, np.ndarray], forget: tuple[np.ndarray, np.ndarray],
+                 num_classes: int, opts: UnlearnConfig, hparams: HParams, seed: int, epochs: int,
+                 **target_options: Any) -> tuple[MethodContext, FoundTargets]:
+    """``unlearn``'s (and each ``unlearn_pool`` member's) ``MethodContext`` for ``seed``: a copy of
+    ``model`` made after ``keras.utils.set_random_seed(seed)``, its BatchNorm policy applied, its
+    targets found (``find_targets(**target_options)``); inputs in the model's own domain."""
+    keras.utils.set_random_seed(seed)
+    work = copy_model(model)
+    set_bn_policy(work, opts.bn)
+    found = find_targets(work, prune_classifier=opts.prune_classifier, **target_options)
+    (x_r, y_r), (x_f, y_f) = retain, forget
+    classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
+    ctx = MethodContext(model=work, options=opts, hparams=hparams, retain=Subset(x_r, y_r), forget=Subset(x_f, y_f),
+                        num_classes=num_classes, preprocess=Preprocess(), seed=seed, targets=found.targets,
+                        drop_last=False, eval_batch_size=256, epochs=epochs,
+                        forget_classes=tuple(int(c) for c in np.unique(y_f)) if classwise else ())
+    return ctx, found
 
 
 def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, reference: keras.Model | None = None,

@@ -1,4 +1,4 @@
-"""On-device preprocessing and augmentation, traced into the compiled training step.
+"""On-device preprocessing (``Preprocess``) and augmentation, traced into the compiled functions.
 
 Pure JAX functions of (key, batch): no Python loop per image, one random draw per image for
 crop offsets and flips (Keras's RandomCrop draws one offset per batch and does not trace under
@@ -8,14 +8,47 @@ crop offsets and flips (Keras's RandomCrop draws one offset per batch and does n
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 
 
+@dataclass(frozen=True)
+class Preprocess:
+    """How stored images become the model's input: the one value every stage is handed.
+
+    Integer pixels (uint8 images) are scaled to [0, 1], then normalised per channel,
+    ``(x - mean) / std``; float inputs (a user's model's own input domain) are only cast to float32
+    and normalised, so ``Preprocess()`` (mean 0, std 1) passes them through unchanged. It is the
+    data set's statistics and nothing else; it is hashable, so compiled functions are cached on it.
+    Applied once, inside each compiled function (training step, inference, features, saliency),
+    where the batch enters the model.
+
+    Args:
+        mean: per-channel means of ``x / 255`` (one value broadcasts over every channel).
+        std: per-channel standard deviations of ``x / 255``.
+
+    Example:
+        >>> import numpy as np
+        >>> pre = Preprocess(mean=(0.5,), std=(0.25,))
+        >>> float(pre(np.full((1, 2, 2, 1), 255, np.uint8)).max())
+        2.0
+    """
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        return normalize(to_float(images), self.mean, self.std)
+
+
 def to_float(images: jax.Array) -> jax.Array:
-    """Integer pixels (uint8 images) -> float32 in [0, 1]; float inputs (a user's model's own input
-    domain) -> float32 as they are. With mean (0,) and std (1,) float inputs reach the model unchanged."""
+    """Integer pixels -> float32 in [0, 1]; float inputs -> float32 as they are."""
     if jnp.issubdtype(images.dtype, jnp.floating):
         return images.astype(jnp.float32)
     return images.astype(jnp.float32) / 255.0
@@ -25,12 +58,11 @@ def normalize(images01: jax.Array, mean: Sequence[float], std: Sequence[float]) 
     return (images01 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def infer_images(model, trainable: list, non_trainable: list, images: jax.Array, mean: Sequence[float],
-                 std: Sequence[float]):
-    """``model``'s outputs on uint8 ``images`` in inference mode, from explicit variable values:
-    the one normalise + ``stateless_call`` sequence behind evaluation, features, the prefix cache
+def infer_images(model, trainable: list, non_trainable: list, images: jax.Array, preprocess: Preprocess):
+    """``model``'s outputs on stored ``images`` in inference mode, from explicit variable values:
+    the one preprocess + ``stateless_call`` sequence behind evaluation, features, the prefix cache
     and SalUn's saliency (pure, so it traces into ``jax.jit`` and ``jax.grad``)."""
-    outputs, _ = model.stateless_call(trainable, non_trainable, normalize(to_float(images), mean, std), training=False)
+    outputs, _ = model.stateless_call(trainable, non_trainable, preprocess(images), training=False)
     return outputs
 
 
@@ -61,7 +93,7 @@ def mixup(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float) -
 
 
 def prepare_batch(key: jax.Array | None, images: jax.Array, labels: jax.Array, num_classes: int,
-                  mean: Sequence[float], std: Sequence[float], augment: Sequence[str] = (),
+                  preprocess: Preprocess, augment: Sequence[str] = (),
                   mixup_alpha: float = 0.2) -> tuple[jax.Array, jax.Array]:
     """uint8 (or float) batch -> (normalised float inputs, soft targets), augmenting in pixel space first."""
     x = to_float(images)
@@ -74,4 +106,4 @@ def prepare_batch(key: jax.Array | None, images: jax.Array, labels: jax.Array, n
             x = random_flip(k_flip, x)
         if "mixup" in augment:
             x, y = mixup(k_mix, x, y, mixup_alpha)
-    return normalize(x, mean, std), y
+    return normalize(x, preprocess.mean, preprocess.std), y

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.errors import UserError
 
 
@@ -32,6 +33,11 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        """The one value that turns these stored images into the models' inputs."""
+        return Preprocess(self.mean, self.std)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

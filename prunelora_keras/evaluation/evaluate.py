@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Dataset, UnlearningSplit
 from prunelora_keras.evaluation.features import predict_logits_and_features
 from prunelora_keras.evaluation.metrics import accuracy_pct, cross_entropy, unlearning_metrics
@@ -53,7 +54,7 @@ def evaluation_sets(split: UnlearningSplit) -> dict[str, Any]:
     return sets
 
 
-def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, mean=(0.0,), std=(1.0,), *,
+def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, preprocess: Preprocess = Preprocess(), *,
                     seed: int = 0, batch_size: int = 512, members: int = 9000, nonmembers: int = 5000,
                     reference: Reference | None = None, relearn: dict[str, Any] | None = None) -> Evaluation:
     """Every metric of ``model`` from data sets given as arrays: the core of ``api.evaluate`` and of
@@ -63,7 +64,8 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
         model: the model to evaluate (not modified).
         sets: {"retain", "forget", "test_retain" and optionally "test_forget": ``data.Subset``}.
         num_classes: the classifier's width.
-        mean, std: normalisation (uint8 images after ``/ 255``; float inputs: (0,), (1,) = none).
+        preprocess: how the sets' ``x`` become the model's input (``Dataset.preprocess``; the
+            default scales uint8 images to [0, 1] and passes float inputs as they are).
         seed, batch_size: the attacks' and probes' seed; the inference batch.
         members, nonmembers: the loss attack's full-scale draw sizes (``metrics.attack_sizes``).
         reference: Retrain's features (CKA) and the relearning plan (relearn time); None: neither.
@@ -72,7 +74,7 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
         ``Evaluation``.
     """
     reference = reference or Reference()
-    outputs = {k: predict_logits_and_features(model, v.x, mean, std, batch_size) for k, v in sets.items()}
+    outputs = {k: predict_logits_and_features(model, v.x, preprocess, batch_size) for k, v in sets.items()}
     logits = {k: v[0] for k, v in outputs.items()}
     feats = {k: v[1] for k, v in outputs.items()}
     labels = {k: v.y for k, v in sets.items()}
@@ -87,7 +89,7 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
             metrics[key] = linear_cka(feats[name], reference.retrain_features[name])
     if reference.relearn is not None and reference.relearn_target is not None:
         r = {"lr": 1e-3, "batch_size": 128, "max_steps": 200, "eval_every": 5, **(relearn or {})}
-        metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, num_classes, mean, std,
+        metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, num_classes, preprocess,
                                      lr=r["lr"], batch_size=r["batch_size"], max_steps=r["max_steps"],
                                      eval_every=r["eval_every"], seed=seed, eval_batch_size=batch_size))
     losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
@@ -99,5 +101,5 @@ def evaluate_sets(model: keras.Model, split: UnlearningSplit, ds: Dataset, batch
     """Accuracy in percent on each evaluation set of the split."""
     sets = {"train": split.train, "test": split.test, "retain": split.retain, "forget": split.forget,
             "test_retain": split.test_retain, "test_forget": split.test_forget}
-    return {name: accuracy_pct(predict_logits(model, subset.x, ds.mean, ds.std, batch_size), subset.y)
+    return {name: accuracy_pct(predict_logits(model, subset.x, ds.preprocess, batch_size), subset.y)
             for name, subset in sets.items() if len(subset)}

@@ -7,16 +7,14 @@ from one compiled forward pass, so the features cost no second pass over the dat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from prunelora_keras.data.augment import to_float
+from prunelora_keras.data.augment import Preprocess, infer_images
 
-from prunelora_keras.training.inference import on_evaluation_devices
-from prunelora_keras.training.inference import architecture_key, padded_batches
-from prunelora_keras.training.caches import COMPILED
+from prunelora_keras.training.inference import cached_jit, on_evaluation_devices, padded_batches
 
 
 
@@ -43,7 +41,7 @@ def classifier_layer(model: keras.Model) -> keras.layers.Layer:
     layer = outputs[0]._keras_history.operation
     # Walk back through layers that only reshape (keras.applications' MobileNets end Conv2D "Logits" ->
     # Flatten -> Activation(None)): the classifier is the first layer with a kernel.
-    while not hasattr(layer, "kernel") and isinstance(layer, _PASS_THROUGH) and _linear(layer):
+    while not hasattr(layer, "kernel") and isinstance(layer, _PASS_THROUGH) and activation_name(layer) is None:
         layer = layer.input._keras_history.operation
     if not hasattr(layer, "kernel"):
         raise ValueError(f"{model.name}'s output comes from {layer.name} ({type(layer).__name__}), not from a layer "
@@ -55,15 +53,45 @@ def classifier_layer(model: keras.Model) -> keras.layers.Layer:
     return layer
 
 
+# Layers that only reshape or pass logits on: the walks from the output look through them.
 _PASS_THROUGH = (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Activation, keras.layers.Dropout,
                  keras.layers.Identity)
+_ACTIVATION_LAYERS = (keras.layers.Softmax, keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+                      keras.layers.PReLU)
 
 
-def _linear(layer) -> bool:
-    """A layer that leaves logits logits: not a softmax or other non-linear activation."""
-    if not isinstance(layer, keras.layers.Activation):
-        return True
-    return getattr(layer.activation, "__name__", "") == "linear"
+def activation_name(layer) -> str | None:
+    """The name of ``layer``'s non-linear activation, or None when it leaves its input linear."""
+    if isinstance(layer, _ACTIVATION_LAYERS):
+        return type(layer).__name__.lower()
+    activation = getattr(layer, "activation", None)
+    if activation is None:
+        return None
+    name = getattr(activation, "__name__", type(activation).__name__)
+    return None if name == "linear" else name
+
+
+def output_activation(model: keras.Model) -> tuple[str, str] | None:
+    """(layer name, activation) of the first non-linear activation on the path from ``model``'s
+    output back to its classifier (through Flatten, Reshape, Dropout, Identity, Activation), or None.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="out")])
+        >>> output_activation(m)
+        ('out', 'softmax')
+    """
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1:
+        raise ValueError(f"{model.name} has {len(outputs)} outputs: pass a functional or Sequential classifier with "
+                         "one output (its logits)")
+    layer = outputs[0]._keras_history.operation
+    while True:
+        name = activation_name(layer)
+        if name is not None:
+            return layer.name, name
+        if not isinstance(layer, _PASS_THROUGH):
+            return None
+        layer = layer.input._keras_history.operation
 
 
 def feature_model(model: keras.Model) -> keras.Model:
@@ -72,36 +100,24 @@ def feature_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [model.outputs[0], head.input], name=f"{model.name}_with_features")
 
 
-def _jitted(fmodel: keras.Model, mean: tuple, std: tuple) -> Callable:
-    import jax
+def _jitted(fmodel: keras.Model, preprocess: Preprocess) -> Callable:
     import jax.numpy as jnp
 
-    from prunelora_keras.data.augment import infer_images
-
-    try:
-        key = f"{architecture_key(fmodel)}:{mean}:{std}"
-    except (NotImplementedError, TypeError):
-        key = f"id:{id(fmodel)}:{mean}:{std}"
-    cached = COMPILED.lookup(("features", key))
-    if cached is not None:
-        return cached[1]
-
-    @jax.jit
     def fn(trainable, non_trainable, images):
-        logits, feats = infer_images(fmodel, trainable, non_trainable, images, mean, std)
+        logits, feats = infer_images(fmodel, trainable, non_trainable, images, preprocess)
         return logits.astype(jnp.float32), feats.astype(jnp.float32)
 
-    return COMPILED.put(("features", key), (fmodel, fn))[1]
+    return cached_jit("features", fmodel, fn, preprocess)
 
 
-def predict_logits_and_features(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+def predict_logits_and_features(model: keras.Model, x: np.ndarray, preprocess: Preprocess,
                                 batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features of ``model`` on uint8 images ``x``, in one pass.
 
     Args:
         model: a Keras model whose output layer is its classifier (see :func:`classifier_layer`).
         x: (n, h, w, c) uint8 images.
-        mean, std: per-channel normalisation applied to ``x / 255`` before the model.
+        preprocess: how ``x`` becomes the model's input (``Dataset.preprocess``).
         batch_size: evaluation batch (the last batch is padded, then cut back; one compilation).
     Returns:
         (logits (n, classes), features (n, d)), both float32 NumPy arrays; features of a
@@ -110,23 +126,21 @@ def predict_logits_and_features(model: keras.Model, x: np.ndarray, mean: Sequenc
     Example:
         >>> from prunelora_keras.models.vit import simple_vit
         >>> m = simple_vit(10, (8, 8, 3), 2, 16, 1, 2, 16)
-        >>> z, f = predict_logits_and_features(m, np.zeros((3, 8, 8, 3), np.uint8), (0.5,) * 3, (0.25,) * 3)
+        >>> z, f = predict_logits_and_features(m, np.zeros((3, 8, 8, 3), np.uint8), Preprocess())
         >>> z.shape, f.shape
         ((3, 10), (3, 16))
     """
     fmodel = feature_model(model)
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     dim = int(np.prod(fmodel.outputs[1].shape[1:]))
     classes = int(fmodel.outputs[0].shape[-1])
     if len(x) == 0:
         return np.zeros((0, classes), np.float32), np.zeros((0, dim), np.float32)
     if keras.backend.backend() != "jax":
-        m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        parts = [fmodel((np.asarray(to_float(x[i:i + batch_size])) - m) / s, training=False)
+        parts = [fmodel(np.asarray(preprocess(x[i:i + batch_size])), training=False)
                  for i in range(0, len(x), batch_size)]
         return (np.concatenate([keras.ops.convert_to_numpy(p[0]) for p in parts]).astype(np.float32),
                 np.concatenate([keras.ops.convert_to_numpy(p[1]).reshape(len(p[1]), -1) for p in parts]).astype(np.float32))
-    fn = _jitted(fmodel, mean, std)
+    fn = _jitted(fmodel, preprocess)
     trainable = [v.value for v in fmodel.trainable_variables]
     non_trainable = [v.value for v in fmodel.non_trainable_variables]
     trainable, non_trainable = on_evaluation_devices((trainable, non_trainable))

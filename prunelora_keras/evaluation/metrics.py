@@ -79,10 +79,6 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -log_softmax(logits)[np.arange(len(labels)), labels]
 
 
-def true_class_probability(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    return np.exp(-cross_entropy(logits, labels))
-
-
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Shannon entropy of each row of a probability matrix, in nats (0 log 0 = 0)."""
     p = np.asarray(probs, np.float64)
@@ -218,12 +214,6 @@ def mia_svc(retain_feature: np.ndarray, test_feature: np.ndarray, forget_feature
     clf = SVC(C=3, gamma="auto", kernel="rbf").fit(x, y)
     efficacy = 1.0 - float(np.mean(clf.predict(np.asarray(forget_feature, np.float64)[:, None])))
     return AttackResult(100.0 * efficacy, 100.0 * clf.score(x, y), len(members), len(nonmembers))
-
-
-def mia_confidence_svc(retain_probs: np.ndarray, test_probs: np.ndarray, forget_probs: np.ndarray,
-                       seed: int = 0, retain_labels: np.ndarray | None = None) -> AttackResult:
-    """:func:`mia_svc` on the true-class probability (the headline MIA-Efficacy column)."""
-    return mia_svc(retain_probs, test_probs, forget_probs, retain_labels, seed)
 
 
 def unlearning_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray], seed: int = 0,

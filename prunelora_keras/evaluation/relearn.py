@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.data.batches import num_batches
 from prunelora_keras.training.fit_loop import FitTrainer
@@ -68,7 +69,7 @@ def copy_model(model: keras.Model) -> keras.Model:
     return clone
 
 
-def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_classes: int, mean, std, *,
+def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_classes: int, preprocess: Preprocess, *,
                   lr: float = 1e-3, batch_size: int = 32, max_steps: int = 200, eval_every: int = 5, seed: int = 0,
                   eval_batch_size: int = 512) -> dict[str, Any]:
     """Steps of fine-tuning until ``model`` (a copy of it) is ``target_pct`` accurate on the held-out D_f.
@@ -77,7 +78,8 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
         model: the unlearned model (not modified).
         plan: the stream and held-out set (:func:`relearn_plan`); the same plan for every model.
         target_pct: accuracy (percent) on ``plan.heldout`` that counts as relearnt.
-        num_classes, mean, std: the data's class count and normalisation of uint8 images.
+        num_classes: the data's class count.
+        preprocess: how the stored images become the model's input (``Dataset.preprocess``).
         lr, batch_size: Adam's learning rate and the batch size of the stream.
         max_steps: the cap; a model that does not reach the target by then is reported capped.
         eval_every: accuracy is checked every this many steps (and at step 0), so a count is
@@ -89,17 +91,18 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
     """
     heldout = plan.heldout
     eval_bs = min(eval_batch_size, len(heldout))
-    start_acc = 100.0 * accuracy(predict_logits(model, heldout.x, mean, std, eval_bs), heldout.y)
+    start_acc = 100.0 * accuracy(predict_logits(model, heldout.x, preprocess, eval_bs), heldout.y)
     if start_acc >= target_pct:
         return {"relearn_steps": 0, "relearn_capped": False, "relearn_final_acc": start_acc, "relearn_target": target_pct}
     clone = copy_model(model)
     set_bn_policy(clone, "update")
     if keras.backend.backend() == "jax":
-        trainer = Trainer(clone, optax.adam(lr), num_classes=num_classes, mean=mean, std=std, seed=seed, label="relearn",
-                          share_key=f"relearn:adam:{lr}", verbose=False)
+        trainer = Trainer(clone, optax.adam(lr), num_classes=num_classes, preprocess=preprocess, seed=seed,
+                          label="relearn", share_key=f"relearn:adam:{lr}", verbose=False)
         current = trainer.current_values
     else:  # Keras's fit trains the clone's own variables: evaluate the clone as it is
-        trainer = FitTrainer(clone, TrainConfig(optimizer="adam", lr=lr), total_steps=max_steps, num_classes=num_classes, mean=mean, std=std,
+        trainer = FitTrainer(clone, TrainConfig(optimizer="adam", lr=lr), total_steps=max_steps,
+                             num_classes=num_classes, preprocess=preprocess,
                              seed=seed, label="relearn", verbose=False)
         current = lambda: None  # noqa: E731
     found: dict[str, Any] = {"steps": None, "acc": start_acc}
@@ -107,7 +110,7 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
     def check(steps: int) -> bool:
         if steps % eval_every and steps < max_steps:
             return False
-        found["acc"] = 100.0 * accuracy(predict_logits(clone, heldout.x, mean, std, eval_bs,
+        found["acc"] = 100.0 * accuracy(predict_logits(clone, heldout.x, preprocess, eval_bs,
                                                        values=current()), heldout.y)
         if found["acc"] >= target_pct:
             found["steps"] = steps

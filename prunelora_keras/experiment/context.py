@@ -29,8 +29,8 @@ def config_context(cfg: Config, name: str, model: keras.Model, ds: Dataset, spli
     """The ``MethodContext`` of method ``name`` in the experiment: the package's model, D_r and D_f of
     ``split``, ``cfg``'s shared options and the method's hyperparameters."""
     return MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods.get(name, HParams()),
-                         retain=split.retain, forget=split.forget, num_classes=ds.num_classes, mean=tuple(ds.mean),
-                         std=tuple(ds.std), seed=cfg.seed, targets=config_targets(cfg), drop_last=cfg.data.drop_last,
+                         retain=split.retain, forget=split.forget, num_classes=ds.num_classes,
+                         preprocess=ds.preprocess, seed=cfg.seed, targets=config_targets(cfg), drop_last=cfg.data.drop_last,
                          eval_batch_size=cfg.data.eval_batch_size, epochs=max(cfg.unlearn.epochs),
                          forget_classes=tuple(split.forget_classes))
 
@@ -71,7 +71,7 @@ def training_inputs(plan: Plan, cfg: Config, ds: Dataset, retain: Subset) -> tup
     """(model to train, inputs, inputs-are-features, facts) for ``plan`` on ``retain`` under ``cfg``
     (the benchmarks' view of the prefix cache)."""
     ctx = MethodContext(model=plan.model, options=cfg.unlearn, hparams=HParams(), retain=retain, forget=retain,
-                        num_classes=ds.num_classes, mean=tuple(ds.mean), std=tuple(ds.std), seed=cfg.seed,
+                        num_classes=ds.num_classes, preprocess=ds.preprocess, seed=cfg.seed,
                         targets=config_targets(cfg), drop_last=cfg.data.drop_last,
                         eval_batch_size=cfg.data.eval_batch_size, epochs=1)
     if cfg.unlearn.prefix_cache == "off" or not on_jax():
@@ -89,7 +89,7 @@ def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, c
     if e.relearn_max_steps <= 0 or len(split.forget) < 2:
         return Reference()
     plan = relearn_plan(split.retain, split.forget, e.relearn_fraction, cfg.seed)
-    start = accuracy_pct(predict_logits(original, plan.heldout.x, ds.mean, ds.std, cfg.data.eval_batch_size),
+    start = accuracy_pct(predict_logits(original, plan.heldout.x, ds.preprocess, cfg.data.eval_batch_size),
                          plan.heldout.y)
     return Reference(relearn=plan, relearn_target=start - RELEARN_MARGIN)
 
@@ -111,6 +111,6 @@ def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg:
     e = cfg.eval
     relearn = {"lr": e.relearn_lr, "batch_size": cfg.unlearn.batch_size, "max_steps": e.relearn_max_steps,
                "eval_every": e.relearn_eval_every}
-    return evaluate_arrays(model, evaluation_sets(split), ds.num_classes, ds.mean, ds.std, seed=cfg.seed,
+    return evaluate_arrays(model, evaluation_sets(split), ds.num_classes, ds.preprocess, seed=cfg.seed,
                            batch_size=cfg.data.eval_batch_size, members=e.mia_members, nonmembers=e.mia_nonmembers,
                            reference=reference, relearn=relearn)

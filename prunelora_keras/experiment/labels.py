@@ -16,15 +16,11 @@ def method_label(name: str) -> str:
     return registry.label(name)
 
 
-def _write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes | str) -> None:
     """``checkpoint.atomic_write_bytes``, imported when first used (it imports JAX; the tables do not)."""
     from prunelora_keras.training.checkpoint import atomic_write_bytes as write
 
-    write(path, data)
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    _write_bytes(path, data.encode() if isinstance(data, str) else data)
+    write(path, data.encode() if isinstance(data, str) else data)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -36,7 +32,7 @@ def save_figure(fig, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    _write_bytes(path, buf.getvalue())
+    _atomic_write(path, buf.getvalue())
 
 
 def fmt(value: Any, digits: int = 2) -> str:

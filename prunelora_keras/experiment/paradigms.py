@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import keras
 
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.experiment.config import Config, ModelConfig
 from prunelora_keras.methods.options import UnlearnConfig
 from prunelora_keras.methods.base import Plan, Targets
@@ -66,7 +67,7 @@ def build_recipe(name: str, model: keras.Model, cfg: Config) -> Plan:
 
     empty = Subset(np.zeros((0,), np.uint8), np.zeros((0,), np.int64))
     ctx = MethodContext(model=model, options=cfg.unlearn, hparams=cfg.methods.get(name, HParams()), retain=empty,
-                        forget=empty, num_classes=10, mean=(0.0,), std=(1.0,), seed=cfg.seed,
+                        forget=empty, num_classes=10, preprocess=Preprocess(), seed=cfg.seed,
                         targets=config_targets(cfg), drop_last=cfg.data.drop_last,
                         eval_batch_size=cfg.data.eval_batch_size, epochs=max(cfg.unlearn.epochs))
     return get(name).prepare(ctx)

@@ -161,14 +161,10 @@ def join_job(job: Job | None, args: argparse.Namespace) -> None:
     if args.coordinator_timeout <= 0:
         raise UserError(f"--coordinator-timeout {args.coordinator_timeout:g}: pass a positive number of seconds")
     multihost.join(job, args.coordinator_timeout)
-    pipeline.log(f"joined {job.describe()}: {multihost.process_count()} processes, "
-                 f"{len(jax_devices())} devices in all ({len(jax_devices(local=True))} here)")
-
-
-def jax_devices(local: bool = False) -> list:
     import jax
 
-    return jax.local_devices() if local else jax.devices()
+    pipeline.log(f"joined {job.describe()}: {jax.process_count()} processes, "
+                 f"{len(jax.devices())} devices in all ({len(jax.local_devices())} here)")
 
 
 def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.methods.hparams import HParams
 
 RETRAIN = "retrain"  # the exact baseline: a new model trained from scratch on D_r (the experiment trains it)
@@ -50,8 +51,8 @@ class MethodContext:
             (``prepare_method`` checks the type).
         retain, forget: D_r and D_f as ``data.Subset`` (``x``, ``y``) in the trainer's input domain.
         num_classes: the classifier's width.
-        mean, std: the normalisation the trainer applies (uint8 images: after ``/ 255``; float
-            inputs: (0,) and (1,), i.e. none).
+        preprocess: how the trainer turns the stored inputs into the model's (``Dataset.preprocess``;
+            ``Preprocess()`` for float inputs used as they are).
         seed: the run's seed (adapter init, random labels, data order).
         targets: the layers the method may prune / wrap (``Targets``).
         drop_last: whether the loop drops an epoch's last partial batch.
@@ -67,8 +68,7 @@ class MethodContext:
     retain: Any
     forget: Any
     num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    preprocess: Preprocess
     seed: int
     targets: Targets
     drop_last: bool = False

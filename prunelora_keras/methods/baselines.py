@@ -67,7 +67,7 @@ def prepare_l1_sparse(ctx: MethodContext) -> Plan:
 def prepare_salun(ctx: MethodContext) -> Plan:
     h = ctx.hparams
     train_vars = list(ctx.model.trainable_variables)
-    masks = saliency_masks(ctx.model, train_vars, ctx.forget.x, ctx.forget.y, ctx.mean, ctx.std, h.ratio,
+    masks = saliency_masks(ctx.model, train_vars, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.ratio,
                            ctx.eval_batch_size)
     x, y, per_epoch, how = random_label_data(ctx)
     return Plan(model=ctx.model, train_vars=train_vars, optimizer=sgd_chain(h.lr, h, masks=masks),

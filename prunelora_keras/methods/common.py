@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import optax
 
-from prunelora_keras.data.augment import infer_images
+from prunelora_keras.data.augment import Preprocess, infer_images
 
 
 def random_other_labels(y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -89,7 +89,7 @@ def sgd_chain(lr: float | optax.Schedule, hparams: Any, *, ascend: bool = False,
 
 
 def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], forget_x: np.ndarray,
-                   forget_y: np.ndarray, mean: Sequence[float], std: Sequence[float], ratio: float,
+                   forget_y: np.ndarray, preprocess: Preprocess, ratio: float,
                    batch_size: int) -> list[np.ndarray]:
     """SalUn's weight saliency: |gradient of the mean forget loss| over D_f (inference mode), and
     1 for exactly round(``ratio`` x n) of the n entries of ``train_vars``: the largest values (one
@@ -98,12 +98,11 @@ def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], for
     chosen = {id(v) for v in train_vars}
     index = [i for i, v in enumerate(trainable) if id(v) in chosen]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    mean, std = tuple(mean), tuple(std)
 
     @jax.jit
     def grad_sum(values, images, labels):
         def loss(vals):
-            logits = infer_images(model, vals, non_trainable, images, mean, std)
+            logits = infer_images(model, vals, non_trainable, images, preprocess)
             return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).sum()
 
         return jax.grad(loss)(values)

@@ -4,12 +4,12 @@ Every step sees a batch of D_r and a batch of D_f side by side and descends on o
 ``alpha * CE(D_r batch) - (1 - alpha) * CE(D_f batch)``: the retain term keeps the model useful,
 the ascent term pushes D_f away. The stream walks D_r once per epoch and cycles through D_f
 (``zip(retain_loader, cycle(forget_loader))`` in their code, and in OPTML-Group's "NG+"); the
-forget batches keep one size (``neggrad_forget_batch``, default the retain batch size, capped at
+forget batches keep one size (``neggrad_plus.forget_batch``, default the retain batch size, capped at
 |D_f|) so one compiled step serves the epoch.
 
-Options: ``neggrad_alpha`` (0.999: our default; the ascent term of a single class at full scale
-otherwise dominates within an epoch), ``neggrad_lr`` (0.01, SGD with the baselines' momentum and
-weight decay).
+Hyperparameters (``NegGradPlusHParams``): ``neggrad_plus.alpha`` (0.999: our default; the ascent
+term of a single class at full scale otherwise dominates within an epoch), ``neggrad_plus.lr``
+(0.01, SGD with momentum and weight decay).
 """
 
 from __future__ import annotations

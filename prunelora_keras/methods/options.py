@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
-from typing import Any
 
 from prunelora_keras.methods.hparams import INT_LIMIT, did_you_mean, typed  # noqa: F401  (re-exported)
 
@@ -55,10 +54,6 @@ UNLEARN_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(UnlearnConfig)
-
-
 def check_unlearn(u: UnlearnConfig, where: str = "") -> UnlearnConfig:
     """The one validation of the unlearning options: every field's type, the allowed values of the
     string options (``UNLEARN_CHOICES``) and every range (``unlearn_checks``).
@@ -76,7 +71,7 @@ def check_unlearn(u: UnlearnConfig, where: str = "") -> UnlearnConfig:
         >>> check_unlearn(UnlearnConfig(prefix_cache_max_gb=1)).prefix_cache_max_gb
         1.0
     """
-    for name, tp in _field_types().items():
+    for name, tp in typing.get_type_hints(UnlearnConfig).items():
         setattr(u, name, typed(name, getattr(u, name), tp, where, UNLEARN_CHOICES.get(name, ())))
     for name, choices in UNLEARN_CHOICES.items():
         value = getattr(u, name)

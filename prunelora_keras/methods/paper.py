@@ -91,7 +91,6 @@ def prepare_pruned_lora(ctx: MethodContext) -> Plan:
                      what=f"{ctx.hparams.amount:.0%} L2-pruned, LoRA rank {ctx.hparams.rank}")
 
 
-
 # this family's entries of the registry (``registry.py``), in the report's order
 METHODS = (
     Method(RETRAIN, "Retrain", None, "the exact baseline: a new model trained from scratch on D_r", "paper"),

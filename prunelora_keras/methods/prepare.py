@@ -75,7 +75,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
     Example:
         >>> shared, h = plk.unlearn_options("pruned_lora", rank=4)  # doctest: +SKIP
         >>> ctx = methods.MethodContext(model=model_copy, options=shared, hparams=h, retain=retain,  # doctest: +SKIP
-        ...     forget=forget, num_classes=10, mean=(0.0,), std=(1.0,), seed=0,
+        ...     forget=forget, num_classes=10, preprocess=Preprocess(), seed=0,
         ...     targets=plk.find_targets(model_copy).targets, epochs=5)
         >>> prepared = prepare_method("pruned_lora", ctx)  # doctest: +SKIP
         >>> history = prepared.fit(5, batch_size=128, on_epoch_end=lambda stats: print(stats.epoch))  # doctest: +SKIP
@@ -103,7 +103,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
     diagnostics = ({} if plan.pruned is None or ctx.targets.classifier is None else
                    pruning_diagnostics(plan.pruned, ctx.targets.classifier, ctx.forget_classes))
     if on_jax():
-        trainer = Trainer(train_model, plan.optimizer, num_classes=ctx.num_classes, mean=ctx.mean, std=ctx.std, train_vars=plan.train_vars,
+        trainer = Trainer(train_model, plan.optimizer, num_classes=ctx.num_classes, preprocess=ctx.preprocess, train_vars=plan.train_vars,
                           masks=masks, seed=ctx.seed, label=label or name, features=features, share_key=plan.share_key,
                           distribution=distribution, verbose=verbose, loss=plan.loss or cross_entropy_loss,
                           teacher=plan.teacher)
@@ -116,7 +116,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
         if plan.keras_recipe is None or plan.stream is not None or plan.loss is not None:
             raise _needs_jax(name)  # a method registered with keras_fit=True whose plan has no Keras equivalent
         steps = ctx.steps_per_epoch(len(plan.y)) * ctx.epochs
-        trainer = FitTrainer(train_model, plan.keras_recipe, total_steps=steps, num_classes=ctx.num_classes, mean=ctx.mean, std=ctx.std,
+        trainer = FitTrainer(train_model, plan.keras_recipe, total_steps=steps, num_classes=ctx.num_classes, preprocess=ctx.preprocess,
                              train_vars=plan.train_vars, masks=masks, seed=ctx.seed, label=label or name)
         fit_kwargs = {}
     return Prepared(name, plan, trainer, x, plan.y, fit_kwargs, cache_facts, diagnostics, resumable=on_jax())
@@ -138,7 +138,7 @@ def prefix_cached(plan: Plan, ctx: MethodContext, name: str, max_gb: float) -> t
     if psplit is None:
         log(f"{name}: training the whole model ({reason})")
         return plan.model, plan.x, False, {"prefix_cache": False}
-    cached = cache_features(psplit, plan.x, ctx.mean, ctx.std, ctx.eval_batch_size)
+    cached = cache_features(psplit, plan.x, ctx.preprocess, ctx.eval_batch_size)
     log(f"{name}: frozen prefix of {len(psplit.prefix_layers)} layers cached once ({cached.nbytes / 1e6:.1f} MB in "
         f"{cached.seconds:.1f} s); training {len(psplit.suffix_layers)} layers on the features")
     return psplit.suffix, cached.features, True, {"prefix_cache": True, "cache_s": cached.seconds,

@@ -1,15 +1,15 @@
 """SCRUB (Kurmanji et al., "Towards Unbounded Machine Unlearning", NeurIPS 2023), one entry.
 
 A student starts as the original model; a frozen teacher *is* the original (inference mode).
-Each epoch first runs max-steps over D_f (for the first ``scrub_msteps`` epochs), which *raise*
+Each epoch first runs max-steps over D_f (for the first ``scrub.msteps`` epochs), which *raise*
 the student's KL divergence from the teacher there (loss ``-KL``), then min-steps over D_r,
 which keep the student close to the teacher and correct there (loss ``alpha * KL + gamma * CE``).
-The KL is ``DistillKL`` at temperature ``scrub_temperature`` (``methods.common.distill_kl``).
+The KL is ``DistillKL`` at temperature ``scrub.temperature`` (``methods.common.distill_kl``).
 
 Defaults are the published ones, those of ``large_scale_unlearning.ipynb`` in
 github.com/meghdadk/SCRUB (CIFAR-10 / Lacuna-10, ResNet-18 and All-CNN): SGD lr 5e-4 (``scrub.lr``),
-momentum 0.9 and weight decay 5e-4 (the baselines'), gamma 0.99 (``scrub_gamma``), alpha 0.001
-(``scrub_alpha``), T 4, msteps 2, forget batches of 32 (``scrub_forget_batch``), retain batches
+momentum 0.9 and weight decay 5e-4 (the baselines'), gamma 0.99 (``scrub.gamma``), alpha 0.001
+(``scrub.alpha``), T 4, msteps 2, forget batches of 32 (``scrub.forget_batch``), retain batches
 of ``batch_size``. One optimiser serves both kinds of step, as in their code, and its learning rate
 follows their ``adjust_learning_rate``: in epoch e (from 1) it is ``lr * lr_decay_rate
 ** #{d in lr_decay_epochs: e > d}`` (defaults [3, 5, 9] and 0.1: 5e-4 in epochs 1-3, 5e-5 in

@@ -7,8 +7,8 @@ turns the step into per-device programs with the all-reduces it needs. Every mea
 BatchNorm's batch statistics included, is therefore over the global batch: results match a
 single device's up to float summation order.
 
-Several hosts: call ``initialize()`` (``keras.distribution.initialize``, i.e. ``jax.distributed``)
-in every process before anything touches a device; the mesh then spans all hosts' devices.
+Several hosts: join the job first (``multihost.join``, i.e. ``jax.distributed.initialize``) in
+every process before anything touches a device; the mesh then spans all hosts' devices.
 Every process holds the same data and draws the same batch order (same seed), and contributes
 only the shards that live on its own devices (``jax.make_array_from_callback``).
 """
@@ -23,12 +23,6 @@ import keras
 import numpy as np
 
 from prunelora_keras.errors import UserError
-
-
-def initialize() -> None:
-    """Join a multi-host job described by the environment (``KERAS_DISTRIBUTION_JOB_ADDRESSES``,
-    ``KERAS_DISTRIBUTION_NUM_PROCESSES``, ``KERAS_DISTRIBUTION_PROCESS_ID``); call it first."""
-    keras.distribution.initialize()
 
 
 def data_parallel(devices: int = 0) -> keras.distribution.DataParallel | None:
@@ -121,6 +115,3 @@ class Placement:
         when every process runs the same program.
         """
         return put_global(tree, self.replicated)
-
-    def spec(self, shape: tuple[int, ...], dtype) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding(shape))

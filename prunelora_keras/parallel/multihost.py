@@ -111,12 +111,6 @@ def _runtime_output_to_stderr() -> None:
     sys.stdout = os.fdopen(original, "w", buffering=1)
 
 
-def process_index() -> int:
-    return jax.process_index()
-
-
-def process_count() -> int:
-    return jax.process_count()
 
 
 def is_writer() -> bool:

@@ -13,6 +13,7 @@ global step restores the random stream.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import zipfile
@@ -46,6 +47,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     write_once(write, path.name)
 
 
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """``arrays`` as an ``.npz`` file, written atomically (``atomic_write_bytes``)."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def remove_file(path: Path) -> None:
     """Delete ``path`` if it exists (process 0 alone in a multi-process job; the others wait)."""
     path = Path(path)
@@ -75,7 +83,6 @@ def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
     """Save a trainer's state pytree (``trainer.state()``: a ``step.TrainState``, stacked over a
     pool's members), its step count and ``meta`` (JSON-serialisable) atomically to ``path`` (.npz).
     ``Trainer`` and ``PoolTrainer`` both give ``state()`` and take ``restore(state, global_step)``."""
-    import io
 
     arrays = {f"{prefix}_{i}": host_value(v) for prefix, values in _state_groups(trainer.state()).items()
               for i, v in enumerate(values)}
@@ -84,9 +91,7 @@ def save_state(path: Path, trainer, meta: dict[str, Any]) -> None:
         return
     doc = {"format": FORMAT, "global_step": trainer.global_step, **meta}
     arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    write_npz(path, arrays)
 
 
 def read_meta(path: Path) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ import jax
 import keras
 import numpy as np
 
-from prunelora_keras.data.augment import prepare_batch
+from prunelora_keras.data.augment import Preprocess, prepare_batch
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.models.pruning import PruneMasks
@@ -60,10 +60,10 @@ class FitTrainer:
     """``train.Trainer``'s interface (``fit``, ``sync_to_model``) over ``model.fit``."""
 
     def __init__(self, model: keras.Model, recipe: TrainConfig, *, total_steps: int, num_classes: int,
-                 mean: Sequence[float], std: Sequence[float], train_vars: Sequence[keras.Variable] | None = None,
+                 preprocess: Preprocess, train_vars: Sequence[keras.Variable] | None = None,
                  masks: dict[str, np.ndarray] | None = None, augment: Sequence[str] = (), mixup_alpha: float = 0.2,
                  seed: int = 0, label: str = "train", verbose: bool = True):
-        self.model, self.num_classes, self.mean, self.std = model, num_classes, tuple(mean), tuple(std)
+        self.model, self.num_classes, self.preprocess = model, num_classes, preprocess
         self.verbose = verbose
         self.augment, self.mixup_alpha, self.seed, self.label = tuple(augment), mixup_alpha, seed, label
         chosen = {id(v) for v in (model.trainable_variables if train_vars is None else train_vars)}
@@ -150,6 +150,6 @@ class _Batches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         t, idx = self.trainer, self.order[index]
         key = jax.random.fold_in(jax.random.key(t.seed), self.first_step + index)
-        images, targets = prepare_batch(key, self.x[idx], self.y[idx].astype(np.int32), t.num_classes, t.mean,
-                                        t.std, t.augment, t.mixup_alpha)
+        images, targets = prepare_batch(key, self.x[idx], self.y[idx].astype(np.int32), t.num_classes,
+                                        t.preprocess, t.augment, t.mixup_alpha)
         return np.asarray(images), np.asarray(targets)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import keras
 import numpy as np
 
-from prunelora_keras.data.augment import infer_images, to_float
+from prunelora_keras.data.augment import Preprocess, infer_images
 from prunelora_keras.parallel.distributed import Placement
 from prunelora_keras.parallel.multihost import host_value
 from prunelora_keras.training.caches import COMPILED
@@ -75,40 +75,60 @@ def architecture_key(model: keras.Model) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _eval_fn(model: keras.Model, mean, std) -> Callable:
-    """A jitted (trainable, non-trainable, uint8 batch) -> logits function, cached per architecture."""
-    mean, std = tuple(mean), tuple(std)
+def model_key(model: keras.Model) -> str:
+    """The cache key of ``model``'s compiled functions: its architecture (``architecture_key``), or,
+    for a model without a complete config, the object itself (the cache keeps the model alive)."""
     try:
-        key = f"{architecture_key(model)}:{mean}:{std}"
-    except (NotImplementedError, TypeError):  # a model without a complete config: cache per object
-        key = f"id:{id(model)}:{mean}:{std}"
-    cached = COMPILED.lookup(("eval", key))
-    if cached is not None:  # same architecture: the first model's stateless_call computes this one's function
-        return cached[1]
+        return architecture_key(model)
+    except (NotImplementedError, TypeError):
+        return f"id:{id(model)}"
 
-    @jax.jit
+
+def cached_jit(kind: str, model: keras.Model, fn: Callable, *key: Any) -> Callable:
+    """``jax.jit(fn)``, compiled once per (kind, ``model_key(model)``, key): a model of the same
+    architecture reuses the first one's function (its ``stateless_call`` computes this one's)."""
+    return COMPILED.get((kind, model_key(model), *key), lambda: (model, jax.jit(fn)))[1]
+
+
+def _eval_fn(model: keras.Model, preprocess: Preprocess) -> Callable:
+    """A jitted (trainable, non-trainable, uint8 batch) -> logits function, cached per architecture."""
+
     def logits_fn(trainable, non_trainable, images):
-        return infer_images(model, trainable, non_trainable, images, mean, std).astype(jnp.float32)
+        return infer_images(model, trainable, non_trainable, images, preprocess).astype(jnp.float32)
 
-    return COMPILED.put(("eval", key), (model, logits_fn))[1]
+    return cached_jit("eval", model, logits_fn, preprocess)
 
 
-def predict_logits(model: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = 512, values: tuple[list, list] | None = None) -> np.ndarray:
+def predict_logits(model: keras.Model, x: np.ndarray, preprocess: Preprocess, batch_size: int = 512,
+                   values: tuple[list, list] | None = None) -> np.ndarray:
     """Logits over a whole data set in compiled batches; the last batch is padded, then cut back.
 
-    ``values``: (trainable, non-trainable) values to use instead of the model's own variables
-    (e.g. ``Trainer.current_values()``), in the order of ``model.trainable_variables`` and
-    ``model.non_trainable_variables``; jax backend only.
-    On Keras's other backends: the model's own inference call, batch by batch.
+    Args:
+        model: any Keras classifier whose output is its logits.
+        x: the stored inputs, first axis the samples (uint8 images, or floats in the model's domain).
+        preprocess: how ``x`` becomes the model's input (``Dataset.preprocess``; ``Preprocess()``
+            scales uint8 images to [0, 1] and passes floats as they are).
+        batch_size: the compiled batch (one compilation for every set).
+        values: (trainable, non-trainable) values to use instead of the model's own variables
+            (e.g. ``Trainer.current_values()``), in the order of ``model.trainable_variables`` and
+            ``model.non_trainable_variables``; jax backend only.
+    Returns:
+        float32 logits, one row per sample. On Keras's other backends: the model's own inference
+        call, batch by batch.
+
+    Example:
+        >>> import prunelora_keras as plk
+        >>> from prunelora_keras.models.vit import simple_vit
+        >>> m = simple_vit(10, (8, 8, 3), 2, 16, 1, 2, 16)
+        >>> predict_logits(m, np.zeros((3, 8, 8, 3), np.uint8), plk.Preprocess()).shape
+        (3, 10)
     """
     if keras.backend.backend() != "jax":
-        mean_, std_ = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        out = [keras.ops.convert_to_numpy(model((np.asarray(to_float(x[i:i + batch_size])) - mean_) / std_,
+        out = [keras.ops.convert_to_numpy(model(np.asarray(preprocess(x[i:i + batch_size])),
                                                 training=False)).astype(np.float32)
                for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
-    fn = _eval_fn(model, mean, std)
+    fn = _eval_fn(model, preprocess)
     if values is not None:
         trainable, non_trainable = values
     else:
@@ -168,19 +188,12 @@ def predict_inputs(model: keras.Model, x, batch_size: int = 512) -> np.ndarray:
                                                 else arrays[0][i:i + batch_size], training=False)).astype(np.float32)
                for i in range(0, n, batch_size)]
         return np.concatenate(out) if out else np.zeros((0, model.output_shape[-1]), np.float32)
-    try:
-        key = architecture_key(model)
-    except (NotImplementedError, TypeError):  # no complete config: per object (the cache keeps it alive)
-        key = f"id:{id(model)}"
-    cached = COMPILED.lookup(("inputs", key))
-    fn = None if cached is None else cached[1]
-    if fn is None:
-        @jax.jit
-        def fn(trainable, non_trainable, inputs):
-            inputs = list(inputs) if len(inputs) > 1 else inputs[0]
-            return model.stateless_call(trainable, non_trainable, inputs, training=False)[0].astype(jnp.float32)
 
-        COMPILED.put(("inputs", key), (model, fn))
+    def call(trainable, non_trainable, inputs):
+        inputs = list(inputs) if len(inputs) > 1 else inputs[0]
+        return model.stateless_call(trainable, non_trainable, inputs, training=False)[0].astype(jnp.float32)
+
+    fn = cached_jit("inputs", model, call)
     trainable = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     index = np.arange(n)

@@ -29,6 +29,7 @@ import optax
 from prunelora_keras.training.bn import set_bn_policy  # noqa: F401
 from prunelora_keras.training.caches import COMPILED
 from prunelora_keras.training.epochs import EpochRun, EpochStats, peak_memory, run_epochs, step_hook  # noqa: F401
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.parallel.distributed import Placement, device_count
 from prunelora_keras.training.optim import make_optimizer, make_schedule  # noqa: F401
@@ -80,7 +81,8 @@ class Trainer:
         model: the Keras model; its variables change only in ``sync_to_model`` (end of ``fit``).
         optimizer: an optax transformation over the trained values.
         num_classes: width of the one-hot targets.
-        mean, std: per-channel normalisation of uint8 images (ignored with ``features``).
+        preprocess: how stored images become the model's input (``Dataset.preprocess``;
+            ignored with ``features``).
         train_vars: the variables that receive gradients (default ``model.trainable_variables``);
             each must be one of the model's trainable variables.
         masks: {variable path: 0/1 array} enforced on those variables after every update.
@@ -101,8 +103,8 @@ class Trainer:
             whose logits the loss sees (distillation methods such as SCRUB); None: no teacher.
 
     Example:
-        >>> trainer = Trainer(model, optax.adam(1e-3), num_classes=10, mean=(0.5,) * 3,  # doctest: +SKIP
-        ...                   std=(0.25,) * 3)
+        >>> trainer = Trainer(model, optax.adam(1e-3), num_classes=10,  # doctest: +SKIP
+        ...                   preprocess=Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3))
         >>> history = trainer.fit(x_uint8, y, epochs=2, batch_size=32)  # doctest: +SKIP
     """
 
@@ -110,8 +112,7 @@ class Trainer:
     optimizer: optax.GradientTransformation
     _: KW_ONLY  # everything after the model and the optimiser by name
     num_classes: int
-    mean: Sequence[float]
-    std: Sequence[float]
+    preprocess: Preprocess
     train_vars: Sequence[keras.Variable] | None = None
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     augment: Sequence[str] = ()
@@ -148,7 +149,7 @@ class Trainer:
         mask_values = tuple(None if p not in self.masks else jnp.asarray(self.masks[p], model_trainable[i].dtype)
                             for p, i in zip(paths, train_index))
         self.spec = StepSpec(self.model, self.optimizer, self.loss, self.num_classes, tuple(train_index),
-                             tuple(frozen_index), mask_values, tuple(self.mean), tuple(self.std),
+                             tuple(frozen_index), mask_values, self.preprocess,
                              tuple(self.augment), self.mixup_alpha, self.features)
         # Copies: the step donates these buffers, and the model's own variables must stay valid.
         self.train_values = apply_masks(self.spec.masks, [jnp.array(model_trainable[i].value, copy=True)
@@ -191,7 +192,7 @@ class Trainer:
         except (NotImplementedError, TypeError):
             return None
         return json.dumps([self.share_key, arch, self.train_index, list(self.augment), self.mixup_alpha,
-                           self.num_classes, list(self.mean), list(self.std), self.features,
+                           self.num_classes, list(self.preprocess.mean), list(self.preprocess.std), self.features,
                            device_count(self.distribution)], default=repr)
 
     @property

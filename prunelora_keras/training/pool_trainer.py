@@ -88,11 +88,11 @@ class PoolTrainer:
         verbose: progress lines.
 
     Example:
-        >>> pool = PoolTrainer([Trainer(m, optax.adam(1e-3), 10, mean, std, seed=s)  # doctest: +SKIP
+        >>> pool = PoolTrainer([Trainer(m, optax.adam(1e-3), num_classes=10, preprocess=pre, seed=s)  # doctest: +SKIP
         ...                     for m, s in zip(models, seeds)],
         ...                    [ArrayStream(x, y, 64) for _ in seeds])
         >>> history = pool.fit(epochs=2)  # doctest: +SKIP
-        >>> logits = pool.logits(x_test, mean, std)  # (K, N, classes)  # doctest: +SKIP
+        >>> logits = pool.logits(x_test)  # (K, N, classes)  # doctest: +SKIP
     """
 
     def __init__(self, members: Sequence[Trainer], streams: Sequence[Stream], *, mode: str = "auto",
@@ -282,12 +282,13 @@ class PoolTrainer:
         frozen = unstack(self._consts.frozen, k) if self.frozen_stacked else self._consts.frozen
         return merge_values(self.spec, unstack(self._states.train, k), frozen), unstack(self._states.non_trainable, k)
 
-    def logits(self, x: np.ndarray, mean: Sequence[float], std: Sequence[float], batch_size: int = 512) -> np.ndarray:
-        """Every member's float32 logits on uint8 images ``x`` (inference mode): (K, N, classes)."""
+    def logits(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """Every member's float32 logits on stored images ``x`` (inference mode, through the members'
+        own ``preprocess``): (K, N, classes)."""
         if self.mode == "loop":  # the single model's inference function, once per member
-            return np.stack([predict_logits(self.spec.model, x, mean, std, batch_size, self.member_values(k))
+            return np.stack([predict_logits(self.spec.model, x, self.spec.preprocess, batch_size, self.member_values(k))
                              for k in range(self.k)])
-        fn = _pool_logits(self.spec, self.mode, self.frozen_stacked, tuple(mean), tuple(std))
+        fn = _pool_logits(self.spec, self.mode, self.frozen_stacked)
         parts = []
         for start in range(0, len(x), batch_size):
             xb = np.asarray(x[start:start + batch_size])
@@ -320,16 +321,16 @@ def _pool_step(spec, mode: str, frozen_stacked: bool, teacher_stacked: bool, sta
                        (state, frozen if frozen_stacked else None, teacher if teacher_stacked else None, batch, keys))
 
 
-def _pool_logits(spec, mode: str, frozen_stacked: bool, mean: tuple, std: tuple) -> Callable:
-    """The pool's jitted logits over its K members (one per step spec, mapping and normalisation)."""
-    key = ("pool_logits", id(spec), mode, frozen_stacked, mean, std)
+def _pool_logits(spec, mode: str, frozen_stacked: bool) -> Callable:
+    """The pool's jitted logits over its K members (one per step spec, which holds the preprocess, and mapping)."""
+    key = ("pool_logits", id(spec), mode, frozen_stacked)
     cached = COMPILED.lookup(key)
     if cached is not None and cached[0] is spec:
         return cached[1]
 
     def one(train, frozen, non_trainable, images):
         values = merge_values(spec, train, frozen)
-        return infer_images(spec.model, values, non_trainable, images, mean, std).astype(jnp.float32)
+        return infer_images(spec.model, values, non_trainable, images, spec.preprocess).astype(jnp.float32)
 
     @jax.jit
     def fn(train, frozen, non_trainable, images):

@@ -21,15 +21,17 @@ the suffix trains the model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import time
 from dataclasses import dataclass
-from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 
-from prunelora_keras.data.augment import infer_images
+from prunelora_keras.data.augment import Preprocess, infer_images
+from prunelora_keras.training.inference import padded_batches
 
 
 @dataclass
@@ -95,29 +97,20 @@ def split_frozen_prefix(model: keras.Model, train_vars: Sequence[keras.Variable]
     return PrefixSplit(prefix, suffix, names(prefix_ops), names([n.operation for n in suffix_nodes])), ""
 
 
-def compute_features(prefix: keras.Model, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+def compute_features(prefix: keras.Model, x: np.ndarray, preprocess: Preprocess,
                      batch_size: int = 512) -> list[np.ndarray]:
     """The prefix's outputs for every image of ``x`` (uint8), in compiled batches, kept on the host
     as float32 (a bfloat16 prefix's features too: the suffix casts them to its compute dtype)."""
-    mean, std = tuple(mean), tuple(std)
 
     @jax.jit
     def features_fn(trainable, non_trainable, images):
-        out = infer_images(prefix, trainable, non_trainable, images, mean, std)
-        return out if isinstance(out, (list, tuple)) else [out]
+        out = infer_images(prefix, trainable, non_trainable, images, preprocess)
+        return tuple(o.astype(jnp.float32) for o in (out if isinstance(out, (list, tuple)) else [out]))
 
     trainable = [v.value for v in prefix.trainable_variables]
     non_trainable = [v.value for v in prefix.non_trainable_variables]
-    n = len(x)
-    batch_size = min(batch_size, max(n, 1))
-    parts: list[list[np.ndarray]] = []
-    for start in range(0, n, batch_size):
-        xb = x[start:start + batch_size]
-        valid = len(xb)
-        if valid < batch_size:  # one compiled shape: pad, then cut back
-            xb = np.concatenate([xb, np.zeros((batch_size - valid, *xb.shape[1:]), xb.dtype)])
-        parts.append([np.asarray(f, dtype=np.float32)[:valid] for f in features_fn(trainable, non_trainable, xb)])
-    return [np.concatenate([p[i] for p in parts]) for i in range(len(prefix.outputs))]
+    return padded_batches(lambda xb: features_fn(trainable, non_trainable, xb), x, min(batch_size, max(len(x), 1)),
+                          data_parallel=False)
 
 
 @dataclass
@@ -133,10 +126,10 @@ class CachedFeatures:
         return int(sum(f.nbytes for f in self.features))
 
 
-def cache_features(split: PrefixSplit, x: np.ndarray, mean: Sequence[float], std: Sequence[float],
+def cache_features(split: PrefixSplit, x: np.ndarray, preprocess: Preprocess,
                    batch_size: int = 512) -> CachedFeatures:
     start = time.perf_counter()
-    features = compute_features(split.prefix, x, mean, std, batch_size)
+    features = compute_features(split.prefix, x, preprocess, batch_size)
     return CachedFeatures(split, features, time.perf_counter() - start)
 
 

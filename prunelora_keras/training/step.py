@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prunelora_keras.data.augment import prepare_batch
+from prunelora_keras.data.augment import Preprocess, prepare_batch
 
 
 class TrainState(NamedTuple):
@@ -83,7 +83,7 @@ class StepSpec:
     ``train_index`` / ``frozen_index``: positions in ``model.trainable_variables`` of the values that
     train and of those that do not; ``masks``: per trained value a 0/1 array or None.
     ``features``: inputs are float arrays used as they are (no normalisation, no augmentation);
-    otherwise uint8 images normalised with ``mean``/``std`` and augmented.
+    otherwise stored images, through ``preprocess`` and augmented.
     """
 
     model: Any
@@ -93,8 +93,7 @@ class StepSpec:
     train_index: tuple[int, ...]
     frozen_index: tuple[int, ...]
     masks: tuple[Any, ...]
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    preprocess: Preprocess = Preprocess()
     augment: tuple[str, ...] = ()
     mixup_alpha: float = 0.2
     features: bool = False
@@ -118,7 +117,7 @@ def merge_values(spec: StepSpec, train: list, frozen: list) -> list:
 def _inputs(spec: StepSpec, key: jax.Array, x: Any, y: jax.Array) -> tuple[Any, jax.Array]:
     if spec.features:  # a tuple of float arrays: the model's inputs as they are (one array for one input)
         return (list(x) if len(x) > 1 else x[0]), jax.nn.one_hot(y, spec.num_classes, dtype=jnp.float32)
-    return prepare_batch(key, x, y, spec.num_classes, spec.mean, spec.std, spec.augment, spec.mixup_alpha)
+    return prepare_batch(key, x, y, spec.num_classes, spec.preprocess, spec.augment, spec.mixup_alpha)
 
 
 def train_step(spec: StepSpec, state: TrainState, consts: StepConsts, batch: dict[str, tuple[Any, jax.Array]],

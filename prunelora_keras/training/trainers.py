@@ -24,7 +24,7 @@ def scratch_trainer(model: keras.Model, recipe: TrainConfig, steps: int, ds: Dat
     """The trainer of a model trained from scratch (the original, Retrain) with ``recipe`` for ``steps``
     steps: the compiled loop on jax, Keras's fit elsewhere."""
     if on_jax():
-        return Trainer(model, make_optimizer(recipe, steps), num_classes=ds.num_classes, mean=ds.mean, std=ds.std, augment=recipe.augment,
-                       mixup_alpha=recipe.mixup_alpha, seed=seed, label=label, distribution=distribution)
-    return FitTrainer(model, recipe, total_steps=steps, num_classes=ds.num_classes, mean=ds.mean, std=ds.std, augment=recipe.augment,
-                      mixup_alpha=recipe.mixup_alpha, seed=seed, label=label)
+        return Trainer(model, make_optimizer(recipe, steps), num_classes=ds.num_classes, preprocess=ds.preprocess,
+                       augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=seed, label=label, distribution=distribution)
+    return FitTrainer(model, recipe, total_steps=steps, num_classes=ds.num_classes, preprocess=ds.preprocess,
+                      augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=seed, label=label)
