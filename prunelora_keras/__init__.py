@@ -83,9 +83,13 @@ _PUBLIC = {
     **dict.fromkeys(("PruneMasks", "PruneResult", "MaskConstraint", "sparsity_report"), "prunelora_keras.models.pruning"),
     "Trainer": "prunelora_keras.training.loop", "PoolTrainer": "prunelora_keras.training.pool_trainer",
     "train_step": "prunelora_keras.training.step", "LossInputs": "prunelora_keras.training.step",
+    "Preprocess": "prunelora_keras.data.augment", "predict_logits": "prunelora_keras.training.inference",
     "UnlearnConfig": "prunelora_keras.methods.options", "methods": "prunelora_keras.methods",
     "prepare_method": "prunelora_keras.methods.prepare", "clear_caches": "prunelora_keras.training.caches",
     **dict.fromkeys(("forgetting_quality", "klom"), "prunelora_keras.evaluation.forgetting_quality"),
+    **dict.fromkeys(("ulira", "ULiRAReport"), "prunelora_keras.api.ulira"),
+    **dict.fromkeys(("ulira_test", "paired_halves", "logit_confidence"), "prunelora_keras.evaluation.ulira"),
+    "TrainConfig": "prunelora_keras.training.recipe",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

@@ -11,7 +11,8 @@ MODULES = ["prunelora_keras.evaluation.metrics", "prunelora_keras.evaluation.rep
            "prunelora_keras.methods.common", "prunelora_keras.training.step", "prunelora_keras.evaluation.forgetting_quality",
            "prunelora_keras.parallel.jobs", "prunelora_keras.training.inference", "prunelora_keras.api.checks", "prunelora_keras.methods.options",
            "prunelora_keras.experiment.terminal", "prunelora_keras.methods.builtin_names", "prunelora_keras.methods.hparams",
-           "prunelora_keras.training.epochs", "prunelora_keras.training.caches", "prunelora_keras.evaluation.settings"]
+           "prunelora_keras.training.epochs", "prunelora_keras.training.caches", "prunelora_keras.evaluation.settings",
+           "prunelora_keras.evaluation.ulira"]
 
 
 @pytest.mark.parametrize("name", MODULES)

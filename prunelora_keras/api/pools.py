@@ -10,7 +10,7 @@ Example:
     >>> pool = method_pool("pruned_lora", lambda s: dataclasses.replace(ctx, model=plk.copy_model(model), seed=s),
     ...                    seeds)  # doctest: +SKIP
     >>> pool.fit(epochs=5)  # doctest: +SKIP
-    >>> forget_logits = pool.logits(forget.x, ctx.mean, ctx.std)  # (16, |D_f|, classes)  # doctest: +SKIP
+    >>> forget_logits = pool.logits(forget.x)  # (16, |D_f|, classes)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from prunelora_keras.api.checks import checked_labels, require_epochs, require_logits
 from prunelora_keras.training.recipe import TrainConfig
-from prunelora_keras.data.datasets import Subset
+from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.batches import num_batches
 from prunelora_keras.training.pool_trainer import PoolTrainer, member_seeds  # noqa: F401
 from prunelora_keras.errors import UserError
@@ -75,9 +75,10 @@ def method_pool(name: str, make_context: Callable[[int], MethodContext], seeds: 
 
 
 def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig, x: np.ndarray, y: np.ndarray,
-                 batch_size: int, num_classes: int, mean: Sequence[float], std: Sequence[float],
-                 seeds: Sequence[int], *, drop_last: bool = False, mode: str = "auto",
-                 devices: Sequence[Any] | None = None, label: str = "retrain", verbose: bool = True) -> PoolTrainer:
+                 batch_size: int, num_classes: int, preprocess: Preprocess,
+                 seeds: Sequence[int], *, rows: Sequence[np.ndarray] | None = None, drop_last: bool = False,
+                 mode: str = "auto", devices: Sequence[Any] | None = None, label: str = "retrain",
+                 verbose: bool = True) -> PoolTrainer:
     """K models trained from scratch on (x, y) with ``recipe``, one per seed (init and data order).
 
     Args:
@@ -85,22 +86,30 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         recipe: the training recipe (optimiser, schedule, epochs, augmentation, BatchNorm policy).
         x, y: uint8 images and integer labels (for Retrain: D_r).
         batch_size, drop_last: the batches.
-        num_classes, mean, std: the classifier's width and the images' normalisation.
+        num_classes: the classifier's width.
+        preprocess: how ``x`` becomes the models' input (``Dataset.preprocess``; ``Preprocess()``:
+            uint8 images scaled to [0, 1], float inputs as they are).
         seeds: one per member.
+        rows: per member, the indices of (x, y) it trains on (U-LiRA's shadows: a half each); all
+            members must get the same number (one step count); default: every member all of them.
         mode, devices, label, verbose: as ``method_pool``.
     Returns:
         the ``PoolTrainer``; train it ``recipe.epochs`` epochs.
 
     Example:
         >>> recipe = TrainConfig(epochs=20, optimizer="adam", lr=1e-3)  # doctest: +SKIP
-        >>> oracle = plk.scratch_pool(lambda seed: my_model(), recipe, retain.x, retain.y, 64, 10, mean, std,
+        >>> oracle = plk.scratch_pool(lambda seed: my_model(), recipe, retain.x, retain.y, 64, 10, Preprocess(),
         ...                           seeds=range(16))  # doctest: +SKIP
         >>> oracle.fit(recipe.epochs)  # doctest: +SKIP
-        >>> logits = oracle.logits(forget.x, mean, std)  # (16, |D_f|, 10)  # doctest: +SKIP
+        >>> logits = oracle.logits(forget.x)  # (16, |D_f|, 10)  # doctest: +SKIP
     """
     y = checked_labels(y, "the training data", num_classes)
     require_epochs(recipe.epochs)
-    steps = num_batches(len(y), batch_size, drop_last)
+    rows = [np.arange(len(y))] * len(seeds) if rows is None else [np.asarray(r) for r in rows]
+    if len(rows) != len(seeds) or len({len(r) for r in rows}) > 1:
+        raise ValueError(f"rows must give each of the {len(seeds)} members the same number of examples, got "
+                         f"{sorted({len(r) for r in rows})} for {len(rows)} members")
+    steps = num_batches(len(rows[0]), batch_size, drop_last)
     members = []
     for seed in seeds:
         keras.utils.set_random_seed(int(seed))
@@ -109,10 +118,11 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
             raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
                              "make them agree")
         set_bn_policy(model, recipe.bn)
-        members.append(Trainer(model, make_optimizer(recipe, steps * recipe.epochs), num_classes=num_classes, mean=mean, std=std,
+        members.append(Trainer(model, make_optimizer(recipe, steps * recipe.epochs), num_classes=num_classes,
+                               preprocess=preprocess,
                                augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=int(seed), label=label,
                                verbose=False))
-    return PoolTrainer(members, [ArrayStream(x, y, batch_size, drop_last) for _ in seeds], mode=mode,
+    return PoolTrainer(members, [ArrayStream(x[r], y[r], batch_size, drop_last) for r in rows], mode=mode,
                        devices=devices, label=f"{label} x{len(seeds)}", verbose=verbose)
 
 
@@ -124,7 +134,7 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
     Member k is the model ``plk.unlearn(model, retain, forget, method, epochs=epochs, seed=seeds[k],
     **options)`` returns (before merging adapters; within float tolerance). Score the pool against an
     oracle pool (``scratch_pool``: K models retrained without D_f) with ``forgetting_quality`` and
-    ``klom`` on ``pool.logits(x, (0.0,), (1.0,))`` (inputs in the model's own domain).
+    ``klom`` on ``pool.logits(x)`` (inputs in the model's own domain).
 
     Args:
         model: a trained functional or Sequential Keras 3 classifier that outputs logits (unchanged).
@@ -141,10 +151,10 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
 
     Example:
         >>> pool = plk.unlearn_pool(model, (x_r, y_r), (x_f, y_f), "lora", k=16, epochs=5)  # doctest: +SKIP
-        >>> unlearned = pool.logits(x_f, (0.0,), (1.0,))  # (16, |D_f|, classes)  # doctest: +SKIP
-        >>> score = plk.forgetting_quality(unlearned, oracle.logits(x_f, (0.0,), (1.0,)), y_f)  # doctest: +SKIP
+        >>> unlearned = pool.logits(x_f)  # (16, |D_f|, classes)  # doctest: +SKIP
+        >>> score = plk.forgetting_quality(unlearned, oracle.logits(x_f), y_f)  # doctest: +SKIP
     """
-    from prunelora_keras.api.library import checked_inputs, copy_model, find_targets, unlearn_options
+    from prunelora_keras.api.library import checked_inputs, unlearn_options, user_context
 
     opts, hparams = unlearn_options(method, **options)
     epochs = require_epochs(epochs)
@@ -152,17 +162,9 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
     seeds = [int(s) for s in seeds] if seeds is not None else member_seeds(0, method, k)
     if len(seeds) < 1:
         raise ValueError("a pool needs at least one seed")
-    classwise = set(np.unique(y_f)).isdisjoint(set(np.unique(y_r)))
 
     def context(seed: int) -> MethodContext:  # plk.unlearn's own construction, for that seed
-        keras.utils.set_random_seed(seed)
-        work = copy_model(model)
-        set_bn_policy(work, opts.bn)
-        found = find_targets(work, prune_classifier=opts.prune_classifier)
-        return MethodContext(model=work, options=opts, hparams=hparams, retain=Subset(x_r, y_r),
-                             forget=Subset(x_f, y_f), num_classes=num_classes, mean=(0.0,), std=(1.0,), seed=seed,
-                             targets=found.targets, drop_last=False, eval_batch_size=256, epochs=epochs,
-                             forget_classes=tuple(int(c) for c in np.unique(y_f)) if classwise else ())
+        return user_context(model, (x_r, y_r), (x_f, y_f), num_classes, opts, hparams, seed, epochs)[0]
 
     pool = method_pool(method, context, seeds, mode=mode, verbose=verbose)
     pool.fit(epochs)

@@ -32,6 +32,11 @@ class EvalConfig:
     models: int = 0
     models_mode: str = "auto"  # auto | vmap | map | loop: how a pool maps its K axis
     models_retain_sample: int = 1000  # KLoM on D_r: a seeded sample of this many retained images
+    # U-LiRA (evaluation/ulira.py, api/ulira.py): S shadow models per pool, 0: off (--eval-ulira)
+    ulira: int = 0
+    ulira_retain_sample: int = 500  # the retain-side test: a seeded sample of this many retained images
+    ulira_fixed_variance: bool = False  # one standard deviation per side, pooled over the examples (LiRA's option)
+    ulira_bootstrap: int = 200  # resamples of the examples for the interval of ulira_acc (0: none)
 
 
 EVAL_CHOICES: dict[str, tuple[str, ...]] = {"models_mode": ("auto", "vmap", "map", "loop")}
@@ -67,6 +72,12 @@ def check_eval(e: EvalConfig, where: str = "eval.") -> EvalConfig:
         (e.models == 0 or 2 <= e.models <= 100_000,
          "models (--eval-models) must be 0 (off) or a number of models per pool from 2 to 100000"),
         (e.models_retain_sample >= 1, "models_retain_sample must be >= 1"),
+        (e.ulira == 0 or (e.ulira >= 6 and e.ulira % 2 == 0 and e.ulira <= 100_000),
+         f"ulira (--eval-ulira) must be 0 (off) or an even number of shadow models >= 6 (got {e.ulira}): shadows "
+         "come in pairs of complementary halves, each example is in one of each pair, and with the target's "
+         "pair held out a Gaussian needs two more"),
+        (e.ulira_retain_sample >= 1, "ulira_retain_sample must be >= 1"),
+        (e.ulira_bootstrap >= 0, "ulira_bootstrap must be >= 0 (0: no interval)"),
     ]
     for ok, message in checks:
         if not ok:

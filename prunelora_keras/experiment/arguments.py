@@ -111,6 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="many-model evaluation: train K Retrain models twice (the oracle and the ceiling) and K "
                              "runs of every method as pools, and add the NeurIPS 2023 challenge's forgetting quality "
                              "and KLoM (default off)")
+    parser.add_argument("--eval-ulira", type=int, metavar="S",
+                        help="U-LiRA (Hayes et al. 2024): train S shadow models (S even, >= 4) on random halves, "
+                             "unlearn with every method, and add the per-example likelihood-ratio attack's accuracy "
+                             "(0.5: indistinguishable from Retrain) and its TPR at low FPR (default off)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")
     parser.add_argument("--seeds", metavar="S1,S2,...",
                         help="run everything once per seed (into <out>/seed<N>/) and report mean and standard "
@@ -159,7 +163,7 @@ def sources(args: argparse.Namespace) -> str:
 
 FLAG_KEYS = {"seed": "seed", "forget_fraction": "data.forget_fraction", "devices": "devices",
              "weights": "model.weights", "paradigms": "unlearn.paradigms", "eval_models": "eval.models",
-             "epochs": "unlearn.epochs"}
+             "eval_ulira": "eval.ulira", "epochs": "unlearn.epochs"}
 
 
 def overrides(args: argparse.Namespace) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from prunelora_keras.errors import UserError
-from prunelora_keras.experiment.values import INT_LIMIT, coerce, parse_set  # noqa: F401  (re-exported)
+from prunelora_keras.experiment.values import coerce, parse_set  # noqa: F401  (re-exported)
 from prunelora_keras.evaluation.settings import EVAL_CHOICES, MOVED_TO_EVAL, EvalConfig, check_eval
 from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
 from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
@@ -279,6 +279,9 @@ def validate(cfg: Config) -> None:
          "data.forget_classes must list distinct classes >= 0, e.g. --forget-class 3,5,7"),
         (not (cfg.data.forget_classes and cfg.data.forget_fraction),
          "continual class requests (--forget-class 3,5,...) and --forget-fraction exclude each other: choose one"),
+        (not (cfg.data.forget_classes and cfg.eval.ulira),
+         "--eval-ulira attacks one forget request; it does not combine with continual requests (--forget-class "
+         "N,M,...): pass one class or --forget-fraction"),
         (cfg.model.width > 0, "model.width must be > 0"),
         (cfg.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (cfg.model.depth >= 1 and cfg.model.heads >= 1, "model.depth and model.heads must be >= 1"),

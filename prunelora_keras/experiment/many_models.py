@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import sys
 import time
@@ -30,7 +29,7 @@ import keras
 import numpy as np
 
 from prunelora_keras.evaluation import forgetting_quality as fq
-from prunelora_keras.training.checkpoint import atomic_write_bytes, read_meta, remove_file
+from prunelora_keras.training.checkpoint import read_meta, remove_file, write_npz
 from prunelora_keras.parallel.multihost import agree, host_value
 from prunelora_keras.experiment.config import Config
 from prunelora_keras.data.datasets import Dataset, UnlearningSplit
@@ -73,9 +72,15 @@ def check_pools(cfg: Config, ds: Dataset, distribution: Any) -> None:
     if cfg.data.forget_classes:
         raise UserError("--eval-models scores one forget request; it does not combine with continual requests "
                         "(--forget-class N,M,...): pass one class or --forget-fraction")
+    check_pool_memory(cfg, ds, distribution, k, "--eval-models", "models")
+
+
+def check_pool_memory(cfg: Config, ds: Dataset, distribution: Any, k: int, flag: str, what: str) -> None:
+    """Refuse pools of ``k`` members of the run's model that do not split over the devices or do
+    not fit the free memory (one line naming the largest K that fits); log the estimate."""
     devices = pool_devices(distribution)
     if devices and k % len(devices):
-        raise UserError(f"--eval-models {k} does not split over {len(devices)} devices: pass a multiple of "
+        raise UserError(f"{flag} {k} does not split over {len(devices)} devices: pass a multiple of "
                         f"{len(devices)} or --devices with a divisor of {k}")
     mode = choose_mode(cfg.eval.models_mode, devices)
     keras.utils.set_random_seed(cfg.seed)
@@ -88,13 +93,13 @@ def check_pools(cfg: Config, ds: Dataset, distribution: Any) -> None:
     budget = MEMORY_SHARE * free
     if need > budget:
         largest = int((budget - once) // per)
-        raise UserError(f"--eval-models {k}: a pool of {k} {cfg.model.name} models needs about {need / 1e9:.2f} GB "
+        raise UserError(f"{flag} {k}: a pool of {k} {cfg.model.name} {what} needs about {need / 1e9:.2f} GB "
                         f"({per / 1e6:.1f} MB per model, {mode} mode) but {free / 1e9:.2f} GB is free here; the "
-                        f"largest K that fits is {max(largest, 0)}" + ("" if largest >= 2 else
-                                                                       " (too few: use a smaller model or preset)"))
-    log(f"many-model evaluation: pools of {k} models ({mode} mode), about {need / 1e9:.2f} GB each "
-        f"({free / 1e9:.1f} GB free)" + ("; at K = 2 forgetting quality has no bin to score (it is 0 for every "
-                                          "method), only KLoM says something" if k == 2 else ""))
+                        f"largest {'K' if flag == '--eval-models' else 'S'} that fits is {max(largest, 0)}" + ("" if largest >= 2 else
+                                                                            " (too few: use a smaller model or preset)"))
+    log(f"{flag}: pools of {k} {what} ({mode} mode), about {need / 1e9:.2f} GB each ({free / 1e9:.1f} GB free)"
+        + ("; at K = 2 forgetting quality has no bin to score (it is 0 for every method), only KLoM says something"
+           if k == 2 and flag == "--eval-models" else ""))
 
 
 def pool_key(kind: str, payload: Any) -> str:
@@ -115,12 +120,10 @@ def _save_pool(path: Path, pool: PoolTrainer, logits: dict[str, np.ndarray], met
     arrays.update({f"nt_{i}": host_value(v) for i, v in enumerate(state.non_trainable)})
     arrays.update({f"logits_{s}": logits[s] for s in SETS})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    write_npz(path, arrays)
 
 
-def train_pool(name: str, make_pool, epochs: int, path: Path, split: UnlearningSplit, ds: Dataset,
+def train_pool(name: str, make_pool, epochs: int, path: Path, split: UnlearningSplit,
                eval_batch_size: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Train (or reuse, or resume) one pool; returns its logits per set and facts about its training."""
     if agree(path.is_file()):  # every process takes the same path through the collectives
@@ -141,7 +144,7 @@ def train_pool(name: str, make_pool, epochs: int, path: Path, split: UnlearningS
 
     if first <= epochs:
         pool.fit(epochs - first + 1, first_epoch=first, on_epoch_end=on_epoch_end)
-    logits = {s: pool.logits(getattr(split, s).x, ds.mean, ds.std, eval_batch_size) for s in SETS}
+    logits = {s: pool.logits(getattr(split, s).x, eval_batch_size) for s in SETS}
     facts = {"k": pool.k, "mode": pool.mode, "epochs": epochs, "train_s": time.perf_counter() - start,
              "epoch_s": float(np.mean([h.seconds for h in history])) if history else float("nan"),
              "compile_s": history[0].compile_s if history else float("nan")}
@@ -202,14 +205,14 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
         key = pool_key(tag, [stage_key(cfg, "retrain", cfg.retrain, data_id), seeds])
         return pools_dir / f"{tag}-{key}.npz", lambda: scratch_pool(
             lambda s: build_model(cfg.model, ds.num_classes, ds.image_shape), cfg.retrain, split.retain.x,
-            split.retain.y, cfg.data.batch_size, ds.num_classes, ds.mean, ds.std, seeds, drop_last=cfg.data.drop_last,
+            split.retain.y, cfg.data.batch_size, ds.num_classes, ds.preprocess, seeds, drop_last=cfg.data.drop_last,
             mode=mode, devices=devices, label=tag)
 
     logits: dict[str, dict[str, np.ndarray]] = {}
     facts: dict[str, dict[str, Any]] = {}
     for tag in ("retrain", "retrain_ceiling"):
         path, make = retrain_pool(tag)
-        logits[tag], facts[tag] = train_pool(tag, make, cfg.retrain.epochs, path, split, ds, cfg.data.eval_batch_size)
+        logits[tag], facts[tag] = train_pool(tag, make, cfg.retrain.epochs, path, split, cfg.data.eval_batch_size)
     for name in u.paradigms:
         if name == "retrain":
             continue
@@ -225,7 +228,7 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
 
         try:
             logits[name], facts[name] = train_pool(name, lambda name=name, seeds=seeds: method_pool(
-                name, make_context, seeds, mode=mode, devices=devices), max(u.epochs), path, split, ds,
+                name, make_context, seeds, mode=mode, devices=devices), max(u.epochs), path, split,
                 cfg.data.eval_batch_size)
         except FloatingPointError as exc:  # one method's pool diverged: it has no scores, the others still run
             log(f"{name} pool: stopped: {exc}")
@@ -256,6 +259,4 @@ def _attach(rows: list[dict[str, Any]], name: str, values: dict[str, Any], ceili
 def save_per_example(per_example: dict[str, dict[str, np.ndarray]], path: Path) -> None:
     """``per_example.npz``: ``<method>/<score>`` arrays (epsilon on D_f; KLoM on D_f, the D_r sample,
     the retained test set; Retrain's are the ceiling pool's)."""
-    buf = io.BytesIO()
-    np.savez(buf, **{f"{m}/{k}": v for m, scores in per_example.items() for k, v in scores.items()})
-    atomic_write_bytes(path, buf.getvalue())
+    write_npz(path, {f"{m}/{k}": v for m, scores in per_example.items() for k, v in scores.items()})

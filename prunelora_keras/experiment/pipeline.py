@@ -26,7 +26,7 @@ import numpy as np
 
 from prunelora_keras import __version__
 from prunelora_keras.api.checks import chance_warnings
-from prunelora_keras.training.checkpoint import atomic_write_bytes, read_meta, remove_file, save_model
+from prunelora_keras.training.checkpoint import atomic_write_bytes, read_meta, remove_file, save_model, write_npz
 from prunelora_keras.experiment.config import Config
 from prunelora_keras.data.datasets import Dataset, UnlearningSplit, make_split
 from prunelora_keras.data.sources import load_dataset
@@ -110,12 +110,8 @@ def _load_finished(done: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarr
 
 
 def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.ndarray] | None) -> None:
-    import io
-
     if losses is not None:
-        buf = io.BytesIO()
-        np.savez(buf, **losses)
-        atomic_write_bytes(done.with_suffix(".losses.npz"), buf.getvalue())
+        write_npz(done.with_suffix(".losses.npz"), losses)
     atomic_write_bytes(done, json.dumps(rows, indent=1).encode())  # last: its presence means "finished"
 
 
@@ -329,6 +325,10 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
         from prunelora_keras.experiment.many_models import check_pools
 
         check_pools(cfg, ds, distribution)
+    if cfg.eval.ulira:
+        from prunelora_keras.experiment.ulira_run import check_ulira
+
+        check_ulira(cfg, ds, distribution)
     try:
         original_model, original = train_stage("original", cfg, cfg.pretrain, split.train, ds, split, out_dir, data_id,
                                                distribution, original_dir)
@@ -351,6 +351,10 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
             many_models.save_per_example(per_example, out_dir / "per_example.npz")
             pool_report.plot_forgetting_quality(per_example, out_dir / "forgetting_quality.png",
                                                 f"{cfg.model.name}: per-example scores, K = {cfg.eval.models}")
+        if cfg.eval.ulira:
+            from prunelora_keras.experiment.ulira_run import run_ulira
+
+            run_ulira(cfg, ds, split, original.checkpoint, out_dir, data_id, rows, distribution)
     results = {
         "warnings": chance_warnings(retain_accuracies(original_metrics, rows), split.retain.y),
         "config": cfg.to_dict(),
@@ -385,11 +389,12 @@ def retain_accuracies(original_metrics: dict[str, Any], rows: list[dict[str, Any
 def summary(results: dict[str, Any]) -> str:
     """What the command prints at the end: stage accuracies, the paper's table, the evaluation beyond
     it, then in words what was forgotten and which method came closest to Retrain."""
-    from prunelora_keras.experiment.pool_report import pool_table
+    from prunelora_keras.experiment.pool_report import pool_table, ulira_table
 
-    extra, pools = evaluation_table(results), pool_table(results)
+    extra, pools, attack = evaluation_table(results), pool_table(results), ulira_table(results)
     return fit_width("Accuracy (%) of the trained models:\n" + accuracy_table(results) + "\n\n" + paper_table(results)
                      + (f"\n\nEvaluation beyond the paper (largest epoch count):\n{extra}" if extra else "")
                      + (f"\n\nMany-model evaluation (largest epoch count):\n{pools}" if pools else "")
+                     + (f"\n\nU-LiRA (largest epoch count):\n{attack}" if attack else "")
                      + "\n\n" + closing_lines(results)
                      + "".join(f"\nwarning: {line}" for line in results.get("warnings", [])))

@@ -1,5 +1,5 @@
-"""The many-model evaluation's report: its table (forgetting quality, KLoM, the ceiling) and the
-per-example forgetting-quality plot."""
+"""The many-model evaluations' report: the pools' table (forgetting quality, KLoM, the ceiling),
+U-LiRA's table (beside the original's and the floor's), and their per-example plots."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from prunelora_keras.evaluation.ulira import per_example_accuracy
 from prunelora_keras.experiment.labels import final_rows, method_label, save_figure
 
 
@@ -65,6 +66,58 @@ def plot_forgetting_quality(per_example: dict[str, dict[str, np.ndarray]], path:
         ax.set_xlabel("per example")
     axes[0][0].set_ylabel("examples")
     axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def ulira_table(results: dict[str, Any]) -> str:
+    """The U-LiRA scores per method (markdown), beside the original's and the floor."""
+    rows = [r for r in results["rows"] if "ulira_acc" in r and "request" not in r]
+    if not rows:
+        return ""
+    head = ["method", "U-LiRA acc", "95% interval", "TPR @ 1% FPR", "TPR @ 0.1% FPR", "U-LiRA acc (D_r sample)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    r = rows[0]
+    lines.append(f"| Original (before unlearning) | {r['ulira_acc_original']:.3f} | | | | "
+                 f"{r.get('ulira_acc_retain_original', float('nan')):.3f} |")
+    for name, r in final_rows(rows).items():
+        label = method_label(name) + (" (second pool: the floor)" if name == "retrain" else "")
+        lines.append(f"| {label} | {r['ulira_acc']:.3f} | {r['ulira_acc_lo']:.3f}-{r['ulira_acc_hi']:.3f} | "
+                     f"{r['ulira_tpr_at_0.01']:.3f} | {r['ulira_tpr_at_0.001']:.3f} | "
+                     f"{r.get('ulira_acc_retain', float('nan')):.3f} |")
+    r = rows[0]
+    lines += ["", f"S = {r['ulira_shadows']} shadows. U-LiRA accuracy: the per-example likelihood-ratio attack telling "
+                  f"each shadow's unlearned model from its Retrain on its own forget set (0.5: indistinguishable, the "
+                  "goal); the original row is the same test before unlearning, the floor Retrain against a second "
+                  "Retrain pool. D_r sample: LiRA membership of retained images under the same shadows (above the "
+                  "original's: unlearning exposed what it kept)."]
+    return "\n".join(lines)
+
+
+def plot_ulira(report: Any, path: Path, title: str = "") -> None:
+    """Per-example vulnerability (each candidate's own attack accuracy) before unlearning (the
+    original shadows, grey) and after, one panel per method, the floor in black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in report.forget if n not in ("original", "retrain")] or ["retrain"]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.2), squeeze=False, sharey=True)
+    bins = np.linspace(0, 1, 21)
+    for ax, name in zip(axes[0], names):
+        for model, style in (("original", dict(color="0.6", histtype="stepfilled", alpha=0.6)),
+                             ("retrain", dict(color="black", histtype="step", linewidth=1.6)),
+                             (name, dict(color="tab:red", histtype="step", linewidth=1.6))):
+            acc = per_example_accuracy(report.forget[model])[1]
+            label = {"original": "original (before)", "retrain": "Retrain (the floor)"}.get(model, method_label(model))
+            ax.hist(acc, bins=bins, label=f"{label} ({report.forget[model].acc:.2f})", **style)
+        ax.set_title(method_label(name), fontsize=9)
+        ax.set_xlabel("attack accuracy on the example")
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("forget candidates")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

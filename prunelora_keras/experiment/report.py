@@ -21,7 +21,7 @@ import numpy as np
 
 from prunelora_keras.experiment.labels import (  # noqa: F401  (re-exported)
     _atomic_write, final_rows, fmt as _fmt, method_label, save_figure)
-from prunelora_keras.experiment.pool_report import pool_table
+from prunelora_keras.experiment.pool_report import pool_table, ulira_table
 from prunelora_keras.experiment.terminal import closing_lines, fit_width  # noqa: F401  (fit_width: re-exported)
 
 ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "rte_s", "compile_s",
@@ -34,7 +34,10 @@ ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc",
 # --eval-models K only, on each method's row at its largest epoch count (many_models.py)
 MANY_MODEL_KEYS = ("forgetting_quality", "forgetting_quality_ceiling", "klom_forget", "klom_retain", "klom_test",
                    "eval_models")
-ROW_KEYS = ROW_KEYS + MANY_MODEL_KEYS
+# --eval-ulira S only, on the same rows (ulira_run.py)
+ULIRA_KEYS = ("ulira_acc", "ulira_acc_lo", "ulira_acc_hi", "ulira_tpr_at_0.01", "ulira_tpr_at_0.001",
+              "ulira_acc_retain", "ulira_acc_original", "ulira_acc_floor", "ulira_acc_retain_original", "ulira_shadows")
+ROW_KEYS = ROW_KEYS + MANY_MODEL_KEYS + ULIRA_KEYS
 DAGGER = "†"
 DAGGER_NOTE = (f"{DAGGER} degenerate attack: on its own shadow data it does no better than predicting its larger class "
                "for everything (within 2 points), so that efficacy says nothing about the model.")
@@ -316,13 +319,14 @@ def write_report(results: dict[str, Any], out_dir: Path, losses: dict[str, dict[
     _atomic_write(out_dir / "results.json", json.dumps(results, indent=2))
     _atomic_write(out_dir / "results.csv", results_csv(results["rows"]))
     extra = evaluation_table(results)
-    pools = pool_table(results)
+    pools, attack = pool_table(results), ulira_table(results)
     accuracies = accuracy_table(results)
     _atomic_write(out_dir / "results.md", f"# {run_title(results)}\n\n"
                   + (f"Accuracy (%) of the trained models:\n\n{accuracies}\n\n" if accuracies else "")
                   + paper_table(results) + "\n"
                   + (f"\nEvaluation beyond the paper (largest epoch count):\n\n{extra}\n" if extra else "")
                   + (f"\nMany-model evaluation (largest epoch count):\n\n{pools}\n" if pools else "")
+                  + (f"\nU-LiRA (largest epoch count):\n\n{attack}\n" if attack else "")
                   + f"\n{closing_lines(results)}\n")
     if losses:
         epochs = max((r["epochs"] for r in results["rows"] if r.get("status", "ok") == "ok"), default=0)

@@ -18,7 +18,10 @@ SPREAD_KEYS = ("UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "avg_g
                "probe_forget_acc_test", "cka_forget", "cka_retain", "relearn_steps",
                # --eval-models K (many_models.py): each seed's pools scored on their own, then folded
                "forgetting_quality", "forgetting_quality_ceiling", "forget_score", "epsilon_median",
-               "spread_ratio_forget", "klom_forget", "klom_retain", "klom_test", "pool_UA", "pool_RA", "pool_TA")
+               "spread_ratio_forget", "klom_forget", "klom_retain", "klom_test", "pool_UA", "pool_RA", "pool_TA",
+               # --eval-ulira S (ulira_run.py): each seed's shadows attacked on their own, then folded
+               "ulira_acc", "ulira_acc_lo", "ulira_acc_hi", "ulira_tpr_at_0.01", "ulira_tpr_at_0.001",
+               "ulira_acc_retain", "ulira_acc_original", "ulira_acc_floor", "ulira_acc_retain_original")
 # true in a folded row when true in any of its runs (a dagger in the table)
 ANY_KEYS = ("attack_degenerate_loss_logreg", "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc",
             "attack_degenerate_m_entropy_svc", "relearn_capped")
@@ -54,7 +57,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                "status": "ok" if len(ok) == len(found) else f"ok in {len(ok)} of {len(found)} seeds",
                "trainable_params": ok[0].get("trainable_params"), "mem_kind": ok[0].get("mem_kind"),
                "compile_s": float(np.mean([r.get("compile_s", np.nan) for r in ok])),
-               **({"eval_models": ok[0]["eval_models"]} if "eval_models" in ok[0] else {})}
+               **{k: ok[0][k] for k in ("eval_models", "ulira_shadows") if k in ok[0]}}
         for key in SPREAD_KEYS:
             values = [r[key] for r in ok if r.get(key) is not None and np.isfinite(r[key])]
             if values:

@@ -11,7 +11,16 @@ from dataclasses import dataclass, field
 
 @dataclass
 class TrainConfig:
-    """One training recipe: optimiser, schedule, augmentation, BatchNorm policy."""
+    """One training recipe: optimiser, schedule, augmentation, BatchNorm policy.
+
+    The experiment's ``[pretrain]`` and ``[retrain]`` sections, and what the pools built from
+    scratch train with (``plk.scratch_pool``, ``plk.ulira``'s shadows). Each field is commented
+    below with its choices; the optimiser and schedule are ``training.optim.make_optimizer``'s.
+
+    Example:
+        >>> TrainConfig(epochs=20, optimizer="adam", lr=1e-3).schedule
+        'constant'
+    """
 
     epochs: int = 1
     optimizer: str = "sgd"  # sgd | adam | adamw

@@ -1,0 +1,119 @@
+"""U-LiRA from shadow pools: the library (``plk.ulira``) on a user's own model, and the command's
+``--eval-ulira S`` (scores on the rows, files, reuse, a killed shadow pool resumed, validation)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from test_many_models import _cli
+
+COLUMNS = ("ulira_acc", "ulira_acc_lo", "ulira_acc_hi", "ulira_tpr_at_0.01", "ulira_acc_retain")
+
+
+def _scores(out) -> dict:
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    return {r["paradigm"]: tuple(r.get(c) for c in COLUMNS + ("ulira_acc_original", "ulira_acc_floor")) for r in rows}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--eval-ulira", "7"], "must be 0 (off) or an even number of shadow models >= 6"),
+    (["--eval-ulira", "4"], "must be 0 (off) or an even number of shadow models >= 6"),
+    (["--eval-ulira", "6", "--forget-class", "3,5"], "does not combine with continual requests"),
+    (["--eval-ulira", "100000", "--set", "model.dim=64", "--set", "model.depth=2", "--set", "model.mlp_dim=128"],
+     "the largest S that fits is"),
+])
+def test_bad_eval_ulira_ends_with_one_line_and_exit_2(tmp_path, args, message):
+    proc = _cli(args, tmp_path / "r")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r" / "ulira").exists()
+
+
+@pytest.mark.slow
+def test_eval_ulira_scores_every_method_saves_reuses_and_resumes_its_pools(tmp_path):
+    straight = tmp_path / "straight"
+    flags = ["--eval-ulira", "6", "--forget-fraction", "0.1"]
+    proc = _cli(flags, straight)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((straight / "results.json").read_text())
+    final = {r["paradigm"]: r for r in results["rows"]}
+    for name in ("retrain", "finetune", "lora"):
+        assert all(0 <= final[name][c] <= 1 for c in ("ulira_acc", "ulira_tpr_at_0.01")), final[name]
+        assert final[name]["ulira_acc_lo"] <= final[name]["ulira_acc"] <= final[name]["ulira_acc_hi"]
+        assert final[name]["ulira_shadows"] == 6
+    assert final["finetune"]["ulira_acc_floor"] == final["retrain"]["ulira_acc"]  # every method beside the floor
+    assert "ulira_acc_retain" in final["lora"] and 0 <= final["finetune"]["ulira_acc_original"] <= 1
+    assert "ulira_acc" in (straight / "results.csv").read_text().splitlines()[0]
+    assert "U-LiRA (largest epoch count)" in (straight / "results.md").read_text()
+    assert (straight / "ulira.png").stat().st_size > 10_000
+    pools = sorted(p.name.split("-")[0] for p in (straight / "ulira").glob("*.npz"))
+    assert pools == ["finetune", "floor", "lora", "original", "retrain"]
+    forget = results["data"]["forget"]
+    with np.load(straight / "ulira.npz") as z:
+        halves = z["halves"]
+        assert halves.shape == (6, results["data"]["retain"] + forget) and set(z["halves"].sum(1)) == {halves[0].sum()}
+        assert len(z["lora/forget_acc"]) <= forget and set(z.files) >= {"original/retain_acc", "retrain/forget_acc"}
+    with np.load(next((straight / "ulira").glob("lora-*.npz"))) as z:  # every member's weights and its logits
+        assert z["logits"].shape[:2] == (6, forget + min(500, results["data"]["retain"]))
+
+    proc = _cli(flags, straight)  # finished: no shadow trains again
+    assert proc.returncode == 0 and "x6 epoch" not in proc.stderr and "already holds finished results" in proc.stderr
+
+    crashed = tmp_path / "crashed"  # the run folder with its results and the Retrain shadows lost: the other
+    shutil.copytree(straight, crashed)  # pools are reused, the Retrain shadows train again and are killed
+    for p in [*(crashed / "ulira").glob("retrain-*.npz"), crashed / "results.json"]:
+        p.unlink()
+    proc = _cli(flags, crashed, {"PRUNELORA_KILL_AFTER": "ulira-retrain:1"})
+    assert proc.returncode == -9 and len(list((crashed / "ulira").glob("retrain-*.state.npz"))) == 1
+    proc = _cli(flags, crashed)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ulira-retrain: resuming after epoch 1" in proc.stderr and "ulira original pool: reusing" in proc.stderr
+    assert "ulira lora pool: reusing" in proc.stderr and "ulira floor x6 epoch" not in proc.stderr
+    assert _scores(crashed) == _scores(straight)
+    assert not list((crashed / "ulira").glob("*.state.npz"))
+
+
+def test_the_library_attacks_a_users_own_model_and_its_members_are_the_pools():
+    import keras
+
+    import prunelora_keras as plk
+    from prunelora_keras.api.ulira import fit_pool, member_model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (240, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + 2 * (x[:, 1] > 0).astype("int32")
+
+    def build(seed):
+        return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
+
+    recipe = plk.TrainConfig(epochs=3, optimizer="adam", lr=1e-2)
+    seen = {}
+
+    def runner(name, make_pool, epochs, inputs):
+        logits, values = fit_pool(name, make_pool, epochs, inputs)
+        seen[name] = (logits, values, inputs)
+        return logits, values
+
+    candidates = y == 3
+    report = plk.ulira(build, x, y, candidates, methods=["retrain", "finetune", "neggrad_plus"], shadows=6,
+                       pretrain=recipe, epochs=2, batch_size=32, retain_sample=60, bootstrap=50, run_pool=runner,
+                       verbose=False, lr=1e-2)
+    assert set(report.forget) == {"original", "retrain", "finetune", "neggrad_plus"}
+    assert set(report.retain) == {"original", "finetune", "neggrad_plus"}
+    assert sorted(seen) == ["finetune", "floor", "neggrad_plus", "original", "retrain"]
+    rows = report.rows()
+    assert all(0 <= r["ulira_acc"] <= 1 for r in rows.values()) and rows["finetune"]["ulira_examples"] > 0
+    n_c = int(candidates.sum()) - int(candidates.sum()) % 2  # an odd candidate is left out of every shadow
+    assert report.forget["finetune"].positives == report.forget["finetune"].negatives == 3 * n_c
+    assert len(report.retain_sample) == 60 and not candidates[report.retain_sample].any()
+    # shadow k's original, rebuilt from the pool's values, gives the pool's logits; it trained on its half only
+    logits, values, inputs = seen["original"]
+    model = member_model(build, 0, values[2])
+    np.testing.assert_allclose(model.predict(inputs, verbose=0), logits[2], rtol=1e-4, atol=1e-4)
+    assert (report.halves.sum(axis=1) == report.halves[0].sum()).all()
+    with pytest.raises(ValueError, match="even number >= 6"):
+        plk.ulira(build, x, y, candidates, methods=["finetune"], shadows=4, pretrain=recipe)
+    with pytest.raises(ValueError, match="at least one candidate"):
+        plk.ulira(build, x, y, np.ones(len(y), bool), methods=["finetune"], shadows=6, pretrain=recipe)
