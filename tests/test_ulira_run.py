@@ -115,5 +115,9 @@ def test_the_library_attacks_a_users_own_model_and_its_members_are_the_pools():
     assert (report.halves.sum(axis=1) == report.halves[0].sum()).all()
     with pytest.raises(ValueError, match="even number >= 6"):
         plk.ulira(build, x, y, candidates, methods=["finetune"], shadows=4, pretrain=recipe)
+    with pytest.raises(ValueError, match="unknown method 'scrubb'"):
+        plk.ulira(build, x, y, candidates, methods=["scrubb"], shadows=6, pretrain=recipe)
+    with pytest.raises(ValueError, match="unknown option 'rank' for method 'finetune'"):
+        plk.ulira(build, x, y, candidates, methods=["lora", "finetune"], shadows=6, pretrain=recipe, rank=4)
     with pytest.raises(ValueError, match="at least one candidate"):
         plk.ulira(build, x, y, np.ones(len(y), bool), methods=["finetune"], shadows=6, pretrain=recipe)

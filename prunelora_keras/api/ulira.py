@@ -51,6 +51,7 @@ from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.evaluation.ulira import (ULiRAResult, forget_attack, logit_confidence, paired_halves,
                                               retain_attack)
+from prunelora_keras.methods import registry
 from prunelora_keras.methods.base import MethodContext
 from prunelora_keras.training.pool_trainer import PoolTrainer, member_seeds
 from prunelora_keras.training.recipe import TrainConfig
@@ -154,7 +155,8 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
     Returns:
         ``ULiRAReport``.
     Raises:
-        ValueError: S odd or < 6, no candidate or nothing else, labels outside the classes.
+        ValueError: S odd or < 6, no candidate or nothing else, labels outside the classes, an
+            unknown method or option (all before anything trains).
 
     Example:
         >>> report = plk.ulira(build, x, y, y == 3, methods=["lora"], shadows=8,
@@ -170,6 +172,15 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
     if shadows < 6 or shadows % 2:
         raise ValueError(f"shadows must be an even number >= 6, got {shadows}: with the target's pair held out, "
                          "each example needs two more shadows on each side to fit a Gaussian")
+    methods = [m for m in methods if m != "retrain"]
+    if context is None:  # every method's options checked before anything trains
+        from prunelora_keras.api.library import unlearn_options
+
+        for name in methods:
+            unlearn_options(name, **options)
+    else:
+        for name in methods:
+            registry.get(name)
     halves = paired_halves(candidates.astype(int), shadows, seed)
     others = np.flatnonzero(~candidates & halves.any(0))
     sample = np.sort(np.random.default_rng([seed, 11]).choice(others, min(retain_sample, len(others)), replace=False))
@@ -206,7 +217,7 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
     retain = {"original": retain_attack(scores_o[:, n_c:], kept, fixed_variance=fixed_variance, bootstrap=bootstrap,
                                         seed=seed)}
 
-    for name in (m for m in methods if m != "retrain"):
+    for name in methods:
         def make_context(member_seed: int, name: str = name) -> MethodContext:
             k = shadow_of[member_seed]
             model = member_model(build_model, origin_seeds[k], originals[k])
