@@ -121,3 +121,45 @@ def test_the_library_attacks_a_users_own_model_and_its_members_are_the_pools():
         plk.ulira(build, x, y, candidates, methods=["lora", "finetune"], shadows=6, pretrain=recipe, rank=4)
     with pytest.raises(ValueError, match="at least one candidate"):
         plk.ulira(build, x, y, np.ones(len(y), bool), methods=["finetune"], shadows=6, pretrain=recipe)
+
+
+def test_members_whose_steps_differ_train_one_after_another_each_as_its_single_run():
+    """SalUn's optimiser masks its updates with the saliency of its own model: shadows that start from
+    different originals cannot share a step, so the pool trains them member by member (said), and
+    member k is exactly the single run of its seed."""
+    import keras
+
+    import prunelora_keras as plk
+    from prunelora_keras.api.library import unlearn_options, user_context
+    from prunelora_keras.methods.prepare import prepare_method
+    from prunelora_keras.training.memberwise import MemberwisePool
+    from prunelora_keras.training.pool_checks import MembersDiffer
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (96, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32") + 2 * (x[:, 1] > 0).astype("int32")
+    originals = {}
+    for s in (3, 4):  # two different "shadow originals"
+        keras.utils.set_random_seed(s)
+        originals[s] = keras.Sequential([keras.Input((6,)), keras.layers.Dense(12, activation="relu"),
+                                         keras.layers.Dense(4)])
+    opts, hparams = unlearn_options("salun", lr=0.05)
+
+    def context(seed):
+        return user_context(originals[seed], (x[y != 3], y[y != 3]), (x[y == 3], y[y == 3]), 4, opts, hparams,
+                            seed, 2)[0]
+
+    with pytest.raises(MembersDiffer, match="optimiser updates differently"):
+        plk.method_pool("salun", context, [3, 4], mode="loop", verbose=False)
+    pool = plk.method_pool("salun", context, [3, 4], verbose=False)
+    assert isinstance(pool, MemberwisePool) and pool.k == 2
+    history = pool.fit(2)
+    assert [h.epoch for h in history] == [1, 2] and pool.global_step > 0
+    logits = pool.logits(x)
+    for k, seed in enumerate((3, 4)):
+        single = prepare_method("salun", context(seed), verbose=False)
+        single.fit(2, opts.batch_size)
+        np.testing.assert_allclose(logits[k], single.trainer.model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
+    state = pool.state()  # stacked over the members, as checkpoints save it; restore gives it back
+    pool.restore(state, pool.global_step)
+    np.testing.assert_allclose(pool.logits(x), logits, rtol=1e-6, atol=1e-6)

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ from prunelora_keras.api.checks import checked_labels, require_epochs, require_l
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.batches import num_batches
+from prunelora_keras.training.memberwise import MemberwisePool
+from prunelora_keras.training.pool_checks import MembersDiffer
 from prunelora_keras.training.pool_trainer import PoolTrainer, member_seeds  # noqa: F401
 from prunelora_keras.errors import UserError
 from prunelora_keras.methods.base import MethodContext
@@ -48,7 +51,10 @@ def method_pool(name: str, make_context: Callable[[int], MethodContext], seeds: 
         label: the name in progress lines (default ``name``).
         verbose: progress lines.
     Returns:
-        the ``PoolTrainer`` (not yet trained); its members train on the whole model (no prefix cache).
+        the ``PoolTrainer`` (not yet trained); its members train on the whole model (no prefix
+        cache). In mode "auto", members whose steps differ only by what each computed from its own
+        model (``pool_checks.MembersDiffer``: SalUn's saliency masks, persistent pruning masks, when
+        the members start from different models) give a ``MemberwisePool`` instead, said on stderr.
 
     Example:
         >>> def context(seed):  # doctest: +SKIP
@@ -70,8 +76,15 @@ def method_pool(name: str, make_context: Callable[[int], MethodContext], seeds: 
         members.append(prepared.trainer)
         streams.append(plan.stream if plan.stream is not None else
                        ArrayStream(plan.x, plan.y, ctx.options.batch_size, ctx.drop_last, plan.labels_for_epoch))
-    return PoolTrainer(members, streams, mode=mode, devices=devices, label=f"{label or name} x{len(seeds)}",
-                       verbose=verbose)
+    try:
+        return PoolTrainer(members, streams, mode=mode, devices=devices, label=f"{label or name} x{len(seeds)}",
+                           verbose=verbose)
+    except MembersDiffer as exc:  # each member's step depends on its own model (U-LiRA's shadows, say)
+        if mode != "auto" or (devices is not None and len(devices) > 1):
+            raise
+        print(f"{label or name}: {exc}; its {len(seeds)} members train one after another, each with its own "
+              "compiled step (memberwise)", file=sys.stderr, flush=True)
+        return MemberwisePool(members, streams, label=f"{label or name} x{len(seeds)}", verbose=verbose)
 
 
 def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig, x: np.ndarray, y: np.ndarray,

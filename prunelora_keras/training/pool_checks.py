@@ -93,12 +93,19 @@ def _optimizer_probe(trainer: Trainer, params: list, steps: int = 3) -> list:
     return out
 
 
+class MembersDiffer(ValueError):
+    """Members whose steps differ only by what each computed from its own model or data (its
+    optimiser's masks, e.g. SalUn's saliency, or its enforced pruning masks): they cannot share one
+    compiled step, but each can train on its own (``memberwise.MemberwisePool``)."""
+
+
 def check_members(members: Sequence[Trainer]) -> None:
     """Refuse members that would not compute the same step: the pool trains every member with the
     first member's step (its model, optimiser, loss, normalisation, augmentation, masks).
 
     Raises:
-        ValueError: one line naming what differs and which member.
+        ValueError: one line naming what differs and which member (``MembersDiffer`` where only
+            the masks or the optimiser's updates differ).
     """
     first = members[0]
     if any(m.features or m.placement is not None for m in members):
@@ -107,7 +114,7 @@ def check_members(members: Sequence[Trainer]) -> None:
         raise ValueError("pool members must share one architecture and train the same variables")
     masks = [[np.zeros(0) if a is None else a for a in m.spec.masks] for m in members]
     if not all_equal(masks):
-        raise ValueError("pool members must enforce the same masks")
+        raise MembersDiffer("pool members must enforce the same masks")
     fields = ("num_classes", "preprocess", "augment", "mixup_alpha", "features")
     layers, probe = _layer_configs(first), None
     for k, m in enumerate(members[1:], start=1):
@@ -123,7 +130,7 @@ def check_members(members: Sequence[Trainer]) -> None:
         if m.spec.optimizer is not first.spec.optimizer:
             probe = probe if probe is not None else _optimizer_probe(first, first.train_values)
             if not _same_value(_optimizer_probe(m, first.train_values), probe):
-                raise ValueError(f"pool member {k}'s optimiser updates differently from member 0's (learning rate, "
+                raise MembersDiffer(f"pool member {k}'s optimiser updates differently from member 0's (learning rate, "
                                  "schedule, weight decay, momentum or clipping): a pool trains every member with one "
                                  "optimiser")
 
