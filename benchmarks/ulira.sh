@@ -9,8 +9,10 @@ for scenario in random classwise; do
   flags=(); [ "$scenario" = random ] && flags=(--forget-fraction 0.1)
   name=ulira-$M-quick-$scenario-s$S
   start=$(date +%s)
-  python -m prunelora_keras.run --model "$M" --preset quick "${flags[@]}" --eval-ulira "$S" --paradigms "$P" "$@" \
-    --out "runs/$name" > "benchmarks/results/$name.log" 2>&1
+  if ! python -m prunelora_keras.run --model "$M" --preset quick "${flags[@]}" --eval-ulira "$S" --paradigms "$P" "$@" \
+      --out "runs/$name" > "benchmarks/results/$name.log" 2>&1; then
+    echo "$name failed: see benchmarks/results/$name.log"; continue
+  fi
   echo "$(date -u +%FT%TZ) $name wall_s=$(( $(date +%s) - start )) (2-core x86 CPU)" >> benchmarks/results/ulira-wall.txt
   cp "runs/$name/results.md" "benchmarks/results/$name-results.md"
   cp "runs/$name/results.json" "benchmarks/results/$name-results.json"
