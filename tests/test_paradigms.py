@@ -10,7 +10,7 @@ from prunelora_keras.models import build_model
 from prunelora_keras.experiment.paradigms import build_recipe
 from prunelora_keras.experiment.context import evaluate_model
 from prunelora_keras.experiment.pipeline import load_data
-from prunelora_keras.experiment.report import MANY_MODEL_KEYS, ROW_KEYS
+from prunelora_keras.experiment.report import MANY_MODEL_KEYS, ROW_KEYS, ULIRA_KEYS
 from prunelora_keras.experiment.run import main
 
 
@@ -77,7 +77,7 @@ def test_whole_pipeline_invariants(tmp_path, capsys):
         assert key in results
     rows = {(r["paradigm"], r["epochs"]): r for r in results["rows"]}
     assert set(rows) == {(p, e) for p in ("retrain", "finetune", "pruned", "lora", "pruned_lora") for e in (2, 4)}
-    always = set(ROW_KEYS) - {"classifier_rows_pruned", "forget_row_pruned"} - set(MANY_MODEL_KEYS)
+    always = set(ROW_KEYS) - {"classifier_rows_pruned", "forget_row_pruned"} - set(MANY_MODEL_KEYS) - set(ULIRA_KEYS)
     assert all(always <= set(r) for r in results["rows"]), always - set(results["rows"][0])
     for (p, e), r in rows.items():  # pruning diagnostics on the pruned rows only; the ViT's head is a target
         assert ("forget_row_pruned" in r) == (p in ("pruned", "pruned_lora")), p
