@@ -113,6 +113,12 @@ def test_the_library_attacks_a_users_own_model_and_its_members_are_the_pools():
     model = member_model(build, 0, values[2])
     np.testing.assert_allclose(model.predict(inputs, verbose=0), logits[2], rtol=1e-4, atol=1e-4)
     assert (report.halves.sum(axis=1) == report.halves[0].sum()).all()
+    # a method whose shadows diverge has no scores; the others still run and are scored
+    diverged = plk.ulira(build, x, y, candidates, methods=["finetune", "neggrad_plus"], shadows=6, pretrain=recipe,
+                         epochs=1, batch_size=32, bootstrap=0, verbose=False, lr=1e30)
+    assert set(diverged.failed) == {"finetune", "neggrad_plus"} and "not finite" in diverged.failed["finetune"], \
+        diverged.failed
+    assert set(diverged.forget) == {"original", "retrain"}
     with pytest.raises(ValueError, match="even number >= 6"):
         plk.ulira(build, x, y, candidates, methods=["finetune"], shadows=4, pretrain=recipe)
     with pytest.raises(ValueError, match="unknown method 'scrubb'"):

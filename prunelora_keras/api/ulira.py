@@ -75,6 +75,7 @@ class ULiRAReport:
         halves: (S, N) which examples each shadow trained on; ``candidates``: (N,) the forget
             candidates C; ``retain_sample``: indices of the retained examples attacked.
         seconds: {pool: training seconds (0 for a pool a runner reused)}.
+        failed: {method: why} for methods whose shadow pool diverged (no scores; the others run on).
     """
 
     forget: dict[str, ULiRAResult]
@@ -83,6 +84,7 @@ class ULiRAReport:
     candidates: np.ndarray = field(repr=False)
     retain_sample: np.ndarray = field(repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> dict[str, dict[str, float]]:
         """{model: ``ulira_acc``, its interval, TPR at each FPR, ``ulira_acc_retain``} (percent-free
@@ -188,6 +190,7 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
     run_pool, retrain = run_pool or fit_pool, retrain or pretrain
     context = context or _user_context(num_classes, epochs, preprocess, options)
     seconds: dict[str, float] = {}
+    failed: dict[str, str] = {}
 
     def run(name: str, make: Callable[[], PoolTrainer], n_epochs: int) -> tuple[np.ndarray, list[Values]]:
         start = time.perf_counter()
@@ -224,13 +227,20 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
             keep, drop = halves[k] & ~candidates, halves[k] & candidates
             return context(name, model, Subset(x[keep], y[keep]), Subset(x[drop], y[drop]), member_seed)
 
-        scores_m, _ = run(name, lambda name=name, make_context=make_context: method_pool(
-            name, make_context, seeds, mode=mode, devices=devices, label=f"ulira {name}", verbose=verbose), epochs)
+        try:
+            scores_m, _ = run(name, lambda name=name, make_context=make_context: method_pool(
+                name, make_context, seeds, mode=mode, devices=devices, label=f"ulira {name}", verbose=verbose), epochs)
+        except FloatingPointError as exc:  # one method's shadows diverged: it has no scores, the others still run
+            failed[name] = str(exc)
+            continue
+        if not np.isfinite(scores_m).all():  # diverged in the last step: a finite loss, then weights that are not
+            failed[name] = f"{name}: its shadows' outputs are not finite after training"
+            continue
         forget[name] = forget_attack(scores_m[:, :n_c], scores_r[:, :n_c], forgets, fixed_variance=fixed_variance,
                                      bootstrap=bootstrap, seed=seed)
         retain[name] = retain_attack(scores_m[:, n_c:], kept, fixed_variance=fixed_variance, bootstrap=bootstrap,
                                      seed=seed)
-    return ULiRAReport(forget, retain, halves, candidates, sample, seconds)
+    return ULiRAReport(forget, retain, halves, candidates, sample, seconds, failed)
 
 
 def _user_context(num_classes: int, epochs: int, preprocess: Preprocess, options: dict[str, Any]) -> ContextMaker:

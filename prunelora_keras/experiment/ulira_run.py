@@ -37,13 +37,14 @@ from prunelora_keras.models import build_model
 from prunelora_keras.models.precision import training_model
 from prunelora_keras.parallel.multihost import agree, host_value
 from prunelora_keras.training.bn import set_bn_policy
-from prunelora_keras.training.checkpoint import read_meta, remove_file, write_npz
+from prunelora_keras.training.checkpoint import remove_file, write_npz
 from prunelora_keras.training.loop import EpochStats
 from prunelora_keras.training.pool_trainer import PoolTrainer
 
+
 def check_ulira(cfg: Config, ds: Dataset, distribution: Any) -> None:
     """Refuse, before anything trains, an S that cannot run: another backend, or pools of S shadows
-    larger than the free memory (S odd or < 4 and continual requests are refused with the options)."""
+    larger than the free memory (S odd or < 6 and continual requests are refused with the options)."""
     if keras.backend.backend() != "jax":
         raise UserError("--eval-ulira trains its shadows with the compiled JAX step: unset KERAS_BACKEND (now "
                         f"{keras.backend.backend()}) or drop --eval-ulira")
@@ -148,6 +149,10 @@ def attach(rows: list[dict[str, Any]], report: ULiRAReport) -> None:
         mine = [r for r in rows if r["paradigm"] == name and r.get("status", "ok") == "ok"]
         if mine and name != "original":
             max(mine, key=lambda r: r["epochs"]).update(values, **reference)
+    for name, why in report.failed.items():  # a diverged shadow pool: no scores for that method, said on its row
+        mine = [r for r in rows if r["paradigm"] == name and r.get("status", "ok") == "ok"]
+        if mine:
+            max(mine, key=lambda r: r["epochs"])["ulira_status"] = f"non-finite loss ({why})"
 
 
 def save_per_example(report: ULiRAReport, path: Path) -> None:
