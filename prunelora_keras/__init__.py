@@ -76,8 +76,9 @@ elif not any(isinstance(f, _RegisterLayersAfterKeras) for f in sys.meta_path):
 # The public API, flat: ``import prunelora_keras as plk; plk.unlearn(...)``. Loaded on first use, so
 # that ``import prunelora_keras`` (e.g. to load a saved model) stays light.
 _PUBLIC = {
-    **dict.fromkeys(("unlearn", "evaluate", "UnlearnResult", "find_targets", "prune", "copy_model", "unlearn_options",
-                     "FoundTargets"), "prunelora_keras.api.library"),
+    **dict.fromkeys(("unlearn", "evaluate", "UnlearnResult", "prune", "copy_model", "unlearn_options"),
+                    "prunelora_keras.api.library"),
+    **dict.fromkeys(("find_targets", "FoundTargets"), "prunelora_keras.api.targets"),
     **dict.fromkeys(("method_pool", "scratch_pool", "unlearn_pool"), "prunelora_keras.api.pools"),
     **dict.fromkeys(("add_lora", "merge"), "prunelora_keras.models.lora"),
     **dict.fromkeys(("PruneMasks", "PruneResult", "MaskConstraint", "sparsity_report"), "prunelora_keras.models.pruning"),

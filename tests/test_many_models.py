@@ -27,6 +27,14 @@ def _scores(out) -> dict:
     return {r["paradigm"]: tuple(r.get(c) for c in COLUMNS) for r in rows}
 
 
+def assert_one_error_line(proc: subprocess.CompletedProcess, message: str) -> None:
+    """The command ended with exit 2 and one ``error:`` line holding ``message``, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--eval-models", "1"], "must be 0 (off) or a number of models per pool from 2"),
     (["--eval-models", "100000", "--set", "model.dim=64", "--set", "model.depth=2", "--set", "model.mlp_dim=128"],
@@ -34,11 +42,8 @@ def _scores(out) -> dict:
     (["--eval-models", "3", "--forget-class", "3,5"], "does not combine with continual requests"),
 ])
 def test_bad_eval_models_end_with_one_line_and_exit_2(tmp_path, args, message):
-    proc = _cli(args, tmp_path / "r")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "r" / "pools").exists()
+    assert_one_error_line(_cli(args, tmp_path / "r"), message)
+    assert not (tmp_path / "r" / "pools").exists()
 
 
 @pytest.mark.slow
