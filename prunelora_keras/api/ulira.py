@@ -102,14 +102,37 @@ class ULiRAReport:
 
 def fit_pool(name: str, make_pool: Callable[[], PoolTrainer], epochs: int, inputs: np.ndarray
              ) -> tuple[np.ndarray, list[Values]]:
-    """The default ``PoolRunner``: build, train ``epochs`` epochs, read the logits and the members."""
+    """The default ``PoolRunner``: build, train ``epochs`` epochs, read the logits and the members.
+
+    Args:
+        name: the pool's name (unused here; a runner that saves pools names its files by it).
+        make_pool: builds the untrained pool.
+        epochs: training epochs.
+        inputs: the stored inputs to read the pool's logits on.
+    Returns:
+        (logits (S, N, classes), each member's (trainable, non-trainable) values).
+
+    Example:
+        >>> logits, values = fit_pool("original", lambda: pool, 10, x_query)  # doctest: +SKIP
+    """
     pool = make_pool()
     pool.fit(epochs)
     return pool.logits(inputs), [pool.member_values(k) for k in range(pool.k)]
 
 
 def member_model(build_model: Callable[[int], keras.Model], seed: int, values: Values) -> keras.Model:
-    """A new model from ``build_model(seed)`` holding a pool member's ``values``."""
+    """A new model from ``build_model(seed)`` holding a pool member's ``values``.
+
+    Args:
+        build_model: seed -> a new model of the pool's architecture.
+        seed: passed to ``keras.utils.set_random_seed`` and ``build_model``.
+        values: the member's (trainable, non-trainable) values (``PoolTrainer.member_values(k)``).
+    Returns:
+        the model; ValueError when its variables do not match ``values``.
+
+    Example:
+        >>> shadow = member_model(lambda s: my_model(), 0, pool.member_values(3))  # doctest: +SKIP
+    """
     keras.utils.set_random_seed(int(seed))
     model = build_model(int(seed))
     for variables, arrays in zip((model.trainable_variables, model.non_trainable_variables), values):
