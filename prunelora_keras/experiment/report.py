@@ -25,7 +25,7 @@ from prunelora_keras.experiment.pool_report import pool_table, ulira_table
 from prunelora_keras.experiment.terminal import closing_lines, fit_width  # noqa: F401  (fit_width: re-exported)
 
 ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc", "RA", "TA", "rte_s", "compile_s",
-            "peak_mem_bytes", "mem_kind", "trainable_params", "sparsity", "attack_acc_loss_logreg",
+            "prepare_s", "peak_mem_bytes", "mem_kind", "trainable_params", "sparsity", "attack_acc_loss_logreg",
             "attack_acc_confidence_svc", "avg_gap", "status", "tow", "MIA_entropy_svc", "MIA_m_entropy_svc",
             "attack_acc_entropy_svc", "attack_acc_m_entropy_svc", "attack_degenerate_loss_logreg",
             "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc", "attack_degenerate_m_entropy_svc",

@@ -98,7 +98,9 @@ class Plan:
             ``steps_per_epoch`` (e.g. retain and forget batches side by side).
         loss: ``loss(step.LossInputs) -> scalar``; None: cross-entropy on the one part.
         teacher: (trainable values, non-trainable values) of a frozen teacher with the model's
-            architecture (SCRUB); None: no teacher.
+            architecture (SCRUB), or one per batch part, ``{part: (...)}`` (Bad Teacher); None: no teacher.
+        joint: the stream's batch parts go through the model in one forward pass, as one mixed
+            batch (``training.step.StepSpec.joint``).
         masks: {variable path: 0/1 array} the loop enforces after every update.
         uses_lora: the model has adapters (merged before evaluation).
         pruned: what the pruning step zeroed (``pruning.PruneResult``), for the diagnostics.
@@ -118,7 +120,8 @@ class Plan:
     labels_for_epoch: Callable[[int], np.ndarray] | None = None
     stream: Any = None
     loss: Callable | None = None
-    teacher: tuple[list, list] | None = None
+    teacher: tuple[list, list] | dict[str, tuple[list, list]] | None = None
+    joint: bool = False
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     uses_lora: bool = False
     pruned: Any = None
@@ -161,6 +164,8 @@ class Method:
             docs read its fields, defaults and checks.
         keras_fit: the method also runs through Keras's ``fit`` on the torch and tensorflow
             backends (its plan has a ``keras_recipe``, plain cross-entropy and no batch stream).
+        trains: False for a method that trains no steps (SSD): its epochs change nothing, so the
+            search (``prunelora_keras.tune``) does not search them.
     """
 
     name: str
@@ -170,3 +175,4 @@ class Method:
     kind: str = "baseline"
     hparams: type = HParams
     keras_fit: bool = False
+    trains: bool = True

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import sys
 
-# name -> kind, in registration order (methods/paper.py, baselines.py, neggrad.py, scrub.py)
+# name -> kind, in registration order (methods/paper.py, baselines.py, neggrad.py, scrub.py, ssd.py,
+# bad_teacher.py, msg.py)
 BUILTIN: dict[str, str] = {
     "retrain": "paper", "finetune": "paper", "pruned": "paper", "lora": "paper", "pruned_lora": "paper",
     "ga": "baseline", "rl": "baseline", "l1_sparse": "baseline", "salun": "baseline",
-    "neggrad_plus": "baseline", "scrub": "baseline",
+    "neggrad_plus": "baseline", "scrub": "baseline", "ssd": "baseline", "bad_teacher": "baseline", "msg": "baseline",
 }
 
 

@@ -127,6 +127,67 @@ def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], for
     return out
 
 
+def random_init_copy(model: keras.Model, seed: int) -> keras.Model:
+    """A model of ``model``'s architecture with fresh weights from its layers' own initialisers, drawn
+    from ``seed`` (Keras's global seed generator is swapped for one seeded with ``seed`` while the
+    copy is built, then restored: nothing else's random stream moves). Bad Teacher's incompetent
+    teacher: the untrained network of the same architecture."""
+    from keras.src.backend.common import global_state
+    from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
+
+    previous = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, keras.random.SeedGenerator(int(seed)))
+    try:
+        clone = keras.models.clone_model(model)
+    finally:
+        global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, previous)
+    layout = [[tuple(v.shape) for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables)]
+    if [[tuple(v.shape) for v in vs] for vs in (clone.trainable_variables, clone.non_trainable_variables)] != layout:
+        raise ValueError("a fresh copy of this model (keras.models.clone_model) does not have the model's variables in "
+                         "its order; build the model with the Functional API so that it can be cloned")
+    return clone
+
+
+def fold_gradients(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess: Preprocess, batch_size: int,
+                   combine: Callable[[Any, list], Any], total: Any = None, *, training: bool = False) -> Any:
+    """Fold ``combine(total, g)`` over the batches of (x, y) in order, ``g`` the gradient of the
+    batch's *mean* cross-entropy with respect to ``model.trainable_variables`` (as PyTorch code that
+    calls ``loss.backward()`` once per batch of a loader sees it).
+
+    ``training``: False: inference mode (SSD's importances, ``model.eval()``); True: training mode,
+    BatchNorm normalising with the batch's statistics and its running statistics (and dropout's
+    seed state) updated batch after batch and written back to ``model`` (Deep Unlearn's MSG, which
+    never calls ``eval()`` before its gradient pass).
+
+    Example:
+        >>> import keras, numpy as np  # doctest: +SKIP
+        >>> sq = fold_gradients(model, x, y, Preprocess(), 64,
+        ...                     lambda t, g: [a + b * b for a, b in zip(t, g)] if t else [b * b for b in g])  # doctest: +SKIP
+    """
+    trainable = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    @jax.jit
+    def gradient(values, state, images, labels):
+        def loss(vals):
+            out, new_state = model.stateless_call(vals, state, preprocess(images), training=training)
+            ce = optax.softmax_cross_entropy_with_integer_labels(out.astype(jnp.float32), labels)
+            return ce.mean(), new_state
+
+        return jax.grad(loss, has_aux=True)(values)
+
+    for start in range(0, len(y), batch_size):
+        g, state = gradient(trainable, non_trainable, x[start:start + batch_size],
+                            np.asarray(y[start:start + batch_size]).astype(np.int32))
+        if training:
+            non_trainable = state
+        total = combine(total, g)
+    if training:
+        for var, value in zip(model.non_trainable_variables, non_trainable):
+            var.assign(value)
+    return total
+
+
 def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float) -> jax.Array:
     """SCRUB's ``DistillKL``: KL(softmax(t / T) || softmax(s / T)) summed over classes, averaged over
     the batch and scaled by T^2 (Hinton et al.'s gradient scale), as PyTorch's

@@ -41,9 +41,38 @@ UNIT_OPEN: Check = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 UNIT_CLOSED: Check = (lambda v: 0 <= v <= 1, "must be in [0, 1]")
 
 
-def hparam(default: Any, doc: str, *, choices: tuple[str, ...] = (), check: Check | None = None) -> Any:
-    """A hyperparameter field: its default, a one-line ``doc``, the allowed ``choices`` of a string
-    and a ``check`` (predicate, "must be ...") on its value.
+@dataclass(frozen=True)
+class Search:
+    """Where ``python -m prunelora_keras.tune`` looks for a hyperparameter: ``kind`` "log" (a float
+    drawn uniformly on a log scale in [low, high]), "float" (uniformly), "int" (an integer in
+    [low, high]) or "choice" (one of ``choices``). Declared beside the field (``hparam(search=...)``),
+    so that the search space is part of the method.
+
+    Example:
+        >>> Search("log", 1e-5, 1e-1).contains(1e-3)
+        True
+    """
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple = ()
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in the space."""
+        if self.kind == "choice":
+            return value in self.choices
+        return self.low <= value <= self.high
+
+
+LR_SEARCH = Search("log", 1e-5, 1e-1)  # Deep Unlearn's learning-rate range for every method
+
+
+def hparam(default: Any, doc: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
+           search: Search | None = None) -> Any:
+    """A hyperparameter field: its default, a one-line ``doc``, the allowed ``choices`` of a string,
+    a ``check`` (predicate, "must be ...") on its value and where the search looks (``search``;
+    None: the search leaves the field at its default).
 
     Example:
         >>> @dataclass(frozen=True)
@@ -52,7 +81,8 @@ def hparam(default: Any, doc: str, *, choices: tuple[str, ...] = (), check: Chec
         >>> Mine().steps
         3
     """
-    return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices, "check": check})
+    return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices, "check": check,
+                                                        "search": search})
 
 
 @dataclass(frozen=True)
@@ -165,6 +195,16 @@ def describe(cls: type[HParams]) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
+def search_space(cls: type[HParams]) -> dict[str, Search]:
+    """{field: Search} of the fields of ``cls`` that declare one (``hparam(search=...)``).
+
+    Example:
+        >>> sorted(search_space(SalUnHParams))
+        ['lr', 'ratio']
+    """
+    return {f.name: f.metadata["search"] for f in dataclasses.fields(cls) if f.metadata.get("search") is not None}
+
+
 def hparams_markdown(methods: Iterable[tuple[str, type[HParams]]]) -> str:
     """One markdown table per method (``### name``, then key, type, default, meaning), as
     docs/methods.md holds them between its generated-table markers."""
@@ -186,7 +226,7 @@ class FinetuneHParams(HParams):
     """The paper's paradigms (REFERENCE.md): Adam at a constant 1e-3 on D_r."""
 
     optimizer: str = hparam("adam", "the optimiser", choices=("sgd", "adam", "adamw"))
-    lr: float = hparam(1e-3, "learning rate (constant)", check=POSITIVE)
+    lr: float = hparam(1e-3, "learning rate (constant)", check=POSITIVE, search=LR_SEARCH)
     weight_decay: float = hparam(0.0, "weight decay (Adam: torch's L2 form; AdamW: decoupled)", check=NON_NEGATIVE)
     l1: float = hparam(0.0, "> 0: a decaying l1 penalty on the trained variables ('LoRA + l1')", check=NON_NEGATIVE)
 
@@ -195,7 +235,8 @@ class FinetuneHParams(HParams):
 class PrunedHParams(FinetuneHParams):
     """Structured L2 pruning of the prune targets' output units, then fine-tuning."""
 
-    amount: float = hparam(0.5, "fraction of each target's output units (and heads) zeroed", check=UNIT_OPEN)
+    amount: float = hparam(0.5, "fraction of each target's output units (and heads) zeroed", check=UNIT_OPEN,
+                           search=Search("float", 0.1, 0.9))
     mode: str = hparam("reference", "reference: zeros once (torch prune.remove); persistent: enforced "
                        "after every update", choices=("reference", "persistent"))
 
@@ -204,7 +245,7 @@ class PrunedHParams(FinetuneHParams):
 class LoRAHParams(FinetuneHParams):
     """LoRA adapters on the frozen base (peft's defaults of the reference)."""
 
-    rank: int = hparam(8, "adapter rank", check=AT_LEAST_ONE)
+    rank: int = hparam(8, "adapter rank", check=AT_LEAST_ONE, search=Search("choice", choices=(4, 8, 16, 32)))
     alpha: float = hparam(16.0, "adapter scale alpha (the update is alpha / rank x B A)", check=POSITIVE)
     dropout: float = hparam(0.1, "dropout on the adapter's input", check=UNIT_OPEN)
 
@@ -218,7 +259,7 @@ class PrunedLoRAHParams(LoRAHParams, PrunedHParams):
 class SGDHParams(HParams):
     """The code bases' SGD (OPTML-Group/Unlearn-Sparse): momentum 0.9, coupled weight decay 5e-4."""
 
-    lr: float = hparam(0.01, "learning rate", check=POSITIVE)
+    lr: float = hparam(0.01, "learning rate", check=POSITIVE, search=LR_SEARCH)
     momentum: float = hparam(0.9, "SGD momentum", check=UNIT_OPEN)
     weight_decay: float = hparam(5e-4, "coupled weight decay (added to the gradient)", check=NON_NEGATIVE)
 
@@ -227,7 +268,7 @@ class SGDHParams(HParams):
 class GAHParams(SGDHParams):
     """Gradient ascent on D_f."""
 
-    lr: float = hparam(1e-4, "learning rate", check=POSITIVE)
+    lr: float = hparam(1e-4, "learning rate", check=POSITIVE, search=LR_SEARCH)
 
 
 RL_LABELS = ("per_batch", "once_other")
@@ -237,7 +278,7 @@ RL_LABELS = ("per_batch", "once_other")
 class RLHParams(SGDHParams):
     """Random labels on D_f, trained with D_r."""
 
-    lr: float = hparam(0.013, "learning rate", check=POSITIVE)
+    lr: float = hparam(0.013, "learning rate", check=POSITIVE, search=LR_SEARCH)
     labels: str = hparam("per_batch", "per_batch: a new label from all classes each epoch (the code bases); "
                          "once_other: one label per image, never its class", choices=RL_LABELS)
 
@@ -246,8 +287,8 @@ class RLHParams(SGDHParams):
 class L1SparseHParams(SGDHParams):
     """Fine-tuning on D_r with an l1 penalty decaying linearly to 0."""
 
-    lr: float = hparam(0.01, "learning rate", check=POSITIVE)
-    alpha: float = hparam(1e-4, "l1 weight at the first epoch", check=NON_NEGATIVE)
+    lr: float = hparam(0.01, "learning rate", check=POSITIVE, search=LR_SEARCH)
+    alpha: float = hparam(1e-4, "l1 weight at the first epoch", check=NON_NEGATIVE, search=Search("log", 1e-6, 1e-2))
 
 
 @dataclass(frozen=True)
@@ -255,14 +296,14 @@ class SalUnHParams(RLHParams):
     """Random labels on the most salient weights."""
 
     ratio: float = hparam(0.5, "fraction of the weights the saliency mask lets move",
-                          check=(lambda v: 0 < v <= 1, "must be in (0, 1]"))
+                          check=(lambda v: 0 < v <= 1, "must be in (0, 1]"), search=Search("float", 0.1, 1.0))
 
 
 @dataclass(frozen=True)
 class NegGradPlusHParams(SGDHParams):
     """alpha x CE(D_r) - (1 - alpha) x CE(D_f) (Kurmanji et al. 2023)."""
 
-    alpha: float = hparam(0.999, "weight of the retain loss", check=UNIT_CLOSED)
+    alpha: float = hparam(0.999, "weight of the retain loss", check=UNIT_CLOSED, search=Search("float", 0.5, 1.0))
     forget_batch: int = hparam(0, "forget batch size (0: the retain batch size, capped at |D_f|)", check=NON_NEGATIVE)
 
 
@@ -270,10 +311,10 @@ class NegGradPlusHParams(SGDHParams):
 class ScrubHParams(SGDHParams):
     """SCRUB's published defaults (meghdadk/SCRUB)."""
 
-    lr: float = hparam(5e-4, "learning rate", check=POSITIVE)
+    lr: float = hparam(5e-4, "learning rate", check=POSITIVE, search=LR_SEARCH)
     alpha: float = hparam(0.001, "weight of the KL on D_r's min-steps", check=NON_NEGATIVE)
     gamma: float = hparam(0.99, "weight of the cross-entropy on D_r's min-steps", check=NON_NEGATIVE)
-    temperature: float = hparam(4.0, "distillation temperature", check=POSITIVE)
+    temperature: float = hparam(4.0, "distillation temperature", check=POSITIVE, search=Search("float", 0.5, 5.0))
     msteps: int = hparam(2, "epochs that start with max-steps on D_f", check=NON_NEGATIVE)
     forget_batch: int = hparam(32, "forget batch size of the max-steps", check=AT_LEAST_ONE)
     lr_decay_epochs: tuple[int, ...] = hparam((3, 5, 9), "the lr is multiplied by lr_decay_rate after each of "
@@ -281,11 +322,50 @@ class ScrubHParams(SGDHParams):
     lr_decay_rate: float = hparam(0.1, "the step decay's factor", check=POSITIVE)
 
 
+@dataclass(frozen=True)
+class SSDHParams(HParams):
+    """Selective Synaptic Dampening's published defaults (if-loops/selective-synaptic-dampening)."""
+
+    alpha: float = hparam(10.0, "selection: dampen where the D_f importance > alpha x the training data's",
+                          check=POSITIVE, search=Search("log", 0.1, 100.0))
+    dampening: float = hparam(1.0, "lambda: a selected weight is scaled by min(lambda x imp_D / imp_f, 1)",
+                              check=POSITIVE, search=Search("log", 0.01, 10.0))
+    batch_size: int = hparam(64, "batch size of the importance passes (the squared gradient of each batch's mean "
+                             "loss, averaged over batches)", check=AT_LEAST_ONE)
+
+
+@dataclass(frozen=True)
+class BadTeacherHParams(HParams):
+    """Bad Teacher's published run (vikram2000b/bad-teaching-unlearning): Adam 1e-4, T 1, 30% of D_r."""
+
+    lr: float = hparam(1e-4, "learning rate (Adam)", check=POSITIVE, search=LR_SEARCH)
+    temperature: float = hparam(1.0, "distillation temperature of both teachers", check=POSITIVE,
+                                search=Search("float", 0.5, 5.0))
+    retain_fraction: float = hparam(0.3, "fraction of D_r drawn (once, seeded) to distil from the original",
+                                    check=(lambda v: 0 < v <= 1, "must be in (0, 1]"), search=Search("float", 0.05, 1.0))
+
+
+@dataclass(frozen=True)
+class MSGHParams(SGDHParams):
+    """Masked Small Gradients, the NeurIPS 2023 challenge's second entry as Deep Unlearn runs it (kgltop2)."""
+
+    lr: float = hparam(1e-3, "peak learning rate (linear warm-up to the middle epoch, then down)", check=POSITIVE,
+                       search=LR_SEARCH)
+    init_rate: float = hparam(0.3, "fraction of each layer's kernel re-initialised: the smallest |gradient|",
+                              check=UNIT_CLOSED, search=Search("float", 0.05, 0.95))
+    kept_scale: float = hparam(0.1, "gradient scale of the kept kernel entries during the fine-tune",
+                               check=NON_NEGATIVE)
+    grad_batch: int = hparam(64, "batch size of the D_r part of the gradient pass", check=AT_LEAST_ONE)
+    layers: str = hparam("conv", "conv: Conv2D kernels (the reference); all: Conv2D and Dense kernels",
+                         choices=("conv", "all"))
+
+
 # the built-in methods' dataclasses by name (``methods.registry`` holds the same ones; a test checks)
 BUILTIN_HPARAMS: dict[str, type[HParams]] = {
     "retrain": HParams, "finetune": FinetuneHParams, "pruned": PrunedHParams, "lora": LoRAHParams,
     "pruned_lora": PrunedLoRAHParams, "ga": GAHParams, "rl": RLHParams, "l1_sparse": L1SparseHParams,
-    "salun": SalUnHParams, "neggrad_plus": NegGradPlusHParams, "scrub": ScrubHParams,
+    "salun": SalUnHParams, "neggrad_plus": NegGradPlusHParams, "scrub": ScrubHParams, "ssd": SSDHParams,
+    "bad_teacher": BadTeacherHParams, "msg": MSGHParams,
 }
 
 # where each option of the old flat ``unlearn`` section went (the command names the new key)

@@ -100,7 +100,9 @@ class Trainer:
         verbose: False: no progress bar or epoch lines.
         loss: the method's loss, ``loss(step.LossInputs) -> scalar`` (default: cross-entropy).
         teacher: (trainable values in the model's order, non-trainable values) of a frozen teacher
-            whose logits the loss sees (distillation methods such as SCRUB); None: no teacher.
+            whose logits the loss sees (distillation methods such as SCRUB), or ``{part: (...)}``, one
+            teacher per batch part (Bad Teacher); None: no teacher.
+        joint: a step's batch parts go through the model in one forward pass (``step.StepSpec.joint``).
 
     Example:
         >>> trainer = Trainer(model, optax.adam(1e-3), num_classes=10,  # doctest: +SKIP
@@ -124,7 +126,8 @@ class Trainer:
     distribution: Any = None
     verbose: bool = True
     loss: Callable[[LossInputs], jax.Array] = cross_entropy_loss
-    teacher: tuple[list, list] | None = None
+    teacher: tuple[list, list] | dict[str, tuple[list, list]] | None = None
+    joint: bool = False
 
     def __post_init__(self):
         if keras.backend.backend() != "jax":  # it would fail later, reading torch tensors that require grad
@@ -150,7 +153,7 @@ class Trainer:
                             for p, i in zip(paths, train_index))
         self.spec = StepSpec(self.model, self.optimizer, self.loss, self.num_classes, tuple(train_index),
                              tuple(frozen_index), mask_values, self.preprocess,
-                             tuple(self.augment), self.mixup_alpha, self.features)
+                             tuple(self.augment), self.mixup_alpha, self.features, self.joint)
         # Copies: the step donates these buffers, and the model's own variables must stay valid.
         self.train_values = apply_masks(self.spec.masks, [jnp.array(model_trainable[i].value, copy=True)
                                                           for i in train_index])

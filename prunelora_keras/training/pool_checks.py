@@ -115,7 +115,7 @@ def check_members(members: Sequence[Trainer]) -> None:
     masks = [[np.zeros(0) if a is None else a for a in m.spec.masks] for m in members]
     if not all_equal(masks):
         raise MembersDiffer("pool members must enforce the same masks")
-    fields = ("num_classes", "preprocess", "augment", "mixup_alpha", "features")
+    fields = ("num_classes", "preprocess", "augment", "mixup_alpha", "features", "joint")
     layers, probe = _layer_configs(first), None
     for k, m in enumerate(members[1:], start=1):
         for name in fields:

@@ -21,6 +21,7 @@ optimiser's update, so neither momentum nor weight decay revives a zero.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -46,7 +47,7 @@ class StepConsts(NamedTuple):
     model's order, non-trainable values)."""
 
     frozen: list
-    teacher: tuple[list, list] | None = None
+    teacher: tuple[list, list] | dict[str, tuple[list, list]] | None = None
 
 
 class LossInputs(NamedTuple):
@@ -83,7 +84,9 @@ class StepSpec:
     ``train_index`` / ``frozen_index``: positions in ``model.trainable_variables`` of the values that
     train and of those that do not; ``masks``: per trained value a 0/1 array or None.
     ``features``: inputs are float arrays used as they are (no normalisation, no augmentation);
-    otherwise stored images, through ``preprocess`` and augmented.
+    otherwise stored images, through ``preprocess`` and augmented. ``joint``: a step's parts go
+    through the model in one forward pass, concatenated in order, as one mixed batch would (its
+    BatchNorm statistics are the whole batch's; Bad Teacher); False: one pass per part.
     """
 
     model: Any
@@ -97,6 +100,7 @@ class StepSpec:
     augment: tuple[str, ...] = ()
     mixup_alpha: float = 0.2
     features: bool = False
+    joint: bool = False
 
 
 def apply_masks(masks: Sequence[Any], values: list) -> list:
@@ -150,15 +154,22 @@ def train_step(spec: StepSpec, state: TrainState, consts: StepConsts, batch: dic
     labels = {n: batch[n][1] for n in names}
     teacher = None
     if consts.teacher is not None:
-        t_train, t_nt = consts.teacher
-        teacher = {n: jax.lax.stop_gradient(
-            model.stateless_call(t_train, t_nt, prepared[n][0], training=False)[0].astype(jnp.float32)) for n in names}
+        per_part = isinstance(consts.teacher, dict)
+        teacher = {n: jax.lax.stop_gradient(model.stateless_call(
+            *(consts.teacher[n] if per_part else consts.teacher), prepared[n][0], training=False)[0].astype(jnp.float32))
+            for n in names if not per_part or n in consts.teacher}
 
     def loss_fn(train_values):
         values = merge_values(spec, train_values, consts.frozen)
         non_trainable, logits = state.non_trainable, {}
-        for n in names:  # one forward pass per part, BatchNorm statistics threaded through them in order
-            out, non_trainable = model.stateless_call(values, non_trainable, prepared[n][0], training=True)
+        if spec.joint and len(names) > 1:  # one pass over the parts concatenated: one mixed batch
+            joined = jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs), *[prepared[n][0] for n in names])
+            out, non_trainable = model.stateless_call(values, non_trainable, joined, training=True)
+            ends = list(itertools.accumulate(labels[n].shape[0] for n in names))
+            for n, start, end in zip(names, [0] + ends[:-1], ends):
+                logits[n] = out[start:end].astype(jnp.float32)
+        for n in (() if spec.joint and len(names) > 1 else names):  # one pass per part, BatchNorm statistics
+            out, non_trainable = model.stateless_call(values, non_trainable, prepared[n][0], training=True)  # in order
             logits[n] = out.astype(jnp.float32)
         loss = spec.loss(LossInputs(logits, {n: prepared[n][1] for n in names}, labels, teacher))
         return loss, (logits, non_trainable)
