@@ -129,18 +129,23 @@ def saliency_masks(model: keras.Model, train_vars: Sequence[keras.Variable], for
 
 def random_init_copy(model: keras.Model, seed: int) -> keras.Model:
     """A model of ``model``'s architecture with fresh weights from its layers' own initialisers, drawn
-    from ``seed`` (Keras's global seed generator is swapped for one seeded with ``seed`` while the
-    copy is built, then restored: nothing else's random stream moves). Bad Teacher's incompetent
-    teacher: the untrained network of the same architecture."""
+    from ``seed``. Keras's unseeded initialisers take their seed from Python's ``random`` when they
+    are made, and unseeded ops from Keras's global seed generator: both are seeded with ``seed`` while
+    the copy is built and restored after it, so nothing else's random stream moves. Bad Teacher's
+    incompetent teacher: the untrained network of the same architecture."""
+    import random
+
     from keras.src.backend.common import global_state
     from keras.src.random.seed_generator import GLOBAL_SEED_GENERATOR
 
-    previous = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR)
+    previous, python_state = global_state.get_global_attribute(GLOBAL_SEED_GENERATOR), random.getstate()
     global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, keras.random.SeedGenerator(int(seed)))
+    random.seed(int(seed))
     try:
         clone = keras.models.clone_model(model)
     finally:
         global_state.set_global_attribute(GLOBAL_SEED_GENERATOR, previous)
+        random.setstate(python_state)
     layout = [[tuple(v.shape) for v in vs] for vs in (model.trainable_variables, model.non_trainable_variables)]
     if [[tuple(v.shape) for v in vs] for vs in (clone.trainable_variables, clone.non_trainable_variables)] != layout:
         raise ValueError("a fresh copy of this model (keras.models.clone_model) does not have the model's variables in "

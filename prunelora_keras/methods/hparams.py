@@ -58,6 +58,12 @@ class Search:
     high: float = 0.0
     choices: tuple = ()
 
+    def describe(self) -> str:
+        """The space in words, for the docs and ``--list-keys``: "log [1e-05, 0.1]", "one of 4, 8"."""
+        if self.kind == "choice":
+            return "one of " + ", ".join(map(str, self.choices))
+        return f"{self.kind} [{self.low:g}, {self.high:g}]"
+
     def contains(self, value: Any) -> bool:
         """Whether ``value`` lies in the space."""
         if self.kind == "choice":
@@ -190,6 +196,8 @@ def describe(cls: type[HParams]) -> list[tuple[str, str, Any, str]]:
             doc += f" (one of: {', '.join(f.metadata['choices'])})"
         if f.metadata.get("check"):
             doc += f"; {f.metadata['check'][1]}"
+        if f.metadata.get("search") is not None:
+            doc += f"; tuned over {f.metadata['search'].describe()}"
         value = getattr(default, f.name)
         rows.append((f.name, kind, list(value) if isinstance(value, tuple) else value, doc))
     return rows
@@ -330,7 +338,7 @@ class SSDHParams(HParams):
                           check=POSITIVE, search=Search("log", 0.1, 100.0))
     dampening: float = hparam(1.0, "lambda: a selected weight is scaled by min(lambda x imp_D / imp_f, 1)",
                               check=POSITIVE, search=Search("log", 0.01, 10.0))
-    batch_size: int = hparam(64, "batch size of the importance passes (the squared gradient of each batch's mean "
+    grad_batch: int = hparam(64, "batch size of the importance passes (the squared gradient of each batch's mean "
                              "loss, averaged over batches)", check=AT_LEAST_ONE)
 
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from prunelora_keras.methods import bad_teacher, baselines, msg, neggrad, paper, scrub, ssd
 from prunelora_keras.methods.base import RETRAIN, Method
 from prunelora_keras.methods.hparams import HParams
+from prunelora_keras.methods.options import UnlearnConfig
 
 __all__ = ["get", "label", "names", "register", "by_kind", "jax_only"]
 
@@ -79,6 +80,10 @@ def register(method: Method, *, replace: bool = False) -> Method:
         hp()
     except TypeError as exc:
         raise ValueError(f"method {method.name!r}: every field of {hp.__name__} needs a default ({exc})") from None
+    shared = {f.name for f in dataclasses.fields(UnlearnConfig)} & {f.name for f in dataclasses.fields(hp)}
+    if shared:
+        raise ValueError(f"method {method.name!r}: {hp.__name__}.{sorted(shared)[0]} has the name of a shared option "
+                         "(options.UnlearnConfig), so unlearn(..., key=value) could not tell them apart; rename it")
     if method.name in _REGISTRY and not replace:
         raise ValueError(f"method {method.name!r} is registered already; pass replace=True to replace it")
     _REGISTRY[method.name] = method

@@ -9,7 +9,7 @@ dampened: multiplied by ``min(lambda x imp_D / imp_f, 1)``, never enlarged. Ever
 left as it is. This is ``ParameterPerturber.calc_importance`` and ``modify_weight`` of
 github.com/if-loops/selective-synaptic-dampening (``src/ssd.py``), with its defaults: alpha 10
 (``ssd.alpha``; their ViT class-forgetting runs use 5), lambda 1 (``ssd.dampening``), batches of 64
-(``ssd.batch_size``). Every trainable variable takes part, BatchNorm's scale and offset included
+(``ssd.grad_batch``). Every trainable variable takes part, BatchNorm's scale and offset included
 (their ``named_parameters()``); BatchNorm's running statistics are not parameters.
 
 The loop then trains nothing: the plan has no trained variables and an empty stream, so every
@@ -70,10 +70,10 @@ def prepare_ssd(ctx: MethodContext) -> Plan:
     h, model = ctx.hparams, ctx.model
     if len(ctx.forget) == 0:
         raise ValueError("ssd needs forget samples: D_f is empty")
-    imp_forget = mean_squared_gradients(model, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.batch_size)
+    imp_forget = mean_squared_gradients(model, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.grad_batch)
     full_x = np.concatenate([np.asarray(ctx.retain.x), np.asarray(ctx.forget.x)])
     full_y = np.concatenate([ctx.retain.y, ctx.forget.y])
-    imp_full = mean_squared_gradients(model, full_x, full_y, ctx.preprocess, h.batch_size)
+    imp_full = mean_squared_gradients(model, full_x, full_y, ctx.preprocess, h.grad_batch)
     selected = total = 0
     for var, full, forget in zip(model.trainable_variables, imp_full, imp_forget):
         values = np.asarray(var.value)
