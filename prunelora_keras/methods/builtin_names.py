@@ -22,6 +22,7 @@ BUILTIN: dict[str, str] = {
     "ga": "baseline", "rl": "baseline", "l1_sparse": "baseline", "salun": "baseline",
     "neggrad_plus": "baseline", "scrub": "baseline", "ssd": "baseline", "bad_teacher": "baseline", "msg": "baseline",
 }
+NO_TRAINING = ("ssd",)  # built-in methods that train no steps (``Method.trains`` False)
 
 
 def names(kind: str | None = None) -> tuple[str, ...]:
@@ -44,3 +45,12 @@ def hparams_type(name: str) -> type:
     if name not in BUILTIN_HPARAMS:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(BUILTIN_HPARAMS)}")
     return BUILTIN_HPARAMS[name]
+
+
+def trains(name: str) -> bool:
+    """Whether method ``name`` trains steps (``Method.trains``): read from the registry when it is
+    loaded, else from the built-in list."""
+    registry = sys.modules.get("prunelora_keras.methods.registry")
+    if registry is not None:
+        return registry.get(name).trains
+    return name not in NO_TRAINING

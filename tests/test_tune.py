@@ -1,0 +1,111 @@
+"""The search (``python -m prunelora_keras.tune``): its checks, its validation split, its TOML, and a
+two-trial search that reproduces, resumes and whose best-<method>.toml reproduces the tuned row."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+from conftest import REPO, clean_env
+from prunelora_keras.data.datasets import Subset, UnlearningSplit
+from prunelora_keras.experiment import tune
+from prunelora_keras.experiment.tune_report import key_path, toml_text
+from test_many_models import assert_one_error_line
+
+TINY = ["--model", "vit", "--preset", "quick", "--set", "data.train_size=400", "--set", "data.test_size=200",
+        "--set", "pretrain.epochs=4", "--set", "pretrain.warmup_steps=4", "--set", "eval.relearn_max_steps=0", "--set", "eval.mia_members=200",
+        "--set", "eval.mia_nonmembers=100"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "nope"], "'nope' is not a method"),
+    (["--method", "retrain"], "Retrain is the reference"),
+    (["--method", "salun", "--trials", "0"], "--trials 0: pass at least 1"),
+    (["--method", "salun", "--space", "lr,momentum"], "salun declares no search range for 'momentum'"),
+    (["--method", "ssd", "--space", "epochs"], "leaves nothing to search for ssd"),
+    (["--method", "salun", "--objective", "acc"], "--objective 'acc' is not an objective"),
+    (["--method", "salun", "--validation-fraction", "0.9"], "--validation-fraction 0.9"),
+    (["--method", "salun", "--set", "eval.models=4"], "eval.models and eval.ulira are off during a search"),
+    (["--method", "salun", "--forget-class", "3,5"], "pass one class"),
+])
+def test_bad_requests_end_with_one_error_line(args, message, capsys, tmp_path):
+    assert tune.main(["--model", "vit", "--preset", "quick", "--out", str(tmp_path / "t"), *args]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not (tmp_path / "t").exists()
+
+
+def test_the_command_refuses_bad_input_without_a_traceback():
+    proc = subprocess.run([sys.executable, "-m", "prunelora_keras.tune", "--model", "vit", "--method", "salun",
+                           "--trials", "-1"], env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert_one_error_line(proc, "--trials -1")
+
+
+def test_the_validation_split_is_carved_from_the_training_data_only():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 50)
+    x = np.arange(len(y))[:, None, None, None].astype(np.int64)  # each image is its own index
+    train = Subset(x, y)
+    test = Subset(np.full((20, 1, 1, 1), -1), rng.integers(0, 4, 20))
+    split = UnlearningSplit(retain=Subset(x[y != 2], y[y != 2]), forget=Subset(x[y == 2], y[y == 2]),
+                            test_retain=test, test_forget=test, train=train, test=test, forget_class=2,
+                            forget_classes=(2,))
+    v = tune.validation_split(split, 0.2, seed=0, forget_fraction=0.0)
+    held, kept = set(v.test.x.ravel()), set(v.train.x.ravel())
+    assert len(held) == 40 and not held & kept and held | kept == set(range(200))  # nothing of split.test
+    assert np.bincount(v.test.y).tolist() == [10] * 4  # stratified
+    assert set(v.forget.y) == {2} and 2 not in set(v.retain.y) and set(v.test_forget.y) == {2}
+    random = tune.validation_split(split, 0.2, seed=0, forget_fraction=0.1)
+    assert len(random.forget) == 16 and len(random.test_forget) == 0 and set(random.forget.y) == {0, 1, 2, 3}
+
+
+def test_the_toml_writer_round_trips_and_keys_find_their_sections():
+    tree = {"seed": 3, "models": {"vit": {"data": {"dataset": "digits", "forget_class": 3},
+                                          "unlearn": {"epochs": [4], "paradigms": ["retrain", "ga"]},
+                                          "methods": {"ga": {"lr": 1.5e-05}}}}}
+    assert tomllib.loads(toml_text(tree)) == tree
+    assert key_path("scrub.lr") == key_path("methods.scrub.lr") == ["methods", "scrub", "lr"]
+    assert key_path("data.train_size") == ["data", "train_size"] and key_path("seed") == ["seed"]
+
+
+def _trials(folder) -> list[dict]:
+    with open(folder / "trials.csv") as f:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.slow
+def test_a_search_reproduces_resumes_and_its_best_toml_reproduces_the_tuned_row(tmp_path, capsys):
+    """Same seed, same trials, same best; a search stopped after one trial and run again to two equals the
+    uninterrupted one; ``run --config best-ga.toml`` gives the tuned row of the untouched split."""
+    pytest.importorskip("optuna")
+    from prunelora_keras.experiment import run as run_command
+
+    args = [*TINY, "--method", "ga", "--max-epochs", "2"]
+    assert tune.main([*args, "--trials", "2", "--out", str(tmp_path / "a")]) == 0
+    assert tune.main([*args, "--trials", "1", "--out", str(tmp_path / "b")]) == 0
+    assert tune.main([*args, "--trials", "2", "--out", str(tmp_path / "b")]) == 0
+    first, resumed = _trials(tmp_path / "a"), _trials(tmp_path / "b")
+    assert first == resumed and len(first) == 2
+    assert first[0]["epochs"] == "2" and float(first[0]["lr"]) == pytest.approx(1e-4)  # trial 0: the defaults
+    best = tomllib.loads((tmp_path / "a" / "best-ga.toml").read_text())["models"]["vit"]
+    chosen = min(first, key=lambda t: float(t["value"]))
+    assert best["methods"]["ga"]["lr"] == pytest.approx(float(chosen["lr"]))
+    assert best["unlearn"]["epochs"] == [int(chosen["epochs"])]
+    capsys.readouterr()
+    import json
+
+    tuned = json.loads((tmp_path / "a" / "tune.json").read_text())["methods"]["ga"]["tuned"]
+    assert run_command.main(["--model", "vit", "--preset", "quick", "--config", str(tmp_path / "a" / "best-ga.toml"),
+                             "--out", str(tmp_path / "run")]) == 0
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+    row = [r for r in rows if r["paradigm"] == "ga"][0]
+    for key in ("UA", "MIA_confidence_svc", "RA", "TA", "avg_gap", "epochs"):
+        assert row[key] == tuned[key], key
+    for name in ("trials.png", "tune.md", "trials.csv"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
