@@ -91,6 +91,7 @@ _PUBLIC = {
     **dict.fromkeys(("ulira", "ULiRAReport"), "prunelora_keras.api.ulira"),
     **dict.fromkeys(("ulira_test", "paired_halves", "logit_confidence"), "prunelora_keras.evaluation.ulira"),
     "TrainConfig": "prunelora_keras.training.recipe",
+    **dict.fromkeys(("tune_method", "TuneResult"), "prunelora_keras.api.tune"),
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]
 

@@ -27,7 +27,7 @@ TINY = ["--model", "vit", "--preset", "quick", "--set", "data.train_size=400", "
     (["--method", "retrain"], "Retrain is the reference"),
     (["--method", "salun", "--trials", "0"], "--trials 0: pass at least 1"),
     (["--method", "salun", "--space", "lr,momentum"], "salun declares no search range for 'momentum'"),
-    (["--method", "ssd", "--space", "epochs"], "leaves nothing to search for ssd"),
+    (["--method", "ssd", "--space", "epochs"], "ssd declares no search range for 'epochs'"),
     (["--method", "salun", "--objective", "acc"], "--objective 'acc' is not an objective"),
     (["--method", "salun", "--validation-fraction", "0.9"], "--validation-fraction 0.9"),
     (["--method", "salun", "--set", "eval.models=4"], "eval.models and eval.ulira are off during a search"),
@@ -109,3 +109,38 @@ def test_a_search_reproduces_resumes_and_its_best_toml_reproduces_the_tuned_row(
         assert row[key] == tuned[key], key
     for name in ("trials.png", "tune.md", "trials.csv"):
         assert (tmp_path / "a" / name).stat().st_size > 0
+
+
+def test_tune_method_searches_a_users_model_reproducibly_and_names_bad_keys():
+    """The library's search: trial 0 is the defaults, the same call gives the same trials, the best is
+    the best trial, a key the method does not declare is one ValueError."""
+    pytest.importorskip("optuna")
+    import keras
+    import optax
+
+    import prunelora_keras as plk
+    from prunelora_keras.data.augment import Preprocess
+    from prunelora_keras.training.loop import Trainer
+
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    x = (rng.normal(size=(90, 4)) + np.eye(3, 4)[y] * 2).astype(np.float32)
+
+    def trained(xs, ys, seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(3, name="out")(keras.layers.Dense(8, activation="relu")(inputs)))
+        Trainer(model, optax.adam(3e-2), num_classes=3, preprocess=Preprocess(), verbose=False).fit(xs, ys, 8, 16)
+        return model
+
+    tr, te = np.arange(90) < 60, np.arange(90) >= 60
+    original, reference = trained(x[tr], y[tr], 0), trained(x[tr & (y != 0)], y[tr & (y != 0)], 1)
+    data = ((x[tr & (y != 0)], y[tr & (y != 0)]), (x[tr & (y == 0)], y[tr & (y == 0)]), (x[te & (y != 0)], y[te & (y != 0)]))
+    kw = dict(reference=reference, method="ga", trials=3, max_epochs=2, batch_size=16, verbose=False)
+    a, b = plk.tune_method(original, *data, **kw), plk.tune_method(original, *data, **kw)
+    assert [t["params"] for t in a.trials] == [t["params"] for t in b.trials]
+    assert [t["value"] for t in a.trials] == [t["value"] for t in b.trials]
+    assert a.trials[0]["params"] == {"lr": 1e-4, "epochs": 2}
+    assert a.best_value == min(t["value"] for t in a.trials) and a.best_params == min(a.trials, key=lambda t: t["value"])["params"]
+    with pytest.raises(ValueError, match="declares no search range for 'momentum'"):
+        plk.tune_method(original, *data, reference=reference, method="ga", space=["momentum"], verbose=False)

@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,10 @@ import numpy as np
 from prunelora_keras.data.datasets import Subset, UnlearningSplit, random_forget_mask, stratified_indices
 from prunelora_keras.errors import UserError
 from prunelora_keras.experiment.config import Config, build_config
-from prunelora_keras.experiment.tune_args import EPOCHS, TuneRequest, describe
+from prunelora_keras.api.tune import EPOCHS, best_trial, objective_value, run_study
+from prunelora_keras.experiment.tune_args import TuneRequest, describe
 from prunelora_keras.methods.hparams import Search, check_hparams
 
-WORST = {"avg_gap": 100.0, "tow": 0.0}
-DIRECTION = {"avg_gap": "minimize", "tow": "maximize"}
 
 
 def log(message: str) -> None:
@@ -95,31 +93,6 @@ def default_params(cfg: Config, method: str, space: dict[str, Search], max_epoch
     return {k: v for k, v in out.items() if space[k].contains(v)}
 
 
-def objective_value(row: dict[str, Any] | None, objective: str) -> float:
-    """The trial's score from the method's row; the worst value for a diverged run."""
-    if row is None or row.get("status") != "ok" or not np.isfinite(row.get(objective, np.nan)):
-        return WORST[objective]
-    return float(row[objective])
-
-
-def distributions(space: dict[str, Search]) -> dict[str, Any]:
-    import optuna
-
-    out = {}
-    for key, s in space.items():
-        if s.kind == "choice":
-            out[key] = optuna.distributions.CategoricalDistribution(list(s.choices))
-        elif s.kind == "int":
-            out[key] = optuna.distributions.IntDistribution(int(s.low), int(s.high))
-        else:
-            out[key] = optuna.distributions.FloatDistribution(s.low, s.high, log=s.kind == "log")
-    return out
-
-
-def sampler_seed(seed: int, method: str, n: int) -> int:
-    return (seed * 1_000_003 + n * 7919 + zlib.crc32(method.encode())) % 2**32
-
-
 class TuneSession:
     """The data, the validation models and the folders every study of one command shares."""
 
@@ -155,40 +128,19 @@ class TuneSession:
         return (mine[0] if mine else None), time.perf_counter() - start
 
     def study(self, method: str) -> list[dict[str, Any]]:
-        """Run ``method``'s study to ``req.trials`` finished trials; returns them in order."""
-        import optuna
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-        from optuna.trial import TrialState
+        """Run ``method``'s study to ``req.trials`` finished trials (``api.tune.run_study``); returns them."""
+        req = self.req
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        req, space = self.req, self.req.spaces[method]
-        storage = JournalStorage(JournalFileBackend(str(self.out / "study.journal")))
-        study = optuna.create_study(study_name=method, storage=storage, direction=DIRECTION[req.objective],
-                                    load_if_exists=True)
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study.tell(stale.number, state=TrialState.FAIL)  # killed mid-trial: drawn again below
-        dists = distributions(space)
-        while True:
-            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if len(done) >= req.trials:
-                break
-            n = len(done)
-            study = optuna.load_study(study_name=method, storage=storage,
-                                      sampler=optuna.samplers.TPESampler(seed=sampler_seed(req.cfg.seed, method, n)))
-            if n == 0 and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                study.enqueue_trial(default_params(req.cfg, method, space, req.max_epochs), skip_if_exists=False)
-            trial = study.ask(dists)
-            log(f"--- {method}: trial {n + 1}/{req.trials}: {json.dumps(trial.params)}")
-            row, seconds = self.run_trial(method, trial.params)
-            value = objective_value(row, req.objective)
-            for key in ("UA", "MIA_confidence_svc", "RA", "TA", "avg_gap", "tow", "status"):
-                trial.set_user_attr(key, None if row is None else row.get(key))
-            trial.set_user_attr("seconds", seconds)
-            study.tell(trial, value)
-            log(f"{method}: trial {n + 1}: {req.objective} {value:.4g} ({seconds:.0f} s)")
-        return [{"trial": i, "method": method, "params": t.params, "value": t.value, **t.user_attrs}
-                for i, t in enumerate(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:req.trials])]
+        def run_trial(params: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+            row, _ = self.run_trial(method, params)
+            ok = row is not None and row.get("status") == "ok"
+            metrics = {k: None if row is None else row.get(k)
+                       for k in ("UA", "MIA_confidence_svc", "RA", "TA", "avg_gap", "tow", "status")}
+            return objective_value(row if ok else None, req.objective), metrics
+
+        return run_study(method, req.spaces[method], default_params(req.cfg, method, req.spaces[method], req.max_epochs),
+                         run_trial, trials=req.trials, objective=req.objective, seed=req.cfg.seed,
+                         storage=str(self.out / "study.journal"), log=log)
 
     def final_run(self, method: str, cfg: Config, name: str) -> dict[str, Any]:
         """``cfg`` as a normal run on the real split into ``<out>/final/<name>``; the method's row."""
@@ -254,7 +206,7 @@ def run(req: TuneRequest) -> dict[str, Any]:
     methods = {}
     for method in req.methods:
         trials = search.study(method)
-        best = (min if DIRECTION[req.objective] == "minimize" else max)(trials, key=lambda t: t["value"])
+        best = best_trial(trials, req.objective)
         path, cfg_best = write_best(req, method, best["params"])
         default = trial_config(req.cfg, method, default_params(req.cfg, method, req.spaces[method], req.max_epochs),
                                req.max_epochs)

@@ -16,13 +16,13 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.experiment.arguments import overrides
 from prunelora_keras.experiment.config import MODEL_NAMES, available_presets, build_config
 from prunelora_keras.methods import builtin_names
-from prunelora_keras.methods.hparams import Search, did_you_mean, search_space
+from prunelora_keras.api.tune import EPOCHS, method_space  # noqa: F401  (EPOCHS: re-exported)
+from prunelora_keras.methods.hparams import Search, did_you_mean
 
 OBJECTIVES = {
     "avg_gap": "minimise Avg. Gap to Retrain on the validation split (UA, MIA-Efficacy, RA, TA; the tables' ranking)",
     "tow": "maximise Tug of War against Retrain on the validation split (UA, RA, TA; Zhao et al. 2024)",
 }
-EPOCHS = "epochs"  # the shared dimension every method that trains searches: unlearn.epochs in [1, max epochs]
 
 
 @dataclass
@@ -105,17 +105,12 @@ def method_list(text: str | None) -> list[str]:
     return chosen
 
 
-def method_space(name: str, keys: list[str] | None) -> dict[str, Search]:
-    """The method's declared space (``hparams.search_space``), restricted to ``keys`` when given."""
-    declared = search_space(builtin_names.hparams_type(name))
-    if keys is None:
-        return declared
-    unknown = [k for k in keys if k not in declared and k != EPOCHS]
-    if unknown:
-        have = ", ".join([*declared, EPOCHS]) if declared else EPOCHS
-        raise UserError(f"--space {unknown[0]}: {name} declares no search range for {unknown[0]!r}"
-                        f"{did_you_mean(unknown[0], [*declared, EPOCHS])}; it declares: {have}")
-    return {k: v for k, v in declared.items() if k in keys}
+def checked_space(name: str, keys: list[str] | None, max_epochs: int) -> dict[str, Search]:
+    """``api.tune.method_space`` with the command's one-line errors."""
+    try:
+        return method_space(name, keys, max_epochs)
+    except ValueError as exc:
+        raise UserError(f"--space: {exc}") from None
 
 
 def request(argv: list[str] | None = None) -> TuneRequest:
@@ -150,15 +145,7 @@ def request(argv: list[str] | None = None) -> TuneRequest:
     keys = [k.strip() for k in args.space.split(",") if k.strip()] if args.space else None
     if keys is not None and not keys:
         raise UserError("--space: name at least one key, e.g. --space lr,epochs")
-    spaces = {}
-    for name in names:
-        spaces[name] = method_space(name, keys)
-        if builtin_names.trains(name) and (keys is None or EPOCHS in keys):  # SSD trains nothing: no epochs
-            spaces[name][EPOCHS] = Search("int", 1, max_epochs)
-        if not spaces[name]:
-            raise UserError(f"--space {args.space}: leaves nothing to search for {name}; it declares: "
-                            f"{', '.join(search_space(builtin_names.hparams_type(name))) or 'no ranges'}"
-                            f"{', epochs' if builtin_names.trains(name) else ''}")
+    spaces = {name: checked_space(name, keys, max_epochs) for name in names}
     from prunelora_keras.experiment.values import parse_set
 
     pairs = list(flags.items()) + [parse_set(s) for s in args.sets]
