@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,7 +152,7 @@ def request(argv: list[str] | None = None) -> TuneRequest:
     pairs = list(flags.items()) + [parse_set(s) for s in args.sets]
     label = "all" if args.method.strip() == "all" else "-".join(names)
     out = args.out or f"runs/tune-{args.model}-{args.preset}-{label}"
-    command = "python -m prunelora_keras.tune " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m prunelora_keras.tune " + " ".join(argv if argv is not None else sys.argv[1:])
     return TuneRequest(cfg=cfg, model=args.model, preset=args.preset, methods=names, trials=args.trials,
                        max_epochs=max_epochs, objective=args.objective, validation_fraction=args.validation_fraction,
                        spaces=spaces, out=out, tree_overrides=pairs, config_file=args.config, command=command)

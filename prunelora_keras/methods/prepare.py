@@ -105,7 +105,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
     if on_jax():
         trainer = Trainer(train_model, plan.optimizer, num_classes=ctx.num_classes, preprocess=ctx.preprocess, train_vars=plan.train_vars,
                           masks=masks, seed=ctx.seed, label=label or name, features=features, share_key=plan.share_key,
-                          distribution=distribution, verbose=verbose, loss=plan.loss or cross_entropy_loss,
+                          distribution=distribution, verbose=verbose and method.trains, loss=plan.loss or cross_entropy_loss,
                           teacher=plan.teacher, joint=plan.joint)
         fit_kwargs: dict[str, Any] = {}
         if plan.labels_for_epoch is not None:
