@@ -144,3 +144,34 @@ def test_tune_method_searches_a_users_model_reproducibly_and_names_bad_keys():
     assert a.best_value == min(t["value"] for t in a.trials) and a.best_params == min(a.trials, key=lambda t: t["value"])["params"]
     with pytest.raises(ValueError, match="declares no search range for 'momentum'"):
         plk.tune_method(original, *data, reference=reference, method="ga", space=["momentum"], verbose=False)
+
+
+def test_the_study_loop_is_seeded_resumes_after_a_kill_and_starts_from_the_defaults(tmp_path):
+    """``run_study`` on a synthetic objective: the same seed gives the same trials; a study whose process
+    died in the middle of a trial (left RUNNING in its journal) continues to the same trials as one never
+    interrupted; trial 0 is the defaults; another seed draws other trials."""
+    optuna = pytest.importorskip("optuna")
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from prunelora_keras.api.tune import run_study
+    from prunelora_keras.methods.hparams import Search
+
+    space = {"lr": Search("log", 1e-5, 1e-1), "epochs": Search("int", 1, 10), "rank": Search("choice", choices=(4, 8))}
+
+    def trial(params):
+        return abs(np.log10(params["lr"]) + 3) + abs(params["epochs"] - 4) + (params["rank"] == 8), {"status": "ok"}
+
+    def study(path, n, seed=0):
+        return run_study("m", space, {"lr": 1e-2, "epochs": 10, "rank": 8}, trial, trials=n, objective="avg_gap",
+                         seed=seed, storage=str(path))
+
+    whole = study(tmp_path / "a.journal", 5)
+    assert [t["params"] for t in whole] == [t["params"] for t in study(tmp_path / "b.journal", 5)]
+    assert whole[0]["params"] == {"lr": 1e-2, "epochs": 10, "rank": 8}
+    study(tmp_path / "c.journal", 2)
+    stale = optuna.load_study(study_name="m", storage=JournalStorage(JournalFileBackend(str(tmp_path / "c.journal"))))
+    stale.ask()  # a trial the killed process had started: RUNNING forever in the journal
+    resumed = study(tmp_path / "c.journal", 5)
+    assert [t["params"] for t in resumed] == [t["params"] for t in whole]
+    assert [t["params"] for t in study(tmp_path / "d.journal", 5, seed=1)][1:] != [t["params"] for t in whole][1:]
