@@ -122,7 +122,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     overrides = {"data.data_dir": args.data_dir} if args.data_dir else {}
     cfg = build_config(args.model, args.preset, None, overrides, args.sets)
-    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, labels=cfg.data.labels,
+                      image_size=cfg.data.image_size)
     split = make_split(ds, cfg.data.forget_class, cfg.data.train_size, cfg.data.test_size, cfg.seed)
     state = torch.load(args.state_dict, weights_only=True)
     rows = []

@@ -61,7 +61,7 @@ def test_set_values_are_typed():
     (["pretrain.lr=[0.1, 0.2]"], "must be a number, got \\[0.1, 0.2\\]"),
     (["seed=-1"], "seed must be in 0..4294967294"),
     (["seed=4294967295"], "seed must be in 0..4294967294"),
-    (["data.dataset=mnist"], "unknown dataset 'mnist': choose one of cifar10, digits, tfds:cifar10"),
+    (["data.dataset=mnist"], "unknown dataset 'mnist': choose one of cifar10, cifar100, svhn, tinyimagenet, digits, tfds:cifar10"),
     (["model.dim=0"], "model.dim must be >= 4"),
     (["model.mlp_dim=0"], "model.mlp_dim >= 1"),
     (["pretrain.momentum=1.0"], "pretrain.momentum must be in \\[0, 1\\)"),

@@ -24,7 +24,7 @@ def run_main(capsys, argv):
     (["--model", "vit", "--preset", "quick", "--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"],
      "--data-dir /nonexistent/cifar does not exist"),
     (["--model", "vit", "--preset", "quick", "--forget-class", "12"], "--forget-class 12 is out of range"),
-    (["--model", "vit", "--preset", "quick", "--data-dir", "/no/such/path"], "applies to --dataset cifar10 only"),
+    (["--model", "vit", "--preset", "quick", "--data-dir", "/no/such/path"], "applies to --dataset cifar10, cifar100, svhn, tinyimagenet"),
     (["--model", "vit", "--preset", "quick", "--set", "pretrain.bogus=1"], "unknown key pretrain.bogus"),
     (["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=three"], "pretrain.epochs must be an integer"),
     (["--model", "vit", "--preset", "nope"], "unknown preset 'nope'"),

@@ -198,12 +198,13 @@ def _read_batches_py(folder: Path) -> tuple:
     return x_train, y_train, x_test, y_test, CIFAR10_CLASSES
 
 
-def _cached(path: Path, reader) -> tuple:
-    """Decode ``path`` with ``reader`` once; later loads read the ``.npz`` cache.
+def _cached(path: Path, reader, tag: str = "imagefolder") -> tuple:
+    """Decode ``path`` with ``reader`` once; later loads read the ``.npz`` cache (``tag``: what the
+    reader makes of the files, e.g. the size images are resized to, so that it is part of the key).
 
     In a multi-process job process 0 decodes and writes the cache while the others wait; they then
     read it (or decode for themselves where they cannot see process 0's cache folder)."""
-    target = cache_dir() / f"imagefolder-{_cache_key(path)}.npz"
+    target = cache_dir() / f"{tag}-{_cache_key(path)}.npz"
     arrays = None
     if is_writer():
         arrays = _read_cache(target)

@@ -34,7 +34,8 @@ from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, U
     did_you_mean, unlearn_checks)
 
 MODEL_NAMES = ("resnet18", "resnet50", "vit")
-DATASET_NAMES = ("cifar10", "digits", "tfds:cifar10")  # data.DATASETS; checked here so it fails before loading
+DATASET_NAMES = ("cifar10", "cifar100", "svhn", "tinyimagenet", "digits", "tfds:cifar10")  # and folder:PATH, tfds:NAME
+DATASET_PREFIXES = ("folder:", "tfds:")  # data.DATASETS; checked here so it fails before loading
 # The seed also seeds numpy's
 # legacy generator and scikit-learn (< 2**32), and the test split draws with ``seed + 1``.
 SEED_MAX = 2**32 - 2
@@ -44,8 +45,10 @@ SEED_MAX = 2**32 - 2
 class DataConfig:
     """Where the images come from and how the class-wise unlearning split is made."""
 
-    dataset: str = "cifar10"  # cifar10 | digits | tfds:cifar10
-    data_dir: str = ""  # cifar-10-batches-py folder, image-folder tree, or .tar.gz/.tar/.zip of one
+    dataset: str = "cifar10"  # cifar10 | cifar100 | svhn | tinyimagenet | digits | folder:PATH | tfds:NAME
+    data_dir: str = ""  # the data set's official files: a folder, an image-folder tree, or an archive of one
+    labels: str = "fine"  # cifar100: fine (100 classes) | coarse (20 super-classes: super-class forgetting)
+    image_size: int = 0  # folder:PATH: resize images to this side (0: as they are)
     forget_class: int = 3
     forget_classes: list[int] = field(default_factory=list)  # continual unlearning: forget requests in order, e.g. [3, 5, 7]
     forget_fraction: float = 0.0  # > 0: random-sample forgetting of this stratified fraction of the training set
@@ -99,6 +102,7 @@ CHOICES = {
     ("retrain", "optimizer"): ("sgd", "adam", "adamw"),
     ("pretrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
     ("retrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
+    ("data", "labels"): ("fine", "coarse"),
     ("pretrain", "bn"): ("update", "freeze"),
     ("retrain", "bn"): ("update", "freeze"),
     **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
@@ -264,9 +268,11 @@ def validate(cfg: Config) -> None:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     checks = [
-        (cfg.data.dataset in DATASET_NAMES,
+        (cfg.data.dataset in DATASET_NAMES or (cfg.data.dataset.startswith(DATASET_PREFIXES)
+                                                and cfg.data.dataset.partition(":")[2].strip() != ""),
          f"unknown dataset {cfg.data.dataset!r}{did_you_mean(cfg.data.dataset, DATASET_NAMES)}: choose one of "
-         f"{', '.join(DATASET_NAMES)}"),
+         f"{', '.join(DATASET_NAMES)}, folder:PATH or tfds:NAME"),
+        (cfg.data.image_size >= 0, "data.image_size must be >= 0 (0: images as they are)"),
         (0 <= cfg.devices <= 1 << 20, "devices must be >= 0 (0: every local device)"),
         (0 <= cfg.seed <= SEED_MAX, f"seed must be in 0..{SEED_MAX} (it seeds numpy and scikit-learn)"),
         (cfg.data.batch_size >= 1, "data.batch_size must be >= 1"),
@@ -301,12 +307,16 @@ def validate(cfg: Config) -> None:
             (t.mixup_alpha > 0, f"{section}.mixup_alpha must be > 0"),
             (set(t.augment) <= set(AUGMENTATIONS), f"{section}.augment may only hold {', '.join(AUGMENTATIONS)}"),
         ]
-    if cfg.data.data_dir and cfg.data.dataset != "cifar10":
-        checks.append((False, f"data.data_dir (--data-dir) applies to --dataset cifar10 only; {cfg.data.dataset} comes "
-                              "from its own package: drop --data-dir, or pass --dataset cifar10"))
+    with_files = ("cifar10", "cifar100", "svhn", "tinyimagenet")  # the data sets read from their official files
+    if cfg.data.data_dir and cfg.data.dataset not in with_files:
+        checks.append((False, f"data.data_dir (--data-dir) applies to --dataset {', '.join(with_files)}; "
+                              f"{cfg.data.dataset} comes from its own package or path: drop --data-dir"))
     if cfg.data.data_dir and not Path(cfg.data.data_dir).expanduser().exists():
-        checks.append((False, f"--data-dir {cfg.data.data_dir} does not exist: pass the CIFAR-10 folder or archive "
-                              "(e.g. ../shared/data/cifar10-jpeg.tar.gz)"))
+        checks.append((False, f"--data-dir {cfg.data.data_dir} does not exist: pass the {cfg.data.dataset} folder or "
+                              "archive (e.g. ../shared/data/cifar10-jpeg.tar.gz for cifar10)"))
+    if cfg.data.labels != "fine" and cfg.data.dataset != "cifar100":
+        checks.append((False, f"data.labels = {cfg.data.labels!r} applies to --dataset cifar100 only (its 20 "
+                              "super-classes); drop it"))
     if cfg.model.weights and not Path(cfg.model.weights).expanduser().is_file():
         checks.append((False, f"model.weights {cfg.model.weights} is not a file: pass a .keras or .pt/.pth file, or "
                               "leave it empty to pretrain the original model"))

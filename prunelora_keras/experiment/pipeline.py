@@ -75,7 +75,8 @@ def has_accelerator() -> bool:
 
 def load_data(cfg: Config, ds: Dataset | None = None) -> tuple[Dataset, UnlearningSplit]:
     """The data set (loaded unless given) and the unlearning split ``cfg`` asks for."""
-    ds = ds if ds is not None else load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    if ds is None:
+        ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, labels=cfg.data.labels, image_size=cfg.data.image_size)
     split = make_split(ds, cfg.data.forget_class, cfg.data.train_size, cfg.data.test_size, cfg.seed,
                        cfg.data.forget_fraction)
     if cfg.data.forget_classes:  # continual: every request must be valid before anything trains

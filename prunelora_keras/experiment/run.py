@@ -262,7 +262,8 @@ def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None, out_d
     from prunelora_keras.experiment import pipeline, sweep
     from prunelora_keras.data.sources import load_dataset
 
-    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, labels=cfg.data.labels,
+                      image_size=cfg.data.image_size)
     classes = sweep.parse_classes(args.forget_each, ds.num_classes, ds.name)
     seed_list = seeds if seeds is not None else [cfg.seed]
     for seed in seed_list:  # every (seed, class) configuration valid before anything trains

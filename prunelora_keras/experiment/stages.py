@@ -76,7 +76,9 @@ def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str
 def data_identity(cfg: Config) -> str:
     d = cfg.data
     return json.dumps({"dataset": d.dataset, "data_dir": str(Path(d.data_dir).resolve()) if d.data_dir else "",
-                       "train_size": d.train_size, "test_size": d.test_size})
+                       "train_size": d.train_size, "test_size": d.test_size,
+                       **({"labels": d.labels} if d.labels != "fine" else {}),  # what changes the data, when set
+                       **({"image_size": d.image_size} if d.image_size else {})})
 
 
 def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: Dataset, split: UnlearningSplit,
