@@ -84,10 +84,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"TOML preset from configs/: {', '.join(available_presets())} (default: paper, "
                              "full scale, meant for a GPU; quick runs offline on digits in minutes)")
     parser.add_argument("--config", metavar="FILE.toml", help="a TOML file laid out like a preset, applied on top of it")
-    parser.add_argument("--dataset", help="cifar10, digits or tfds:cifar10 (default: the preset's)")
+    parser.add_argument("--dataset", help="cifar10, cifar100, svhn, tinyimagenet, digits, folder:PATH (a class-folder "
+                                          "tree) or tfds:NAME (default: the preset's)")
     parser.add_argument("--data-dir", metavar="PATH",
-                        help="CIFAR-10 as cifar-10-batches-py, an image-folder tree train/<class>/ test/<class>/, "
-                             "or a .tar.gz/.tar/.zip of that tree (default: Keras's download cache)")
+                        help="the data set's official files: CIFAR-10 as cifar-10-batches-py, an image-folder tree "
+                             "train/<class>/ test/<class>/, or a .tar.gz/.tar/.zip of that tree (default: Keras's "
+                             "download cache); cifar-100-python; SVHN's .mat files; tiny-imagenet-200")
     parser.add_argument("--forget-class", metavar="N[,N...]",
                         help="the class to unlearn (default: the preset's, 3); several, e.g. 3,5,7: continual "
                              "unlearning, one request after another on the same models, metrics after each")
