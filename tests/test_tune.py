@@ -159,7 +159,10 @@ def test_the_study_loop_is_seeded_resumes_after_a_kill_and_starts_from_the_defau
 
     space = {"lr": Search("log", 1e-5, 1e-1), "epochs": Search("int", 1, 10), "rank": Search("choice", choices=(4, 8))}
 
+    from prunelora_keras.training.caches import COMPILED
+
     def trial(params):
+        COMPILED.put(("test_tune", len(params), params["lr"]), object())  # what a trial's compiled steps leave
         return abs(np.log10(params["lr"]) + 3) + abs(params["epochs"] - 4) + (params["rank"] == 8), {"status": "ok"}
 
     def study(path, n, seed=0):
@@ -167,6 +170,7 @@ def test_the_study_loop_is_seeded_resumes_after_a_kill_and_starts_from_the_defau
                          seed=seed, storage=str(path))
 
     whole = study(tmp_path / "a.journal", 5)
+    assert COMPILED.clear() == 0  # every trial's compiled programs were released after it
     assert [t["params"] for t in whole] == [t["params"] for t in study(tmp_path / "b.journal", 5)]
     assert whole[0]["params"] == {"lr": 1e-2, "epochs": 10, "rank": 8}
     study(tmp_path / "c.journal", 2)

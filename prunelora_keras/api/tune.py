@@ -109,10 +109,27 @@ def run_study(name: str, space: dict[str, Search], defaults: dict[str, Any],
         for key, v in {**metrics, "seconds": time.perf_counter() - begin}.items():
             trial.set_user_attr(key, v)
         study.tell(trial, value)
+        release_compiled()
         if log:
             log(f"{name}: trial {n + 1}: {objective} {value:.4g} ({time.perf_counter() - begin:.0f} s)")
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:trials]
     return [{"trial": i, "method": name, "params": t.params, "value": t.value, **t.user_attrs} for i, t in enumerate(done)]
+
+
+def release_compiled() -> None:
+    """Drop the compiled programs of the trial that ended (the package's cache, JAX's own, then a
+    collection): a search compiles new steps every trial, and on XLA:CPU each executable keeps its
+    code mapped, so a long search in one process otherwise ends in "LLVM compilation error: Cannot
+    allocate memory" (the process's memory-map limit; it happened 60 trials into a ResNet-50 search)."""
+    import gc
+
+    import jax
+
+    from prunelora_keras.training.caches import clear_caches
+
+    clear_caches()
+    jax.clear_caches()
+    gc.collect()
 
 
 def best_trial(trials: Sequence[dict[str, Any]], objective: str) -> dict[str, Any]:
