@@ -116,20 +116,35 @@ def run_study(name: str, space: dict[str, Search], defaults: dict[str, Any],
     return [{"trial": i, "method": name, "params": t.params, "value": t.value, **t.user_attrs} for i, t in enumerate(done)]
 
 
-def release_compiled() -> None:
-    """Drop the compiled programs of the trial that ended (the package's cache, JAX's own, then a
-    collection): a search compiles new steps every trial, and on XLA:CPU each executable keeps its
-    code mapped, so a long search in one process otherwise ends in "LLVM compilation error: Cannot
-    allocate memory" (the process's memory-map limit; it happened 60 trials into a ResNet-50 search)."""
+def release_compiled(share: float = 0.5) -> bool:
+    """Drop the compiled programs kept so far (the package's cache, JAX's own, then a collection) once
+    the process holds more than ``share`` of the memory maps it may hold; returns whether it did.
+
+    A search compiles new steps every trial, and on XLA:CPU each executable keeps its code mapped:
+    a long search in one process otherwise ends in "LLVM compilation error: Cannot allocate memory"
+    (the map limit, 65,530 here; it happened 60 trials into a ResNet-50 search). Clearing after every
+    trial would cost every trial a full recompilation, so it happens only when needed (after every
+    trial where ``/proc`` cannot tell).
+    """
     import gc
 
     import jax
 
     from prunelora_keras.training.caches import clear_caches
 
+    try:
+        with open("/proc/self/maps") as f:
+            maps = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        if maps < share * limit:
+            return False
+    except (OSError, ValueError):
+        pass
     clear_caches()
     jax.clear_caches()
     gc.collect()
+    return True
 
 
 def best_trial(trials: Sequence[dict[str, Any]], objective: str) -> dict[str, Any]:
