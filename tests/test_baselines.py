@@ -152,17 +152,20 @@ def test_avg_gap_is_the_mean_absolute_distance_to_retrain():
 def test_every_baseline_runs_in_the_experiment_with_random_forgetting(capsys, tmp_path):
     args = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "model.dim=16",
             "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
-            "--set", "data.train_size=300", "--paradigms", "retrain,lora,ga,rl,l1_sparse,salun,neggrad_plus,scrub",
+            "--set", "data.train_size=300", "--paradigms",
+            "retrain,lora,ga,rl,l1_sparse,salun,neggrad_plus,scrub,ssd,bad_teacher,msg",
             "--epochs", "1", "--forget-fraction", "0.1", "--set", "lora.l1=1e-4", "--out", str(tmp_path / "r")]
     assert main(args) == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     rows = {r["paradigm"]: r for r in results["rows"]}
-    assert set(rows) == {"retrain", "lora", "ga", "rl", "l1_sparse", "salun", "neggrad_plus", "scrub"}
+    assert set(rows) == {"retrain", "lora", "ga", "rl", "l1_sparse", "salun", "neggrad_plus", "scrub", "ssd",
+                         "bad_teacher", "msg"}
     assert all(r["status"] == "ok" and "avg_gap" in r for r in rows.values())
+    assert rows["ssd"]["prepare_s"] > 0 and rows["ssd"]["rte_s"] < 0.01  # SSD's cost is its importance passes
     assert results["data"]["forget_class"] == -1 and "random 10%" in results["data"]["forgetting"]
     table = (tmp_path / "r" / "results.md").read_text()
     assert "Avg. Gap 1ep" in table and "| SalUn |" in table and "| l1-sparse |" in table
-    assert "| NegGrad+ |" in table and "| SCRUB |" in table
+    assert "| NegGrad+ |" in table and "| SCRUB |" in table and "| Bad Teacher |" in table and "| MSG |" in table
 
 
 @pytest.mark.slow
