@@ -86,7 +86,7 @@ def test_every_method_unlearns_a_keras_applications_model(method, mobilenet, dig
                          **({"mode": "persistent"} if method in ("pruned", "pruned_lora") else {}))
     assert all(np.array_equal(a, b) for a, b in zip(before, mobilenet.get_weights()))  # the input is untouched
     assert result.model is not mobilenet and result.method == method and len(result.history) == 1
-    assert result.trainable_params > 0 and np.isfinite(result.history[0]["loss"])
+    assert (result.trainable_params > 0 or not plk.methods.get(method).trains) and np.isfinite(result.history[0]["loss"])
     if method in ("lora", "pruned_lora"):
         n_all = sum(int(np.prod(v.shape)) for v in mobilenet.trainable_variables)
         assert result.trainable_params < n_all / 2
