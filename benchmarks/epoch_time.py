@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     x = rng.integers(0, 256, (args.images, *shape), dtype=np.uint8)
     y = rng.integers(0, 10, args.images).astype(np.int32)
     u = cfg.unlearn
-    stats = SimpleNamespace(preprocess=Preprocess((0.5,) * 3, (0.25,) * 3))
+    stats = SimpleNamespace(preprocess=Preprocess((0.5,) * 3, (0.25,) * 3), num_classes=10)
     modes = {"both": ["off", "auto"], "off": ["off"], "auto": ["auto"]}[args.cache]
     rows = []
     for name in args.paradigms.split(","):

@@ -105,6 +105,8 @@ CHOICES = {
     ("data", "labels"): ("fine", "coarse"),
     ("pretrain", "bn"): ("update", "freeze"),
     ("retrain", "bn"): ("update", "freeze"),
+    ("pretrain", "precision"): ("float32", "bfloat16"),
+    ("retrain", "precision"): ("float32", "bfloat16"),
     **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
     **{("eval", name): choices for name, choices in EVAL_CHOICES.items()},
 }

@@ -30,6 +30,7 @@ from prunelora_keras.training.loop import EpochStats, Trainer
 from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.training.trainers import scratch_trainer
 from prunelora_keras.models.weights import load_weights_file
+from prunelora_keras.models.precision import training_model
 
 
 def log(message: str) -> None:
@@ -54,6 +55,9 @@ def paradigm_key(name: str, cfg: Config, original_ckpt: str) -> str:
     config["unlearn"] = {k: v for k, v in config["unlearn"].items() if k != "paradigms"}
     config["methods"] = config["methods"].get(name)  # this method's hyperparameters, not the others'
     config.pop("devices", None)  # results agree across device counts up to float summation order
+    for section in ("pretrain", "retrain"):  # the default precision keeps earlier runs' keys
+        if config[section].get("precision") == "float32":
+            del config[section]["precision"]
     payload = {"paradigm": name, "config": config, "original": Path(original_ckpt).name}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -62,7 +66,10 @@ def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str
     """A short hash of everything that determines a trained model."""
     model = asdict(cfg.model)
     weights = model.pop("weights", "")
-    payload = {"stage": stage, "model": model, "recipe": asdict(recipe), "seed": cfg.seed,
+    recipe_id = asdict(recipe)
+    if recipe_id["precision"] == "float32":  # the default leaves the keys of earlier runs' checkpoints as they were
+        del recipe_id["precision"]
+    payload = {"stage": stage, "model": model, "recipe": recipe_id, "seed": cfg.seed,
                "data": data_id, "forget_class": cfg.data.forget_class if stage == "retrain" else None,
                **({"forget_fraction": cfg.data.forget_fraction} if stage == "retrain" and cfg.data.forget_fraction else {}),
                **({"forget_classes": cfg.data.forget_classes} if stage == "retrain" and cfg.data.forget_classes else {}),
@@ -112,9 +119,10 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
     else:
         keras.utils.set_random_seed(cfg.seed)
         model = build_model(cfg.model, ds.num_classes, ds.image_shape)
-        set_bn_policy(model, recipe.bn)
+        trained = training_model(model, recipe.precision)  # bfloat16: a mixed-policy copy, float32 variables
+        set_bn_policy(trained, recipe.bn)
         steps = num_batches(len(data), cfg.data.batch_size, cfg.data.drop_last) * recipe.epochs
-        trainer = scratch_trainer(model, recipe, steps, ds, cfg.seed, name, distribution)
+        trainer = scratch_trainer(trained, recipe, steps, ds, cfg.seed, name, distribution)
         resumable = isinstance(trainer, Trainer)  # the compiled loop's state saves; Keras's fit is not resumable
         first = resume(trainer, state_path, name, history) if resumable else 1
 
@@ -127,6 +135,8 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
             trainer.fit(data.x, data.y, recipe.epochs - first + 1, cfg.data.batch_size, cfg.data.drop_last,
                         on_epoch_end, first_epoch=first)
         trainer.sync_to_model()
+        if trained is not model:  # the float32 master weights go back into the float32 model
+            model.set_weights(trained.get_weights())
         set_bn_policy(model, "update")  # saved models are plain: every layer trainable
         save_model(model, ckpt)
         atomic_write_bytes(sidecar, json.dumps([asdict(h) for h in history]).encode())

@@ -33,3 +33,4 @@ class TrainConfig:
     augment: list[str] = field(default_factory=list)  # any of crop, flip, mixup
     mixup_alpha: float = 0.2
     bn: str = "update"  # update: batch statistics and running-stat updates (torch train mode); freeze
+    precision: str = "float32"  # bfloat16: bfloat16 compute on float32 master weights (GPUs/TPUs)
