@@ -77,7 +77,7 @@ def jax_sequential(cfg, ds, x, y, seeds) -> float:
 
 def jax_pool(cfg, ds, x, y, seeds, mode) -> tuple[float, str]:
     pool = scratch_pool(lambda s: build_model(cfg.model, ds.num_classes, ds.image_shape), cfg.retrain, x, y,
-                        cfg.data.batch_size, ds.num_classes, ds.mean, ds.std, seeds, mode=mode, verbose=False)
+                        cfg.data.batch_size, ds.num_classes, ds.preprocess, seeds, mode=mode, verbose=False)
     history = pool.fit(2)
     return history[1].seconds, pool.mode
 
@@ -185,7 +185,7 @@ def main(argv=None) -> int:
         row = {"k": k}
         log(f"K={k}: jax sequential")
         row["sequential_s"] = jax_sequential(cfg, ds, x, y, seeds)
-        for mode in args.modes.split(","):
+        for mode in dict.fromkeys(args.modes.split(",") + [auto]):  # the pool's own mode is always measured
             log(f"K={k}: jax pool, {mode}")
             row[f"{'vmapped' if mode == 'vmap' else mode}_s"] = jax_pool(cfg, ds, x, y, seeds, mode)[0]
         row["pool_mode"] = auto
