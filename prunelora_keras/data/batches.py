@@ -33,10 +33,18 @@ class Rows:
         return len(self.index)
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        """Rows as a numpy array: ``rows[i]``, ``rows[a:b]``, ``rows[int_array]`` or ``rows[bool_mask]``
+        (then any further axes), gathered from ``source`` in that order."""
         key = key if isinstance(key, tuple) else (key,)
-        first = key[0] if isinstance(key[0], slice) else slice(key[0], key[0] + 1)
-        rows = np.asarray(self.source[self.index[first]])
-        return rows[(slice(None),) + tuple(key[1:])] if isinstance(key[0], slice) else rows[0][tuple(key[1:])]
+        first, rest = key[0], tuple(key[1:])
+        if not isinstance(first, slice) and np.ndim(first) == 0:  # one row
+            return np.asarray(self.source[int(self.index[first])])[rest]
+        picked = self.index[first if isinstance(first, slice) else np.asarray(first)]
+        return np.asarray(self.source[picked])[(slice(None),) + rest]
+
+    def take(self, index: np.ndarray) -> "Rows":
+        """The view of rows ``index`` of this view (no gather): views of views stay lazy."""
+        return Rows(self.source, self.index[np.asarray(index)])
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         rows = np.asarray(self.source[self.index])

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from prunelora_keras.data.augment import Preprocess
+from prunelora_keras.data.batches import Rows
 from prunelora_keras.errors import UserError
 
 
@@ -46,7 +48,7 @@ class Dataset:
 
 @dataclass
 class Subset:
-    x: np.ndarray
+    x: np.ndarray  # or a lazy ``batches.Rows`` view of a memory-mapped data set (``image_cache``)
     y: np.ndarray
 
     def __len__(self) -> int:
@@ -135,6 +137,17 @@ def random_forget_mask(labels: np.ndarray, fraction: float, seed: int) -> np.nda
     return mask
 
 
+def take_rows(x: Any, index: np.ndarray) -> Any:
+    """Rows ``index`` (integers or a boolean mask) of ``x``: a copy of an in-memory array, a lazy
+    ``Rows`` view of a memory-mapped one (``image_cache``) or of a view, so a data set larger than
+    memory is never gathered whole."""
+    if isinstance(x, Rows):
+        return x.take(np.flatnonzero(index) if np.asarray(index).dtype == bool else index)
+    if isinstance(x, np.memmap):
+        return Rows(x, np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index))
+    return x[index]
+
+
 def make_split(ds: Dataset, forget_class: int | Sequence[int], train_size: int = 0, test_size: int = 0, seed: int = 0,
                forget_fraction: float = 0.0) -> UnlearningSplit:
     """Subsample (optionally) and split a data set for unlearning.
@@ -154,17 +167,17 @@ def make_split(ds: Dataset, forget_class: int | Sequence[int], train_size: int =
     forget_class = classes[-1]
     tr = stratified_indices(ds.y_train, train_size, seed, "data.train_size")
     te = stratified_indices(ds.y_test, test_size, seed + 1, "data.test_size")
-    x_tr, y_tr, x_te, y_te = ds.x_train[tr], ds.y_train[tr], ds.x_test[te], ds.y_test[te]
+    x_tr, y_tr, x_te, y_te = take_rows(ds.x_train, tr), ds.y_train[tr], take_rows(ds.x_test, te), ds.y_test[te]
     if forget_fraction:
         forget_class = -1
         f_tr, f_te = random_forget_mask(y_tr, forget_fraction, seed), np.zeros(len(y_te), bool)
     else:
         f_tr, f_te = np.isin(y_tr, classes), np.isin(y_te, classes)
     split = UnlearningSplit(
-        retain=Subset(x_tr[~f_tr], y_tr[~f_tr]),
-        forget=Subset(x_tr[f_tr], y_tr[f_tr]),
-        test_retain=Subset(x_te[~f_te], y_te[~f_te]),
-        test_forget=Subset(x_te[f_te], y_te[f_te]),
+        retain=Subset(take_rows(x_tr, ~f_tr), y_tr[~f_tr]),
+        forget=Subset(take_rows(x_tr, f_tr), y_tr[f_tr]),
+        test_retain=Subset(take_rows(x_te, ~f_te), y_te[~f_te]),
+        test_forget=Subset(take_rows(x_te, f_te), y_te[f_te]),
         train=Subset(x_tr, y_tr),
         test=Subset(x_te, y_te),
         forget_class=forget_class,

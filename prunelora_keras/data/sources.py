@@ -9,7 +9,7 @@ import numpy as np
 
 from pathlib import Path
 
-from prunelora_keras.data.cifar10 import _cached, load_cifar10, read_cifar10_dir
+from prunelora_keras.data.cifar10 import load_cifar10, read_cifar10_dir
 from prunelora_keras.data.datasets import Dataset, check_dataset
 from prunelora_keras.errors import UserError
 
@@ -82,10 +82,9 @@ def load_dataset(name: str, data_dir: str = "", *, labels: str = "fine", image_s
             arrays = readers.read_svhn(_needs_dir(name, data_dir, readers.SVHN_URL))
         elif name == "tinyimagenet":
             path = _needs_dir(name, data_dir, readers.TINYIMAGENET_URL)
-            arrays = _cached(path, readers.read_tinyimagenet, "tinyimagenet")
+            arrays = readers.read_tinyimagenet(path)  # file-backed: memory-mapped, read lazily
         elif name.startswith("folder:"):
-            path = Path(name[len("folder:"):]).expanduser()
-            arrays = _cached(path, lambda p: readers.read_folder(p, image_size), f"folder{image_size}")
+            arrays = readers.read_folder(Path(name[len("folder:"):]).expanduser(), image_size)
         else:
             arrays = readers.read_tfds(name[len("tfds:"):])
         ds = Dataset(name.split(":")[0] if name.startswith("folder:") else name, *arrays, *channel_stats(arrays[0]))
