@@ -86,28 +86,35 @@ def fold_classes(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return folded
 
 
+WIDE_CLASSES = 12  # above this many forget classes the per-class tables turn: a row per class
+
+
 def per_class_table(folded: dict[str, Any]) -> str:
-    """Markdown: one small table per metric, a row per paradigm (largest epoch count), a column per class."""
+    """Markdown: one small table per metric (largest epoch count), a row per paradigm and a column per
+    class; past ``WIDE_CLASSES`` classes (CIFAR-100, TinyImageNet) a row per class and a column per
+    paradigm, so the table stays readable at 100 or 200 classes."""
     per_class = folded["per_class"]
     paradigms = list(final_rows([r for r in folded["rows"] if r.get("status", "ok") == "ok"]))
+    finals = [final_rows([r for r in c["rows"] if r.get("status", "ok") == "ok"]) for c in per_class]
     parts = []
     for key, label, digits in PER_CLASS_METRICS:
-        head = ["paradigm"] + [str(c["class"]) for c in per_class] + ["mean"]
+        grid = {p: [None if f.get(p) is None else f[p].get(key) for f in finals] for p in paradigms}
+        if not any(v is not None for vs in grid.values() for v in vs):
+            continue
+        means = {p: [float(v) for v in vs if v is not None] for p, vs in grid.items()}
+        mean = {p: _fmt(float(np.mean(m)), digits if digits is not None else 2) if m else "-" for p, m in means.items()}
+        if len(per_class) <= WIDE_CLASSES:
+            head = ["paradigm"] + [str(c["class"]) for c in per_class] + ["mean"]
+            body = [[method_label(p)] + [_per_class_cell(v, digits) for v in grid[p]] + [mean[p]] for p in paradigms]
+        else:
+            head = ["class"] + [method_label(p) for p in paradigms]
+            body = [[f"{c['class']} {c.get('class_name') or ''}".strip()] + [_per_class_cell(grid[p][i], digits)
+                                                                               for p in paradigms]
+                    for i, c in enumerate(per_class)]
+            body.append(["mean"] + [mean[p] for p in paradigms])
         lines = [f"{label} per forget class:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        any_value = False
-        for p in paradigms:
-            cells, values = [method_label(p)], []
-            for c in per_class:
-                row = final_rows([r for r in c["rows"] if r.get("status", "ok") == "ok"]).get(p)
-                v = None if row is None else row.get(key)
-                if v is not None:
-                    values.append(float(v))
-                cells.append(_per_class_cell(v, digits))
-            any_value |= bool(values)
-            cells.append(_fmt(float(np.mean(values)), digits if digits is not None else 2) if values else "-")
-            lines.append("| " + " | ".join(cells) + " |")
-        if any_value:
-            parts.append("\n".join(lines))
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
 
@@ -129,7 +136,9 @@ def plot_per_class(folded: dict[str, Any], path: Path) -> None:
     per_class = folded["per_class"]
     paradigms = list(final_rows([r for r in folded["rows"] if r.get("status", "ok") == "ok"]))
     classes = [c["class"] for c in per_class]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharex=True)
+    many = len(classes) > WIDE_CLASSES  # 100 or 200 classes: markers per class, every k-th class labelled
+    fig, axes = plt.subplots(2 if many else 1, 1 if many else 2, figsize=(max(12, len(classes) / 8), 7 if many else 4.2),
+                             sharex=True)
     x = np.arange(len(classes))
     width = 0.8 / max(len(paradigms), 1)
     for ax, (key, label) in zip(axes, (("UA", "UA (%)"), ("probe_forget_acc", "linear probe on held-out D_f (%)"))):
@@ -138,9 +147,16 @@ def plot_per_class(folded: dict[str, Any], path: Path) -> None:
             for c in per_class:
                 row = final_rows([r for r in c["rows"] if r.get("status", "ok") == "ok"]).get(p)
                 values.append(np.nan if row is None or row.get(key) is None else row[key])
-            ax.bar(x + (i - (len(paradigms) - 1) / 2) * width, values, width, label=method_label(p))
+            if many:
+                ax.plot(x, values, "o", markersize=3, label=method_label(p))
+            else:
+                ax.bar(x + (i - (len(paradigms) - 1) / 2) * width, values, width, label=method_label(p))
         ax.set_title(label, fontsize=11)
-        ax.set_xticks(x, [f"{c['class']}\n{c.get('class_name') or ''}" for c in per_class], fontsize=9)
+        if many:
+            step = max(1, len(classes) // 25)
+            ax.set_xticks(x[::step], [str(c) for c in classes[::step]], fontsize=8)
+        else:
+            ax.set_xticks(x, [f"{c['class']}\n{c.get('class_name') or ''}" for c in per_class], fontsize=9)
         ax.set_xlabel("forget class", fontsize=10)
         ax.set_ylim(0, 105)
         ax.tick_params(axis="y", labelsize=9)
