@@ -109,12 +109,12 @@ def test_same_command_twice_gives_identical_metrics_and_a_killed_run_resumes_to_
 
 
 def test_finished_paradigms_are_reused_not_retrained(tmp_path):
-    from prunelora_keras.experiment import pipeline
+    from prunelora_keras.experiment import stages
 
     done = tmp_path / "paradigms" / "lora-abc.json"
     rows = [{"paradigm": "lora", "epochs": 1, "UA": 1.5, "status": "ok"}]
-    pipeline._save_finished(done, rows, {"test": np.arange(3.0), "forget": np.ones(2)})
-    again, losses = pipeline._load_finished(done)
+    stages.save_finished(done, rows, {"test": np.arange(3.0), "forget": np.ones(2)})
+    again, losses = stages.load_finished(done)
     assert again == rows and np.array_equal(losses["test"], np.arange(3.0))
 
 

@@ -11,7 +11,6 @@ report. No method has a branch here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 
 from prunelora_keras import __version__
 from prunelora_keras.api.checks import chance_warnings
-from prunelora_keras.training.checkpoint import atomic_write_bytes, read_meta, remove_file, save_model, write_npz
+from prunelora_keras.training.checkpoint import read_meta, remove_file, save_model
 from prunelora_keras.experiment.config import Config
 from prunelora_keras.data.datasets import Dataset, UnlearningSplit, make_split
 from prunelora_keras.data.sources import load_dataset
@@ -43,7 +42,8 @@ from prunelora_keras.training.inference import evaluation_devices
 from prunelora_keras.models.pruning import sparsity_report
 from prunelora_keras.experiment.report import accuracy_table, evaluation_table, paper_table, write_report  # noqa: F401
 from prunelora_keras.experiment.terminal import closing_lines, fit_width  # noqa: F401
-from prunelora_keras.experiment.stages import StageResult, data_identity, paradigm_key, resume, save_epoch, train_stage
+from prunelora_keras.experiment.stages import (StageResult, data_identity, forget_description, load_finished, paradigm_key,
+                                               resume, save_epoch, save_finished, train_stage)
 from prunelora_keras.training.loop import EpochStats, peak_memory
 from prunelora_keras.training.trainers import on_jax  # noqa: F401
 from prunelora_keras.experiment.context import prepare_paradigm, with_flat_dense  # noqa: F401
@@ -100,22 +100,6 @@ def _mean_seconds(history: list[EpochStats], upto: int) -> float:
     return float(np.mean(seconds)) if seconds else float("nan")
 
 
-def _load_finished(done: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
-    rows = json.loads(done.read_text())
-    losses_path = done.with_suffix(".losses.npz")
-    losses = None
-    if losses_path.is_file():
-        with np.load(losses_path, allow_pickle=False) as z:
-            losses = {k: z[k] for k in z.files}
-    return rows, losses
-
-
-def _save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.ndarray] | None) -> None:
-    if losses is not None:
-        write_npz(done.with_suffix(".losses.npz"), losses)
-    atomic_write_bytes(done, json.dumps(rows, indent=1).encode())  # last: its presence means "finished"
-
-
 def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split: UnlearningSplit,
                  out_dir: Path | None = None, distribution: Any = None, save_to: Path | None = None,
                  reference: Reference | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
@@ -133,7 +117,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     state_path = out_dir / "checkpoints" / f"{name}-{key}.state.npz" if out_dir is not None else None
     if done is not None and agree(done.is_file() and (save_to is None or save_to.is_file())):  # every process alike
         log(f"{name}: reusing finished results {done}")
-        return _load_finished(done)
+        return load_finished(done)
     prepare_start = time.perf_counter()
     prep = prepare_paradigm(name, cfg, original_ckpt, ds, split, distribution)
     prepare_s = time.perf_counter() - prepare_start  # SSD's importance passes, SalUn's saliency, MSG's gradients
@@ -184,18 +168,10 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
     if save_to is not None:  # the unlearned model, the start of the next request (continual unlearning)
         save_model(evaluation_model(recipe.eval_model()), save_to)
     if done is not None:
-        _save_finished(done, rows, last_losses)
+        save_finished(done, rows, last_losses)
         if state_path is not None:
             remove_file(state_path)
     return rows, last_losses
-
-
-def forget_description(split: UnlearningSplit, ds: Dataset) -> str:
-    if len(split.forget_classes) > 1:
-        return "classes " + ", ".join(f"{c} '{ds.class_names[c]}'" for c in split.forget_classes)
-    if split.forget_class < 0:
-        return f"a random {len(split.forget) / len(split.train):.0%} of the training set, every class"
-    return f"class {split.forget_class} '{ds.class_names[split.forget_class]}'"
 
 
 def make_distribution(cfg: Config) -> Any:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from prunelora_keras.training.checkpoint import (atomic_write_bytes, fault_point, load_state, read_meta, remove_file,
-    save_model, save_state)
+    save_model, save_state, write_npz)
 from prunelora_keras.experiment.config import Config
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
@@ -176,3 +177,30 @@ def resume(trainer: Trainer, state_path: Path, name: str, history: list[EpochSta
     history[:] = [EpochStats(**h) for h in meta["history"]]
     log(f"{name}: resuming after epoch {meta['epoch']} from {state_path}")
     return int(meta["epoch"]) + 1
+
+
+def load_finished(done: Path) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
+    """A finished paradigm's rows and its loss arrays (``save_finished``'s files), for a re-run to reuse."""
+    rows = json.loads(done.read_text())
+    losses_path = done.with_suffix(".losses.npz")
+    losses = None
+    if losses_path.is_file():
+        with np.load(losses_path, allow_pickle=False) as z:
+            losses = {k: z[k] for k in z.files}
+    return rows, losses
+
+
+def save_finished(done: Path, rows: list[dict[str, Any]], losses: dict[str, np.ndarray] | None) -> None:
+    """Write a paradigm's rows and loss arrays; the rows file last, so its presence means "finished"."""
+    if losses is not None:
+        write_npz(done.with_suffix(".losses.npz"), losses)
+    atomic_write_bytes(done, json.dumps(rows, indent=1).encode())  # last: its presence means "finished"
+
+
+def forget_description(split: UnlearningSplit, ds: Dataset) -> str:
+    """What is forgotten, in words: one class, several classes, or a random fraction of the training set."""
+    if len(split.forget_classes) > 1:
+        return "classes " + ", ".join(f"{c} '{ds.class_names[c]}'" for c in split.forget_classes)
+    if split.forget_class < 0:
+        return f"a random {len(split.forget) / len(split.train):.0%} of the training set, every class"
+    return f"class {split.forget_class} '{ds.class_names[split.forget_class]}'"
