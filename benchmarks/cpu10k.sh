@@ -3,7 +3,7 @@
 # one step after the other (never two trainings at once on two cores), into $RUNS/cpu10k-<step>, logs and
 # folded results into benchmarks/results/cpu10k-*, wall times into benchmarks/results/cpu10k-wall.txt.
 #   main-<model>      original, Retrain and the paper's four paradigms at 5 and 10 epochs (forget class 3)
-#   headrow-<model>   the head-row question: Pruned LoRA (10 epochs) forgetting each of $CLASSES (default 0-5)
+#   headrow-<model>   the head-row question: Pruned LoRA (10 epochs) forgetting each of $CLASSES (default all)
 #                     in its own run from one original, the classifier among the pruning targets (the ViT's
 #                     default; on the ResNet unlearn.prune_classifier=true, as the reference does not prune
 #                     it); no Retrain per class and no relearn test (the question is UA against whether the
@@ -35,7 +35,7 @@ for step in "$@"; do
       [ "$model" = vit ] || extra=(--set unlearn.prune_classifier=true)
       # reuses main-<model>'s original when it exists (else trains it; main-<model> can then reuse this one)
       [ -d "$runs/cpu10k-$model/checkpoints" ] && link_original "$runs/cpu10k-$model" "$runs/cpu10k-$model-headrow"
-      "${run[@]}" --model "$model" --forget-each "${CLASSES:-0,1,2,3,4,5}" --paradigms pruned_lora --epochs 10 \
+      "${run[@]}" --model "$model" --forget-each "${CLASSES:-all}" --paradigms pruned_lora --epochs 10 \
         --set eval.relearn_max_steps=0 "${extra[@]}" --out "$runs/cpu10k-$model-headrow" > "$res/cpu10k-$model-headrow.log" 2>&1
       cp "$runs/cpu10k-$model-headrow/results.json" "$res/cpu10k-$model-headrow-results.json"
       ;;
