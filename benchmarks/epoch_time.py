@@ -58,7 +58,18 @@ def main(argv=None) -> int:
     u = cfg.unlearn
     stats = SimpleNamespace(preprocess=Preprocess((0.5,) * 3, (0.25,) * 3), num_classes=10)
     modes = {"both": ["off", "auto"], "off": ["off"], "auto": ["auto"]}[args.cache]
-    rows = []
+    rows: list[dict] = []
+
+    def write() -> dict:  # after every row: a run cut short by a time limit keeps what it measured
+        result = {"model": args.model, "preset": args.preset, "images": args.images, "batch_size": u.batch_size,
+                  "device": device_description(), "versions": versions(), "config": cfg.to_dict(), "rows": rows}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(out)
+        return result
+
     for name in args.paradigms.split(","):
         for mode in modes:
             keras.utils.set_random_seed(0)
@@ -84,11 +95,8 @@ def main(argv=None) -> int:
                          "epoch_s_all": [h.seconds for h in history], "trainable_params": recipe.trainable_params,
                          "wall_s": time.perf_counter() - start})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    result = {"model": args.model, "preset": args.preset, "images": args.images, "batch_size": u.batch_size,
-              "device": device_description(), "versions": versions(), "config": cfg.to_dict(), "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(markdown(result))
+            write()
+    print(markdown(write()))
     return 0
 
 

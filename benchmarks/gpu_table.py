@@ -34,7 +34,7 @@ def steps_table(out: Path) -> list[str]:
 def timing_table(out: Path) -> list[str]:
     lines = ["| model | paradigm | prefix cache | s/epoch | s/step | steps/epoch | compile s |", "|---" * 7 + "|"]
     for model in ("vit", "resnet50"):
-        result = _load(out / f"epoch_time-{model}.json")
+        result = _load(out / f"epoch_time-{model}.json")  # written row by row: a step cut short keeps its rows
         if result is None:
             lines.append(f"| {model} | (no result: see the step's status) | | | | | |")
             continue
