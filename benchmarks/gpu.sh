@@ -46,7 +46,6 @@ mkdir -p "$out"
 py=python3
 if [ "$dry" = 1 ]; then
   py=python
-  # tiny sizes: every step's code path, in about two minutes on two CPU cores
   # tiny sizes: every step's code path in a few minutes on two CPU cores (bfloat16 pretraining kept, the
   # unlearning in float32: XLA:CPU compiles the emulated bfloat16 LoRA step for a minute)
   timing=(--preset quick --images 64 --epochs 2 --cache both --set model.depth=1)
