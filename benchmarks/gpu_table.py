@@ -45,12 +45,14 @@ def timing_table(out: Path) -> list[str]:
     return lines
 
 
-def pipeline_table(out: Path) -> list[str]:
-    result = _load(out / "pipeline" / "results.json")
+def pipeline_table(result: dict | None) -> list[str]:
     if result is None:
         return ["(no result: see the step's status)"]
+    m, p = result["config"]["model"], result["config"]["pretrain"]
+    size = f"width {m['width']}" if m["name"].startswith("resnet") else f"dim {m['dim']}, depth {m['depth']}"
+    lines = [f"Model {m['name']} ({size}); pretraining {p['epochs']} epochs {p['optimizer']} lr {p['lr']}, "
+             f"{p.get('precision', 'float32')}.", ""]
     stages = result["stages"]
-    lines = []
     for name in ("original", "retrain"):
         if name in stages:
             a, hist = stages[name]["accuracies"], stages[name]["history"]
@@ -71,16 +73,6 @@ def pipeline_table(out: Path) -> list[str]:
     lines.append(f"\nData: {d['dataset']}, train {d['train']} (retain {d['retain']}, forget {d['forget']}: "
                  f"{d['forgetting']}), test {d['test']}; whole run {result['wall_s'] / 60:.1f} min.")
     return lines
-
-
-def pipeline_model(out: Path) -> list[str]:
-    result = _load(out / "pipeline" / "results.json")
-    if result is None:
-        return []
-    m, p = result["config"]["model"], result["config"]["pretrain"]
-    size = f"width {m['width']}" if m["name"].startswith("resnet") else f"dim {m['dim']}, depth {m['depth']}"
-    return [f"Model {m['name']} ({size}); pretraining {p['epochs']} epochs {p['optimizer']} lr {p['lr']}, "
-            f"{p.get('precision', 'float32')}.", ""]
 
 
 def pools_table(out: Path) -> list[str]:
@@ -112,8 +104,7 @@ def render(out: Path) -> str:
     parts = [f"# GPU window: {device(out)}, {date}", "", "## Steps", *steps_table(out), "",
              "## 1. Unlearning epoch time at the paper's model sizes (synthetic 32x32 batches of 128)",
              *timing_table(out), "", "## 2. The pipeline end to end on CIFAR-10 (`gpu-fast` preset)",
-             *pipeline_model(out),
-             *pipeline_table(out), "", "## 3. Many-model pools against sequential training", *pools_table(out)]
+             *pipeline_table(_load(out / "pipeline" / "results.json")), "", "## 3. Many-model pools against sequential training", *pools_table(out)]
     return "\n".join(parts) + "\n"
 
 

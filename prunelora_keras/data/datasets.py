@@ -141,11 +141,9 @@ def take_rows(x: Any, index: np.ndarray) -> Any:
     """Rows ``index`` (integers or a boolean mask) of ``x``: a copy of an in-memory array, a lazy
     ``Rows`` view of a memory-mapped one (``image_cache``) or of a view, so a data set larger than
     memory is never gathered whole."""
-    if isinstance(x, Rows):
-        return x.take(np.flatnonzero(index) if np.asarray(index).dtype == bool else index)
     if isinstance(x, np.memmap):
-        return Rows(x, np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index))
-    return x[index]
+        x = Rows(x, np.arange(len(x)))
+    return x.take(index) if isinstance(x, Rows) else x[index]
 
 
 def make_split(ds: Dataset, forget_class: int | Sequence[int], train_size: int = 0, test_size: int = 0, seed: int = 0,
