@@ -140,7 +140,18 @@ def random_forget_mask(labels: np.ndarray, fraction: float, seed: int) -> np.nda
 def take_rows(x: Any, index: np.ndarray) -> Any:
     """Rows ``index`` (integers or a boolean mask) of ``x``: a copy of an in-memory array, a lazy
     ``Rows`` view of a memory-mapped one (``image_cache``) or of a view, so a data set larger than
-    memory is never gathered whole."""
+    memory is never gathered whole.
+
+    Args:
+        x: images, first axis the examples: a numpy array, a ``np.memmap`` or a ``Rows`` view.
+        index: integer row numbers or a boolean mask over the rows of ``x``.
+    Returns:
+        ``x[index]`` for an in-memory array; otherwise a ``Rows`` view of the same rows.
+
+    Example:
+        >>> take_rows(np.arange(5), np.array([True, False, True, False, False])).tolist()
+        [0, 2]
+    """
     if isinstance(x, np.memmap):
         x = Rows(x, np.arange(len(x)))
     return x.take(index) if isinstance(x, Rows) else x[index]

@@ -81,7 +81,19 @@ def decode_to_file(items: Sequence[Any], decode: Callable[[Any], np.ndarray], sh
 
 
 def read_cached(folder: Path) -> tuple | None:
-    """A finished cache folder's arrays (images memory-mapped, labels in memory), or None."""
+    """A finished cache folder's arrays, or None when it is absent or incomplete.
+
+    Args:
+        folder: a folder ``write_cached`` wrote.
+    Returns:
+        (x_train, y_train, x_test, y_test, class_names), images memory-mapped read-only, labels in
+        memory; None if ``classes.json`` (written last) or an array is missing or damaged.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> read_cached(pathlib.Path(tempfile.mkdtemp())) is None
+        True
+    """
     try:
         names = json.loads((folder / "classes.json").read_text())
         arrays = [np.load(folder / f"{name}.npy", mmap_mode="r" if name.startswith("x") else None) for name in SPLITS]
@@ -93,8 +105,24 @@ def read_cached(folder: Path) -> tuple | None:
 def write_cached(folder: Path, split_items: Sequence[tuple[Sequence[Any], np.ndarray]],
                  decode: Callable[[Any], np.ndarray], shape: tuple[int, int, int] | None, classes: Sequence[str]) -> tuple:
     """Decode the train and test items into ``folder`` (memory-mapped images, ``.npy`` labels, the class
-    names last, which marks the folder complete); returns the arrays as ``read_cached`` does. ``shape``
-    None: every image must have the first training image's shape."""
+    names last, which marks the folder complete).
+
+    Args:
+        folder: the cache folder (created).
+        split_items: [(train items, train labels), (test items, test labels)].
+        decode: item -> uint8 H x W x 3 image.
+        shape: every image's shape; None: the first training image's.
+        classes: the class names, in label order.
+    Returns:
+        The arrays, as ``read_cached`` returns them.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> arrays = write_cached(pathlib.Path(tempfile.mkdtemp()), [([1, 2], [0, 1]), ([3], [1])],
+        ...                       lambda i: np.full((2, 2, 3), i, np.uint8), None, ["a", "b"])
+        >>> arrays[0].shape, arrays[3].tolist(), arrays[4]
+        ((2, 2, 2, 3), [1], ('a', 'b'))
+    """
     if shape is None:
         shape = tuple(decode(split_items[0][0][0]).shape)
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,5 +139,13 @@ def write_cached(folder: Path, split_items: Sequence[tuple[Sequence[Any], np.nda
 
 
 def disk_bytes(arrays: tuple) -> int:
-    """Bytes the cached images take on disk (the memory-mapped arrays)."""
+    """Bytes the cached images take on disk (the memory-mapped arrays of ``read_cached``'s tuple).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> arrays = write_cached(pathlib.Path(tempfile.mkdtemp()), [([1], [0]), ([2], [0])],
+        ...                       lambda i: np.zeros((4, 4, 3), np.uint8), (4, 4, 3), ["a"])
+        >>> disk_bytes(arrays)
+        96
+    """
     return int(sum(a.size for a in arrays[:4] if isinstance(a, np.memmap)))
