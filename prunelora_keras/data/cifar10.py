@@ -26,7 +26,7 @@ import numpy as np
 
 from prunelora_keras.data.datasets import Dataset
 from prunelora_keras.errors import UserError
-from prunelora_keras.parallel.multihost import barrier, first_on_process_0, is_writer
+from prunelora_keras.parallel.multihost import first_on_process_0
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # REFERENCE.md: the unlearning and evaluation normalisation, used throughout (also for pretraining).
@@ -205,14 +205,15 @@ def _cached(path: Path, reader, tag: str = "imagefolder") -> tuple:
     In a multi-process job process 0 decodes and writes the cache while the others wait; they then
     read it (or decode for themselves where they cannot see process 0's cache folder)."""
     target = cache_dir() / f"{tag}-{_cache_key(path)}.npz"
-    arrays = None
-    if is_writer():
+
+    def load() -> tuple:
         arrays = _read_cache(target)
         if arrays is None:
             arrays = reader(path)
             _write_cache(target, arrays)
-    barrier("data cache")
-    return arrays if arrays is not None else (_read_cache(target) or reader(path))
+        return arrays
+
+    return first_on_process_0(load, "data cache")
 
 
 def _read_cache(target: Path) -> tuple | None:

@@ -123,16 +123,15 @@ def _file_backed(root: Path, tag: str, split_items: list, shape: tuple[int, int,
     """The decoded images of ``split_items`` ([(train files, labels), (test files, labels)]) as memory-mapped
     arrays in the cache (``image_cache``): decoded once by process 0, read lazily by every process."""
     from prunelora_keras.data.cifar10 import _cache_key, cache_dir
-    from prunelora_keras.parallel.multihost import barrier, is_writer
+    from prunelora_keras.parallel.multihost import first_on_process_0
 
     folder = cache_dir() / f"{tag}-{_cache_key(root)}"
-    if is_writer() and image_cache.read_cached(folder) is None:
-        image_cache.write_cached(folder, split_items, decode, shape, classes)
-    barrier("image cache")
-    arrays = image_cache.read_cached(folder)
-    if arrays is None:  # a process that cannot see process 0's cache folder decodes for itself
-        arrays = image_cache.write_cached(folder, split_items, decode, shape, classes)
-    return arrays
+
+    def load() -> tuple:  # a process that cannot see process 0's cache folder decodes for itself
+        arrays = image_cache.read_cached(folder)
+        return arrays if arrays is not None else image_cache.write_cached(folder, split_items, decode, shape, classes)
+
+    return first_on_process_0(load, "image cache")
 
 
 def read_tinyimagenet(path: str | Path) -> tuple:
