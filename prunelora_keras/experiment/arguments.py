@@ -72,7 +72,8 @@ def list_keys(cfg, sources: str) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m prunelora_keras.run",
-        description="Class-wise machine unlearning (PruneLoRA and baselines) on CIFAR-10 or digits, "
+        description="Class-wise machine unlearning (PruneLoRA and baselines) on image classifiers (CIFAR-10/100, SVHN, "
+                    "TinyImageNet, an image folder, digits), "
                     "with Keras 3 on JAX. Trains the original model, the Retrain baseline and each unlearning "
                     "paradigm (Finetune, Pruned, LoRA, Pruned LoRA), then reports UA, MIA-Efficacy, RA, TA, "
                     "seconds per epoch and peak memory.",
