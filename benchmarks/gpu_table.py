@@ -104,7 +104,8 @@ def render(out: Path) -> str:
     parts = [f"# GPU window: {device(out)}, {date}", "", "## Steps", *steps_table(out), "",
              "## 1. Unlearning epoch time at the paper's model sizes (synthetic 32x32 batches of 128)",
              *timing_table(out), "", "## 2. The pipeline end to end on CIFAR-10 (`gpu-fast` preset)",
-             *pipeline_table(_load(out / "pipeline" / "results.json")), "", "## 3. Many-model pools against sequential training", *pools_table(out)]
+             *pipeline_table(_load(out / "pipeline" / "results.json")), "",
+             "## 3. Many-model pools against sequential training", *pools_table(out)]
     return "\n".join(parts) + "\n"
 
 
