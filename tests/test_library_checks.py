@@ -178,3 +178,14 @@ def test_the_command_warns_about_models_at_chance_in_its_results():
     assert acc == {"original": 99.0, "retrain": 98.0, "pruned": 12.0}  # each method's last column
     lines = chance_warnings(acc, np.arange(900) % 9, warn=False)
     assert len(lines) == 1 and lines[0].startswith("the pruned model is at chance on the retained data (12.0%")
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(relearn_fraction=1.5), r"relearn_fraction must be in \(0, 1\)"),
+    (dict(relearn_forget_share=1.0), r"relearn_forget_share must be in \[0, 1\)"),
+    (dict(relearn_lr=0), "relearn_lr must be > 0"),
+    (dict(relearn_max_steps=-1), "relearn_max_steps must be in 0..1000000"),
+])
+def test_evaluate_refuses_bad_relearn_options_before_any_work(options, message):
+    # no original model given: relearning would not even run, the option is still refused
+    _refused(lambda: plk.evaluate(tiny(), data(16), data(4, seed=2), data(8, seed=3), **options), message)

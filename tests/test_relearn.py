@@ -50,6 +50,22 @@ def test_plan_splits_the_forget_set_once_and_for_all():
         relearn_plan(retain, Subset(forget.x[:1], forget.y[:1]))
 
 
+def test_forget_share_repeats_the_sample_to_that_share_of_the_stream():
+    retain, forget = _data()  # 120 retained, 40 forget images
+    plan = relearn_plan(retain, forget, 0.1, seed=0, forget_share=0.5)
+    once = relearn_plan(retain, forget, 0.1, seed=0)
+    # the same 4 images of D_f, each repeated round(0.5 * 120 / (0.5 * 4)) = 30 times: half the stream
+    assert plan.n_forget_in_stream == 4 and len(plan.stream) == 120 + 4 * 30
+    assert np.sum(plan.stream.y == 3) / len(plan.stream) == 0.5
+    assert {x.tobytes() for x in plan.stream.x[plan.stream.y == 3]} == {x.tobytes() for x in once.stream.x[once.stream.y == 3]}
+    assert np.array_equal(plan.heldout.x, once.heldout.x)  # the share changes the stream, not what is measured
+    assert np.array_equal(plan.stream.x[:120], retain.x)
+    # a share below what one copy already gives: the sample still joins once
+    assert len(relearn_plan(retain, forget, 0.5, seed=0, forget_share=0.01).stream) == 120 + 20
+    with pytest.raises(ValueError, match=r"forget_share must be in \[0, 1\)"):
+        relearn_plan(retain, forget, 0.1, forget_share=1.0)
+
+
 def test_relearn_counts_steps_until_the_target_and_leaves_the_model_alone():
     retain, forget = _data()
     plan = relearn_plan(retain, forget, 0.25, seed=0)

@@ -43,6 +43,7 @@ from prunelora_keras.methods.options import UnlearnConfig, check_unlearn, did_yo
 from prunelora_keras.training.inference import predict_inputs
 from prunelora_keras.models.pruning import PruneResult, prune_units, sparsity_report
 from prunelora_keras.evaluation.relearn import relearn_plan
+from prunelora_keras.evaluation.settings import EvalConfig, check_eval
 from prunelora_keras.training.loop import EpochStats
 from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.methods.prepare import prepare_method
@@ -264,7 +265,7 @@ def user_context(model: keras.Model, retain: tuple[np.ndarray, np.ndarray], forg
 def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, reference: keras.Model | None = None,
              original: keras.Model | None = None, test_forget: Data | None = None, seed: int = 0,
              batch_size: int = 256, relearn_max_steps: int = 200, relearn_fraction: float = 0.1,
-             relearn_lr: float = 1e-3) -> dict[str, Any]:
+             relearn_lr: float = 1e-3, relearn_forget_share: float = 0.0) -> dict[str, Any]:
     """Every metric of an unlearned ``model``, from arrays in the model's own input domain.
 
     Args:
@@ -280,6 +281,8 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         test_forget: held-out samples of the forgotten classes: adds ``probe_forget_acc_test``.
         seed, batch_size: the attacks' and probes' seed; the inference batch.
         relearn_max_steps, relearn_fraction, relearn_lr: the relearning fine-tune.
+        relearn_forget_share: 0: the D_f sample joins D_r's stream once; in (0, 1): it is repeated
+            to about this share of the stream (a D_f-heavy relearning attack, for large D_r).
     Returns:
         {metric: value}: UA, RA, TA, MIA_<attack> and attack_acc_/attack_degenerate_<attack>,
         probe_forget_acc, and where given the reference / original metrics above. Percent,
@@ -294,6 +297,8 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         >>> scores = evaluate(result.model, (x_r, y_r), (x_f, y_f), (x_t, y_t), reference=retrained)  # doctest: +SKIP
         >>> scores["UA"], scores["avg_gap"]  # doctest: +SKIP
     """
+    check_eval(EvalConfig(relearn_max_steps=relearn_max_steps, relearn_fraction=relearn_fraction, relearn_lr=relearn_lr,
+                          relearn_forget_share=relearn_forget_share), where="")  # bad options: refused before any work
     num_classes = require_logits(model)
     sets = {"retain": Subset(*labelled_arrays(retain, "retain", num_classes)),
             "forget": Subset(*labelled_arrays(forget, "forget", num_classes)),
@@ -314,7 +319,7 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         ref.retrain_features = {k: r.features[k] for k in ("forget", "test_retain")}
         rows.append({"paradigm": "retrain", "epochs": 0, **r.metrics})
     if original is not None and relearn_max_steps > 0 and len(sets["forget"]) >= 2:
-        ref.relearn = relearn_plan(sets["retain"], sets["forget"], relearn_fraction, seed)
+        ref.relearn = relearn_plan(sets["retain"], sets["forget"], relearn_fraction, seed, relearn_forget_share)
         ref.relearn_target = accuracy_pct(predict_inputs(original, ref.relearn.heldout.x, batch_size),
                                           ref.relearn.heldout.y) - 10.0
     relearn = {"lr": relearn_lr, "batch_size": 128, "max_steps": relearn_max_steps, "eval_every": 5}

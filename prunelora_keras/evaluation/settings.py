@@ -25,6 +25,8 @@ class EvalConfig:
     # relearn time (relearn.py): Adam on D_r plus this fraction of D_f, steps until the held-out rest of D_f is
     # back at the original's accuracy minus 10 points; capped at relearn_max_steps (0: no relearning)
     relearn_fraction: float = 0.1
+    # 0: the D_f sample joins the stream once; in (0, 1): repeated to about this share of the stream
+    relearn_forget_share: float = 0.0
     relearn_max_steps: int = 200
     relearn_eval_every: int = 5
     relearn_lr: float = 1e-3
@@ -66,6 +68,7 @@ def check_eval(e: EvalConfig, where: str = "eval.") -> EvalConfig:
     checks = [
         (e.mia_members >= 1 and e.mia_nonmembers >= 1, "mia_members and mia_nonmembers must be >= 1"),
         (0 < e.relearn_fraction < 1, "relearn_fraction must be in (0, 1)"),
+        (0 <= e.relearn_forget_share < 1, "relearn_forget_share must be in [0, 1) (0: the D_f sample joins the stream once)"),
         (0 <= e.relearn_max_steps <= 1_000_000, "relearn_max_steps must be in 0..1000000 (0: no relearning)"),
         (e.relearn_eval_every >= 1, "relearn_eval_every must be >= 1"),
         (e.relearn_lr > 0, "relearn_lr must be > 0"),

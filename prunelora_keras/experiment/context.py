@@ -88,7 +88,7 @@ def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, c
     e = cfg.eval
     if e.relearn_max_steps <= 0 or len(split.forget) < 2:
         return Reference()
-    plan = relearn_plan(split.retain, split.forget, e.relearn_fraction, cfg.seed)
+    plan = relearn_plan(split.retain, split.forget, e.relearn_fraction, cfg.seed, e.relearn_forget_share)
     start = accuracy_pct(predict_logits(original, plan.heldout.x, ds.preprocess, cfg.data.eval_batch_size),
                          plan.heldout.y)
     return Reference(relearn=plan, relearn_target=start - RELEARN_MARGIN)
