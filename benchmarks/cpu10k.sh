@@ -10,6 +10,8 @@
 #                     forget class's row was pruned; L2 pruning zeroes the same rows whatever the class).
 #   methods-<model>   the baselines from the literature at their defaults (10 epochs), beside main-<model>'s Retrain
 #                     (METHODS=retrain,salun,scrub: the ResNet-18 table in docs/results.md)
+#   relearn-<model>   the relearn test with the D_f sample at half the stream (eval.relearn_forget_share=0.5):
+#                     Retrain, Finetune, Pruned LoRA and SCRUB (METHODS) beside main-<model>'s Retrain
 #   intended-vit      LoRA and Pruned LoRA with adapters on every attention out-projection and the head (the
 #                     paper's intent; the reference ran the head's alone), beside main-vit's Retrain
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/cpu10k.sh main-resnet18 main-vit headrow-vit
@@ -60,7 +62,16 @@ for step in "$@"; do
         --set unlearn.vit_lora_targets=intended --out "$runs/cpu10k-vit-intended" > "$res/cpu10k-vit-intended.log" 2>&1
       cp "$runs/cpu10k-vit-intended/results.json" "$res/cpu10k-vit-intended-results.json"
       ;;
-    *) echo "error: unknown step $step: use main-<model>, headrow-<model>, methods-<model> or intended-vit" >&2; exit 2 ;;
+    relearn-*)
+      # the relearn test with the D_f sample repeated to half the stream (eval.relearn_forget_share): at the
+      # default (100 images of D_f among 9,000, joined once) every model of main-<model> hit the 200-step cap
+      link_original "$runs/cpu10k-$model" "$runs/cpu10k-$model-relearn"
+      ln -f "$runs/cpu10k-$model"/checkpoints/retrain-* "$runs/cpu10k-$model-relearn/checkpoints/"
+      "${run[@]}" --model "$model" --paradigms "${METHODS:-retrain,finetune,pruned_lora,scrub}" --epochs 10 \
+        --set eval.relearn_forget_share=0.5 --out "$runs/cpu10k-$model-relearn" > "$res/cpu10k-$model-relearn.log" 2>&1
+      cp "$runs/cpu10k-$model-relearn/results.json" "$res/cpu10k-$model-relearn-results.json"
+      ;;
+    *) echo "error: unknown step $step: use main-<model>, headrow-<model>, methods-<model>, relearn-<model> or intended-vit" >&2; exit 2 ;;
   esac
   echo "$(date -u +%FT%TZ) $step wall_s=$(( $(date +%s) - start ))" >> "$res/cpu10k-wall.txt"
 done
