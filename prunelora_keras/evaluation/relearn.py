@@ -78,7 +78,8 @@ def relearn_plan(retain: Subset, forget: Subset, fraction: float = 0.1, seed: in
     order = np.random.default_rng([seed, 86028121]).permutation(len(forget))
     pick, rest = np.sort(order[:k]), np.sort(order[k:])
     repeats = max(1, round(forget_share * len(retain) / ((1 - forget_share) * k))) if forget_share else 1
-    pick_x, pick_y = np.tile(forget.x[pick], (repeats,) + (1,) * (forget.x.ndim - 1)), np.tile(forget.y[pick], repeats)
+    pick_x, pick_y = np.asarray(forget.x[pick]), np.asarray(forget.y[pick])  # a lazy ``Rows`` reads its rows here
+    pick_x, pick_y = np.tile(pick_x, (repeats,) + (1,) * (pick_x.ndim - 1)), np.tile(pick_y, repeats)
     stream = Subset(np.concatenate([retain.x, pick_x]), np.concatenate([retain.y, pick_y]))
     return RelearnPlan(stream, Subset(forget.x[rest], forget.y[rest]), k)
 
