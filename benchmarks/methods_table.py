@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import sys
 
-NAMES = {"retrain": "Retrain", "finetune": "Finetune", "pruned": "Pruned", "lora": "LoRA", "pruned_lora": "Pruned LoRA",
-         "ga": "GA", "rl": "RL", "l1_sparse": "l1-sparse", "salun": "SalUn", "neggrad_plus": "NegGrad+", "scrub": "SCRUB",
-         "ssd": "SSD", "bad_teacher": "Bad Teacher", "msg": "MSG"}
+from prunelora_keras.methods.registry import label  # the report's own method labels
 
 
 def render(results: dict) -> str:
+    """The markdown table of ``results`` (a run's results.json, parsed), then the original's UA and probe."""
     final: dict[str, dict] = {}
     for r in results["rows"]:
         if r.get("status", "ok") == "ok" and r["epochs"] >= final.get(r["paradigm"], {"epochs": -1})["epochs"]:
@@ -25,7 +24,7 @@ def render(results: dict) -> str:
     lines = ["| method | UA | MIA (conf, SVC) | RA | TA | Avg. Gap | probe on held-out D_f | CKA D_f | RTE s/epoch |",
              "|---" * 9 + "|"]
     for name, r in sorted(final.items(), key=lambda kv: (kv[0] != "retrain", kv[1]["avg_gap"])):
-        lines.append(f"| {NAMES.get(name, name)} | {r['UA']:.1f} | {r['MIA_confidence_svc']:.1f} | {r['RA']:.1f} | "
+        lines.append(f"| {label(name)} | {r['UA']:.1f} | {r['MIA_confidence_svc']:.1f} | {r['RA']:.1f} | "
                      f"{r['TA']:.1f} | {r['avg_gap']:.2f} | {r.get('probe_forget_acc', float('nan')):.1f} | "
                      f"{r.get('cka_forget', float('nan')):.3f} | {r['rte_s']:.1f} |")
     original = results.get("original", {})
