@@ -124,3 +124,20 @@ def test_syncing_mid_fit_never_hands_the_model_a_donated_buffer():
         assert np.all(np.isfinite(w))
     trainer.fit(retain.x, retain.y, 1, 16, first_epoch=4)
     assert all(np.all(np.isfinite(np.asarray(v.value))) for v in model.variables)
+
+
+def test_the_command_measures_relearn_at_the_largest_epoch_count_only(tmp_path):
+    """The relearn fine-tune costs more than the rest of an evaluation; the report shows it at each
+    method's largest epoch count, so the smaller counts' rows must not pay for it."""
+    import json
+
+    from prunelora_keras.experiment.run import main
+
+    out = tmp_path / "run"
+    assert main(["--model", "vit", "--preset", "quick", "--paradigms", "retrain,finetune", "--epochs", "1,2",
+                 "--set", "pretrain.epochs=1", "--set", "model.depth=1", "--set", "model.dim=16",
+                 "--set", "model.mlp_dim=16", "--set", "eval.relearn_max_steps=2", "--out", str(out)]) == 0
+    rows = {(r["paradigm"], r["epochs"]): r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert "relearn_steps" not in rows[("finetune", 1)] and "probe_forget_acc" in rows[("finetune", 1)]
+    assert rows[("finetune", 2)]["relearn_steps"] >= 0 and "relearn_capped" in rows[("finetune", 2)]
+    assert all("relearn_steps" in rows[("retrain", e)] for e in (1, 2))  # one model, one evaluation

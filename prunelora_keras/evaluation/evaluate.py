@@ -39,6 +39,11 @@ class Reference:
     relearn: RelearnPlan | None = None
     relearn_target: float | None = None
 
+    def without_relearn(self) -> "Reference":
+        """The same comparison without the relearn test (its fine-tune costs more than the rest of
+        an evaluation: the pipeline measures it at each method's largest epoch count only)."""
+        return Reference(retrain_features=self.retrain_features)
+
 
 @dataclass
 class Evaluation:

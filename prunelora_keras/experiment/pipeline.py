@@ -105,7 +105,9 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
                  reference: Reference | None = None) -> tuple[list[dict[str, Any]], dict[str, np.ndarray] | None]:
     """Train one paradigm for max(epochs) epochs on D_r, evaluating at every requested epoch count.
 
-    ``reference``: Retrain's features and the relearning plan every row is measured against.
+    ``reference``: Retrain's features and the relearning plan every row is measured against (the
+    relearn test runs at the largest epoch count only: the report shows it there, and its fine-tune
+    would otherwise cost more than the rest of every evaluation).
 
     With ``out_dir``, the paradigm's epoch-end state goes to ``checkpoints/<name>-<key>.state.npz``
     (a re-run resumes from it) and its finished rows to ``paradigms/<name>-<key>.json`` (a re-run
@@ -139,7 +141,9 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
         history.append(stats)
         if stats.epoch in u.epochs:
             eval_model = evaluation_model(recipe.eval_model())
-            evaluation = evaluate_model(eval_model, split, ds, cfg, reference)
+            # the relearn test (a 200-step fine-tune: most of an evaluation's time) at the largest count only
+            last = stats.epoch == total or reference is None
+            evaluation = evaluate_model(eval_model, split, ds, cfg, reference if last else reference.without_relearn())
             metrics, last_losses = evaluation.metrics, evaluation.losses
             rows.append({"paradigm": name, "epochs": stats.epoch, **metrics, **diagnostics,
                          "rte_s": _mean_seconds(history, stats.epoch),
