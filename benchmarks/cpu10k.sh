@@ -75,7 +75,8 @@ for step in "$@"; do
       ;;
     vit-20k)
       # the data lever for the ViT (at 10,000 images it stays under 60% test accuracy): 20,000 training
-      # images, 25 epochs of pretraining and Retrain (the same steps as 50 at 10,000), the paper's pipeline
+      # images, 25 epochs of pretraining and Retrain (the same steps as 50 at 10,000), the paper's pipeline;
+      # the log is appended to: the committed one begins with the original's training, run as its own command
       "${run[@]}" --model vit --set data.train_size=20000 --set pretrain.epochs=25 --out "$runs/cpu10k-vit-20k" \
         >> "$res/cpu10k-vit-20k.log" 2>&1
       cp "$runs/cpu10k-vit-20k/results.json" "$res/cpu10k-vit-20k-results.json"

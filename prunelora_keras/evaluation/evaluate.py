@@ -9,6 +9,7 @@ the relearn time (``relearn.py``, which trains a copy of the model).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +43,7 @@ class Reference:
     def without_relearn(self) -> "Reference":
         """The same comparison without the relearn test (its fine-tune costs more than the rest of
         an evaluation: the pipeline measures it at each method's largest epoch count only)."""
-        return Reference(retrain_features=self.retrain_features)
+        return dataclasses.replace(self, relearn=None, relearn_target=None)
 
 
 @dataclass
