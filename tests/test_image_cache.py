@@ -66,7 +66,7 @@ def test_a_folder_is_decoded_once_into_memory_maps_and_split_into_lazy_views(tmp
     assert len(cached) == 1 and image_cache.disk_bytes(readers.image_cache.read_cached(cached[0])) == 48 * 8 * 8 * 3
     assert json.loads((cached[0] / "classes.json").read_text()) == ["c0", "c1", "c2", "c3"]
     # a second load reads the cache and decodes nothing
-    monkeypatch.setattr(readers, "_decode", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(readers, "decode_image", lambda *a: pytest.fail("decoded again"))
     again = sources.load_dataset(f"folder:{root}")
     np.testing.assert_array_equal(np.asarray(again.x_train), np.asarray(ds.x_train))
     split = make_split(ds, 1, train_size=30, test_size=6, seed=3)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from prunelora_keras.data.datasets import Dataset
+from prunelora_keras.data.images import decode_image, is_image, report_skipped
 from prunelora_keras.errors import UserError
 from prunelora_keras.parallel.multihost import first_on_process_0
 
@@ -32,7 +33,6 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # REFERENCE.md: the unlearning and evaluation normalisation, used throughout (also for pretraining).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 # What a damaged archive raises while it is read: tarfile/zipfile errors, a truncated or corrupt
 # gzip/xz/deflate stream, and zip features we cannot read (encryption, unknown compression).
@@ -48,12 +48,18 @@ def cache_dir() -> Path:
 
 
 def _cache_key(path: Path) -> str:
-    """Identity of a source: its absolute path, and size+mtime of it (or of every file under it)."""
+    """Identity of a source: its absolute path, and size+mtime of it (or of every file under it), and the
+    name of every folder under it: class names come from folders, so removing an empty class folder (as a
+    reader's error advises) must miss the cache that still names that class."""
     h = hashlib.sha256(str(path.resolve()).encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.relative_to(path) if f != path else ''}:{st.st_size}:{st.st_mtime_ns}".encode())
+    entries = [path] if path.is_file() else sorted(path.rglob("*"))
+    for f in entries:
+        rel = f.relative_to(path) if f != path else ""
+        if f.is_dir():
+            h.update(f"{rel}/".encode())
+        elif f.is_file():
+            st = f.stat()
+            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
@@ -62,21 +68,6 @@ def _label_order(class_names: list[str]) -> list[str]:
     if set(class_names) == set(CIFAR10_CLASSES):
         return list(CIFAR10_CLASSES)
     return sorted(class_names)
-
-
-def _decode(data: bytes, where: str) -> np.ndarray:
-    """One image file -> H x W x 3 uint8; a damaged or non-image file is a ``UserError`` naming it."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise UserError(f"cannot decode image {where}: the file is corrupt or truncated, or not a JPEG/PNG; "
-                        "replace or remove it") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise UserError(f"cannot decode image {where} ({exc}): the file is corrupt or truncated; "
-                        "replace or remove it") from None
 
 
 def _assemble(items: dict[str, dict[str, list[tuple[str, bytes]]]], source: str) -> tuple:
@@ -98,7 +89,7 @@ def _assemble(items: dict[str, dict[str, list[tuple[str, bytes]]]], source: str)
         xs, ys = [], []
         for label, cls in enumerate(names):
             for name, data in sorted(items[split][cls]):
-                xs.append(_decode(data, f"{source}:{name}"))
+                xs.append(decode_image(data, f"{source}:{name}"))
                 ys.append(label)
         shapes = {x.shape for x in xs}
         if len(shapes) != 1:
@@ -117,38 +108,50 @@ def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
 
 def _read_image_folder(root: Path) -> tuple:
     items: dict = {"train": {}, "test": {}}
+    skipped = []
     for path in sorted(root.rglob("*")):
-        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-            rel = path.relative_to(root)
-            key = _split_class(rel.parts)
-            if key:
-                try:
-                    payload = path.read_bytes()
-                except OSError as exc:
-                    raise UserError(f"cannot read image {path} ({exc.__class__.__name__}): check its permissions") from None
-                items[key[0]].setdefault(key[1], []).append((str(rel), payload))
+        rel = path.relative_to(root)
+        key = _split_class(rel.parts)
+        if key and path.is_file():
+            if not is_image(path.name):
+                skipped.append(str(rel))
+                continue
+            try:
+                payload = path.read_bytes()
+            except OSError as exc:
+                raise UserError(f"cannot read image {path} ({exc.__class__.__name__}): check its permissions") from None
+            items[key[0]].setdefault(key[1], []).append((str(rel), payload))
+    report_skipped(skipped, str(root))
     return _assemble(items, str(root))
 
 
 def _read_archive(path: Path) -> tuple:
     items: dict = {"train": {}, "test": {}}
+    skipped = []
     name = path.name.lower()
     try:
         if name.endswith(".zip"):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
                     key = _split_class(tuple(Path(info.filename).parts))
-                    if key and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
-                        items[key[0]].setdefault(key[1], []).append((info.filename, zf.read(info)))
+                    if key and not info.is_dir():
+                        if is_image(info.filename):
+                            items[key[0]].setdefault(key[1], []).append((info.filename, zf.read(info)))
+                        else:
+                            skipped.append(info.filename)
         else:
             with tarfile.open(path, "r:*") as tf:
                 for member in tf:
                     key = _split_class(tuple(Path(member.name).parts))
-                    if member.isfile() and key and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-                        items[key[0]].setdefault(key[1], []).append((member.name, tf.extractfile(member).read()))
+                    if member.isfile() and key:
+                        if is_image(member.name):
+                            items[key[0]].setdefault(key[1], []).append((member.name, tf.extractfile(member).read()))
+                        else:
+                            skipped.append(member.name)
     except ARCHIVE_ERRORS as exc:
         raise UserError(f"cannot read archive {path} ({exc.__class__.__name__}: {exc}): the file is corrupt, "
                         "truncated or not a tar/zip archive; download it again") from None
+    report_skipped(skipped, str(path))
     return _assemble(items, str(path))
 
 

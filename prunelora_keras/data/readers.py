@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 import tarfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from prunelora_keras.data import image_cache
-from prunelora_keras.data.cifar10 import ARCHIVE_ERRORS, IMAGE_SUFFIXES, _ArrayUnpickler
+from prunelora_keras.data.cifar10 import ARCHIVE_ERRORS, _ArrayUnpickler
+from prunelora_keras.data.images import decode_image, is_image, report_skipped
 from prunelora_keras.errors import UserError
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)  # the statistics the field's CIFAR-100 code bases normalise with
@@ -26,6 +28,7 @@ CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/ (train_32x32.mat, test_32x32.mat)"
 TINYIMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 FOLDER_TEST_FRACTION = 0.2
+TEST_SPLIT_NAMES = ("test", "val", "valid")  # the test split of a train/ tree, first found wins
 
 
 def _unpickle(data: bytes, where: str) -> dict:
@@ -105,19 +108,6 @@ def read_svhn(path: str | Path) -> tuple:
     return (*arrays, tuple(str(i) for i in range(10)))
 
 
-def _decode(data: bytes, where: str, size: int = 0) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        image = Image.open(io.BytesIO(data)).convert("RGB")
-        if size:
-            image = image.resize((size, size), Image.BILINEAR)
-        return np.asarray(image, np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"cannot decode image {where} ({exc.__class__.__name__}): the file is damaged or not an "
-                        "image") from None
-
-
 def _file_backed(root: Path, tag: str, split_items: list, shape: tuple[int, int, int] | None, classes: Sequence[str],
                  decode: Callable[[Path], np.ndarray]) -> tuple:
     """The decoded images of ``split_items`` ([(train files, labels), (test files, labels)]) as memory-mapped
@@ -156,7 +146,7 @@ def read_tinyimagenet(path: str | Path) -> tuple:
     xs, ys = [], []
     for wnid in wnids:
         for file in sorted((root / "train" / wnid / "images").glob("*")):
-            if file.suffix.lower() in (*IMAGE_SUFFIXES, ".jpeg"):
+            if is_image(file.name):
                 xs.append(file)
                 ys.append(index[wnid])
     xt, yt = [], []
@@ -175,33 +165,84 @@ def read_tinyimagenet(path: str | Path) -> tuple:
         raise UserError(f"{root} holds no {'training' if not xs else 'validation'} images: expected "
                         "train/<wnid>/images/*.JPEG and val/images/*.JPEG")
     return _file_backed(root, "tinyimagenet", [(xs, ys), (xt, yt)], (64, 64, 3), [words.get(w, w) for w in wnids],
-                        lambda f: _decode(f.read_bytes(), str(f), 64))
+                        lambda f: decode_image(f.read_bytes(), str(f), 64))
+
+
+def _folder_layout(root: Path) -> list[Path]:
+    """The split folders of an image tree: [train, test] for ``train/`` beside ``test/``, ``val/`` or
+    ``valid/`` (the first that exists: the ImageNet and Imagenette layouts name the test split ``val``),
+    else [root] (class folders at the top)."""
+    if not (root / "train").is_dir():
+        return [root]
+    tests = [root / name for name in TEST_SPLIT_NAMES if (root / name).is_dir()]
+    if not tests:
+        raise UserError(f"folder:{root} has train/ but no {'/, '.join(TEST_SPLIT_NAMES)}/ beside it: add the test split "
+                        "as one of those, or put the class folders at the top level")
+    if len(tests) > 1:
+        print(f"folder:{root}: {tests[0].name}/ is the test set ({', '.join(t.name + '/' for t in tests[1:])} not read)",
+              file=sys.stderr, flush=True)
+    return [root / "train", tests[0]]
+
+
+def _class_images(folder: Path, skipped: list[str]) -> tuple[list[str], list[tuple[str, Path]]]:
+    """The class folders of ``folder`` and their images, sorted; what is not an image goes to ``skipped``.
+
+    A class folder that holds folders, or holds no image, is refused: read as classes, such a tree
+    (a split layout this reader does not know, or a stray folder) would give wrong classes without a word."""
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    skipped += [str(p) for p in sorted(folder.iterdir()) if p.is_file()]
+    items = []
+    for c in classes:
+        entries = sorted((folder / c).iterdir())
+        nested = [p.name for p in entries if p.is_dir()]
+        if nested:
+            raise UserError(f"folder:{folder}: class folder {c!r} holds folders ({', '.join(nested[:3])}): expected "
+                            f"images in <class>/ directly, with <class>/ at the top or in train/ and test/ (or val/)")
+        images = [p for p in entries if p.is_file() and is_image(p.name)]
+        skipped += [str(p) for p in entries if p.is_file() and not is_image(p.name)]
+        if not images:
+            raise UserError(f"folder:{folder}: class folder {c!r} holds no images: add images to it or remove it")
+        items += [(c, f) for f in images]
+    if not classes:
+        raise UserError(f"folder:{folder} holds no class folders: expected {folder}/<class>/*.jpg (or .png, .webp, ...)")
+    return classes, items
 
 
 def read_folder(path: str | Path, image_size: int = 0, seed: int = 0) -> tuple:
-    """Any image tree: ``train/<class>/*`` and ``test/<class>/*``, or ``<class>/*`` alone (then a seeded,
-    stratified fifth is the test set). Images are resized to ``image_size`` x ``image_size`` (0: kept
-    as they are, which must then be one size).
+    """Any image tree: ``train/<class>/*`` beside ``test/<class>/*`` (or ``val/``, ``valid/``), or
+    ``<class>/*`` alone (then a seeded, stratified fifth is the test set). Images are resized to
+    ``image_size`` x ``image_size`` (0: kept as they are, which must then be one size).
+
+    Every format Pillow decodes is read (``images.IMAGE_SUFFIXES``); any other file in the tree is named
+    on stderr with a count. A class folder holding folders, or no image, is refused in one line.
 
     File-backed: decoded once into memory-mapped arrays (``image_cache``; on disk, N x H x W x 3 bytes)
-    and read lazily, so a folder larger than memory trains."""
+    and read lazily, so a folder larger than memory trains.
+
+    Args:
+        path: the tree's root folder.
+        image_size: the side images are resized to; 0 keeps their size.
+        seed: the seed of the train/test cut of a tree without a test split.
+    Returns:
+        (x_train, y_train, x_test, y_test, class_names), images memory-mapped, labels by sorted class name.
+    Raises:
+        UserError: a missing folder, an unknown layout, an empty class, a damaged image.
+
+    Example:
+        >>> x, y, x_test, y_test, names = read_folder("pets", image_size=32)  # doctest: +SKIP
+    """
     from sklearn.model_selection import train_test_split
 
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UserError(f"folder:{root} is not a folder: expected <class>/<image> (or train/ and test/ of that)")
-    splits = [root / "train", root / "test"] if (root / "train").is_dir() and (root / "test").is_dir() else [root]
-    read = []
-    for folder in splits:
-        classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-        items = [(c, f) for c in classes for f in sorted((folder / c).rglob("*"))
-                 if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
-        if not items:
-            raise UserError(f"folder:{folder} holds no images in class folders: expected {folder}/<class>/*.jpg or .png")
-        read.append((classes, items))
+    skipped: list[str] = []
+    read = [_class_images(folder, skipped) for folder in _folder_layout(root)]
+    report_skipped(skipped, f"folder:{root}")
     names = read[0][0]
     if len(read) == 2 and read[1][0] != names:
-        raise UserError(f"folder:{root}: train/ and test/ hold different classes; they must hold the same")
+        raise UserError(f"folder:{root}: train/ and {_folder_layout(root)[1].name}/ hold different classes; they must "
+                        "hold the same")
     split_items = [([f for _, f in items], np.asarray([names.index(c) for c, _ in items], np.int32))
                    for _, items in read]
     if len(read) == 1:
@@ -213,7 +254,7 @@ def read_folder(path: str | Path, image_size: int = 0, seed: int = 0) -> tuple:
         tr, te = train_test_split(np.arange(len(y)), test_size=FOLDER_TEST_FRACTION, stratify=y, random_state=seed)
         split_items = [([files[i] for i in tr], y[tr]), ([files[i] for i in te], y[te])]
     return _file_backed(root, f"folder{image_size}-seed{seed}", split_items, None, names,
-                        lambda f: _decode(f.read_bytes(), str(f), image_size))
+                        lambda f: decode_image(f.read_bytes(), str(f), image_size))
 
 
 def read_tfds(name: str) -> tuple:

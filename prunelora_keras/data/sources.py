@@ -73,8 +73,13 @@ def load_dataset(name: str, data_dir: str = "", *, labels: str = "fine", image_s
         ds = load_cifar10(data_dir, name)
     elif name == "cifar100":
         path = _needs_dir(name, data_dir, f"the python release {readers.CIFAR100_URL}, its folder or an image-folder tree")
-        arrays = (readers.read_cifar100(path, labels) if path.is_file() or not (path / "train").is_dir()
-                  else read_cifar10_dir(path))
+        if path.is_file() or not (path / "train").is_dir():
+            arrays = readers.read_cifar100(path, labels)
+        elif labels != "fine":  # a tree's folders are its classes: it has no second, coarse labelling
+            raise UserError(f"--data-dir {path} is an image-folder tree, which holds one label per image (its folder): "
+                            f"data.labels={labels} needs CIFAR-100's python release ({readers.CIFAR100_URL})")
+        else:
+            arrays = read_cifar10_dir(path)
         ds = Dataset(f"cifar100-{labels}" if labels != "fine" else "cifar100", *arrays, readers.CIFAR100_MEAN,
                      readers.CIFAR100_STD)
     elif name in ("svhn", "tinyimagenet") or name.startswith(("folder:", "tfds:")):
