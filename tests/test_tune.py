@@ -183,3 +183,19 @@ def test_the_study_loop_is_seeded_resumes_after_a_kill_and_starts_from_the_defau
     resumed = study(tmp_path / "c.journal", 5)
     assert [t["params"] for t in resumed] == [t["params"] for t in whole]
     assert [t["params"] for t in study(tmp_path / "d.journal", 5, seed=1)][1:] != [t["params"] for t in whole][1:]
+
+
+def test_a_search_resumed_with_another_space_is_refused_not_mixed_into_the_old_study(tmp_path):
+    import json
+
+    from prunelora_keras.experiment.tune_args import describe, request
+    from prunelora_keras.errors import UserError
+
+    out = tmp_path / "s"
+    first = request([*TINY, "--method", "ga", "--space", "lr", "--out", str(out)])
+    out.mkdir()
+    (out / "tune.json").write_text(json.dumps({"settings": describe(first)}))
+    tune.check_folder(first)  # the same request resumes
+    tune.check_folder(request([*TINY, "--method", "ga,salun", "--space", "lr", "--out", str(out)]))  # a method added
+    with pytest.raises(UserError, match="holds a search of ga over another space \\(lr; now lr, epochs\\)"):
+        tune.check_folder(request([*TINY, "--method", "ga", "--space", "lr,epochs", "--out", str(out)]))

@@ -189,11 +189,17 @@ def check_folder(req: TuneRequest) -> None:
     saved = out / "tune.json"
     if saved.is_file():
         old = json.loads(saved.read_text()).get("settings", {})
-        mine = describe(req)
+        mine = json.loads(json.dumps(describe(req)))  # as tune.json holds it: tuples as lists
         keep = ("model", "preset", "objective", "validation_fraction", "config", "max_epochs")
         diff = [k for k in keep if old.get(k) != mine.get(k)]
         if diff:
             raise UserError(f"{out} holds a search with another {diff[0]}: choose another --out (or delete it)")
+        # a method searched before keeps its space: trials drawn from two spaces would share one study
+        for method, space in mine["spaces"].items():
+            before = old.get("spaces", {}).get(method)
+            if before is not None and before != space:
+                raise UserError(f"{out} holds a search of {method} over another space ({', '.join(before) or 'none'}; "
+                                f"now {', '.join(space)}): pass the same --space, or choose another --out")
 
 
 def run(req: TuneRequest) -> dict[str, Any]:
