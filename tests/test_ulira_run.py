@@ -124,6 +124,14 @@ def test_the_library_attacks_a_users_own_model_and_its_members_are_the_pools():
         plk.ulira(build, x, y, candidates, methods=["lora", "finetune"], shadows=6, pretrain=recipe, rank=4)
     with pytest.raises(ValueError, match="at least one candidate"):
         plk.ulira(build, x, y, np.ones(len(y), bool), methods=["finetune"], shadows=6, pretrain=recipe)
+    def never(name, make_pool, epochs, inputs):
+        pytest.fail("a bad option must be refused before any pool trains")
+
+    for bad, message in (({"retain_sample": 0}, "retain_sample must be an integer >= 1, got 0"),
+                         ({"retain_sample": 2.5}, "retain_sample must be an integer >= 1"),
+                         ({"bootstrap": -1}, "bootstrap must be an integer >= 0")):
+        with pytest.raises(ValueError, match=message):
+            plk.ulira(build, x, y, candidates, methods=["finetune"], shadows=6, pretrain=recipe, run_pool=never, **bad)
 
 
 def test_members_whose_steps_differ_train_one_after_another_each_as_its_single_run():

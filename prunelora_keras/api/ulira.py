@@ -180,8 +180,8 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
     Returns:
         ``ULiRAReport``.
     Raises:
-        ValueError: S odd or < 6, no candidate or nothing else, labels outside the classes, an
-            unknown method or option (all before anything trains).
+        ValueError: S odd or < 6, no candidate or nothing else, labels outside the classes,
+            ``retain_sample`` < 1, ``bootstrap`` < 0, an unknown method or option (all before anything trains).
 
     Example:
         >>> report = plk.ulira(build, x, y, y == 3, methods=["lora"], shadows=8,
@@ -197,6 +197,11 @@ def ulira(build_model: Callable[[int], keras.Model], x: np.ndarray, y: np.ndarra
     if shadows < 6 or shadows % 2:
         raise ValueError(f"shadows must be an even number >= 6, got {shadows}: with the target's pair held out, "
                          "each example needs two more shadows on each side to fit a Gaussian")
+    if isinstance(retain_sample, bool) or not isinstance(retain_sample, (int, np.integer)) or retain_sample < 1:
+        raise ValueError(f"retain_sample must be an integer >= 1, got {retain_sample!r}: the retain-side test attacks "
+                         "that many retained examples")
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, (int, np.integer)) or bootstrap < 0:
+        raise ValueError(f"bootstrap must be an integer >= 0 (0: no confidence interval), got {bootstrap!r}")
     methods = [m for m in methods if m != "retrain"]
     if context is None:  # every method's options checked before anything trains
         from prunelora_keras.api.library import unlearn_options
