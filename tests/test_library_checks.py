@@ -189,3 +189,29 @@ def test_the_command_warns_about_models_at_chance_in_its_results():
 def test_evaluate_refuses_bad_relearn_options_before_any_work(options, message):
     # no original model given: relearning would not even run, the option is still refused
     _refused(lambda: plk.evaluate(tiny(), data(16), data(4, seed=2), data(8, seed=3), **options), message)
+
+
+@pytest.mark.filterwarnings("ignore::prunelora_keras.api.checks.ChanceLevelWarning")  # an untrained model
+def test_evaluate_sets_the_forgotten_classs_test_samples_aside_and_says_so():
+    """The whole test set, as the README's snippet passes it: the forgotten class's test samples leave TA and
+    the attacks and become held-out D_f, exactly as if the user had split them (issue 39: TA was 84.2 with
+    them, 93.8 without, on one model)."""
+    model = tiny()
+    x, y = data(64)
+    retain, forget = (x[y != 2], y[y != 2]), (x[y == 2], y[y == 2])
+    xt, yt = data(40, seed=7)
+    whole = plk.evaluate(model, retain, forget, (xt, yt), relearn_max_steps=0)
+    split = plk.evaluate(model, retain, forget, (xt[yt != 2], yt[yt != 2]), test_forget=(xt[yt == 2], yt[yt == 2]),
+                         relearn_max_steps=0)
+    assert whole["notes"] == ["test: 10 samples of the forgotten class(es) 2 left out of TA and the attacks "
+                              "(held-out D_f)"] and split["notes"] == []
+    assert whole["test_size"] == split["test_size"] == 30
+    for key in ("TA", "UA", "RA", "MIA_confidence_svc", "probe_forget_acc_test"):
+        assert whole[key] == split[key], key
+    kept = yt != 2
+    predicted = np.argmax(model.predict(xt[kept], verbose=0), -1)
+    assert whole["TA"] == pytest.approx(100 * np.mean(predicted == yt[kept]))  # numpy on the remaining classes
+    # random forgetting (every class still in D_r): nothing is set aside
+    assert plk.evaluate(model, (x, y), (x[:4], y[:4]), (xt, yt), relearn_max_steps=0)["test_size"] == 40
+    _refused(lambda: plk.evaluate(model, retain, forget, (xt[yt == 2], yt[yt == 2])),
+             "test holds only samples of the forgotten classes")

@@ -28,7 +28,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from prunelora_keras.api.checks import chance_warnings, labelled_arrays, require_epochs, require_logits
+from prunelora_keras.api.checks import (chance_warnings, forgotten_classes, labelled_arrays, require_epochs,
+                                        require_logits, split_test)
 from prunelora_keras.api.targets import FoundTargets, find_targets  # noqa: F401  (re-exported: plk.find_targets)
 from prunelora_keras.models.layers import FlatDense, PointwiseConv2D
 from prunelora_keras.data.augment import Preprocess
@@ -271,8 +272,10 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
     Args:
         model: the model to score (not modified).
         retain, forget: D_r and D_f, as given to ``unlearn``.
-        test: held-out data of the retained distribution (class-wise: the remaining classes' test
-            samples): TA, and the attacks' non-members.
+        test: held-out data: TA, and the attacks' non-members. The whole test set may be passed: the
+            samples of classes that D_f holds and D_r lacks (class-wise forgetting) are left out of TA
+            and the attacks (a forgotten class scores 0 by design) and, unless ``test_forget`` is given,
+            serve as held-out D_f; ``"notes"`` says so, ``"test_size"`` counts what TA was taken on.
         reference: a model retrained without D_f: adds Avg. Gap and ToW (the distance to it) and
             CKA of the penultimate features on D_f and on ``test`` (``cka_forget``, ``cka_retain``).
         original: the model before unlearning: adds relearn time (``relearn_steps``: fine-tuning
@@ -288,7 +291,8 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         probe_forget_acc, and where given the reference / original metrics above. Percent,
         except CKA in [0, 1] and ToW in [0, 1]. ``"warnings"``: one line per model (unlearned,
         reference, original) within a few points of chance on D_r (``checks.chance_warnings``,
-        also issued as a ``ChanceLevelWarning``): its scores say nothing.
+        also issued as a ``ChanceLevelWarning``): its scores say nothing. ``"notes"``: what was
+        done to the inputs (the forgotten classes' test samples set aside); ``"test_size"``.
     Raises:
         ValueError: as ``unlearn`` (probability outputs of any of the models, bad labels, empty
             sets), or a reference/original with another number of classes.
@@ -301,10 +305,14 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
                           relearn_forget_share=relearn_forget_share), where="")  # bad options: refused before any work
     num_classes = require_logits(model)
     sets = {"retain": Subset(*labelled_arrays(retain, "retain", num_classes)),
-            "forget": Subset(*labelled_arrays(forget, "forget", num_classes)),
-            "test_retain": Subset(*labelled_arrays(test, "test", num_classes))}
+            "forget": Subset(*labelled_arrays(forget, "forget", num_classes))}
+    kept, gone, note = split_test(*labelled_arrays(test, "test", num_classes),
+                                  forgotten_classes(sets["retain"].y, sets["forget"].y))
+    sets["test_retain"] = Subset(*kept)
     if test_forget is not None:
         sets["test_forget"] = Subset(*labelled_arrays(test_forget, "test_forget", num_classes))
+    elif gone is not None:
+        sets["test_forget"] = Subset(*gone)
     sample = sets["retain"].x[:32]
     require_logits(model, sample)
     for what, other in (("reference", reference), ("original", original)):
@@ -332,4 +340,6 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
     if original is not None:
         retain_acc["original"] = accuracy_pct(predict_inputs(original, sets["retain"].x, batch_size), sets["retain"].y)
     metrics["warnings"] = chance_warnings(retain_acc, sets["retain"].y)
+    metrics["notes"] = [note] if note else []
+    metrics["test_size"] = len(sets["test_retain"])
     return metrics
