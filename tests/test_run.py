@@ -253,6 +253,39 @@ def test_default_run_folders_are_known_before_anything_loads():
     assert out_folder(cfg, parse_args(["--model", "vit", "--out", "x/y"]), None) == Path("x/y")
 
 
+def test_a_variation_of_the_first_command_runs_into_a_folder_of_its_own():
+    """Issue 39: every flag but model, preset and seed used to land in runs/vit-quick-seed0 and be refused."""
+    from prunelora_keras.experiment.arguments import overrides, parse_args
+    from prunelora_keras.experiment.config import build_config
+    from prunelora_keras.experiment.run import out_folder
+
+    def folder(*flags):
+        args = parse_args(["--model", "vit", "--preset", "quick", *flags])
+        return out_folder(build_config("vit", "quick", args.config, overrides(args), args.sets), args, None)
+
+    assert folder() == Path("runs/vit-quick-seed0") and folder("--seed", "2") == Path("runs/vit-quick-seed2")
+    variations = [folder("--forget-class", "5"), folder("--epochs", "5"), folder("--set", "unlearn.epochs=[2]"),
+                  folder("--forget-class", "5", "--seed", "2")]
+    assert len(set(variations)) == 4 and all(f.name.startswith("vit-quick-seed") and f.name.count("-") == 3
+                                             for f in variations), variations
+    assert folder("--forget-class", "5") == variations[0]  # the same command finds (and resumes) its own folder
+    assert folder("--forget-class", "3") == folder()  # the preset's own class: the preset's folder
+
+
+def test_a_data_problem_is_said_before_a_folder_of_another_configuration(tmp_path, capsys):
+    from prunelora_keras.experiment.run import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps({"config": {"seed": 7}}))
+    code = main(["--model", "vit", "--preset", "quick", "--dataset", f"folder:{tmp_path / 'missing'}",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a folder" in err and "another configuration" not in err, err
+    code = main(["--model", "vit", "--preset", "quick", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds results of another configuration" in err, err
+
+
 def test_the_light_method_names_are_the_registrys_built_in_methods():
     """--help and the config's check read method_names before the methods are imported; once the
     registry is loaded they are the registry's (a user's own method included)."""
@@ -313,6 +346,8 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
     code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--set", "retrain.epochs=1", "--out", str(out),
                                      "--overwrite"])
     assert code == 0 and "original: reusing" in err and "retrain: reusing" not in err
+    assert "--overwrite: " + str(out) + "'s results, tables and plots (another configuration: retrain.epochs 2 -> 1) " \
+        "are replaced" in err  # said before it is done
     again = json.loads((out / "results.json").read_text())
     assert again["stages"]["original"]["accuracies"] == results["stages"]["original"]["accuracies"]
 

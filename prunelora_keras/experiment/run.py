@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         seeds = seed_list(cfg, args.seeds)
         plan_class_sweep(cfg, args, seeds)
         out_dir = out_folder(cfg, args, seeds)
+        default = None if args.out else preset_difference(cfg)
+        if default is not None:
+            print(f"run folder {out_dir}: the {cfg.preset} preset with {config_diff(default, cfg.to_dict(), 4)}",
+                  file=sys.stderr, flush=True)
         job = detect_job(args.coordinator, args.num_processes, args.process_id)  # no JAX: the checks stay light
         writer = writes_run_folder(job)
         check_out_dir(out_dir, probe=writer is True)  # a path that cannot hold the run folder: before anything heavy
@@ -120,19 +125,40 @@ def class_config(cfg, seed: int, forget_class: int):
 
 
 def out_folder(cfg, args: argparse.Namespace, seeds: list[int] | None) -> Path:
-    """The run folder: ``--out``, or one named after model, preset, seeds (and the classes of a sweep)."""
+    """The run folder: ``--out``, or one named after model, preset, seeds (and the classes of a sweep),
+    with ``config_tag``'s suffix when the configuration is not the preset's own."""
     if args.out:
         return Path(args.out)
+    tag = config_tag(cfg)
     if args.forget_each is not None:
         from prunelora_keras.experiment import sweep
 
         classes = sweep.parse_class_request(args.forget_each)
         name = "all" if classes is None else "-".join(map(str, classes))
         seed_names = seeds if seeds is not None else [cfg.seed]
-        return Path(f"runs/{cfg.model.name}-{cfg.preset}-each{name}-seed{'-'.join(map(str, seed_names))}")
+        return Path(f"runs/{cfg.model.name}-{cfg.preset}-each{name}-seed{'-'.join(map(str, seed_names))}{tag}")
     if seeds is not None:
-        return Path(f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}")
-    return Path(f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}")
+        return Path(f"runs/{cfg.model.name}-{cfg.preset}-seeds{'-'.join(map(str, seeds))}{tag}")
+    return Path(f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}{tag}")
+
+
+def preset_difference(cfg) -> dict | None:
+    """The preset's own configuration for this model and seed, as a dict, when ``cfg`` differs from it (None
+    when it does not)."""
+    default = dataclasses.replace(build_config(cfg.model.name, cfg.preset), seed=cfg.seed).to_dict()
+    return None if default == cfg.to_dict() else default
+
+
+def config_tag(cfg) -> str:
+    """"" for the preset's own configuration, else "-" and 8 hex digits of the configuration's hash.
+
+    Why: the default run folder used to be named after model, preset and seed alone, so every variation
+    of the first command (another class, epochs, data set, a tuned ``--config``) met the preset run's
+    results and was refused; each configuration now has a folder of its own, and rerunning the same
+    command still finds (and resumes) its own."""
+    if preset_difference(cfg) is None:
+        return ""
+    return "-" + hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def writes_run_folder(job: Job | None) -> bool | None:
@@ -175,14 +201,20 @@ def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file: pass a folder")
     previous = out_dir / "results.json"
-    if not previous.is_file() or overwrite:
+    if not previous.is_file():
         return None
     try:
         old = json.loads(previous.read_text())
     except (OSError, ValueError):
         old = {}
-    if old.get("config") == cfg.to_dict():
+    if old.get("config") == cfg.to_dict() and not overwrite:
         return old
+    if overwrite:
+        same = old.get("config") == cfg.to_dict()
+        whose = "this configuration" if same else f"another configuration: {config_diff(old.get('config') or {}, cfg.to_dict())}"
+        print(f"--overwrite: {out_dir}'s results, tables and plots ({whose}) are replaced; its checkpoints stay, and "
+              "those of this configuration are reused", file=sys.stderr, flush=True)
+        return None
     raise UserError(f"{out_dir} holds results of another configuration ({config_diff(old.get('config') or {}, cfg.to_dict())}):"
                     " pass --overwrite or choose another --out")
 
@@ -300,7 +332,13 @@ def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = Non
     from prunelora_keras.parallel import multihost
     from prunelora_keras.experiment import pipeline
 
-    old = finished_results(out_dir, cfg, overwrite)
+    try:
+        old = finished_results(out_dir, cfg, overwrite)
+    except UserError:  # a data problem (a missing folder, say) is the first thing to fix: said before the folder's
+        from prunelora_keras.experiment.pipeline import load_data
+
+        load_data(cfg, ds)
+        raise
     if old is not None:
         pipeline.log(f"{out_dir} already holds finished results for this configuration")
         return old
