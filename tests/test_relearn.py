@@ -141,3 +141,40 @@ def test_the_command_measures_relearn_at_the_largest_epoch_count_only(tmp_path):
     assert "relearn_steps" not in rows[("finetune", 1)] and "probe_forget_acc" in rows[("finetune", 1)]
     assert rows[("finetune", 2)]["relearn_steps"] >= 0 and "relearn_capped" in rows[("finetune", 2)]
     assert all("relearn_steps" in rows[("retrain", e)] for e in (1, 2))  # one model, one evaluation
+
+
+def test_an_evaluation_says_each_stage_and_the_relearn_tests_steps(monkeypatch):
+    """Issue 39: 70-100 s of silence after each paradigm's last epoch read as a hang."""
+    from prunelora_keras.evaluation import relearn as relearn_module
+    from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
+
+    monkeypatch.setattr(relearn_module, "PROGRESS_EVERY_S", 0.0)  # a line at every check
+    retain, forget = _data()
+    plan = relearn_plan(retain, forget, 0.25, seed=0)
+    sets = {"retain": retain, "forget": forget, "test_retain": retain}
+    lines = []
+    evaluate_arrays(_model(), sets, 4, Preprocess(MEAN, STD), members=40, nonmembers=40, progress=lines.append,
+                    reference=Reference(relearn=plan, relearn_target=101.0),
+                    relearn={"lr": 0.05, "batch_size": 16, "max_steps": 4, "eval_every": 2})
+    stages = [line.split(":")[0] for line in lines if line.startswith("evaluating")]
+    assert stages == ["evaluating 1/4", "evaluating 2/4", "evaluating 3/4", "evaluating 4/4"], lines
+    assert "forward passes over 280 images" in lines[0] and "relearn test (fine-tuning a copy, up to 4 steps)" in lines[3]
+    steps = [line for line in lines if line.startswith("relearn test: step")]
+    assert [s.split(",")[0] for s in steps] == ["relearn test: step 2/4", "relearn test: step 4/4"], lines
+    assert "left" in steps[0]
+    quiet = []
+    evaluate_arrays(_model(), sets, 4, Preprocess(MEAN, STD), members=40, nonmembers=40, progress=quiet.append)
+    assert len(quiet) == 3  # no relearn test, no fourth stage
+
+
+def test_the_runs_pace_names_each_method_and_the_time_the_rest_should_take(monkeypatch):
+    from prunelora_keras.experiment import terminal
+
+    clock = iter([0.0, 0.5, 100.5, 300.5])  # the first method reused (0.5 s), the second took 100 s
+    monkeypatch.setattr(terminal.time, "perf_counter", lambda: next(clock))
+    pace, lines = terminal.Pace(["a", "b", "c", "d"]), []
+    for name in "abcd":
+        pace.next(name, lines.append)
+    assert lines[0] == "--- a: method 1/4 ---" and lines[1] == "--- b: method 2/4 ---"  # a reused: no pace yet
+    assert lines[2].startswith("--- c: method 3/4; about 3m20s left for the 2 methods to go")
+    assert "about 2m30s left for the 1 method to go" in lines[3]  # the mean of 100 s and 200 s, once

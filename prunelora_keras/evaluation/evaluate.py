@@ -10,6 +10,8 @@ the relearn time (``relearn.py``, which trains a copy of the model).
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +64,8 @@ def evaluation_sets(split: UnlearningSplit) -> dict[str, Any]:
 
 def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, preprocess: Preprocess = Preprocess(), *,
                     seed: int = 0, batch_size: int = 512, members: int = 9000, nonmembers: int = 5000,
-                    reference: Reference | None = None, relearn: dict[str, Any] | None = None) -> Evaluation:
+                    reference: Reference | None = None, relearn: dict[str, Any] | None = None,
+                    progress: Callable[[str], None] | None = None) -> Evaluation:
     """Every metric of ``model`` from data sets given as arrays: the core of ``api.evaluate`` and of
     the experiment's ``experiment.context.evaluate_model``.
 
@@ -76,15 +79,27 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
         members, nonmembers: the loss attack's full-scale draw sizes (``metrics.attack_sizes``).
         reference: Retrain's features (CKA) and the relearning plan (relearn time); None: neither.
         relearn: the relearning fine-tune's ``lr``, ``batch_size``, ``max_steps``, ``eval_every``.
+        progress: called with a line as each stage starts (forward passes, attacks, probes, the relearn
+            test and its steps): on two CPU cores an evaluation takes minutes, and silence reads as a hang.
     Returns:
         ``Evaluation``.
     """
     reference = reference or Reference()
+    relearns = reference.relearn is not None and reference.relearn_target is not None
+    stages, started = 3 + relearns, time.perf_counter()
+
+    def say(stage: int, what: str) -> None:
+        if progress is not None:
+            progress(f"evaluating {stage}/{stages}: {what} ({time.perf_counter() - started:.0f}s so far)")
+
+    say(1, f"forward passes over {sum(len(v) for v in sets.values()):,} images ({', '.join(sets)})")
     outputs = {k: predict_logits_and_features(model, v.x, preprocess, batch_size) for k, v in sets.items()}
     logits = {k: v[0] for k, v in outputs.items()}
     feats = {k: v[1] for k, v in outputs.items()}
     labels = {k: v.y for k, v in sets.items()}
+    say(2, "membership attacks")
     metrics: dict[str, Any] = unlearning_metrics(logits, labels, seed, members, nonmembers)
+    say(3, "linear probes on the penultimate features")
     metrics["probe_forget_acc"] = probe_forget_acc(feats["retain"], labels["retain"], feats["forget"],
                                                    labels["forget"], seed)
     if "test_forget" in feats:
@@ -93,11 +108,13 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
     for name, key in (("forget", "cka_forget"), ("test_retain", "cka_retain")):
         if name in reference.retrain_features:
             metrics[key] = linear_cka(feats[name], reference.retrain_features[name])
-    if reference.relearn is not None and reference.relearn_target is not None:
+    if relearns:
         r = {"lr": 1e-3, "batch_size": 128, "max_steps": 200, "eval_every": 5, **(relearn or {})}
+        say(4, f"relearn test (fine-tuning a copy, up to {r['max_steps']} steps)")
         metrics.update(relearn_steps(model, reference.relearn, reference.relearn_target, num_classes, preprocess,
                                      lr=r["lr"], batch_size=r["batch_size"], max_steps=r["max_steps"],
-                                     eval_every=r["eval_every"], seed=seed, eval_batch_size=batch_size))
+                                     eval_every=r["eval_every"], seed=seed, eval_batch_size=batch_size,
+                                     progress=progress))
     losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
               "forget": cross_entropy(logits["forget"], labels["forget"])}
     return Evaluation(metrics, losses, feats)

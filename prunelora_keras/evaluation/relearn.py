@@ -22,6 +22,8 @@ architecture share one compilation. On Keras's other backends it trains with Ker
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,9 @@ from prunelora_keras.training.fit_loop import FitTrainer
 from prunelora_keras.training.loop import Trainer
 from prunelora_keras.training.inference import accuracy, predict_logits
 from prunelora_keras.training.bn import set_bn_policy
+from prunelora_keras.training.progress import format_seconds
+
+PROGRESS_EVERY_S = 10.0  # how often the relearn test says where it is
 
 
 @dataclass
@@ -93,7 +98,7 @@ def copy_model(model: keras.Model) -> keras.Model:
 
 def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_classes: int, preprocess: Preprocess, *,
                   lr: float = 1e-3, batch_size: int = 32, max_steps: int = 200, eval_every: int = 5, seed: int = 0,
-                  eval_batch_size: int = 512) -> dict[str, Any]:
+                  eval_batch_size: int = 512, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Steps of fine-tuning until ``model`` (a copy of it) is ``target_pct`` accurate on the held-out D_f.
 
     Args:
@@ -107,6 +112,9 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
         eval_every: accuracy is checked every this many steps (and at step 0), so a count is
             exact to this resolution (the first checked step at or above the target).
         seed: seeds the stream's order.
+        eval_batch_size: the held-out checks' inference batch.
+        progress: called with a line about every ``PROGRESS_EVERY_S`` seconds (step, accuracy, ETA):
+            the fine-tune is most of an evaluation's time, and silence for minutes reads as a hang.
     Returns:
         {"relearn_steps": steps (``max_steps`` when capped), "relearn_capped": bool,
         "relearn_final_acc": held-out accuracy at the last check, "relearn_target": target_pct}.
@@ -128,12 +136,19 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
                              seed=seed, label="relearn", verbose=False)
         current = lambda: None  # noqa: E731
     found: dict[str, Any] = {"steps": None, "acc": start_acc}
+    started = shown = time.perf_counter()
 
     def check(steps: int) -> bool:
+        nonlocal shown
         if steps % eval_every and steps < max_steps:
             return False
         found["acc"] = 100.0 * accuracy(predict_logits(clone, heldout.x, preprocess, eval_bs,
                                                        values=current()), heldout.y)
+        now = time.perf_counter()
+        if progress is not None and now - shown >= PROGRESS_EVERY_S:
+            shown = now
+            progress(f"relearn test: step {steps}/{max_steps}, held-out D_f {found['acc']:.1f}% (relearnt at "
+                     f"{target_pct:.1f}%), at most {format_seconds((now - started) / steps * (max_steps - steps))} left")
         if found["acc"] >= target_pct:
             found["steps"] = steps
             return True

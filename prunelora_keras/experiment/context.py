@@ -3,6 +3,7 @@ paradigm, the evaluation of one model and its reference (the relearning plan).""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import keras
@@ -95,7 +96,7 @@ def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, c
 
 
 def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg: Config,
-                   reference: Reference | None = None) -> Evaluation:
+                   reference: Reference | None = None, label: str = "") -> Evaluation:
     """UA, RA, TA, every attack, the probes, CKA against Retrain and relearn time of ``model``.
 
     Args:
@@ -104,6 +105,7 @@ def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg:
         cfg: seeds, evaluation batch size, attack sizes and relearning options.
         reference: Retrain's features (adds ``cka_forget``, ``cka_retain``) and the relearning
             plan (adds ``relearn_steps``, ``relearn_capped``); None: neither.
+        label: what the progress lines on stderr call the model ("" : no progress lines).
     Returns:
         ``Evaluation`` with the metrics (percent; CKA in [0, 1]), the Figure-2 losses and the
         features per evaluation set.
@@ -113,4 +115,5 @@ def evaluate_model(model: keras.Model, split: UnlearningSplit, ds: Dataset, cfg:
                "eval_every": e.relearn_eval_every}
     return evaluate_arrays(model, evaluation_sets(split), ds.num_classes, ds.preprocess, seed=cfg.seed,
                            batch_size=cfg.data.eval_batch_size, members=e.mia_members, nonmembers=e.mia_nonmembers,
-                           reference=reference, relearn=relearn)
+                           reference=reference, relearn=relearn,
+                           progress=(lambda line: print(f"{label}: {line}", file=sys.stderr, flush=True)) if label else None)

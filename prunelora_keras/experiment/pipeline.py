@@ -41,7 +41,7 @@ from prunelora_keras.models.precision import evaluation_model
 from prunelora_keras.training.inference import evaluation_devices
 from prunelora_keras.models.pruning import sparsity_report
 from prunelora_keras.experiment.report import accuracy_table, evaluation_table, paper_table, write_report  # noqa: F401
-from prunelora_keras.experiment.terminal import closing_lines, fit_width  # noqa: F401
+from prunelora_keras.experiment.terminal import Pace, closing_lines, fit_width  # noqa: F401
 from prunelora_keras.experiment.stages import (StageResult, data_identity, forget_description, load_finished, paradigm_key,
                                                resume, save_epoch, save_finished, train_stage)
 from prunelora_keras.training.loop import EpochStats, peak_memory
@@ -143,7 +143,8 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
             eval_model = evaluation_model(recipe.eval_model())
             # the relearn test (a 200-step fine-tune: most of an evaluation's time) at the largest count only
             last = stats.epoch == total or reference is None
-            evaluation = evaluate_model(eval_model, split, ds, cfg, reference if last else reference.without_relearn())
+            evaluation = evaluate_model(eval_model, split, ds, cfg, reference if last else reference.without_relearn(),
+                                        label=f"{name} @ {stats.epoch} epochs")
             metrics, last_losses = evaluation.metrics, evaluation.losses
             rows.append({"paradigm": name, "epochs": stats.epoch, **metrics, **diagnostics,
                          "rte_s": _mean_seconds(history, stats.epoch),
@@ -220,7 +221,7 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
                      for e in sorted(cfg.unlearn.epochs)]
     if retrain_model is not None:
         stages.append(retrain)
-        evaluation = evaluate_model(retrain_model, split, ds, cfg, reference)
+        evaluation = evaluate_model(retrain_model, split, ds, cfg, reference, label="retrain")
         metrics, losses["retrain"] = evaluation.metrics, evaluation.losses
         reference.retrain_features = {k: evaluation.features[k] for k in ("forget", "test_retain")}
         metrics.update(cka_forget=1.0, cka_retain=1.0)  # Retrain against itself
@@ -232,9 +233,11 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
                          "mem_kind": kind, "trainable_params": count_params(retrain_model.trainable_variables),
                          "sparsity": _sparsity_pct(retrain_model, cfg), "status": "ok"})
     saved: dict[str, str] = {}
+    pace = Pace([n for n in cfg.unlearn.paradigms if n != "retrain"])
     for name in cfg.unlearn.paradigms:
         if name == "retrain":
             continue
+        pace.next(name, log)
         save_to = save_dir / f"{name}.keras" if save_dir is not None else None
         paradigm_rows, paradigm_losses = run_paradigm(name, cfg, starts.get(name, original_ckpt), ds, split, out_dir,
                                                       distribution, save_to, reference)

@@ -1,4 +1,5 @@
-"""What the command prints: wide tables narrowed to the terminal, and the run's closing lines.
+"""What the command prints: wide tables narrowed to the terminal, the run's closing lines, and the
+whole run's pace (``Pace``: which method of how many, and the time the rest should take).
 
 ``results.md`` keeps the wide tables; the terminal gets them split into parts of at most 100
 columns (``fit_width``), then, in words, what was forgotten and which method came closest to
@@ -9,9 +10,13 @@ from __future__ import annotations
 
 import re
 import textwrap
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from prunelora_keras.training.progress import format_seconds
 
 EPOCH_COLUMN = re.compile(r"^(.*\S)\s+\d+ep$")  # "UA 10ep" -> "UA"
 
@@ -143,3 +148,34 @@ def closing_lines(results: dict[str, Any]) -> str:
                      + ("; then " + ", ".join(f"{method_label(p)} {r['avg_gap']:.2f}" for p, r in rest) if rest else "")
                      + ".")
     return "\n".join(lines)
+
+
+class Pace:
+    """The whole run's ETA over a list of methods, from this run's own pace: the mean time of the methods
+    it has trained and evaluated so far (those reused from the run folder, under a second, do not count).
+
+    Example:
+        >>> pace = Pace(["finetune", "lora"])
+        >>> pace.next("finetune", print)
+        --- finetune: method 1/2 ---
+    """
+
+    REUSED_S = 1.0  # a method done in less time was read from the run folder, not run
+
+    def __init__(self, names: list[str]):
+        self.names, self.done, self.spent = names, 0, []
+        self.last: float | None = None
+
+    def next(self, name: str, say: Callable[[str], None]) -> None:
+        """Mark the previous method done and announce ``name`` with the time the rest should take."""
+        now = time.perf_counter()
+        if self.last is not None:
+            if now - self.last >= self.REUSED_S:
+                self.spent.append(now - self.last)
+            self.done += 1
+        self.last = now
+        left = len(self.names) - self.done
+        noun = "method" if left == 1 else "methods"
+        eta = f"; about {format_seconds(sum(self.spent) / len(self.spent) * left)} left for the {left} {noun} to go, at " \
+              "this run's pace" if self.spent else ""
+        say(f"--- {name}: method {self.done + 1}/{len(self.names)}{eta} ---")

@@ -27,7 +27,7 @@ class Progress:
         bar = "#" * int(20 * step / self.steps)
         loss_txt = f" loss {loss:.4f}" if loss is not None else ""
         self.stream.write(f"\r{self.label} epoch {epoch}/{self.epochs} [{bar:<20}] {step}/{self.steps}"
-                          f"{loss_txt} ETA {_fmt_s(eta)}   ")
+                          f"{loss_txt} ETA {format_seconds(eta)}   ")
         self.stream.flush()
 
     def epoch_end(self, stats: Any) -> None:
@@ -38,11 +38,12 @@ class Progress:
         eta = elapsed / done * (1 - done)
         line = (f"{self.label} epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f} acc {100 * stats.accuracy:.2f}% "
                 f"{stats.seconds:.1f}s" + (f" (+{stats.compile_s:.1f}s compile)" if stats.compile_s else "")
-                + f" ETA {_fmt_s(eta)}")
+                + f" ETA {format_seconds(eta)}")
         self.stream.write(("\r" if self.tty else "") + line + ("   \n" if self.tty else "\n"))
         self.stream.flush()
 
 
-def _fmt_s(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """``12m05s``, or ``1h02m`` from an hour on (progress lines' ETA)."""
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
