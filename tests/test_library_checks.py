@@ -215,3 +215,30 @@ def test_evaluate_sets_the_forgotten_classs_test_samples_aside_and_says_so():
     assert plk.evaluate(model, (x, y), (x[:4], y[:4]), (xt, yt), relearn_max_steps=0)["test_size"] == 40
     _refused(lambda: plk.evaluate(model, retain, forget, (xt[yt == 2], yt[yt == 2])),
              "test holds only samples of the forgotten classes")
+
+
+def test_unlearn_warns_before_training_when_the_model_is_at_chance_on_the_retained_data():
+    """Issue 39: the README's MobileNetV3Small at Keras's default BatchNorm momentum sat at 10% and unlearned
+    for 85 s before ``evaluate`` said so."""
+    import warnings
+
+    from prunelora_keras.api.checks import ChanceLevelWarning
+
+    x, y = data(90, classes=9)
+    constant = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, name="head")])
+    constant.get_layer("head").set_weights([np.zeros((6, 9), "float32"), 5 * np.eye(9, dtype="float32")[0] - 1])
+    seen = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = plk.unlearn(constant, (x, y), data(9, classes=9, seed=4), "finetune", epochs=1, verbose=False,
+                             on_epoch_end=lambda stats: seen.append(len(caught)))
+    chance = [w for w in caught if issubclass(w.category, ChanceLevelWarning)]
+    assert len(chance) == 1 and "the original model is at chance on the retained data (11.1%" in str(chance[0].message)
+    assert seen and seen[0] >= 1  # issued before the first epoch ended
+    assert result.warnings == [str(chance[0].message)]
+    w, *_ = np.linalg.lstsq(np.c_[x, np.ones(len(x))], 10 * np.eye(9)[y] - 5, rcond=None)
+    trained = keras.Sequential([keras.Input((6,)), keras.layers.Dense(9, name="head")])
+    trained.get_layer("head").set_weights([w[:6].astype("float32"), w[6].astype("float32")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ChanceLevelWarning)  # a trained model: no warning
+        assert plk.unlearn(trained, (x, y), data(9, classes=9, seed=4), "finetune", epochs=1, verbose=False).warnings == []

@@ -421,3 +421,50 @@ def test_list_keys_into_a_reader_that_stops_early_ends_quietly():
     proc = subprocess.run(f"{sys.executable} -m prunelora_keras.run --list-keys --model vit | head -1", shell=True,
                           env=clean_env(), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith("values this run would use") and "Error" not in proc.stderr, proc.stderr
+
+
+PLUGIN = '''
+import dataclasses, optax
+from prunelora_keras import methods
+from prunelora_keras.methods.hparams import HParams, hparam, POSITIVE
+
+@dataclasses.dataclass(frozen=True)
+class HeadOnly(HParams):
+    lr: float = hparam(1e-3, "learning rate", check=POSITIVE)
+
+def prepare(ctx):
+    head = ctx.model.get_layer(ctx.targets.classifier)
+    return methods.Plan(model=ctx.model, train_vars=list(head.trainable_variables),
+                        optimizer=optax.adam(ctx.hparams.lr), description="classifier only, on D_r",
+                        x=ctx.retain.x, y=ctx.retain.y)
+
+methods.register(methods.Method("head_only", "Head only", prepare, hparams=HeadOnly))
+'''
+
+
+@pytest.mark.slow
+def test_a_users_registered_method_reaches_the_command_through_plugin(tmp_path):
+    """Issue 39: docs/api.md promised it; the command, a process of its own, never saw the registration."""
+    (tmp_path / "my_methods.py").write_text(PLUGIN)
+    base = [sys.executable, "-m", "prunelora_keras.run", "--model", "vit", *TINY, "--epochs", "1",
+            "--set", "eval.relearn_max_steps=0", "--set", "data.test_size=100"]
+    proc = subprocess.run([*base, "--paradigms", "head_only", "--out", str(tmp_path / "no")], env=clean_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "head_only" in proc.stderr and not (tmp_path / "no").exists()
+    proc = subprocess.run([*base, "--plugin", str(tmp_path / "my_methods.py"), "--paradigms", "retrain,head_only",
+                           "--set", "head_only.lr=0.01", "--out", str(tmp_path / "run")], env=clean_env(), cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["paradigm"] for r in results["rows"]] == ["retrain", "head_only"]
+    assert results["config"]["methods"]["head_only"]["lr"] == 0.01
+    # by module name on the Python path, and a module that is not there: one line
+    env = {**clean_env(), "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([*base, "--plugin", "my_methods", "--paradigms", "head_only", "--list-keys"], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "head_only.lr" in proc.stdout, proc.stderr
+    proc = subprocess.run([*base, "--plugin", "no_such_module_here", "--paradigms", "head_only"], env=clean_env(),
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --plugin no_such_module_here: No module named 'no_such_module_here'; pass a module on the Python path "
+        "(run from its folder, or set PYTHONPATH) or the .py file's path"]

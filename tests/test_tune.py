@@ -199,3 +199,15 @@ def test_a_search_resumed_with_another_space_is_refused_not_mixed_into_the_old_s
     tune.check_folder(request([*TINY, "--method", "ga,salun", "--space", "lr", "--out", str(out)]))  # a method added
     with pytest.raises(UserError, match="holds a search of ga over another space \\(lr; now lr, epochs\\)"):
         tune.check_folder(request([*TINY, "--method", "ga", "--space", "lr,epochs", "--out", str(out)]))
+
+
+def test_tune_takes_a_users_registered_method_through_plugin(tmp_path):
+    from test_run import PLUGIN
+
+    (tmp_path / "my_methods.py").write_text(PLUGIN)
+    code = ("from prunelora_keras.experiment.tune_args import request; "
+            f"r = request(['--model', 'vit', '--method', 'head_only', '--plugin', {str(tmp_path / 'my_methods.py')!r}]); "
+            "print(r.methods, sorted(r.spaces['head_only']))")
+    proc = subprocess.run([sys.executable, "-c", code], env=clean_env(), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "['head_only'] ['epochs']", proc.stderr[-1500:]

@@ -49,6 +49,8 @@ from prunelora_keras.training.loop import EpochStats
 from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.methods.prepare import prepare_method
 
+CHANCE_SAMPLE = 2000  # D_r images the chance check before unlearning looks at (one forward pass)
+
 __all__ = ["UnlearnResult", "FoundTargets", "copy_model", "evaluate", "find_targets", "prune", "unlearn",
            "unlearn_options"]
 
@@ -72,6 +74,8 @@ class UnlearnResult:
         not_wrappable: layers LoRA could not wrap (frozen under the LoRA methods).
         diagnostics: what pruning zeroed (per layer; the classifier's rows; the forget rows).
         description: the method's one-line account of what it trained.
+        warnings: lines about the input (``chance_warnings``: the model was at chance on D_r before
+            unlearning, so nothing it is scored on afterwards means anything).
     """
 
     model: keras.Model
@@ -85,6 +89,7 @@ class UnlearnResult:
     not_wrappable: dict[str, str]
     diagnostics: dict[str, Any]
     description: str
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
 
 def unlearn_options(method: str = "pruned_lora", **options: Any) -> tuple[UnlearnConfig, HParams]:
@@ -216,6 +221,9 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
             logits (``checks.require_logits``: rebuild its head without the activation), labels
             outside the model's classes or not integers, an empty set, ``epochs`` < 1, an unknown
             or invalid option.
+    Warns:
+        ChanceLevelWarning: before training, when the model is at chance on (a sample of) D_r:
+            train it first (``UnlearnResult.warnings`` keeps the line).
 
     Example:
         >>> result = unlearn(model, (x_r, y_r), (x_f, y_f), "scrub", epochs=3)  # doctest: +SKIP
@@ -225,6 +233,7 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     opts, hparams = unlearn_options(method, **options)
     epochs = require_epochs(epochs)
     x_r, y_r, x_f, y_f, num_classes = checked_inputs(model, retain, forget)
+    at_chance = untrained_warnings(model, x_r, y_r, seed)  # said before the training, not after it
     flags = {layer.name: layer.trainable for layer in model.layers}
     ctx, found = user_context(model, (x_r, y_r), (x_f, y_f), num_classes, opts, hparams, seed, epochs, targets=targets,
                               lora_targets=lora_targets, train_in_full=train_in_full, classifier=classifier)
@@ -241,7 +250,24 @@ def unlearn(model: keras.Model, retain: Data, forget: Data, method: str = "prune
     sparsity = 100.0 * sparsity_report(out, pruned_names)["overall"]["zero_weights"] if prep.plan.pruned else 0.0
     return UnlearnResult(out, method, [dataclasses.asdict(h) for h in history], prep.plan.trainable_params, sparsity,
                          time.perf_counter() - start, float(np.mean([h.seconds for h in history])) if history else 0.0,
-                         found.targets, found.not_wrappable, prep.diagnostics, prep.plan.description)
+                         found.targets, found.not_wrappable, prep.diagnostics, prep.plan.description, at_chance)
+
+
+def untrained_warnings(model: keras.Model, x: np.ndarray, y: np.ndarray, seed: int = 0,
+                       sample: int = CHANCE_SAMPLE) -> list[str]:
+    """``chance_warnings`` for a model about to be unlearned, on a seeded sample of D_r (one forward pass).
+
+    Why: an untrained model (or one whose BatchNorm moving statistics never caught up: Keras's default
+    momentum 0.99 after a short ``fit``) unlearns for minutes and only ``evaluate`` then says its
+    scores mean nothing. Issued as a ``ChanceLevelWarning`` before any training.
+
+    Example:
+        >>> untrained_warnings(model, x_r, y_r)  # doctest: +SKIP
+        ['the original model is at chance on the retained data (10.1% against 11.2% ...']
+    """
+    rows = np.sort(np.random.default_rng([seed, 5]).choice(len(y), min(sample, len(y)), replace=False))
+    acc = accuracy_pct(predict_inputs(model, x[rows], 256), y[rows])
+    return chance_warnings({"original": acc}, y[rows])
 
 
 def user_context(model: keras.Model, retain: tuple[np.ndarray, np.ndarray], forget: tuple[np.ndarray, np.ndarray],

@@ -104,6 +104,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--forget-fraction", type=float, metavar="F",
                         help="random-sample forgetting: forget a seeded stratified fraction F of the training set "
                              "(e.g. 0.1) instead of one class")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
+                        help="import this module first (a name on the Python path, or a .py file; repeatable): the "
+                             "methods it registers with plk.methods.register join --paradigms and --set")
     parser.add_argument("--paradigms", metavar="A,B,...",
                         help="which methods to run, any of " + ",".join(method_names.names("paper")) + " (the paper's "
                              "five, the default) and the baselines " + ",".join(method_names.names("baseline")))

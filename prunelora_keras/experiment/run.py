@@ -22,6 +22,7 @@ from pathlib import Path
 from prunelora_keras.experiment.arguments import list_keys, overrides, parse_args, sources  # noqa: F401
 from prunelora_keras.experiment.budget import check_disk, check_out_dir, checkpoint_bytes, estimate_train_seconds
 from prunelora_keras.experiment.config import MODEL_NAMES, build_config, validate
+from prunelora_keras.experiment.plugins import load_plugins
 from prunelora_keras.methods.options import did_you_mean
 from prunelora_keras.parallel.jobs import Job, detect_job
 from prunelora_keras.errors import BackendUnavailable, TrainingFailed, UserError, backend_unavailable
@@ -33,6 +34,7 @@ EXIT_FAILED = 1
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        load_plugins(args.plugin)  # a user's registered methods, before any name is checked
         if args.model is None and not args.list_keys:
             raise UserError("the following arguments are required: --model (see --help)")
         model = args.model if args.model is not None else "resnet50"

@@ -17,6 +17,7 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.experiment.arguments import overrides
 from prunelora_keras.experiment.config import MODEL_NAMES, available_presets, build_config
 from prunelora_keras.methods import builtin_names
+from prunelora_keras.experiment.plugins import load_plugins
 from prunelora_keras.api.tune import EPOCHS, method_space  # noqa: F401  (EPOCHS: re-exported)
 from prunelora_keras.methods.hparams import Search, did_you_mean
 
@@ -61,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", metavar="FILE.toml", help="a TOML file laid out like a preset, applied on top of it")
     parser.add_argument("--method", required=False, metavar="NAME|all|A,B",
                         help="the method(s) to tune: a registered name, a list, or all (every method but retrain)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
+                        help="import this module first (a name on the Python path, or a .py file; repeatable): the "
+                             "methods it registers with plk.methods.register can be tuned")
     parser.add_argument("--trials", type=int, default=20, metavar="N", help="trials per method (default 20)")
     parser.add_argument("--max-epochs", type=int, metavar="E",
                         help="the epoch budget: every method that trains searches 1..E epochs (default: the largest "
@@ -117,6 +121,7 @@ def checked_space(name: str, keys: list[str] | None, max_epochs: int) -> dict[st
 def request(argv: list[str] | None = None) -> TuneRequest:
     """The parsed, checked request; ``UserError`` (one line) for anything wrong."""
     args = parse_args(argv)
+    load_plugins(args.plugin)  # a user's registered methods, before any name is checked
     if args.model is None:
         raise UserError("the following arguments are required: --model (see --help)")
     if args.model not in MODEL_NAMES:
