@@ -172,7 +172,11 @@ def test_closing_lines_say_what_was_forgotten_and_which_method_came_closest():
     from prunelora_keras.experiment.terminal import closing_lines
 
     text = closing_lines(_wide_results())
-    first, second = text.splitlines()
+    first, second, note = text.splitlines()
+    assert note.startswith("The quick preset is a smoke test (8x8 digits") and "--preset cpu-10k" in note  # issue 39
+    other = _wide_results()
+    other["config"] = {**other["config"], "preset": "cpu-10k"}
+    assert len(closing_lines(other).splitlines()) == 2  # a real preset: no such note
     assert first.startswith("Forgotten: class 3 'cat' of digits (144 training images)")
     # the smallest Avg. Gap among the unlearning methods, computed here independently
     best = min((r for r in _wide_results()["rows"] if r["paradigm"] != "retrain" and r["epochs"] == 10),
@@ -189,7 +193,8 @@ def test_summary_ends_with_the_closing_lines():
 
     last = " ".join(summary(_wide_results()).split("\n\n")[-1].splitlines())  # wrapped at 100 columns
     assert last.startswith("Forgotten: class 3 'cat' of digits") and "Retrain without it. Closest to Retrain" in last
-    assert last.endswith("then Pruned 2.50, Finetune 4.25, LoRA 7.00.")
+    assert "then Pruned 2.50, Finetune 4.25, LoRA 7.00. The quick preset is a smoke test" in last
+    assert last.endswith("(the README's headline results; docs/results.md).")
 
 
 def test_results_md_has_a_heading_the_accuracy_table_and_the_closing_lines(tmp_path):
@@ -200,7 +205,7 @@ def test_results_md_has_a_heading_the_accuracy_table_and_the_closing_lines(tmp_p
     assert "Accuracy (%) of the trained models:" in md
     assert any(line.startswith("| original | 99.50 | 97.25 |") for line in md)
     assert md.index("Accuracy (%) of the trained models:") < next(i for i, x in enumerate(md) if x.startswith("| paradigm"))
-    assert md[-1].startswith("Closest to Retrain by Avg. Gap")
+    assert md[-2].startswith("Closest to Retrain by Avg. Gap") and md[-1].startswith("The quick preset is a smoke test")
     folded = {**results, "seeds": [0, 1], "stages": None}
     write_report(folded, tmp_path)
     md = (tmp_path / "results.md").read_text()

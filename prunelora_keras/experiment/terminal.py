@@ -147,7 +147,14 @@ def closing_lines(results: dict[str, Any]) -> str:
                      f"{names}, {best_gap:.2f}{spread} points at {'/'.join(map(str, epochs))} epochs"
                      + ("; then " + ", ".join(f"{method_label(p)} {r['avg_gap']:.2f}" for p, r in rest) if rest else "")
                      + ".")
+    if cfg.get("preset") == "quick":
+        lines.append(QUICK_NOTE)
     return "\n".join(lines)
+
+
+QUICK_NOTE = ("The quick preset is a smoke test (8x8 digits, tiny models, a few epochs): it shows that every stage runs, "
+              "not how the methods compare, and its ranking differs from real data. Results on CIFAR-10 that "
+              "generalise: --preset cpu-10k (the README's headline results; docs/results.md).")
 
 
 class Pace:
