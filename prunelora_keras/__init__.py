@@ -53,6 +53,11 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
+            from prunelora_keras.errors import unknown_backend
+
+            wrong = unknown_backend()  # KERAS_BACKEND=JAX: one line, not Keras's thirty-line traceback
+            if wrong is not None:
+                raise wrong
             try:
                 exec_module(module)
             except ImportError as exc:  # Keras's configured backend is not installed: say so, with the fix

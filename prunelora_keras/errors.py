@@ -70,3 +70,27 @@ def backend_unavailable(exc: BaseException) -> BackendUnavailable | None:
            f"install it (pip install -e .) or set KERAS_BACKEND to an installed backend ({', '.join(others) or 'none'})")
     return BackendUnavailable(f"Keras's backend {backend!r} (from {source}) is not installed (No module named "
                               f"{missing!r}): {fix}")
+
+
+def unknown_backend() -> BackendUnavailable | None:
+    """The one-line error for a ``KERAS_BACKEND`` that names no Keras backend ("JAX", "jaxx"), else None.
+
+    Keras answers such a value with a traceback of some thirty lines ending in "Unable to import
+    backend"; this says which value is wrong and what to set instead, before Keras is imported.
+
+    Example:
+        >>> import os; os.environ["KERAS_BACKEND"] = "JAX"
+        >>> str(unknown_backend())[:52]
+        "KERAS_BACKEND='JAX' is not a Keras backend: set jax "
+        >>> os.environ["KERAS_BACKEND"] = "jax"
+    """
+    import difflib
+    import os
+
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend is None or backend in BACKEND_MODULES:
+        return None
+    near = difflib.get_close_matches(backend.lower(), list(BACKEND_MODULES), n=1)
+    fix = f"set {near[0]}" if near else f"set one of {', '.join(BACKEND_MODULES)}"
+    return BackendUnavailable(f"KERAS_BACKEND={backend!r} is not a Keras backend: {fix} (lower case), or unset it "
+                              "(this package then uses jax)")

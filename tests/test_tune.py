@@ -88,6 +88,8 @@ def test_a_search_reproduces_resumes_and_its_best_toml_reproduces_the_tuned_row(
 
     args = [*TINY, "--method", "ga", "--max-epochs", "2"]
     assert tune.main([*args, "--trials", "2", "--out", str(tmp_path / "a")]) == 0
+    log = capsys.readouterr().err  # numbered as trials.csv numbers them (issue 39)
+    assert "--- ga: trial 0 (1 of 2, the defaults): " in log and "ga: trial 1: avg_gap " in log
     assert tune.main([*args, "--trials", "1", "--out", str(tmp_path / "b")]) == 0
     assert tune.main([*args, "--trials", "2", "--out", str(tmp_path / "b")]) == 0
     first, resumed = _trials(tmp_path / "a"), _trials(tmp_path / "b")

@@ -103,7 +103,9 @@ def run_study(name: str, space: dict[str, Search], defaults: dict[str, Any],
             study.enqueue_trial(start)
         trial = study.ask(dists)
         if log:
-            log(f"--- {name}: trial {n + 1}/{trials}: {json.dumps(trial.params)}")
+            # numbered as trials.csv and tune.json number them: trial 0 is the defaults
+            log(f"--- {name}: trial {n} ({n + 1} of {trials}{', the defaults' if n == 0 else ''}): "
+                f"{json.dumps(trial.params)}")
         begin = time.perf_counter()
         value, metrics = run_trial(dict(trial.params))
         for key, v in {**metrics, "seconds": time.perf_counter() - begin}.items():
@@ -111,7 +113,7 @@ def run_study(name: str, space: dict[str, Search], defaults: dict[str, Any],
         study.tell(trial, value)
         release_compiled()
         if log:
-            log(f"{name}: trial {n + 1}: {objective} {value:.4g} ({time.perf_counter() - begin:.0f} s)")
+            log(f"{name}: trial {n}: {objective} {value:.4g} ({time.perf_counter() - begin:.0f} s)")
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))[:trials]
     return [{"trial": i, "method": name, "params": t.params, "value": t.value, **t.user_attrs} for i, t in enumerate(done)]
 

@@ -78,9 +78,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "paradigm (Finetune, Pruned, LoRA, Pruned LoRA), then reports UA, MIA-Efficacy, RA, TA, "
                     "seconds per epoch and peak memory.",
         epilog="Example: python -m prunelora_keras.run --model vit --preset quick",
+        usage="python -m prunelora_keras.run --model {" + ",".join(MODEL_NAMES) + "} [options]",
     )
-    parser.add_argument("--model", metavar="{" + ",".join(MODEL_NAMES) + "}",  # checked in main: closest name
-                        help="architecture; presets scale it (e.g. width for ResNets, depth and width for the ViT)")
+    required = parser.add_argument_group("required")  # checked in main (a closest-name hint; --list-keys needs none)
+    required.add_argument("--model", metavar="{" + ",".join(MODEL_NAMES) + "}",
+                          help="architecture; presets scale it (e.g. width for ResNets, depth and width for the ViT)")
     parser.add_argument("--preset", default="paper", metavar="NAME",
                         help=f"TOML preset from configs/: {', '.join(available_presets())} (default: paper, "
                              "full scale, meant for a GPU; quick runs offline on digits in minutes)")
@@ -118,7 +120,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "runs of every method as pools, and add the NeurIPS 2023 challenge's forgetting quality "
                              "and KLoM (default off)")
     parser.add_argument("--eval-ulira", type=int, metavar="S",
-                        help="U-LiRA (Hayes et al. 2024): train S shadow models (S even, >= 4) on random halves, "
+                        help="U-LiRA (Hayes et al. 2024): train S shadow models (S even, >= 6) on random halves, "
                              "unlearn with every method, and add the per-example likelihood-ratio attack's accuracy "
                              "(0.5: indistinguishable from Retrain) and its TPR at low FPR (default off)")
     parser.add_argument("--seed", type=int, metavar="N", help="seed for data order, subsampling and initialisation")

@@ -38,10 +38,13 @@ def estimate_train_seconds(cfg, n_train: int, n_retain: int, image_shape, num_cl
     return 3.0 * flops * images / CPU_TRAIN_FLOPS_PER_S
 
 
+REPORT_SLACK_BYTES = 20_000_000  # reports, plots and per-sample losses: what the disk check adds on top
+
+
 def checkpoint_bytes(cfg, num_classes: int, image_shape) -> int:
-    """Disk a run needs: the original and Retrain models (.keras), one stage's epoch-end state at a
-    time (weights, BatchNorm statistics and two Adam moments), one LoRA model's adapters, and
-    slack for reports and plots."""
+    """The most the run's checkpoints hold at once: the original and Retrain models (.keras), one
+    stage's epoch-end state at a time (weights, BatchNorm statistics and two Adam moments) and one LoRA
+    model's adapters. ``check_disk`` adds ``REPORT_SLACK_BYTES`` for reports and plots."""
     import keras
     import numpy as np
 
@@ -50,7 +53,7 @@ def checkpoint_bytes(cfg, num_classes: int, image_shape) -> int:
     model = build_model(cfg.model, num_classes, image_shape)
     weights = sum(int(np.prod(v.shape)) for v in model.weights) * 4
     keras.backend.clear_session()
-    return int(weights * 6 * 1.2) + 20_000_000
+    return int(weights * 6 * 1.2)
 
 
 def check_out_dir(out_dir: Path, probe: bool = True) -> None:
@@ -85,11 +88,12 @@ def check_out_dir(out_dir: Path, probe: bool = True) -> None:
 
 
 def check_disk(out_dir: Path, need: int) -> None:
-    """Fail before training when the run folder's disk cannot hold the checkpoints."""
+    """Fail before training when the run folder's disk cannot hold the checkpoints (``need``) and the reports."""
+    need += REPORT_SLACK_BYTES
     existing = out_dir
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if free < need:
-        raise UserError(f"the run needs about {need / 1e6:.0f} MB for checkpoints in {out_dir}, but only "
+        raise UserError(f"the run needs about {need / 1e6:.0f} MB for checkpoints and reports in {out_dir}, but only "
                         f"{free / 1e6:.0f} MB are free there: free some space or choose another --out")

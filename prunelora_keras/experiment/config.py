@@ -314,8 +314,10 @@ def validate(cfg: Config) -> None:
         checks.append((False, f"data.data_dir (--data-dir) applies to --dataset {', '.join(with_files)}; "
                               f"{cfg.data.dataset} comes from its own package or path: drop --data-dir"))
     if cfg.data.data_dir and not Path(cfg.data.data_dir).expanduser().exists():
+        fix = (" or drop --data-dir to let Keras download CIFAR-10 (docs/usage.md#getting-cifar-10)"
+               if cfg.data.dataset == "cifar10" else "")
         checks.append((False, f"--data-dir {cfg.data.data_dir} does not exist: pass the {cfg.data.dataset} folder or "
-                              "archive (e.g. ../shared/data/cifar10-jpeg.tar.gz for cifar10)"))
+                              f"archive{fix}"))
     if cfg.data.labels != "fine" and cfg.data.dataset != "cifar100":
         checks.append((False, f"data.labels = {cfg.data.labels!r} applies to --dataset cifar100 only (its 20 "
                               "super-classes); drop it"))

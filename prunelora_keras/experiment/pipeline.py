@@ -47,6 +47,7 @@ from prunelora_keras.experiment.stages import (StageResult, data_identity, forge
 from prunelora_keras.training.loop import EpochStats, peak_memory
 from prunelora_keras.training.trainers import on_jax  # noqa: F401
 from prunelora_keras.experiment.context import prepare_paradigm, with_flat_dense  # noqa: F401
+from prunelora_keras.training.progress import count
 
 
 def log(message: str) -> None:
@@ -144,7 +145,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
             # the relearn test (a 200-step fine-tune: most of an evaluation's time) at the largest count only
             last = stats.epoch == total or reference is None
             evaluation = evaluate_model(eval_model, split, ds, cfg, reference if last else reference.without_relearn(),
-                                        label=f"{name} @ {stats.epoch} epochs")
+                                        label=f"{name} @ {count(stats.epoch, 'epoch')}")
             metrics, last_losses = evaluation.metrics, evaluation.losses
             rows.append({"paradigm": name, "epochs": stats.epoch, **metrics, **diagnostics,
                          "rte_s": _mean_seconds(history, stats.epoch),
@@ -153,7 +154,7 @@ def run_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, split:
                          "peak_mem_bytes": stats.peak_mem_bytes, "mem_kind": stats.mem_kind,
                          "trainable_params": recipe.trainable_params, "sparsity": _sparsity_pct(eval_model, cfg),
                          **cache_facts, "precision": u.precision, "status": "ok"})
-            log(f"{name} @ {stats.epoch} epochs: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
+            log(f"{name} @ {count(stats.epoch, 'epoch')}: UA {metrics['UA']:.2f} MIA(loss) {metrics['MIA_loss_logreg']:.2f} "
                 f"MIA(conf) {metrics['MIA_confidence_svc']:.2f} RA {metrics['RA']:.2f} TA {metrics['TA']:.2f}")
         if state_path is not None:
             save_epoch(state_path, trainer, name, history, rows=rows)

@@ -16,6 +16,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from prunelora_keras.experiment.config import MODEL_NAMES, build_config, validat
 from prunelora_keras.experiment.plugins import load_plugins
 from prunelora_keras.methods.options import did_you_mean
 from prunelora_keras.parallel.jobs import Job, detect_job
-from prunelora_keras.errors import BackendUnavailable, TrainingFailed, UserError, backend_unavailable
+from prunelora_keras.errors import (BackendUnavailable, TrainingFailed, UserError, backend_unavailable,
+                                   unknown_backend)
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
@@ -34,6 +36,9 @@ EXIT_FAILED = 1
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
+        wrong = unknown_backend()
+        if wrong is not None:
+            raise wrong
         load_plugins(args.plugin)  # a user's registered methods, before any name is checked
         if args.model is None and not args.list_keys:
             raise UserError("the following arguments are required: --model (see --help)")
@@ -83,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
               "same command again; it resumes from the last finished epoch", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: run the same command again to resume (finished stages are reused, a stage in training "
+              "restarts from its last finished epoch)", file=sys.stderr)
         return 130
 
 
@@ -261,7 +267,7 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
         share_run_folder(out_dir)
         results = run_one(cfg, out_dir, args.overwrite)
         print(pipeline.summary(results))
-        print(f"results: {out_dir / 'results.json'}  ({results['wall_s']:.0f} s)", file=sys.stderr)
+        print(f"results in {out_dir}/: {result_files(out_dir)} ({results['wall_s']:.0f} s)", file=sys.stderr)
         return 0
     from prunelora_keras.experiment.terminal import fit_width
     from prunelora_keras.experiment.report import paper_table, write_report
@@ -276,9 +282,15 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
     folded = aggregate(runs)
     write_report(folded, out_dir)
     print(fit_width(paper_table(folded) + "\n\n" + closing_lines(folded)))
-    print(f"results: {out_dir / 'results.json'} (mean ± std over seeds {args.seeds}; each seed in "
+    print(f"results in {out_dir}/: {result_files(out_dir)} (mean ± std over seeds {args.seeds}; each seed in "
           f"{out_dir}/seed<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
     return 0
+
+
+def result_files(out_dir: Path) -> str:
+    """The run folder's results as the closing line lists them: JSON, CSV, the markdown table, the plots."""
+    names = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.suffix in (".json", ".csv", ".md", ".png"))
+    return ", ".join(names) if names else "none written (see the errors above)"
 
 
 def share_run_folder(out_dir: Path) -> None:
@@ -320,7 +332,7 @@ def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None, out_d
     folded = sweep.fold_classes(runs)
     sweep.write_class_report(folded, out_dir)
     print(sweep.summary(folded))
-    print(f"results: {out_dir / 'results.json'} (mean ± std over classes {classes}"
+    print(f"results in {out_dir}/: {result_files(out_dir)} (mean ± std over classes {classes}"
           f"{'' if seeds is None else f' and seeds {seed_list}'}; each class in {out_dir}/"
           f"{'seed<S>/' if seeds is not None else ''}class<N>/, {folded['wall_s']:.0f} s in all)", file=sys.stderr)
     return 0
@@ -352,11 +364,17 @@ def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = Non
                      "(CIFAR-10) or --preset quick (digits).")
     need = checkpoint_bytes(cfg, ds.num_classes, ds.image_shape)
     check_disk(out_dir, need)
+    created = multihost.is_writer() and not out_dir.exists()
     if multihost.is_writer():
         out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline.log(f"run folder: {out_dir} (checkpoints: about {need / 1e6:.0f} MB)  "
+    pipeline.log(f"run folder: {out_dir} (checkpoints: at most about {need / 1e6:.{0 if need >= 1e7 else 1}f} MB)  "
                  f"device: {pipeline.device_description()}")
-    return pipeline.run_pipeline(cfg, out_dir, ds, split, original_dir)
+    try:
+        return pipeline.run_pipeline(cfg, out_dir, ds, split, original_dir)
+    except BaseException:
+        if created and not any(p.is_file() for p in out_dir.rglob("*")):  # failed before writing anything (bad
+            shutil.rmtree(out_dir, ignore_errors=True)                     # --weights, say): leave no empty folder
+        raise
 
 
 if __name__ == "__main__":

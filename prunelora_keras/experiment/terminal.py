@@ -144,7 +144,7 @@ def closing_lines(results: dict[str, Any]) -> str:
         epochs = sorted({r["epochs"] for _, r in best})
         lines.append("Closest to Retrain by Avg. Gap (the mean absolute difference from Retrain over UA, "
                      "MIA-Efficacy (conf, SVC), RA and TA, in points; lower is closer): "
-                     f"{names}, {best_gap:.2f}{spread} points at {'/'.join(map(str, epochs))} epochs"
+                     f"{names}, {best_gap:.2f}{spread} points at {'/'.join(map(str, epochs))} {'epoch' if epochs == [1] else 'epochs'}"
                      + ("; then " + ", ".join(f"{method_label(p)} {r['avg_gap']:.2f}" for p, r in rest) if rest else "")
                      + ".")
     if cfg.get("preset") == "quick":

@@ -239,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume the search (finished trials are kept)",
+              file=sys.stderr)
+        return 130
     from prunelora_keras.experiment.tune_report import summary
 
     print(summary(result))

@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from prunelora_keras.errors import UserError
+from prunelora_keras.errors import UserError, unknown_backend
 from prunelora_keras.experiment.arguments import overrides
 from prunelora_keras.experiment.config import MODEL_NAMES, available_presets, build_config
 from prunelora_keras.methods import builtin_names
@@ -121,6 +121,9 @@ def checked_space(name: str, keys: list[str] | None, max_epochs: int) -> dict[st
 def request(argv: list[str] | None = None) -> TuneRequest:
     """The parsed, checked request; ``UserError`` (one line) for anything wrong."""
     args = parse_args(argv)
+    wrong = unknown_backend()
+    if wrong is not None:
+        raise UserError(str(wrong))
     load_plugins(args.plugin)  # a user's registered methods, before any name is checked
     if args.model is None:
         raise UserError("the following arguments are required: --model (see --help)")

@@ -15,6 +15,7 @@ from typing import Any
 
 from prunelora_keras.experiment.config import SECTIONS, TOP_LEVEL
 from prunelora_keras.experiment.tune_args import EPOCHS, TuneRequest, describe
+from prunelora_keras.training.progress import count
 
 METRICS = (("UA", 2), ("MIA_confidence_svc", 2), ("RA", 2), ("TA", 2), ("avg_gap", 2), ("tow", 3))
 
@@ -131,7 +132,7 @@ def table(req: TuneRequest, methods: dict[str, Any], shared_s: float) -> str:
             lines.append(f"| {name} ({kind}) | {shown} | {row.get('epochs')} | "
                          + " | ".join(_cell(row, k, d) for k, d in METRICS)
                          + f" | {value:.3f} | {m['tuning_s']:.0f} |")
-    return ("\n".join(lines) + f"\n\nDefault: trial 0 (the configuration's hyperparameters at {req.max_epochs} epochs); "
+    return ("\n".join(lines) + f"\n\nDefault: trial 0 (the configuration's hyperparameters at {count(req.max_epochs, 'epoch')}); "
             f"tuned: the best of {req.trials} trials on the validation split. Both scored once on the untouched split. "
             f"The validation original took {shared_s:.0f} s (shared by every method).\n")
 

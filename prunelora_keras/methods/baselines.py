@@ -25,6 +25,7 @@ from prunelora_keras.methods.common import (decaying_l1, random_labels_per_epoch
                                             saliency_masks, sgd_chain)
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.hparams import GAHParams, L1SparseHParams, RLHParams, SalUnHParams
+from prunelora_keras.training.progress import count
 
 
 
@@ -60,7 +61,7 @@ def prepare_l1_sparse(ctx: MethodContext) -> Plan:
     steps = ctx.steps_per_epoch(len(ctx.retain))  # the loop's steps per epoch (drop_last included)
     return Plan(model=ctx.model, train_vars=list(ctx.model.trainable_variables),
                 optimizer=sgd_chain(h.lr, h, l1=decaying_l1(h.alpha, steps, ctx.epochs)),
-                description=f"fine-tuning on D_r with l1 {h.alpha} decaying to 0 over {ctx.epochs} epochs, lr {h.lr}",
+                description=f"fine-tuning on D_r with l1 {h.alpha} decaying to 0 over {count(ctx.epochs, 'epoch')}, lr {h.lr}",
                 x=ctx.retain.x, y=ctx.retain.y)
 
 

@@ -42,6 +42,7 @@ from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import distill_kl, sgd_chain
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.hparams import ScrubHParams
+from prunelora_keras.training.progress import count
 
 
 @dataclass
@@ -119,7 +120,7 @@ def prepare_scrub(ctx: MethodContext) -> Plan:
     decay = (f" x{h.lr_decay_rate:g} after epochs {', '.join(map(str, h.lr_decay_epochs))}"
              if h.lr_decay_epochs else "")
     return Plan(model=model, train_vars=list(model.trainable_variables), optimizer=sgd_chain(lr, h),
-                description=f"max-steps on D_f for {h.msteps} epochs, min-steps on D_r (alpha {h.alpha}, gamma "
+                description=f"max-steps on D_f for {count(h.msteps, 'epoch')}, min-steps on D_r (alpha {h.alpha}, gamma "
                 f"{h.gamma}, T {h.temperature}), lr {h.lr}{decay}", stream=stream,
                 loss=scrub_loss(h.alpha, h.gamma, h.temperature), teacher=teacher)
 

@@ -47,3 +47,13 @@ def format_seconds(seconds: float) -> str:
     """``12m05s``, or ``1h02m`` from an hour on (progress lines' ETA)."""
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1: "1 epoch", "10 epochs" (every line the package prints).
+
+    Example:
+        >>> count(1, "epoch"), count(3, "epoch")
+        ('1 epoch', '3 epochs')
+    """
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
