@@ -72,22 +72,25 @@ def backend_unavailable(exc: BaseException) -> BackendUnavailable | None:
                               f"{missing!r}): {fix}")
 
 
-def unknown_backend() -> BackendUnavailable | None:
+def unknown_backend(backend: str | None = None) -> BackendUnavailable | None:
     """The one-line error for a ``KERAS_BACKEND`` that names no Keras backend ("JAX", "jaxx"), else None.
 
     Keras answers such a value with a traceback of some thirty lines ending in "Unable to import
     backend"; this says which value is wrong and what to set instead, before Keras is imported.
 
+    Args:
+        backend: the value to check; None reads ``KERAS_BACKEND`` (unset: nothing to refuse).
+
     Example:
-        >>> import os; os.environ["KERAS_BACKEND"] = "JAX"
-        >>> str(unknown_backend())[:52]
+        >>> str(unknown_backend("JAX"))[:52]
         "KERAS_BACKEND='JAX' is not a Keras backend: set jax "
-        >>> os.environ["KERAS_BACKEND"] = "jax"
+        >>> unknown_backend("torch") is None
+        True
     """
     import difflib
     import os
 
-    backend = os.environ.get("KERAS_BACKEND")
+    backend = os.environ.get("KERAS_BACKEND") if backend is None else backend
     if backend is None or backend in BACKEND_MODULES:
         return None
     near = difflib.get_close_matches(backend.lower(), list(BACKEND_MODULES), n=1)
