@@ -42,7 +42,7 @@ def mobilenet(digits):
     (x_r, y_r), (x_f, y_f), _ = digits
     from unlearn_your_model import mobilenet as build  # BatchNorm momentum 0.9: meaningful after a few epochs
 
-    model = build()
+    model = build(compact=True)
     return _fit(model, np.concatenate([x_r, x_f]), np.concatenate([y_r, y_f]), 3)
 
 

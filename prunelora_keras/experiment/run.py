@@ -289,6 +289,8 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
 
 def result_files(out_dir: Path) -> str:
     """The run folder's results as the closing line lists them: JSON, CSV, the markdown table, the plots."""
+    if not out_dir.is_dir():  # a process of a multi-process job that does not see the writer's folder
+        return "written by process 0"
     names = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.suffix in (".json", ".csv", ".md", ".png"))
     return ", ".join(names) if names else "none written (see the errors above)"
 
