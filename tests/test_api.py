@@ -159,7 +159,7 @@ keras.utils.set_random_seed(0)
 (x, y), _ = digits_32()
 x, y = x[:150], y[:150]
 r, f = (x[y != 3], y[y != 3]), (x[y == 3], y[y == 3])
-m = mobilenet()  # the keras.applications model of the jax tests, on Keras's torch backend
+m = mobilenet(compact=True)  # the keras.applications model of the jax tests, on Keras's torch backend
 for name in ("finetune", "pruned_lora"):
     res = plk.unlearn(m, r, f, method=name, epochs=1, batch_size=50, verbose=False)
     print(name, keras.backend.backend(), round(plk.evaluate(res.model, r, f, r)["UA"], 2))
