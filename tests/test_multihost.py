@@ -369,7 +369,7 @@ def test_two_processes_unlearn_a_resnet_like_one_process_with_four_devices(tmp_p
     for p in procs:
         assert p.returncode == 0, p.stderr[-3000:]
     assert "joined process 0 of 2" in procs[0].stderr and "joined process 1 of 2" in procs[1].stderr
-    assert "pruned_lora @ 1 epochs" in (out / "process1.log").read_text()  # process 1 logs to its file
+    assert "pruned_lora @ 1 epoch" in (out / "process1.log").read_text()  # process 1 logs to its file
     _assert_same_results(json.loads((out / "results.json").read_text()), one)
     _assert_one_writer(tmp_path, out, audit)
 

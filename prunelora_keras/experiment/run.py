@@ -56,10 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         seeds = seed_list(cfg, args.seeds)
         plan_class_sweep(cfg, args, seeds)
         out_dir = out_folder(cfg, args, seeds)
-        default = None if args.out else preset_difference(cfg)
-        if default is not None:
-            print(f"run folder {out_dir}: the {cfg.preset} preset with {config_diff(default, cfg.to_dict(), 4)}",
-                  file=sys.stderr, flush=True)
+        default = None if args.out else preset_difference(cfg)  # said with the run folder, once the data loaded
+        args.folder_note = "" if default is None else f"; the {cfg.preset} preset with {config_diff(default, cfg.to_dict(), 4)}"
         job = detect_job(args.coordinator, args.num_processes, args.process_id)  # no JAX: the checks stay light
         writer = writes_run_folder(job)
         check_out_dir(out_dir, probe=writer is True)  # a path that cannot hold the run folder: before anything heavy
@@ -265,7 +263,7 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
         return run_each_class(cfg, args, seeds, out_dir)
     if seeds is None:
         share_run_folder(out_dir)
-        results = run_one(cfg, out_dir, args.overwrite)
+        results = run_one(cfg, out_dir, args.overwrite, note=getattr(args, "folder_note", ""))
         print(pipeline.summary(results))
         print(f"results in {out_dir}/: {result_files(out_dir)} ({results['wall_s']:.0f} s)", file=sys.stderr)
         return 0
@@ -278,7 +276,8 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
     runs = []
     for seed in seeds:  # each seed's run is complete, reusable and resumable in its own folder
         pipeline.log(f"--- seed {seed} ---")
-        runs.append(run_one(dataclasses.replace(cfg, seed=seed), out_dir / f"seed{seed}", args.overwrite))
+        runs.append(run_one(dataclasses.replace(cfg, seed=seed), out_dir / f"seed{seed}", args.overwrite,
+                            note=getattr(args, "folder_note", "")))
     folded = aggregate(runs)
     write_report(folded, out_dir)
     print(fit_width(paper_table(folded) + "\n\n" + closing_lines(folded)))
@@ -327,7 +326,8 @@ def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None, out_d
         for c in classes:
             pipeline.log(f"--- seed {seed}, forget class {c} ({ds.class_names[c]}) ---")
             cfg_c = class_config(cfg, seed, c)
-            seed_runs.append(run_one(cfg_c, seed_dir / f"class{c}", args.overwrite, seed_dir / "checkpoints", ds))
+            seed_runs.append(run_one(cfg_c, seed_dir / f"class{c}", args.overwrite, seed_dir / "checkpoints", ds,
+                                     note=getattr(args, "folder_note", "")))
         if seeds is not None and len(seed_list) > 1:
             sweep.write_class_report(sweep.fold_classes(seed_runs), seed_dir)
         runs += seed_runs
@@ -340,11 +340,12 @@ def run_each_class(cfg, args: argparse.Namespace, seeds: list[int] | None, out_d
     return 0
 
 
-def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = None, ds=None) -> dict:
+def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = None, ds=None, note: str = "") -> dict:
     """One seed's whole experiment into ``out_dir`` (or the results it already holds).
 
     ``original_dir``: where the original model's checkpoint is shared (``--forget-each``);
-    ``ds``: the data set when already loaded."""
+    ``ds``: the data set when already loaded; ``note``: what the run-folder line adds (how a default
+    folder's configuration differs from its preset)."""
     from prunelora_keras.parallel import multihost
     from prunelora_keras.experiment import pipeline
 
@@ -369,7 +370,7 @@ def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = Non
     created = multihost.is_writer() and not out_dir.exists()
     if multihost.is_writer():
         out_dir.mkdir(parents=True, exist_ok=True)
-    pipeline.log(f"run folder: {out_dir} (checkpoints: at most about {need / 1e6:.{0 if need >= 1e7 else 1}f} MB)  "
+    pipeline.log(f"run folder: {out_dir} (checkpoints: at most about {need / 1e6:.{0 if need >= 1e7 else 1}f} MB{note})  "
                  f"device: {pipeline.device_description()}")
     try:
         return pipeline.run_pipeline(cfg, out_dir, ds, split, original_dir)
