@@ -84,14 +84,14 @@ def unknown_backend(backend: str | None = None) -> BackendUnavailable | None:
     Example:
         >>> str(unknown_backend("JAX"))[:52]
         "KERAS_BACKEND='JAX' is not a Keras backend: set jax "
-        >>> unknown_backend("torch") is None
-        True
+        >>> unknown_backend("torch") is None, unknown_backend("") is None
+        (True, True)
     """
     import difflib
     import os
 
     backend = os.environ.get("KERAS_BACKEND") if backend is None else backend
-    if backend is None or backend in BACKEND_MODULES:
+    if not backend or backend in BACKEND_MODULES:  # unset or empty: Keras reads keras.json, as it always did
         return None
     near = difflib.get_close_matches(backend.lower(), list(BACKEND_MODULES), n=1)
     fix = f"set {near[0]}" if near else f"set one of {', '.join(BACKEND_MODULES)}"

@@ -86,3 +86,20 @@ def test_one_epoch_is_singular():
     rows = [{"paradigm": "retrain", "epochs": 1, "avg_gap": 0.0}, {"paradigm": "lora", "epochs": 1, "avg_gap": 2.0}]
     text = closing_lines({"rows": rows, "data": {}, "config": {}})
     assert "2.00 points at 1 epoch." in text and "1 epochs" not in text
+
+
+def test_a_plugin_whose_own_import_fails_is_named_as_such(tmp_path):
+    from prunelora_keras.errors import UserError
+    from prunelora_keras.experiment.plugins import load_plugins
+
+    (tmp_path / "needs.py").write_text("import no_such_dependency_here\n")
+    with pytest.raises(UserError, match=r"needs.py failed while importing \(No module named 'no_such_dependency_here'\)"):
+        load_plugins([str(tmp_path / "needs.py")])
+    with pytest.raises(UserError, match="no such file"):
+        load_plugins([str(tmp_path / "absent.py")])
+
+
+def test_an_empty_keras_backend_is_unset_not_refused():
+    from prunelora_keras.errors import unknown_backend
+
+    assert unknown_backend("") is None and unknown_backend("jax") is None and unknown_backend("Jax") is not None

@@ -129,3 +129,9 @@ def test_coarse_labels_on_a_cifar100_image_tree_are_refused(tmp_path):
     with pytest.raises(UserError, match="is an image-folder tree, which holds one label per image .*data.labels=coarse"):
         sources.load_dataset("cifar100", str(tmp_path / "c100"), labels="coarse")
     assert sources.load_dataset("cifar100", str(tmp_path / "c100")).class_names == ("ants", "bees")
+
+
+def test_a_class_named_train_in_a_class_per_folder_tree_is_a_class(tmp_path):
+    root = _tree(tmp_path / "vehicles", classes=("bus", "car", "train"), per_class=4)
+    *_, names = readers.read_folder(root)
+    assert names == ("bus", "car", "train")

@@ -201,6 +201,14 @@ def test_a_search_resumed_with_another_space_is_refused_not_mixed_into_the_old_s
     tune.check_folder(request([*TINY, "--method", "ga,salun", "--space", "lr", "--out", str(out)]))  # a method added
     with pytest.raises(UserError, match="holds a search of ga over another space \\(lr; now lr, epochs\\)"):
         tune.check_folder(request([*TINY, "--method", "ga", "--space", "lr,epochs", "--out", str(out)]))
+    # a request for another method rewrites tune.json; ga's space stays on record and is still enforced
+    from prunelora_keras.experiment.tune_report import recorded_settings
+
+    other = request([*TINY, "--method", "salun", "--space", "lr", "--out", str(out)])
+    (out / "tune.json").write_text(json.dumps({"settings": recorded_settings(other)}))
+    assert set(json.loads((out / "tune.json").read_text())["settings"]["spaces"]) == {"ga", "salun"}
+    with pytest.raises(UserError, match="holds a search of ga over another space"):
+        tune.check_folder(request([*TINY, "--method", "ga", "--space", "lr,epochs", "--out", str(out)]))
 
 
 def test_tune_takes_a_users_registered_method_through_plugin(tmp_path):

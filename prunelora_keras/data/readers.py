@@ -168,11 +168,20 @@ def read_tinyimagenet(path: str | Path) -> tuple:
                         lambda f: decode_image(f.read_bytes(), str(f), 64))
 
 
+def check_folder_source(path: str | Path) -> Path:
+    """``path`` as a folder, or the one-line ``UserError`` a missing ``folder:PATH`` data set gets (the
+    command also asks this before it says anything about the run folder)."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise UserError(f"folder:{root} is not a folder: expected <class>/<image> (or train/ and test/ of that)")
+    return root
+
+
 def _folder_layout(root: Path) -> list[Path]:
     """The split folders of an image tree: [train, test] for ``train/`` beside ``test/``, ``val/`` or
     ``valid/`` (the first that exists: the ImageNet and Imagenette layouts name the test split ``val``),
-    else [root] (class folders at the top)."""
-    if not (root / "train").is_dir():
+    else [root] (class folders at the top; a top-level ``train/`` holding images, not folders, is a class)."""
+    if not (root / "train").is_dir() or not any(p.is_dir() for p in (root / "train").iterdir()):
         return [root]
     tests = [root / name for name in TEST_SPLIT_NAMES if (root / name).is_dir()]
     if not tests:
@@ -233,16 +242,14 @@ def read_folder(path: str | Path, image_size: int = 0, seed: int = 0) -> tuple:
     """
     from sklearn.model_selection import train_test_split
 
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise UserError(f"folder:{root} is not a folder: expected <class>/<image> (or train/ and test/ of that)")
+    root = check_folder_source(path)
     skipped: list[str] = []
-    read = [_class_images(folder, skipped) for folder in _folder_layout(root)]
+    layout = _folder_layout(root)
+    read = [_class_images(folder, skipped) for folder in layout]
     report_skipped(skipped, f"folder:{root}")
     names = read[0][0]
     if len(read) == 2 and read[1][0] != names:
-        raise UserError(f"folder:{root}: train/ and {_folder_layout(root)[1].name}/ hold different classes; they must "
-                        "hold the same")
+        raise UserError(f"folder:{root}: train/ and {layout[1].name}/ hold different classes; they must hold the same")
     split_items = [([f for _, f in items], np.asarray([names.index(c) for c, _ in items], np.int32))
                    for _, items in read]
     if len(read) == 1:

@@ -48,6 +48,9 @@ def load_plugins(specs: Sequence[str]) -> None:
         except UserError:
             raise
         except ModuleNotFoundError as exc:
+            if spec.endswith(".py") or not (spec == exc.name or spec.startswith(f"{exc.name}.")):
+                # the plugin was found; something it imports was not
+                raise UserError(f"--plugin {spec} failed while importing ({exc}): install what it imports") from None
             raise UserError(f"--plugin {spec}: {exc}; pass a module on the Python path (run from its folder, or set "
                             "PYTHONPATH) or the .py file's path") from None
         except Exception as exc:  # noqa: BLE001 - the user's module failed: say which and why, in one line

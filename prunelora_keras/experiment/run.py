@@ -351,10 +351,11 @@ def run_one(cfg, out_dir: Path, overwrite: bool, original_dir: Path | None = Non
 
     try:
         old = finished_results(out_dir, cfg, overwrite)
-    except UserError:  # a data problem (a missing folder, say) is the first thing to fix: said before the folder's
-        from prunelora_keras.experiment.pipeline import load_data
+    except UserError:  # a missing data folder is the first thing to fix: said before the run folder's conflict
+        if cfg.data.dataset.startswith("folder:"):  # (a cheap check: no data set is loaded or downloaded for it)
+            from prunelora_keras.data.readers import check_folder_source
 
-        load_data(cfg, ds)
+            check_folder_source(cfg.data.dataset[len("folder:"):])
         raise
     if old is not None:
         pipeline.log(f"{out_dir} already holds finished results for this configuration")

@@ -159,13 +159,26 @@ def plot(methods: dict[str, Any], objective: str, path: Path) -> None:
     save_figure(fig, path)
 
 
+def recorded_settings(req: TuneRequest) -> dict[str, Any]:
+    """``describe(req)`` with the search spaces of every method searched in the folder before kept: their
+    studies live on in ``study.journal``, so a later request must not search one of them in another space
+    (``tune.check_folder`` reads these), even after a request for other methods rewrote tune.json."""
+    settings = json.loads(json.dumps(describe(req)))
+    try:
+        before = json.loads((Path(req.out) / "tune.json").read_text()).get("settings", {}).get("spaces", {})
+    except (OSError, ValueError):
+        before = {}
+    settings["spaces"] = {**before, **settings["spaces"]}
+    return settings
+
+
 def write_outputs(req: TuneRequest, methods: dict[str, Any], shared_s: float) -> dict[str, Any]:
     """tune.json, trials.csv, trials.png and tune.md in the search folder; returns tune.json's data."""
     from prunelora_keras.experiment.labels import _atomic_write
 
     out = Path(req.out)
-    result = {"settings": describe(req), "command": req.command, "out": str(out), "validation_original_s": shared_s,
-              "methods": methods}
+    result = {"settings": recorded_settings(req), "command": req.command, "out": str(out),
+              "validation_original_s": shared_s, "methods": methods}
     _atomic_write(out / "tune.json", json.dumps(result, indent=1, default=float))
     _atomic_write(out / "trials.csv", trials_csv(methods))
     _atomic_write(out / "tune.md", f"# Search: {req.command}\n\n" + table(req, methods, shared_s))
