@@ -261,6 +261,14 @@ def untrained_warnings(model: keras.Model, x: np.ndarray, y: np.ndarray, seed: i
     momentum 0.99 after a short ``fit``) unlearns for minutes and only ``evaluate`` then says its
     scores mean nothing. Issued as a ``ChanceLevelWarning`` before any training.
 
+    Args:
+        model: the model about to be unlearned (not modified).
+        x, y: D_r, checked (``labelled_arrays``).
+        seed: seeds the sample.
+        sample: how many D_r images the forward pass looks at (all, when fewer).
+    Returns:
+        ``chance_warnings``' lines: one when the model is at chance on the sample, else none.
+
     Example:
         >>> untrained_warnings(model, x_r, y_r)  # doctest: +SKIP
         ['the original model is at chance on the retained data (10.1% against 11.2% ...']

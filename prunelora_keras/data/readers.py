@@ -170,7 +170,19 @@ def read_tinyimagenet(path: str | Path) -> tuple:
 
 def check_folder_source(path: str | Path) -> Path:
     """``path`` as a folder, or the one-line ``UserError`` a missing ``folder:PATH`` data set gets (the
-    command also asks this before it says anything about the run folder)."""
+    command also asks this before it says anything about the run folder).
+
+    Args:
+        path: the image tree's root (``~`` expanded).
+    Returns:
+        The folder's ``Path``.
+    Raises:
+        UserError: ``path`` is not a folder.
+
+    Example:
+        >>> check_folder_source(".").is_dir()
+        True
+    """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise UserError(f"folder:{root} is not a folder: expected <class>/<image> (or train/ and test/ of that)")

@@ -161,7 +161,12 @@ def config_tag(cfg) -> str:
     Why: the default run folder used to be named after model, preset and seed alone, so every variation
     of the first command (another class, epochs, data set, a tuned ``--config``) met the preset run's
     results and was refused; each configuration now has a folder of its own, and rerunning the same
-    command still finds (and resumes) its own."""
+    command still finds (and resumes) its own.
+
+    Example:
+        >>> config_tag(build_config("vit", "quick")), len(config_tag(build_config("vit", "quick", sets=["seed=3", "data.forget_class=5"])))
+        ('', 9)
+    """
     if preset_difference(cfg) is None:
         return ""
     return "-" + hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
@@ -213,10 +218,10 @@ def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:
         old = json.loads(previous.read_text())
     except (OSError, ValueError):
         old = {}
-    if old.get("config") == cfg.to_dict() and not overwrite:
+    same = old.get("config") == cfg.to_dict()
+    if same and not overwrite:
         return old
     if overwrite:
-        same = old.get("config") == cfg.to_dict()
         whose = "this configuration" if same else f"another configuration: {config_diff(old.get('config') or {}, cfg.to_dict())}"
         print(f"--overwrite: {out_dir}'s results, tables and plots ({whose}) are replaced; its checkpoints stay, and "
               "those of this configuration are reused", file=sys.stderr, flush=True)
@@ -287,7 +292,17 @@ def run(cfg, args: argparse.Namespace, seeds: list[int] | None, out_dir: Path) -
 
 
 def result_files(out_dir: Path) -> str:
-    """The run folder's results as the closing line lists them: JSON, CSV, the markdown table, the plots."""
+    """The run folder's results as the closing line lists them: JSON, CSV, the markdown table, the plots.
+
+    Args:
+        out_dir: the run folder.
+    Returns:
+        The file names, sorted and comma-separated (a note when there are none).
+
+    Example:
+        >>> result_files(Path("runs/vit-quick-seed0"))  # doctest: +SKIP
+        'loss_histograms.png, metrics.png, results.csv, results.json, results.md'
+    """
     if not out_dir.is_dir():  # a process of a multi-process job that does not see the writer's folder
         return "written by process 0"
     names = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.suffix in (".json", ".csv", ".md", ".png"))

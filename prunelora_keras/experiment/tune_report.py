@@ -162,7 +162,17 @@ def plot(methods: dict[str, Any], objective: str, path: Path) -> None:
 def recorded_settings(req: TuneRequest) -> dict[str, Any]:
     """``describe(req)`` with the search spaces of every method searched in the folder before kept: their
     studies live on in ``study.journal``, so a later request must not search one of them in another space
-    (``tune.check_folder`` reads these), even after a request for other methods rewrote tune.json."""
+    (``tune.check_folder`` reads these), even after a request for other methods rewrote tune.json.
+
+    Args:
+        req: the search request.
+    Returns:
+        tune.json's ``settings``: the request as JSON data, its ``spaces`` merged over the folder's earlier ones.
+
+    Example:
+        >>> recorded_settings(request(["--model", "vit", "--method", "ga", "--out", "t"]))["spaces"]  # doctest: +SKIP
+        {'ga': {...}}
+    """
     settings = json.loads(json.dumps(describe(req)))
     try:
         before = json.loads((Path(req.out) / "tune.json").read_text()).get("settings", {}).get("spaces", {})

@@ -44,7 +44,17 @@ class Progress:
 
 
 def format_seconds(seconds: float) -> str:
-    """``12m05s``, or ``1h02m`` from an hour on (progress lines' ETA)."""
+    """``12m05s``, or ``1h02m`` from an hour on (progress lines' ETA).
+
+    Args:
+        seconds: a duration.
+    Returns:
+        The duration, rounded to the second (to the minute from an hour on).
+
+    Example:
+        >>> format_seconds(725), format_seconds(3725)
+        ('12m05s', '1h02m')
+    """
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
