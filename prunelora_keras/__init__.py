@@ -5,7 +5,8 @@ so a ``~/.keras/keras.json`` that names another backend does not break it. An ex
 ``KERAS_BACKEND`` always wins.
 
 It also registers every custom layer the package's models and adapters use (the ViT's position
-embedding, attention and GELU, ``FlatDense``, the LoRA layers), so a saved model loads in a fresh
+embedding, attention and GELU, ``FlatDense``, ``FastConv2D``, ``FastMaxPool2D``, airbench's
+initialiser, the LoRA layers), so a saved model loads in a fresh
 process after ``import prunelora_keras``:
 
     import prunelora_keras  # noqa: F401
@@ -29,7 +30,8 @@ os.environ.setdefault("KERAS_BACKEND", "jax")
 __version__ = "0.1.0"
 
 # The modules that register the custom layers (``keras.saving.register_keras_serializable``).
-_LAYER_MODULES = ("prunelora_keras.models.layers", "prunelora_keras.models.lora", "prunelora_keras.models.vit")
+_LAYER_MODULES = ("prunelora_keras.models.layers", "prunelora_keras.models.lora", "prunelora_keras.models.vit",
+                  "prunelora_keras.models.airbench")
 
 
 def _register_layers() -> None:

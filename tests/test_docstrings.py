@@ -12,7 +12,8 @@ MODULES = ["prunelora_keras.evaluation.metrics", "prunelora_keras.evaluation.rep
            "prunelora_keras.parallel.jobs", "prunelora_keras.training.inference", "prunelora_keras.api.checks", "prunelora_keras.methods.options",
            "prunelora_keras.experiment.terminal", "prunelora_keras.methods.builtin_names", "prunelora_keras.methods.hparams",
            "prunelora_keras.training.epochs", "prunelora_keras.training.caches", "prunelora_keras.evaluation.settings",
-           "prunelora_keras.evaluation.ulira", "prunelora_keras.api.targets"]
+           "prunelora_keras.evaluation.ulira", "prunelora_keras.api.targets", "prunelora_keras.models.cpu_ops",
+           "prunelora_keras.models.layers", "prunelora_keras.models.airbench"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -70,3 +70,29 @@ def test_mismatches_name_the_first_tensor():
     del state["final_ln.weight"]
     with pytest.raises(KeyError, match="final_ln.weight"):
         load_state_dict_into_keras(model, state)
+
+
+def test_airbench_matches_its_pytorch_twin_in_both_directions_and_in_training_mode():
+    """Logits (inference and training mode) and the BatchNorm running statistics after one training
+    forward agree: eps 1e-12, PyTorch momentum 0.4 = Keras 0.6, no scale; the 1/9 logit scale."""
+    from prunelora_keras.interop.torch_models import Airbench
+    from prunelora_keras.models import airbench
+
+    model = airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=0)
+    _randomise_keras(model, 3)
+    net = Airbench(widths=(8, 16, 16))
+    net.load_state_dict(keras_to_state_dict(model), strict=True)
+    x = np.random.default_rng(4).normal(size=(4, 32, 32, 3)).astype("float32")
+    tx = torch.tensor(x.transpose(0, 3, 1, 2))
+    _rel_close(net.eval()(tx).detach().numpy(), keras.ops.convert_to_numpy(model(x, training=False)))
+    _rel_close(net.train()(tx).detach().numpy(), keras.ops.convert_to_numpy(model(x, training=True)), rtol=1e-3)
+    bn, tbn = model.get_layer("group2_bn1"), net.group2.norm1
+    _rel_close(tbn.running_mean.numpy(), keras.ops.convert_to_numpy(bn.moving_mean))
+    assert all(not p.requires_grad for p in (net.whiten.weight, tbn.weight))
+    back = airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=1)
+    load_state_dict_into_keras(back, net.state_dict())
+    _rel_close(keras.ops.convert_to_numpy(back(x, training=False)), net.eval()(tx).detach().numpy())
+    state = net.state_dict()
+    state["group1.norm1.weight"] = state["group1.norm1.weight"] * 2  # a scale Keras has no place for
+    with pytest.raises(ValueError, match="group1.norm1.weight"):
+        load_state_dict_into_keras(back, state)

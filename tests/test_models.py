@@ -3,8 +3,8 @@ import pytest
 import keras
 
 from prunelora_keras.experiment.config import ModelConfig
-from prunelora_keras.models import build_model, resnet18, resnet50, simple_vit
-from prunelora_keras.models.layers import PointwiseConv2D
+from prunelora_keras.models import airbench, build_model, resnet18, resnet50, simple_vit
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, PointwiseConv2D
 from prunelora_keras.models.vit import DotProductAttention, posemb_sincos_2d
 
 
@@ -52,6 +52,36 @@ def test_pointwise_conv_equals_convolution():
         layer = PointwiseConv2D(7, 1, strides=stride, use_bias=False)
         y = keras.ops.convert_to_numpy(layer(x))
         np.testing.assert_allclose(y, _np_conv(x, keras.ops.convert_to_numpy(layer.kernel), stride, 0), rtol=1e-5, atol=1e-5)
+
+
+def test_airbench_has_airbench94s_shape_and_initialisation():
+    model = airbench()
+    # trainable: whitening bias 24; convs 24*64*9, 64*64*9, 64*256*9, 256*256*9 (x3); BN biases; head 256*10
+    convs = 24 * 64 * 9 + 64 * 64 * 9 + 64 * 256 * 9 + 3 * 256 * 256 * 9
+    assert n_trainable(model) == 24 + convs + 2 * (64 + 256 + 256) + 256 * 10
+    assert [model.get_layer(n).output.shape[1] for n in ("whiten", "group1_pool", "group2_pool", "group3_pool", "pool")] \
+        == [31, 15, 7, 3, 1]
+    kernel = keras.ops.convert_to_numpy(model.get_layer("group2_conv1").kernel)  # 64 -> 256: identity on the first 64
+    assert np.array_equal(kernel[1, 1, :, :64], np.eye(64)) and np.abs(kernel[..., :64]).sum() == 64
+    assert 0 < np.abs(kernel[..., 64:]).max() <= 1 / np.sqrt(9 * 64)
+    bn = model.get_layer("group1_bn1")
+    assert bn.gamma is None and bn.epsilon == 1e-12 and bn.momentum == 0.6
+
+
+def test_fast_layers_compute_what_the_plain_layers_compute():
+    """On any backend: the forward of FastConv2D / FastMaxPool2D equals Conv2D / MaxPooling2D's."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 9, 9, 4)).astype("float32")
+    for kwargs in ({"kernel_size": 3, "padding": "same"}, {"kernel_size": 3, "strides": 2},
+                   {"kernel_size": 2}, {"kernel_size": 1, "strides": 2}):
+        fast, plain = FastConv2D(5, **kwargs), keras.layers.Conv2D(5, **kwargs)
+        fast.build(x.shape), plain.build(x.shape)
+        plain.set_weights(fast.get_weights())
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(fast(x)), keras.ops.convert_to_numpy(plain(x)),
+                                   rtol=1e-5, atol=1e-5)
+    for pool in (2, 3):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(FastMaxPool2D(pool)(x)),
+                                      keras.ops.convert_to_numpy(keras.layers.MaxPooling2D(pool)(x)))
 
 
 def test_strided_conv_pads_like_pytorch():

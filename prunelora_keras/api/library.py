@@ -31,7 +31,7 @@ import numpy as np
 from prunelora_keras.api.checks import (chance_warnings, forgotten_classes, labelled_arrays, require_epochs,
                                         require_logits, split_test)
 from prunelora_keras.api.targets import FoundTargets, find_targets  # noqa: F401  (re-exported: plk.find_targets)
-from prunelora_keras.models.layers import FlatDense, PointwiseConv2D
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense
 from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
@@ -168,18 +168,21 @@ def prune(model: keras.Model, targets: Sequence[str] | None = None, amount: floa
     return copy, prune_units(copy, targets, amount, mode=mode)
 
 
+SPEED_LAYERS = (FastConv2D, FastMaxPool2D, FlatDense)
+
+
 def _with_callers_layer_types(out: keras.Model, model: keras.Model) -> keras.Model:
-    """``out`` with each of the package's speed layers (``PointwiseConv2D``, ``FlatDense``, which merging
+    """``out`` with each of the package's speed layers (``FastConv2D``, ``FlatDense``, which merging
     adapters produces) back to the caller's own layer type: the result loads without this package."""
     own = {layer.name: type(layer) for layer in model.layers}
 
     def replace(layer):
         cls = own.get(layer.name)
-        if isinstance(layer, (PointwiseConv2D, FlatDense)) and cls is not None and cls is not type(layer):
+        if isinstance(layer, SPEED_LAYERS) and cls is not None and cls is not type(layer):
             return cls.from_config(layer.get_config())
         return None
 
-    if not any(isinstance(layer, (PointwiseConv2D, FlatDense)) for layer in out.layers):
+    if not any(isinstance(layer, SPEED_LAYERS) for layer in out.layers):
         return out
     return replace_layers(out, replace)
 

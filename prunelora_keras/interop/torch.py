@@ -1,4 +1,4 @@
-"""Keras <-> PyTorch weight conversion for the ResNets and the SimpleViT.
+"""Keras <-> PyTorch weight conversion for the ResNets, the SimpleViT and airbench.
 
 ``keras_to_state_dict(model)`` gives a state dict for ``interop.torch_models`` (numpy arrays in,
 torch tensors out); ``load_state_dict_into_keras(model, state_dict)`` goes back. Layouts differ:
@@ -22,6 +22,8 @@ def torch_prefix(name: str) -> str | None:
         (r"stage(\d+)_block(\d+)_(conv|bn)(\d)", lambda m: f"layer{m[1]}.{int(m[2]) - 1}.{m[3]}{m[4]}"),
         (r"stage(\d+)_block(\d+)_shortcut_conv", lambda m: f"layer{m[1]}.{int(m[2]) - 1}.shortcut.0"),
         (r"stage(\d+)_block(\d+)_shortcut_bn", lambda m: f"layer{m[1]}.{int(m[2]) - 1}.shortcut.1"),
+        (r"whiten", "whiten"), (r"group(\d)_conv(\d)", lambda m: f"group{m[1]}.conv{m[2]}"),
+        (r"group(\d)_bn(\d)", lambda m: f"group{m[1]}.norm{m[2]}"),
         (r"patch_embed", "patch_embed"), (r"final_ln", "final_ln"),
         (r"block(\d+)_(ln1|ln2)", lambda m: f"blocks.{m[1]}.{m[2]}"),
         (r"block(\d+)_attn_qkv", lambda m: f"blocks.{m[1]}.attn.in_proj_"),
@@ -49,7 +51,10 @@ def _pairs(model: keras.Model):
         if isinstance(layer, keras.layers.BatchNormalization):
             for key, var in (("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.moving_mean),
                              ("running_var", layer.moving_variance)):
-                yield f"{prefix}.{key}", var, "vector"
+                if var is None:  # scale=False (airbench): torch's BatchNorm keeps a weight of ones
+                    yield f"{prefix}.{key}", layer.beta, "ones"
+                else:
+                    yield f"{prefix}.{key}", var, "vector"
         elif isinstance(layer, keras.layers.LayerNormalization):
             yield f"{prefix}.weight", layer.gamma, "vector"
             yield f"{prefix}.bias", layer.beta, "vector"
@@ -73,7 +78,9 @@ def keras_to_state_dict(model: keras.Model) -> dict:
     out = {}
     for key, item, kind in _pairs(model):
         value = keras.ops.convert_to_numpy(item[1] if isinstance(item, tuple) else item)
-        if kind == "conv":
+        if kind == "ones":
+            value = np.ones_like(value)
+        elif kind == "conv":
             value = value.transpose(3, 2, 0, 1)
         elif kind == "dense":
             value = value.T
@@ -94,6 +101,11 @@ def load_state_dict_into_keras(model: keras.Model, state_dict: dict) -> None:
         elif kind == "dense":
             value = value.T
         var = item[0].kernel if isinstance(item, tuple) else item
+        if kind == "ones":
+            if not np.all(value == 1):
+                raise ValueError(f"{key!r} is not all ones, and the Keras BatchNormalization has no scale (scale=False)")
+            used.add(key)
+            continue
         if tuple(var.shape) != value.shape:
             raise ValueError(f"shape mismatch at {key!r}: torch gives {value.shape}, Keras expects {tuple(var.shape)}")
         var.assign(value.astype(var.dtype))

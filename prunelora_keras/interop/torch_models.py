@@ -133,15 +133,52 @@ class SimpleViT(nn.Module):
         return self.head(self.final_ln(x.mean(dim=1)))
 
 
+class AirbenchGroup(nn.Module):
+    def __init__(self, channels_in: int, channels_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding="same", bias=False)
+        self.pool = nn.MaxPool2d(2)
+        self.norm1 = nn.BatchNorm2d(channels_out, eps=1e-12, momentum=0.4)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding="same", bias=False)
+        self.norm2 = nn.BatchNorm2d(channels_out, eps=1e-12, momentum=0.4)
+        for norm in (self.norm1, self.norm2):
+            norm.weight.requires_grad = False
+        self.activ = nn.GELU()
+
+    def forward(self, x):
+        x = self.activ(self.norm1(self.pool(self.conv1(x))))
+        return self.activ(self.norm2(self.conv2(x)))
+
+
+class Airbench(nn.Module):
+    """airbench94's network (as ``models.airbench``): whitening conv, three groups, max-pool, head / 9."""
+
+    def __init__(self, num_classes: int = 10, widths=(64, 256, 256), channels: int = 3):
+        super().__init__()
+        self.whiten = nn.Conv2d(channels, 2 * channels * 4, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        ins = (2 * channels * 4, *widths[:-1])
+        self.group1, self.group2, self.group3 = (AirbenchGroup(i, o) for i, o in zip(ins, widths))
+        self.pool = nn.MaxPool2d(3)
+        self.head = nn.Linear(widths[-1], num_classes, bias=False)
+
+    def forward(self, x):
+        x = nn.functional.gelu(self.whiten(x))
+        x = self.pool(self.group3(self.group2(self.group1(x))))
+        return self.head(x.flatten(1)) / 9
+
+
 def build_torch_model(model_cfg, num_classes: int, image_size: int) -> nn.Module:
     if model_cfg.name == "resnet50":
         return resnet50(num_classes, model_cfg.width)
     if model_cfg.name == "resnet18":
         return resnet18(num_classes, model_cfg.width)
+    if model_cfg.name == "airbench":
+        return Airbench(num_classes)
     if model_cfg.name == "vit":
         return SimpleViT(num_classes, image_size, model_cfg.patch_size, model_cfg.dim, model_cfg.depth,
                          model_cfg.heads, model_cfg.mlp_dim)
     raise ValueError(f"unknown model {model_cfg.name!r}")
 
 
-__all__ = ["build_torch_model", "resnet50", "resnet18", "SimpleViT", "math"]
+__all__ = ["Airbench", "build_torch_model", "resnet50", "resnet18", "SimpleViT", "math"]

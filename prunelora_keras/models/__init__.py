@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import keras
 
+from prunelora_keras.models.airbench import airbench
 from prunelora_keras.models.resnet import resnet18, resnet50
 from prunelora_keras.models.vit import simple_vit
 
-__all__ = ["build_model", "resnet18", "resnet50", "simple_vit"]
+__all__ = ["airbench", "build_model", "resnet18", "resnet50", "simple_vit"]
 
 
 def build_model(model_cfg, num_classes: int, input_shape: tuple[int, int, int]) -> keras.Model:

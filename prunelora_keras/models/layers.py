@@ -1,11 +1,14 @@
-"""Matmul-shaped layers shared by the models and the LoRA layers, written for XLA:CPU's speed.
+"""Layers shared by the models and the LoRA layers, written for XLA:CPU's speed.
 
 XLA's CPU backend computes the gradients of a product ``(..., in) x (in, out)`` with more than
 one leading axis markedly slower than the same product on a 2-D ``(rows, in)`` view of the
 input (measured on two cores: a (32, 64, 128) x (128, 128) product's forward and backward in
-5.3 ms against 3.1 ms), and the weight gradient of a 1x1 convolution about 10x slower than the
-equivalent matmul. ``flat_matmul`` folds the leading axes into one; ``PointwiseConv2D`` and
-``FlatDense`` use it and keep their base classes' weights and config.
+5.3 ms against 3.1 ms), the weight gradient of a 1x1 convolution about 10x slower than the
+equivalent matmul, a wide 3x3 convolution's weight gradient 1.7-2x slower than one matmul per
+kernel tap, and a max-pool's gradient by select-and-scatter. ``flat_matmul`` folds the leading
+axes into one; ``FlatDense``, ``FastConv2D`` and ``FastMaxPool2D`` use these forms (the last two
+only on JAX's CPU platform, through ``models.cpu_ops``) and keep their base classes' weights and
+config, so LoRA, pruning and weight import treat them as the Dense, Conv2D and MaxPooling2D they are.
 """
 
 from __future__ import annotations
@@ -42,28 +45,73 @@ class FlatDense(layers.Dense):
 
 
 @keras.saving.register_keras_serializable(package="prunelora_keras")
-class PointwiseConv2D(layers.Conv2D):
-    """A 1x1 Conv2D computed as a matrix product over channels (strides by slicing).
+class FastConv2D(layers.Conv2D):
+    """A Conv2D that trains in XLA:CPU's fastest exact forms; elsewhere exactly ``Conv2D``.
 
-    Same weights, outputs and config as ``Conv2D(kernel_size=1)`` (it *is* a Conv2D, so LoRA,
-    pruning and weight import treat it as one). It exists for speed: XLA's CPU backend computes
-    the weight gradient of a 1x1 convolution about 10x slower than the equivalent matmul
-    (measured: 315 ms vs 36 ms for 128x32x32x16 -> 64 on two cores).
+    Same weights, outputs and config as ``Conv2D`` (it *is* one). A 1x1 convolution is a matrix
+    product over channels on every backend (strides by slicing): XLA:CPU's 1x1 weight gradient is
+    about 10x the matmul's (315 ms vs 36 ms for 128x32x32x16 -> 64 on two cores). A larger kernel,
+    on JAX's CPU platform, takes the forms ``cpu_ops.conv_forms`` picks for its shapes: the weight
+    gradient as one matmul per kernel tap when wide enough, the forward as one im2col matmul when
+    a window holds few values (``cpu_ops.conv2d``); lax's input gradient. Outputs and gradients
+    equal ``Conv2D``'s to float rounding.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = FastConv2D(4, 3, padding="same")
+        >>> layer(np.ones((2, 8, 8, 3), "float32")).shape
+        (2, 8, 8, 4)
     """
 
     def convolution_op(self, inputs, kernel):
-        return pointwise_as_matmul(self, inputs, kernel, super().convolution_op)
+        return fast_convolution(self, inputs, kernel, super().convolution_op)
 
 
-def pointwise_as_matmul(layer: layers.Conv2D, inputs, kernel, conv):
-    """``conv(inputs, kernel)``, computed as a matmul when ``layer`` is a plain 1x1 convolution.
+@keras.saving.register_keras_serializable(package="prunelora_keras")
+class PointwiseConv2D(FastConv2D):
+    """``FastConv2D`` under the name models saved before it carried: such files load unchanged."""
+
+
+def fast_convolution(layer: layers.Conv2D, inputs, kernel, conv):
+    """``conv(inputs, kernel)`` (the layer's own convolution) in the fastest exact form for ``layer``.
 
     The kernel may have any number of output channels (a LoRA adapter's A has ``rank``).
     """
-    if (layer.kernel_size != (1, 1) or layer.dilation_rate != (1, 1) or layer.groups != 1
-            or layer.data_format != "channels_last"):
-        return conv(inputs, kernel)
-    sh, sw = layer.strides
-    if (sh, sw) != (1, 1):
-        inputs = inputs[:, ::sh, ::sw, :]
-    return flat_matmul(inputs, ops.reshape(kernel, kernel.shape[2:]))
+    plain = layer.dilation_rate == (1, 1) and layer.groups == 1 and layer.data_format == "channels_last"
+    if plain and tuple(layer.kernel_size) == (1, 1):
+        sh, sw = layer.strides
+        if (sh, sw) != (1, 1):
+            inputs = inputs[:, ::sh, ::sw, :]
+        return flat_matmul(inputs, ops.reshape(kernel, kernel.shape[2:]))
+    if plain and layer.padding in ("same", "valid"):
+        from prunelora_keras.models import cpu_ops
+
+        if cpu_ops.on_jax_cpu("conv"):
+            forms = cpu_ops.conv_forms(inputs.shape, kernel.shape, layer.strides)
+            if forms != ("lax", "lax"):
+                return cpu_ops.conv2d(inputs, ops.convert_to_tensor(kernel), layer.strides, layer.padding, forms)
+    return conv(inputs, kernel)
+
+
+@keras.saving.register_keras_serializable(package="prunelora_keras")
+class FastMaxPool2D(layers.MaxPooling2D):
+    """A MaxPooling2D whose gradient on JAX's CPU platform avoids select-and-scatter.
+
+    With non-overlapping windows (strides = pool size), valid padding and channels_last, it runs
+    ``cpu_ops.max_pool``: a reshape and a max, and a gradient that goes to each window's first
+    maximum (as select-and-scatter's does) by elementwise masks. Elsewhere it is ``MaxPooling2D``.
+
+    Example:
+        >>> import numpy as np
+        >>> FastMaxPool2D(2)(np.ones((1, 5, 5, 3), "float32")).shape
+        (1, 2, 2, 3)
+    """
+
+    def call(self, inputs):
+        if (tuple(self.strides) == tuple(self.pool_size) and self.padding == "valid"
+                and self.data_format == "channels_last"):
+            from prunelora_keras.models import cpu_ops
+
+            if cpu_ops.on_jax_cpu("max_pool"):
+                return cpu_ops.max_pool(inputs, self.pool_size)
+        return super().call(inputs)

@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from prunelora_keras.models.layers import FlatDense, PointwiseConv2D, flat_matmul
+from prunelora_keras.models.layers import FastConv2D, FlatDense, flat_matmul
 
 LORA_KEYS = ("adapter_rank", "adapter_alpha", "adapter_dropout", "adapter_seed")
 
@@ -117,7 +117,7 @@ class LoRADense(_LoRAMixin, FlatDense):
 
 
 @keras.saving.register_keras_serializable(package="prunelora_keras")
-class LoRAConv2D(_LoRAMixin, PointwiseConv2D):
+class LoRAConv2D(_LoRAMixin, FastConv2D):
     """A Conv2D (channels_last) with a frozen kernel and bias and a trainable adapter.
 
     A is a convolution like the base (kernel size, strides, padding, dilation) into ``rank``
@@ -143,7 +143,7 @@ class LoRAConv2D(_LoRAMixin, PointwiseConv2D):
     def call(self, inputs, training=None):
         y = self.convolution_op(inputs, self.kernel)
         h = self.dropout_layer(inputs, training=training) * self.input_mask
-        low = self.convolution_op(h, self.lora_a)  # same geometry as the base: 1x1 -> matmul, else conv
+        low = self.convolution_op(h, self.lora_a)  # the base's geometry and its fast form (1x1: a matmul)
         delta = flat_matmul(low, ops.reshape(self.lora_b, (self.adapter_rank, self.filters)))
         return self._finish(y + self.scale * delta * self.unit_mask)
 
@@ -316,8 +316,7 @@ def merge(model: keras.Model) -> keras.Model:
             return None
         cfg = {k: v for k, v in layer.get_config().items() if k not in LORA_KEYS}
         if isinstance(layer, LoRAConv2D):
-            cls = PointwiseConv2D if tuple(layer.kernel_size) == (1, 1) else layers.Conv2D
-            return cls(**cfg)
+            return FastConv2D(**cfg)
         return FlatDense(**cfg)
 
     return replace_layers(model, replace)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from prunelora_keras.models.layers import PointwiseConv2D
+from prunelora_keras.models.layers import FastConv2D
 
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -28,8 +28,7 @@ def _conv(x, filters: int, kernel: int, stride: int, name: str):
         padding = "valid"
     else:
         padding = "same" if kernel > 1 else "valid"
-    conv_cls = PointwiseConv2D if kernel == 1 else layers.Conv2D
-    return conv_cls(filters, kernel, strides=stride, padding=padding, use_bias=False,
+    return FastConv2D(filters, kernel, strides=stride, padding=padding, use_bias=False,
                     kernel_initializer="he_normal", name=name)(x)
 
 

@@ -1,0 +1,110 @@
+"""The airbench94 CIFAR-10 network (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds"), as a Keras model.
+
+The field's fast CIFAR-10 testbed: a 2x2 whitening convolution (3 -> 24 channels, bias, frozen
+kernel), GELU, then three groups of [3x3 conv, 2x2 max-pool, BatchNorm, GELU, 3x3 conv, BatchNorm,
+GELU] at widths 64/256/256, a 3x3 max-pool, and a bias-free linear head whose logits are scaled by
+1/9: 118 M multiply-adds per 32x32 image. As in the original:
+
+- convolutions have no bias; each group's convolutions start as an identity on their first
+  ``in`` output channels (``torch.nn.init.dirac_``), the rest PyTorch's default uniform;
+- BatchNorm has no trainable scale (``scale=False``), epsilon 1e-12 and PyTorch momentum 0.4
+  (Keras 0.6);
+- GELU is the exact (erf) form, and max-pools floor (31 -> 15 -> 7 -> 3 -> 1).
+
+The logit scale is applied to the head's *input* (``Rescaling`` before ``head``): the same logits
+and gradients as scaling its output, and the head stays the model's last layer, where the
+evaluation looks for the classifier. Layers are named ``whiten``, ``group{g}_conv{i}``,
+``group{g}_bn{i}``, ``group{g}_pool`` and ``head``. Convolutions and pools are the package's
+``FastConv2D`` and ``FastMaxPool2D``: plain Conv2D and MaxPooling2D, faster to train on XLA:CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import layers
+
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D
+
+WIDTHS = (64, 256, 256)
+BN_MOMENTUM = 0.6  # PyTorch's 0.4: Keras keeps 0.6 of the running value per step
+BN_EPSILON = 1e-12
+LOGIT_SCALE = 1 / 9
+
+
+@keras.saving.register_keras_serializable(package="prunelora_keras")
+class PartialDirac(keras.initializers.Initializer):
+    """PyTorch's default conv init (uniform in +-1/sqrt(fan_in)) with the first ``in`` output
+    channels set to an identity at the kernel's centre (``dirac_``), as airbench initialises.
+
+    Example:
+        >>> k = keras.ops.convert_to_numpy(PartialDirac(seed=0)((3, 3, 2, 4)))
+        >>> k[1, 1, :, :2].tolist(), float(abs(k[..., :2]).sum())
+        ([[1.0, 0.0], [0.0, 1.0]], 2.0)
+    """
+
+    def __init__(self, seed: int | None = None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, cin, cout = shape
+        bound = 1.0 / math.sqrt(kh * kw * cin)
+        kernel = np.random.default_rng(self.seed).uniform(-bound, bound, size=shape)
+        identity = min(cin, cout)
+        kernel[..., :identity] = 0.0
+        kernel[kh // 2, kw // 2, np.arange(identity), np.arange(identity)] = 1.0
+        return keras.ops.convert_to_tensor(kernel, dtype=dtype or "float32")
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def _conv(x, filters: int, name: str, seed: int | None):
+    return FastConv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=PartialDirac(seed),
+                      name=name)(x)
+
+
+def _bn_gelu(x, name: str, gelu_name: str):
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, scale=False, name=name)(x)
+    return layers.Activation("gelu", name=gelu_name)(x)  # Keras's gelu is the exact (erf) form
+
+
+def airbench(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3),
+             widths: tuple[int, int, int] = WIDTHS, seed: int | None = None) -> keras.Model:
+    """Build the airbench94 network (untrained; the whitening kernel is set from data by its trainer).
+
+    Args:
+        num_classes: classes of the head.
+        input_shape: (height, width, channels) of the images (airbench: 32x32x3).
+        widths: channels of the three groups (airbench94: 64, 256, 256).
+        seed: initialisation seed of the convolutions (None: random).
+    Returns:
+        A functional ``keras.Model`` named ``airbench`` mapping images to logits.
+
+    Example:
+        >>> model = airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=0)
+        >>> model.output_shape, model.get_layer("whiten").kernel.trainable
+        ((None, 10), False)
+    """
+    channels = input_shape[-1]
+    inputs = keras.Input(input_shape, name="image")
+    whiten = FastConv2D(2 * channels * 4, 2, padding="valid", use_bias=True, bias_initializer="zeros",
+                        name="whiten")
+    x = layers.Activation("gelu", name="whiten_gelu")(whiten(inputs))
+    # airbench sets it from the data's patch covariance and never trains it (a .keras file does not keep
+    # a variable's trainable flag: a trainer freezes it again after loading)
+    whiten.kernel.trainable = False
+    for g, width in enumerate(widths, start=1):
+        conv_seed = None if seed is None else seed * 10 + g
+        x = _conv(x, width, f"group{g}_conv1", conv_seed)
+        x = FastMaxPool2D(2, name=f"group{g}_pool")(x)
+        x = _bn_gelu(x, f"group{g}_bn1", f"group{g}_gelu1")
+        x = _conv(x, width, f"group{g}_conv2", None if conv_seed is None else conv_seed + 5)
+        x = _bn_gelu(x, f"group{g}_bn2", f"group{g}_gelu2")
+    x = FastMaxPool2D(3, name="pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Rescaling(LOGIT_SCALE, name="logit_scale")(x)
+    outputs = layers.Dense(num_classes, use_bias=False, name="head")(x)
+    return keras.Model(inputs, outputs, name="airbench")

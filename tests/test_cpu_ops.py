@@ -1,0 +1,192 @@
+"""The XLA:CPU forms of ``models.cpu_ops`` and the layers that use them compute what lax computes.
+
+Every convolution configuration the package's CNNs use (kernel, strides, padding, channels) is
+checked: the custom weight gradient against ``lax.conv_general_dilated``'s autodiff, and a whole
+training gradient of each model with the forms on against the same model with them off.
+"""
+
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+
+from prunelora_keras.models import airbench, cpu_ops, resnet18, resnet50
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, PointwiseConv2D
+from prunelora_keras.models.lora import add_lora, merge
+
+pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the forms are JAX's")
+
+MODELS = {"airbench": lambda: airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=0),
+          "resnet18": lambda: resnet18(10, (32, 32, 3), 0.125),
+          "resnet50": lambda: resnet50(10, (32, 32, 3), 0.125)}
+
+
+def _conv_configs():
+    """(input shape at batch 2, kernel shape, strides, padding) of every k>1 convolution in the models."""
+    configs = set()
+    for build in MODELS.values():
+        for layer in build().layers:
+            if isinstance(layer, keras.layers.Conv2D) and tuple(layer.kernel_size) != (1, 1):
+                configs.add(((2, *layer.input.shape[1:]), tuple(layer.kernel.shape), tuple(layer.strides),
+                             layer.padding))
+    return sorted(configs)
+
+
+def _lax(x, k, strides, padding):
+    return jax.lax.conv_general_dilated(x, k, strides, padding.upper(), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@pytest.mark.parametrize("config", _conv_configs() + [((2, 9, 8, 3), (3, 3, 3, 5), (2, 2), "same"),
+                                                      ((2, 7, 7, 4), (5, 5, 4, 6), (1, 1), "same"),
+                                                      ((2, 10, 9, 4), (2, 3, 4, 6), (2, 1), "valid")],
+                         ids=str)
+@pytest.mark.parametrize("forms", [("lax", "taps"), ("im2col", "taps"), ("im2col", "lax")], ids=str)
+def test_conv2d_gradients_equal_lax(config, forms):
+    shape, kernel_shape, strides, padding = config
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=kernel_shape), jnp.float32)
+
+    def loss(conv):
+        return lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+
+    ours = jax.grad(loss(lambda x, k: cpu_ops.conv2d(x, k, strides, padding, forms)), argnums=(0, 1))(x, k)
+    theirs = jax.grad(loss(lambda x, k: _lax(x, k, strides, padding)), argnums=(0, 1))(x, k)
+    y = _lax(x, k, strides, padding)
+    np.testing.assert_allclose(cpu_ops.conv2d(x, k, strides, padding, forms), y, rtol=1e-5,
+                               atol=1e-5 * float(jnp.abs(y).max()))
+    if forms[0] == "lax":
+        np.testing.assert_array_equal(ours[0], theirs[0])  # the input gradient is lax's own
+    else:  # lax's input gradient of a cotangent that the im2col forward's rounding moved a little
+        np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-4 * float(jnp.abs(theirs[0]).max()))
+    np.testing.assert_allclose(ours[1], theirs[1], rtol=2e-5, atol=2e-5 * float(jnp.abs(theirs[1]).max()))
+    # and against numpy: dW[i, j] = sum over batch and output pixels of x_tap * dy
+    dy = np.cos(np.asarray(_lax(x, k, strides, padding)))
+    pads = [cpu_ops.explicit_padding(shape[a + 1], kernel_shape[a], strides[a], 1, padding) for a in (0, 1)]
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    ho, wo = dy.shape[1:3]
+    expected = np.stack([[np.einsum("nhwc,nhwd->cd", xp[:, i:i + strides[0] * (ho - 1) + 1:strides[0],
+                                                        j:j + strides[1] * (wo - 1) + 1:strides[1]], dy)
+                          for j in range(kernel_shape[1])] for i in range(kernel_shape[0])])
+    np.testing.assert_allclose(ours[1], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_the_layer_takes_the_faster_forms_only_where_they_pay_and_on_request(monkeypatch):
+    x = jnp.ones((2, 8, 8, 4))
+    layer = FastConv2D(4, 3, padding="same")
+    layer.build(x.shape)
+
+    def custom():
+        jaxpr = jax.make_jaxpr(lambda v: layer.convolution_op(v, layer.kernel.value))(x)
+        return "custom_vjp" in str(jaxpr)
+
+    assert not custom()  # 2 x 8 x 8 rows x 4 x 4 channels, a window of 36 values: lax's forms
+    monkeypatch.setattr(cpu_ops, "MATMUL_WEIGHT_GRAD_MIN_MACS", 1)
+    assert custom()
+    with cpu_ops.plain_forms():
+        assert not custom()
+    with cpu_ops.plain_forms(conv=False):
+        assert custom()
+    assert cpu_ops.conv_forms((None, 8, 8, 4), (3, 3, 4, 4), (1, 1)) == ("lax", "lax")  # unknown batch
+    assert cpu_ops.conv_forms((2, 8, 8, 3), (2, 2, 3, 4), (1, 1)) == ("im2col", "taps")  # a 12-value window
+    assert cpu_ops.conv_forms((2, 8, 8, 3), (3, 3, 3, 4), (1, 1))[0] == "lax"  # 27 values: not faster
+
+
+@pytest.mark.parametrize("pool,shape", [((2, 2), (2, 31, 31, 3)), ((3, 3), (2, 3, 3, 4)), ((2, 3), (1, 7, 9, 2)),
+                                        ((3, 3), (2, 8, 7, 2))])
+def test_max_pool_equals_reduce_window_and_routes_ties_to_the_first_maximum(pool, shape):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.integers(0, 3, size=shape), jnp.float32)  # many ties in each window
+
+    def plain(v):
+        return jax.lax.reduce_window(v, -jnp.inf, jax.lax.max, (1, *pool, 1), (1, *pool, 1), "VALID")
+
+    y, back = jax.vjp(lambda v: cpu_ops.max_pool(v, pool), x)
+    y_ref, back_ref = jax.vjp(plain, x)
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(back(dy)[0], back_ref(dy)[0])
+    # numpy: each window's gradient lands on its first maximum in row-major order
+    expected = np.zeros(shape, np.float32)
+    for n, i, j, c in np.ndindex(*y.shape):
+        window = np.asarray(x)[n, i * pool[0]:(i + 1) * pool[0], j * pool[1]:(j + 1) * pool[1], c]
+        a, b = np.unravel_index(np.argmax(window), window.shape)
+        expected[n, i * pool[0] + a, j * pool[1] + b, c] = dy[n, i, j, c]
+    np.testing.assert_array_equal(back(dy)[0], expected)
+
+
+def test_fast_max_pool_falls_back_for_overlapping_or_padded_windows():
+    x = np.random.default_rng(2).normal(size=(2, 9, 9, 3)).astype("float32")
+    for kwargs in ({"pool_size": 3, "strides": 2}, {"pool_size": 2, "padding": "same"}, {"pool_size": 2}):
+        np.testing.assert_array_equal(FastMaxPool2D(**kwargs)(x), keras.layers.MaxPooling2D(**kwargs)(x))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_whole_training_gradient_is_unchanged(name, monkeypatch):
+    """Every trainable variable's gradient (BatchNorm in training mode) with the forms on, forced for
+    every convolution, equals the one with lax's forms."""
+    monkeypatch.setattr(cpu_ops, "MATMUL_WEIGHT_GRAD_MIN_MACS", 1)
+    model = MODELS[name]()
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 32, 32, 3)), jnp.float32)
+    y = jnp.arange(4) % 10
+    train = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+
+    def grads():
+        def loss(train):
+            logits, _ = model.stateless_call(train, frozen, x, training=True)
+            return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0])
+
+        return jax.jit(jax.grad(loss))(train)
+
+    fast = grads()
+    with cpu_ops.plain_forms():
+        plain = grads()
+    for v, a, b in zip(model.trainable_variables, fast, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(b).max()), 1e-3), err_msg=v.path)
+
+
+def test_lora_adapters_on_tap_convolutions_train_and_merge_as_before(monkeypatch):
+    """Adapter gradients (with a pruned unit gated off) equal lax's; merging keeps the fast layer type."""
+    monkeypatch.setattr(cpu_ops, "MATMUL_WEIGHT_GRAD_MIN_MACS", 1)
+    model = airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=0)
+    adapted, train_vars = add_lora(model, [r"group\d_conv\d"], rank=2, alpha=4, seed=0)
+    for layer in adapted.layers:
+        if hasattr(layer, "lora_b"):
+            layer.lora_b.assign(np.random.default_rng(4).normal(size=layer.lora_b.shape) * 0.1)
+            mask = np.ones(layer.unit_mask.shape, "float32")
+            mask[0] = 0.0
+            layer.unit_mask.assign(mask)
+    x = jnp.asarray(np.random.default_rng(5).normal(size=(2, 32, 32, 3)), jnp.float32)
+    ids = {id(v) for v in train_vars}
+    train = [v.value for v in adapted.trainable_variables]
+    frozen = [v.value for v in adapted.non_trainable_variables]
+
+    def grads():
+        loss = lambda t: jnp.sum(adapted.stateless_call(t, frozen, x, training=True)[0] ** 2)
+        return jax.jit(jax.grad(loss))(train)
+
+    fast = grads()
+    with cpu_ops.plain_forms():
+        plain = grads()
+    for v, a, b in zip(adapted.trainable_variables, fast, plain):
+        if id(v) in ids:
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(b).max()), 1e-3), err_msg=v.path)
+    merged = merge(adapted)
+    assert type(merged.get_layer("group2_conv1")) is FastConv2D
+    np.testing.assert_allclose(merged(x), adapted(x), rtol=1e-4, atol=1e-4)
+
+
+def test_models_with_the_fast_layers_save_and_load(tmp_path):
+    model = airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=0)
+    path = tmp_path / "airbench.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.default_rng(6).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded(x), model(x))
+    assert type(loaded.get_layer("group1_pool")) is FastMaxPool2D
+    # a file written when the 1x1 layer was called PointwiseConv2D still loads
+    legacy = keras.Sequential([keras.Input((4, 4, 3)), PointwiseConv2D(5, 1, name="p")])
+    legacy.save(tmp_path / "legacy.keras")
+    assert isinstance(keras.saving.load_model(tmp_path / "legacy.keras").get_layer("p"), FastConv2D)
