@@ -165,11 +165,43 @@ def elementwise_variants(model: keras.Model, batch: int, rng) -> list[tuple[dict
     return rows
 
 
+def matmul_variants(rng) -> list[tuple[dict, dict]]:
+    """(spec, variants) for the bfloat16 question: one matrix product in float32, in bfloat16 (bfloat16
+    out, and float32 accumulation, the form that reaches AMX), PyTorch's; and the im2col rearrangement
+    a matmul-form convolution needs, alone, in both dtypes."""
+    import torch
+
+    rows = []
+    for m, k, n in ((2048, 2048, 2048), (12544, 2304, 256)):  # square; airbench's 256->256 @7x7 as im2col
+        a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
+        variants = {}
+        for label, dtype, out in (("fp32", jnp.float32, None), ("bf16", jnp.bfloat16, None),
+                                  ("bf16->fp32", jnp.bfloat16, jnp.float32)):
+            ja, jb = jnp.asarray(a, dtype), jnp.asarray(b, dtype)
+            f = jax.jit(lambda x, y, out=out: jax.lax.dot_general(x, y, (((1,), (0,)), ((), ())),
+                                                                   preferred_element_type=out))
+            variants[f"xla {label}"] = lambda f=f, ja=ja, jb=jb: jax.block_until_ready(f(ja, jb))
+        for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            ta, tb = torch.tensor(a, dtype=dtype), torch.tensor(b, dtype=dtype)
+            variants[f"pytorch {label}"] = lambda ta=ta, tb=tb: ta @ tb
+        rows.append(({"op": "matmul", "input": (m, k, n), "layers": ["-"], "gflop": 2 * m * k * n / 1e9}, variants))
+    x = rng.normal(size=(256, 7, 7, 256))
+    variants = {}
+    for label, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
+        jx = jnp.asarray(x, dtype)
+        f = jax.jit(lambda v: cpu_ops._im2col(v, jnp.zeros((3, 3, 256, 1), v.dtype), (1, 1), ((1, 1), (1, 1))))
+        variants[f"xla {label}"] = lambda f=f, jx=jx: jax.block_until_ready(f(jx))
+    rows.append(({"op": "im2col (3x3, into 1 channel)", "input": (256, 7, 7, 256), "layers": ["-"]}, variants))
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--calls", type=int, default=3, help="calls per variant per round (the median is kept)")
+    p.add_argument("--no-matmul", dest="matmul", action="store_false",
+                   help="skip the matmul / bfloat16 section")
     p.add_argument("--out", required=True, help="JSON file; the markdown table goes next to it (.md)")
     args = p.parse_args(argv)
     import torch
@@ -189,6 +221,8 @@ def main(argv=None) -> int:
                     entries.append((name, "conv", {**spec, "op": op}, forms))
         if name == "airbench":
             entries += [(name, "other", spec, forms) for spec, forms in elementwise_variants(model, batch, rng)]
+    if args.matmul:
+        entries += [("matmul", "matmul", spec, forms) for spec, forms in matmul_variants(rng)]
     times = [collections.defaultdict(list) for _ in entries]
     for r in range(args.rounds):
         for i, (_, _, _, forms) in enumerate(entries):
@@ -222,7 +256,7 @@ def markdown(result: dict) -> str:
     lines = [f"{result['device']}, {result['threads']} threads, keras {result['versions']['keras']} / jax "
              f"{result['versions']['jax']} vs torch {result['torch']}, {result['date']}; ms per call, median of "
              f"{result['rounds']} alternating rounds (each the median of {result['calls']} calls)", ""]
-    for model in dict.fromkeys(r["model"] for r in result["rows"]):
+    for model in dict.fromkeys(r["model"] for r in result["rows"] if r["section"] != "matmul"):
         rows = [r for r in result["rows"] if r["model"] == model]
         batch = rows[0]["input"][0]
         lines += [f"**{model}** (batch {batch})", "",
@@ -241,6 +275,16 @@ def markdown(result: dict) -> str:
             lines.append(f"| {op} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} | {ours - theirs:+.0f} |")
         ours, theirs = (sum(v[i] for v in totals.values()) for i in (0, 1))
         lines += [f"| all | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} | {ours - theirs:+.0f} |", ""]
+    matmuls = [r for r in result["rows"] if r["section"] == "matmul"]
+    if matmuls:
+        lines += ["**bfloat16**: one matrix product (GFLOP/s), and the im2col rearrangement alone (ms)", "",
+                  "| operation | shape | variant: value |", "|---|---|---|"]
+        for r in matmuls:
+            if "gflop" in r:
+                cells = [f"{form} {r['gflop'] / ms * 1e3:.0f}" for form, ms in r["ms"].items()]
+            else:
+                cells = [f"{form} {ms:.1f} ms" for form, ms in r["ms"].items()]
+            lines.append(f"| {r['op']} | {'x'.join(str(v) for v in r['input'])} | {', '.join(cells)} |")
     return "\n".join(lines)
 
 
