@@ -10,7 +10,8 @@ and batch: the `cpu` preset's ResNet-50 is width 0.25, batch 32) on the same ran
 label-smoothed cross-entropy (0.2, as airbench), backward, SGD with Nesterov momentum 0.85 (the
 time of a step does not depend on the weights or the labels). JAX: one jitted pure step
 (``model.stateless_call``, optax, donated buffers), once with the package's XLA:CPU forms
-(``models.cpu_ops``) and once without (``cpu_ops.plain_forms``); PyTorch: eager, channels_last,
+(``models.cpu_ops``) and once without (``cpu_ops.plain_forms``; ``--ablate``: also each lever alone
+off); PyTorch: eager, channels_last,
 ``torch.set_num_threads`` = the cores. Rounds rotate through the variants so that machine noise
 hits all alike; the table gives each variant's median seconds per step and its ratio to PyTorch.
 """
@@ -103,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=float, default=1.0, help="the ResNets: channel multiplier")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3, help="steps per variant per round")
+    p.add_argument("--ablate", action="store_true", help="also time each lever alone turned off")
     p.add_argument("--out", required=True, help="JSON file; the markdown table goes next to it (.md)")
     args = p.parse_args(argv)
     import torch
@@ -115,6 +117,11 @@ def main(argv=None) -> int:
     y = rng.integers(0, 10, size=args.batch)
     jx, jy = jax.numpy.asarray(x), jax.numpy.asarray(y)
     runs = {"keras/jax, package forms": jax_step(model, jx, jy, 10)}
+    if args.ablate:  # each lever alone off: what it is worth in the step
+        with cpu_ops.plain_forms(max_pool=False):
+            runs["keras/jax, lax convolutions"] = jax_step(model, jx, jy, 10)
+        with cpu_ops.plain_forms(conv=False):
+            runs["keras/jax, lax max-pools"] = jax_step(model, jx, jy, 10)
     with cpu_ops.plain_forms():
         runs["keras/jax, lax forms"] = jax_step(model, jx, jy, 10)
     runs["pytorch (channels_last)"] = torch_step(model, net, threads)

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
         torch_reference.prune_reference(torch_pruned, cfg)
 
     keras.utils.set_random_seed(cfg.seed)
-    model = pipeline.with_flat_dense(keras.saving.load_model(original.checkpoint, compile=False, safe_mode=True))
+    model = pipeline.with_fast_layers(keras.saving.load_model(original.checkpoint, compile=False, safe_mode=True))
     recipe = build_recipe(a.paradigm, model, cfg)
     set_bn_policy(recipe.model, u.bn)
     start_state = keras_to_state_dict(recipe.model)
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         tm = build_torch_model(cfg.model, ds.num_classes, ds.image_shape[0])
         tm.load_state_dict(state_k)
         to = torch.optim.Adam([q for q in tm.parameters() if q.requires_grad], lr=h.lr, weight_decay=h.weight_decay)
-        km = build_recipe(a.paradigm, pipeline.with_flat_dense(
+        km = build_recipe(a.paradigm, pipeline.with_fast_layers(
             keras.saving.load_model(original.checkpoint, compile=False, safe_mode=True)), cfg)
         set_bn_policy(km.model, u.bn)
         load_state_dict_into_keras(km.model, state_k)

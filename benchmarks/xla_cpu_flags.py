@@ -1,10 +1,13 @@
 """XLA:CPU options against the training step's time: each flag set in a fresh process.
 
     python benchmarks/xla_cpu_flags.py --models vit,resnet50 --out benchmarks/results/xla_cpu_flags.json
+    python benchmarks/xla_cpu_flags.py --models airbench --out benchmarks/results/xla_cpu_flags-airbench.json
 
-Runs ``epoch_time.py`` (finetune, synthetic images, the `cpu` preset's model and batch) once per
-flag set with ``XLA_FLAGS`` set, and tabulates seconds per step. The candidates route dots and
-convolutions to XNNPACK/YNNPACK or oneDNN instead of XLA's own emitters and Eigen.
+Runs ``epoch_time.py`` (finetune, synthetic images, the `cpu` preset's model and batch; for
+``airbench``: ``conv_step.py``, the airbench94 network's SGD step at batch 256 with the package's
+forms) once per flag set with ``XLA_FLAGS`` set, and tabulates seconds per step. The candidates route
+dots and convolutions to XNNPACK/YNNPACK or oneDNN instead of XLA's own emitters and Eigen, or change
+XLA:CPU's vector width and scheduler.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ FLAG_SETS = {
     "xnnpack dot+conv": "--xla_cpu_experimental_xnn_fusion_type=dot,individual_convolution",
     "onednn dot": "--xla_cpu_experimental_onednn_fusion_type=dot",
     "use_onednn": "--xla_cpu_use_onednn=true",
+    "onednn custom call": "--xla_cpu_experimental_onednn_custom_call=true",
+    "512-bit vectors": "--xla_cpu_prefer_vector_width=512",
+    "concurrency scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=true",
 }
 
 
@@ -40,12 +46,19 @@ def main(argv=None) -> int:
             for name in a.sets.split(","):
                 out = Path(tmp) / f"{model}-{len(rows)}.json"
                 env = {**os.environ, "XLA_FLAGS": FLAG_SETS[name]}
-                cmd = [sys.executable, str(HERE / "epoch_time.py"), "--model", model, "--preset", "cpu",
-                       "--images", str(a.images), "--epochs", "3", "--paradigms", "finetune", "--cache", "off",
-                       "--out", str(out)]
+                if model == "airbench":
+                    cmd = [sys.executable, str(HERE / "conv_step.py"), "--rounds", "3", "--steps", "2", "--out", str(out)]
+                else:
+                    cmd = [sys.executable, str(HERE / "epoch_time.py"), "--model", model, "--preset", "cpu",
+                           "--images", str(a.images), "--epochs", "3", "--paradigms", "finetune", "--cache", "off",
+                           "--out", str(out)]
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if proc.returncode:
                     rows.append({"model": model, "flags": name, "error": proc.stderr.strip().splitlines()[-1]})
+                elif model == "airbench":
+                    r = json.loads(out.read_text())["rows"]
+                    rows.append({"model": model, "flags": name, "xla_flags": FLAG_SETS[name],
+                                 "step_s": r[0]["s_per_step"], "pytorch_step_s": r[-1]["s_per_step"], "compile_s": 0.0})
                 else:
                     r = json.loads(out.read_text())["rows"][0]
                     rows.append({"model": model, "flags": name, "xla_flags": FLAG_SETS[name],

@@ -129,7 +129,7 @@ def test_dropout_only_in_training():
 
 def test_flat_dense_equals_dense_on_token_inputs_and_old_checkpoints_convert(tmp_path):
     from prunelora_keras.models.layers import FlatDense
-    from prunelora_keras.experiment.context import with_flat_dense
+    from prunelora_keras.models.layers import with_fast_layers as with_flat_dense
 
     inputs = keras.Input((5, 6))
     h = keras.layers.Dense(7, activation="relu", name="tokens_in")(inputs)
@@ -147,3 +147,29 @@ def test_flat_dense_equals_dense_on_token_inputs_and_old_checkpoints_convert(tmp
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded.get_layer("tokens_in")) is FlatDense
     np.testing.assert_allclose(np_(loaded(x)), np_(model(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_plain_convolutions_and_pools_convert_to_the_fast_layers_and_back_after_unlearning():
+    """A user's CNN trains with FastConv2D / FastMaxPool2D; plk.unlearn returns the caller's own types."""
+    import prunelora_keras as plk
+    from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, with_fast_layers
+
+    class OwnConv(keras.layers.Conv2D):  # a user's subclass: left alone
+        pass
+
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(6, 3, padding="same", name="conv")(inputs)
+    h = keras.layers.MaxPooling2D(2, name="pool")(h)
+    h = OwnConv(6, 1, name="own")(h)
+    out = keras.layers.Dense(3, name="head")(keras.layers.GlobalAveragePooling2D()(h))
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(1).normal(size=(30, 8, 8, 3)).astype("float32")
+    fast = with_fast_layers(model)
+    assert (type(fast.get_layer("conv")), type(fast.get_layer("pool")), type(fast.get_layer("own"))) \
+        == (FastConv2D, FastMaxPool2D, OwnConv)
+    np.testing.assert_allclose(np_(fast(x)), np_(model(x)), rtol=1e-5, atol=1e-5)
+    y = np.arange(30) % 3
+    result = plk.unlearn(model, (x[y != 0], y[y != 0]), (x[y == 0], y[y == 0]), "finetune", epochs=1,
+                         verbose=False, batch_size=10)
+    assert [type(result.model.get_layer(n)) for n in ("conv", "pool", "own")] \
+        == [keras.layers.Conv2D, keras.layers.MaxPooling2D, OwnConv]

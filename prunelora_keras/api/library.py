@@ -31,7 +31,7 @@ import numpy as np
 from prunelora_keras.api.checks import (chance_warnings, forgotten_classes, labelled_arrays, require_epochs,
                                         require_logits, split_test)
 from prunelora_keras.api.targets import FoundTargets, find_targets  # noqa: F401  (re-exported: plk.find_targets)
-from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense, with_fast_layers
 from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
@@ -286,9 +286,12 @@ def user_context(model: keras.Model, retain: tuple[np.ndarray, np.ndarray], forg
                  **target_options: Any) -> tuple[MethodContext, FoundTargets]:
     """``unlearn``'s (and each ``unlearn_pool`` member's) ``MethodContext`` for ``seed``: a copy of
     ``model`` made after ``keras.utils.set_random_seed(seed)``, its BatchNorm policy applied, its
-    targets found (``find_targets(**target_options)``); inputs in the model's own domain."""
+    targets found (``find_targets(**target_options)``); inputs in the model's own domain. The copy's
+    plain Dense (on tokens), Conv2D and MaxPooling2D layers are the package's faster equivalents
+    (``with_fast_layers``); ``unlearn`` gives the caller's layer types back."""
     keras.utils.set_random_seed(seed)
-    work = copy_model(model)
+    work = with_fast_layers(model)
+    work = copy_model(model) if work is model else work
     set_bn_policy(work, opts.bn)
     found = find_targets(work, prune_classifier=opts.prune_classifier, **target_options)
     (x_r, y_r), (x_f, y_f) = retain, forget

@@ -19,8 +19,7 @@ from prunelora_keras.experiment.paradigms import config_targets
 from prunelora_keras.methods.prepare import Prepared, prefix_cached, prepare_method
 from prunelora_keras.methods.base import MethodContext, Plan
 from prunelora_keras.methods.hparams import HParams
-from prunelora_keras.models.layers import FlatDense
-from prunelora_keras.models.lora import replace_layers
+from prunelora_keras.models.layers import with_fast_layers
 from prunelora_keras.models.precision import training_model
 from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.training.trainers import on_jax
@@ -46,26 +45,10 @@ def prepare_paradigm(name: str, cfg: Config, original_ckpt: str, ds: Dataset, sp
     u = cfg.unlearn
     keras.utils.set_random_seed(cfg.seed)
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
-    original = training_model(with_flat_dense(original), u.precision)
+    original = training_model(with_fast_layers(original), u.precision)
     set_bn_policy(original, u.bn)
     return prepare_method(name, config_context(cfg, name, original, ds, split), distribution=distribution,
                           prefix_cache=u.prefix_cache, prefix_cache_max_gb=u.prefix_cache_max_gb)
-
-
-def with_flat_dense(model: keras.Model) -> keras.Model:
-    """``model`` with every plain Dense on token inputs (rank >= 3) as a ``FlatDense``.
-
-    Models built by this version already use ``FlatDense``; checkpoints from before it (or a
-    user's own models) hold plain Dense layers, whose training step is slower on XLA:CPU.
-    Same weights and outputs; ``model`` itself when nothing changes.
-    """
-
-    def on_tokens(layer) -> bool:
-        return type(layer) is keras.layers.Dense and len(layer.input.shape) >= 3
-
-    if not any(on_tokens(layer) for layer in model.layers):
-        return model
-    return replace_layers(model, lambda layer: FlatDense.from_config(layer.get_config()) if on_tokens(layer) else None)
 
 
 def training_inputs(plan: Plan, cfg: Config, ds: Dataset, retain: Subset) -> tuple[keras.Model, Any, bool, dict]:

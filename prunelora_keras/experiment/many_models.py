@@ -41,7 +41,8 @@ from prunelora_keras.models.precision import training_model
 from prunelora_keras.experiment.stages import resume, save_epoch, stage_key
 from prunelora_keras.training.loop import EpochStats
 from prunelora_keras.training.bn import set_bn_policy
-from prunelora_keras.experiment.context import config_context, with_flat_dense
+from prunelora_keras.experiment.context import config_context
+from prunelora_keras.models.layers import with_fast_layers
 from prunelora_keras.training.trainers import scratch_trainer
 
 SETS = ("forget", "retain", "test_retain")
@@ -222,7 +223,7 @@ def run_pools(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
         def make_context(seed: int, name=name):  # member k is the single run of seed k: prepare_paradigm's own path
             keras.utils.set_random_seed(seed)
             original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
-            original = training_model(with_flat_dense(original), u.precision)
+            original = training_model(with_fast_layers(original), u.precision)
             set_bn_policy(original, u.bn)
             return config_context(dataclasses.replace(cfg, seed=seed), name, original, ds, split)
 

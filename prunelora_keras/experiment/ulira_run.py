@@ -29,7 +29,8 @@ from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
 from prunelora_keras.errors import UserError
 from prunelora_keras.evaluation.ulira import per_example_accuracy
 from prunelora_keras.experiment.config import Config
-from prunelora_keras.experiment.context import config_context, with_flat_dense
+from prunelora_keras.experiment.context import config_context
+from prunelora_keras.models.layers import with_fast_layers
 from prunelora_keras.experiment.many_models import check_pool_memory, log, pool_devices
 from prunelora_keras.experiment.pool_report import plot_ulira
 from prunelora_keras.experiment.stages import paradigm_key, resume, save_epoch, stage_key
@@ -118,7 +119,7 @@ def run_ulira(cfg: Config, ds: Dataset, split: UnlearningSplit, original_ckpt: s
         return build_model(cfg.model, ds.num_classes, ds.image_shape)
 
     def context(name: str, model: keras.Model, retain: Subset, forget: Subset, seed: int):
-        model = training_model(with_flat_dense(model), u.precision)  # as prepare_paradigm loads the original
+        model = training_model(with_fast_layers(model), u.precision)  # as prepare_paradigm loads the original
         set_bn_policy(model, u.bn)
         shadow_split = dataclasses.replace(split, retain=retain, forget=forget)
         return config_context(dataclasses.replace(cfg, seed=seed), name, model, ds, shadow_split)
