@@ -10,9 +10,10 @@ and batch: the `cpu` preset's ResNet-50 is width 0.25, batch 32) on the same ran
 label-smoothed cross-entropy (0.2, as airbench), backward, SGD with Nesterov momentum 0.85 (the
 time of a step does not depend on the weights or the labels). JAX: one jitted pure step
 (``model.stateless_call``, optax, donated buffers), once with the package's XLA:CPU forms
-(``models.cpu_ops``) and once without (``cpu_ops.plain_forms``; ``--ablate``: also each lever alone
+(``models.cpu_ops``: oneDNN's convolutions when the ``cpu-kernels`` extra is installed) and once without (``cpu_ops.plain_forms``; ``--ablate``: also each lever alone
 off); PyTorch: eager, channels_last,
-``torch.set_num_threads`` = the cores. Rounds rotate through the variants so that machine noise
+``torch.set_num_threads`` = the cores, in a process of its own (two OpenMP runtimes in one process,
+PyTorch's and oneDNN's, slow each other). Rounds rotate through the variants so that machine noise
 hits all alike; the table gives each variant's median seconds per step and its ratio to PyTorch.
 """
 
@@ -75,25 +76,50 @@ def build(name: str, width: float, widths: tuple[int, ...]):
     return keras_build(10, (32, 32, 3), width), torch_build(10, width)
 
 
-def torch_step(model: keras.Model, net, threads: int):
+def _torch_worker(conn, net, state: dict, x: np.ndarray, y: np.ndarray, threads: int) -> None:
+    """PyTorch's side, in its own process: this one loads oneDNN and OpenMP for JAX, and two OpenMP
+    runtimes in one process slow each other down. Runs ``n`` steps per request, answers their times."""
     import torch
 
-    from prunelora_keras.interop.torch import keras_to_state_dict
-
     torch.set_num_threads(threads)
-    net.load_state_dict(keras_to_state_dict(model))
+    net.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
     net = net.to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=LR, momentum=MOMENTUM, nesterov=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=LABEL_SMOOTHING)
+    tx = torch.tensor(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+    ty = torch.tensor(y)
+    while (n := conn.recv()) > 0:
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss_fn(net(tx), ty).backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        conn.send(times)
 
-    def run(x, y):
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(net(x), y)
-        loss.backward()
-        opt.step()
-        return float(loss)
 
-    return run
+def torch_step(model: keras.Model, net, x, y, threads: int):
+    """(run(n) -> n step times, close): PyTorch's step in a worker process (``_torch_worker``)."""
+    import multiprocessing
+
+    from prunelora_keras.interop.torch import keras_to_state_dict
+
+    state = {k: v.numpy() for k, v in keras_to_state_dict(model).items()}
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_torch_worker, args=(child, net, state, x, y, threads), daemon=True)
+    proc.start()
+
+    def run(n: int) -> list[float]:
+        parent.send(n)
+        return parent.recv()
+
+    def close():
+        parent.send(0)
+        proc.join(60)
+
+    return run, close
 
 
 def main(argv=None) -> int:
@@ -116,31 +142,37 @@ def main(argv=None) -> int:
     x = rng.normal(size=(args.batch, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, size=args.batch)
     jx, jy = jax.numpy.asarray(x), jax.numpy.asarray(y)
-    runs = {"keras/jax, package forms": jax_step(model, jx, jy, 10)}
+    from prunelora_keras.models import onednn
+
+    package = "keras/jax, package forms" + (" (oneDNN convolutions)" if onednn.enabled() else "")
+    runs = {package: jax_step(model, jx, jy, 10)}
     if args.ablate:  # each lever alone off: what it is worth in the step
+        if onednn.enabled():
+            with cpu_ops.plain_forms(conv=False, max_pool=False, onednn=True):
+                runs["keras/jax, XLA forms (no oneDNN)"] = jax_step(model, jx, jy, 10)
         with cpu_ops.plain_forms(max_pool=False):
             runs["keras/jax, lax convolutions"] = jax_step(model, jx, jy, 10)
         with cpu_ops.plain_forms(conv=False):
             runs["keras/jax, lax max-pools"] = jax_step(model, jx, jy, 10)
     with cpu_ops.plain_forms():
         runs["keras/jax, lax forms"] = jax_step(model, jx, jy, 10)
-    runs["pytorch (channels_last)"] = torch_step(model, net, threads)
-    inputs = {name: (jx, jy) for name in runs}
-    inputs["pytorch (channels_last)"] = (
-        torch.tensor(x).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last), torch.tensor(y))
     for name, run in runs.items():  # compile and warm up
         t = time.perf_counter()
-        run(*inputs[name])
+        run(jx, jy)
         print(f"{name}: first step {time.perf_counter() - t:.1f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    torch_run, torch_close = torch_step(model, net, x, y, threads)
+    print(f"pytorch (channels_last): first step {torch_run(1)[0]:.1f} s", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in [*runs, "pytorch (channels_last)"]}
     for r in range(args.rounds):
         for name, run in runs.items():
             for _ in range(args.steps):
                 t = time.perf_counter()
-                run(*inputs[name])
+                run(jx, jy)
                 times[name].append(time.perf_counter() - t)
+        times["pytorch (channels_last)"] += torch_run(args.steps)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {np.median(v):.3f}" for n, v in times.items()),
               flush=True)
+    torch_close()
     torch_s = float(np.median(times["pytorch (channels_last)"]))
     rows = [{"variant": n, "s_per_step": float(np.median(v)), "min_s": float(np.min(v)), "max_s": float(np.max(v)),
              "ratio_to_pytorch": float(np.median(v)) / torch_s} for n, v in times.items()]

@@ -11,11 +11,15 @@ import keras
 import numpy as np
 import pytest
 
-from prunelora_keras.models import airbench, cpu_ops, resnet18, resnet50
+from prunelora_keras.models import airbench, cpu_ops, onednn, resnet18, resnet50
 from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, PointwiseConv2D
 from prunelora_keras.models.lora import add_lora, merge
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the forms are JAX's")
+
+ONEDNN = onednn.missing() is None  # the cpu-kernels extra and a compiler (CI installs both)
+FORMS = [("lax", "taps"), ("im2col", "taps"), ("im2col", "lax")] + ([("onednn", "onednn")] if ONEDNN else [])
+XLA_FORMS_ONLY = {"conv": False, "max_pool": False, "onednn": True}  # plain_forms(...): this module's XLA forms
 
 MODELS = {"airbench": lambda: airbench(10, (32, 32, 3), widths=(8, 16, 16), seed=0),
           "resnet18": lambda: resnet18(10, (32, 32, 3), 0.125),
@@ -41,7 +45,7 @@ def _lax(x, k, strides, padding):
                                                       ((2, 7, 7, 4), (5, 5, 4, 6), (1, 1), "same"),
                                                       ((2, 10, 9, 4), (2, 3, 4, 6), (2, 1), "valid")],
                          ids=str)
-@pytest.mark.parametrize("forms", [("lax", "taps"), ("im2col", "taps"), ("im2col", "lax")], ids=str)
+@pytest.mark.parametrize("forms", FORMS, ids=str)
 def test_conv2d_gradients_equal_lax(config, forms):
     shape, kernel_shape, strides, padding = config
     rng = np.random.default_rng(0)
@@ -58,7 +62,7 @@ def test_conv2d_gradients_equal_lax(config, forms):
                                atol=1e-5 * float(jnp.abs(y).max()))
     if forms[0] == "lax":
         np.testing.assert_array_equal(ours[0], theirs[0])  # the input gradient is lax's own
-    else:  # lax's input gradient of a cotangent that the im2col forward's rounding moved a little
+    else:  # lax's (or oneDNN's) input gradient of a cotangent the forward's rounding moved a little
         np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-4, atol=1e-4 * float(jnp.abs(theirs[0]).max()))
     np.testing.assert_allclose(ours[1], theirs[1], rtol=2e-5, atol=2e-5 * float(jnp.abs(theirs[1]).max()))
     # and against numpy: dW[i, j] = sum over batch and output pixels of x_tap * dy
@@ -81,16 +85,44 @@ def test_the_layer_takes_the_faster_forms_only_where_they_pay_and_on_request(mon
         jaxpr = jax.make_jaxpr(lambda v: layer.convolution_op(v, layer.kernel.value))(x)
         return "custom_vjp" in str(jaxpr)
 
-    assert not custom()  # 2 x 8 x 8 rows x 4 x 4 channels, a window of 36 values: lax's forms
-    monkeypatch.setattr(cpu_ops, "MATMUL_WEIGHT_GRAD_MIN_MACS", 1)
-    assert custom()
+    with cpu_ops.plain_forms(**XLA_FORMS_ONLY):
+        assert not custom()  # 2 x 8 x 8 rows x 4 x 4 channels, a window of 36 values: lax's forms
+        monkeypatch.setattr(cpu_ops, "MATMUL_WEIGHT_GRAD_MIN_MACS", 1)
+        assert custom()
+        assert cpu_ops.conv_forms((2, 8, 8, 3), (2, 2, 3, 4), (1, 1)) == ("im2col", "taps")  # a 12-value window
+        assert cpu_ops.conv_forms((2, 8, 8, 3), (3, 3, 3, 4), (1, 1))[0] == "lax"  # 27 values: not faster
     with cpu_ops.plain_forms():
         assert not custom()
-    with cpu_ops.plain_forms(conv=False):
-        assert custom()
     assert cpu_ops.conv_forms((None, 8, 8, 4), (3, 3, 4, 4), (1, 1)) == ("lax", "lax")  # unknown batch
-    assert cpu_ops.conv_forms((2, 8, 8, 3), (2, 2, 3, 4), (1, 1)) == ("im2col", "taps")  # a 12-value window
-    assert cpu_ops.conv_forms((2, 8, 8, 3), (3, 3, 3, 4), (1, 1))[0] == "lax"  # 27 values: not faster
+    assert cpu_ops.conv_forms((2, 8, 8, 4), (1, 1, 4, 4), (1, 1)) == ("lax", "lax")  # 1x1: the layer's matmul
+    if ONEDNN:  # every k x k float32 convolution, whatever its size; not bfloat16
+        assert custom() and cpu_ops.conv_forms((2, 8, 8, 4), (3, 3, 4, 4), (1, 1)) == ("onednn", "onednn")
+        assert cpu_ops.conv_forms((2, 8, 8, 4), (3, 3, 4, 4), (1, 1), dtype="bfloat16") != ("onednn", "onednn")
+
+
+def test_the_onednn_choice_is_checked_and_a_required_missing_piece_is_one_line(monkeypatch):
+    monkeypatch.setenv("PRUNELORA_CPU_CONV", "fast")
+    with pytest.raises(ValueError, match="PRUNELORA_CPU_CONV='fast': expected one of auto, onednn, xla"):
+        onednn.choice()
+    monkeypatch.setenv("PRUNELORA_CPU_CONV", "xla")
+    assert not onednn.enabled()
+    monkeypatch.setattr(onednn, "_onednn_dirs", lambda: None)
+    monkeypatch.setenv("PRUNELORA_CPU_CONV", "auto")
+    assert not onednn.enabled()  # auto: XLA's forms (the same numbers, slower)
+    monkeypatch.setenv("PRUNELORA_CPU_CONV", "onednn")
+    with pytest.raises(ValueError, match=r"oneDNN is not installed: pip install 'prunelora-keras\[cpu-kernels\]'"):
+        onednn.enabled()
+
+
+@pytest.mark.skipif(not ONEDNN, reason="needs the cpu-kernels extra and a C++ compiler")
+def test_onednn_convolutions_under_vmap_and_in_a_pool_of_models():
+    """A vmapped convolution (the many-model pools) runs member by member and equals lax's."""
+    rng = np.random.default_rng(7)
+    xs = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 4)), jnp.float32)
+    ks = jnp.asarray(rng.normal(size=(3, 3, 3, 4, 5)), jnp.float32)
+    ours = jax.vmap(lambda x, k: cpu_ops.conv2d(x, k, (1, 1), "same", ("onednn", "onednn")))(xs, ks)
+    theirs = jax.vmap(lambda x, k: _lax(x, k, (1, 1), "same"))(xs, ks)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("pool,shape", [((2, 2), (2, 31, 31, 3)), ((3, 3), (2, 3, 3, 4)), ((2, 3), (1, 7, 9, 2)),
@@ -122,10 +154,13 @@ def test_fast_max_pool_falls_back_for_overlapping_or_padded_windows():
         np.testing.assert_array_equal(FastMaxPool2D(**kwargs)(x), keras.layers.MaxPooling2D(**kwargs)(x))
 
 
+@pytest.mark.parametrize("onednn_on", [False] + ([True] if ONEDNN else []), ids=["xla-forms", "onednn"][:1 + ONEDNN])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_a_whole_training_gradient_is_unchanged(name, monkeypatch):
-    """Every trainable variable's gradient (BatchNorm in training mode) with the forms on, forced for
-    every convolution, equals the one with lax's forms."""
+def test_a_whole_training_gradient_is_unchanged(name, onednn_on, monkeypatch):
+    """Every trainable variable's gradient (BatchNorm in training mode) with the forms on (XLA's forced
+    for every convolution, or oneDNN's) equals the one with lax's forms to float rounding. At batch 4
+    the deep ResNet's BatchNorms amplify rounding (one ulp on the input moves its stem gradient by
+    ~1e-2 relative), so each variable's tolerance is that float-perturbation control's spread, or 1e-4."""
     monkeypatch.setattr(cpu_ops, "MATMUL_WEIGHT_GRAD_MIN_MACS", 1)
     model = MODELS[name]()
     x = jnp.asarray(np.random.default_rng(3).normal(size=(4, 32, 32, 3)), jnp.float32)
@@ -133,18 +168,25 @@ def test_a_whole_training_gradient_is_unchanged(name, monkeypatch):
     train = [v.value for v in model.trainable_variables]
     frozen = [v.value for v in model.non_trainable_variables]
 
-    def grads():
+    def grads(images):
         def loss(train):
-            logits, _ = model.stateless_call(train, frozen, x, training=True)
+            logits, _ = model.stateless_call(train, frozen, images, training=True)
             return jnp.mean(jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, y[:, None], 1)[:, 0])
 
         return jax.jit(jax.grad(loss))(train)
 
-    fast = grads()
+    if onednn_on:
+        fast = grads(x)
+    else:
+        with cpu_ops.plain_forms(**XLA_FORMS_ONLY):
+            fast = grads(x)
     with cpu_ops.plain_forms():
-        plain = grads()
-    for v, a, b in zip(model.trainable_variables, fast, plain):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(float(jnp.abs(b).max()), 1e-3), err_msg=v.path)
+        plain = grads(x)
+        control = grads(x * (1 + 2.0 ** -22))  # the same forms, the input moved by about one ulp
+    for v, a, b, c in zip(model.trainable_variables, fast, plain, control):
+        scale = max(float(jnp.abs(b).max()), 1e-3)
+        tolerance = max(1e-4 * scale, 2 * float(jnp.abs(c - b).max()))
+        assert float(jnp.abs(a - b).max()) <= tolerance, (v.path, float(jnp.abs(a - b).max()), tolerance)
 
 
 def test_lora_adapters_on_tap_convolutions_train_and_merge_as_before(monkeypatch):

@@ -129,7 +129,7 @@ def test_dropout_only_in_training():
 
 def test_flat_dense_equals_dense_on_token_inputs_and_old_checkpoints_convert(tmp_path):
     from prunelora_keras.models.layers import FlatDense
-    from prunelora_keras.models.layers import with_fast_layers as with_flat_dense
+    from prunelora_keras.models.lora import with_fast_layers as with_flat_dense
 
     inputs = keras.Input((5, 6))
     h = keras.layers.Dense(7, activation="relu", name="tokens_in")(inputs)
@@ -152,7 +152,8 @@ def test_flat_dense_equals_dense_on_token_inputs_and_old_checkpoints_convert(tmp
 def test_plain_convolutions_and_pools_convert_to_the_fast_layers_and_back_after_unlearning():
     """A user's CNN trains with FastConv2D / FastMaxPool2D; plk.unlearn returns the caller's own types."""
     import prunelora_keras as plk
-    from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, with_fast_layers
+    from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D
+    from prunelora_keras.models.lora import with_fast_layers
 
     class OwnConv(keras.layers.Conv2D):  # a user's subclass: left alone
         pass

@@ -31,11 +31,11 @@ import numpy as np
 from prunelora_keras.api.checks import (chance_warnings, forgotten_classes, labelled_arrays, require_epochs,
                                         require_logits, split_test)
 from prunelora_keras.api.targets import FoundTargets, find_targets  # noqa: F401  (re-exported: plk.find_targets)
-from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense, with_fast_layers
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense
 from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
-from prunelora_keras.models.lora import matches_any, replace_layers
+from prunelora_keras.models.lora import matches_any, replace_layers, with_fast_layers
 from prunelora_keras.methods.base import MethodContext, Targets
 from prunelora_keras.evaluation.metrics import accuracy_pct, add_avg_gap
 from prunelora_keras.methods import registry

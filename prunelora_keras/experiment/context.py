@@ -19,7 +19,7 @@ from prunelora_keras.experiment.paradigms import config_targets
 from prunelora_keras.methods.prepare import Prepared, prefix_cached, prepare_method
 from prunelora_keras.methods.base import MethodContext, Plan
 from prunelora_keras.methods.hparams import HParams
-from prunelora_keras.models.layers import with_fast_layers
+from prunelora_keras.models.lora import with_fast_layers
 from prunelora_keras.models.precision import training_model
 from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.training.trainers import on_jax

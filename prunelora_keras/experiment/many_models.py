@@ -42,7 +42,7 @@ from prunelora_keras.experiment.stages import resume, save_epoch, stage_key
 from prunelora_keras.training.loop import EpochStats
 from prunelora_keras.training.bn import set_bn_policy
 from prunelora_keras.experiment.context import config_context
-from prunelora_keras.models.layers import with_fast_layers
+from prunelora_keras.models.lora import with_fast_layers
 from prunelora_keras.training.trainers import scratch_trainer
 
 SETS = ("forget", "retain", "test_retain")

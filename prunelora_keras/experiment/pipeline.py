@@ -47,7 +47,7 @@ from prunelora_keras.experiment.stages import (StageResult, data_identity, forge
 from prunelora_keras.training.loop import EpochStats, peak_memory
 from prunelora_keras.training.trainers import on_jax  # noqa: F401
 from prunelora_keras.experiment.context import prepare_paradigm  # noqa: F401
-from prunelora_keras.models.layers import with_fast_layers  # noqa: F401
+from prunelora_keras.models.lora import with_fast_layers  # noqa: F401
 from prunelora_keras.training.progress import count
 
 

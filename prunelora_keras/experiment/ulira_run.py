@@ -30,7 +30,7 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.evaluation.ulira import per_example_accuracy
 from prunelora_keras.experiment.config import Config
 from prunelora_keras.experiment.context import config_context
-from prunelora_keras.models.layers import with_fast_layers
+from prunelora_keras.models.lora import with_fast_layers
 from prunelora_keras.experiment.many_models import check_pool_memory, log, pool_devices
 from prunelora_keras.experiment.pool_report import plot_ulira
 from prunelora_keras.experiment.stages import paradigm_key, resume, save_epoch, stage_key

@@ -37,27 +37,29 @@ IM2COL_MAX_WINDOW = 16
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
-_ENABLED = {"conv": True, "max_pool": True}
+_ENABLED = {"conv": True, "max_pool": True, "onednn": True}
 
 
 def on_jax_cpu(form: str) -> bool:
     """Whether the layers use ``form`` (``"conv"`` or ``"max_pool"``): on JAX's CPU platform, unless
-    ``plain_forms`` turned it off."""
+    ``plain_forms`` turned it off (``"onednn"``: also needs ``models.onednn.enabled()``)."""
     import keras
 
     return _ENABLED[form] and keras.backend.backend() == "jax" and jax.default_backend() == "cpu"
 
 
 @contextlib.contextmanager
-def plain_forms(conv: bool = True, max_pool: bool = True):
+def plain_forms(conv: bool = True, max_pool: bool = True, onednn: bool = False):
     """Within this block, layers traced (compiled) use lax's own convolution and/or max-pool gradients.
 
     For A/B timing and for checking a result against XLA's forms; a function compiled inside keeps
     the forms it was traced with.
 
     Args:
-        conv: turn off the convolution weight gradient by taps.
+        conv: turn off every convolution form (oneDNN's and XLA's).
         max_pool: turn off the masked max-pool gradient.
+        onednn: with ``conv=False``: turn off oneDNN's convolutions only, so that XLA's forms of this
+            module run (``conv=True`` turns off both).
 
     Example:
         >>> with plain_forms():
@@ -67,6 +69,7 @@ def plain_forms(conv: bool = True, max_pool: bool = True):
     before = dict(_ENABLED)
     _ENABLED["conv"] = _ENABLED["conv"] and not conv
     _ENABLED["max_pool"] = _ENABLED["max_pool"] and not max_pool
+    _ENABLED["onednn"] = _ENABLED["onednn"] and not onednn
     try:
         yield
     finally:
@@ -143,30 +146,41 @@ def _conv_bwd(strides, pads, forward, weight_grad, residuals, dy):
 _conv_in_forms.defvjp(_conv_fwd, _conv_bwd)
 
 
-def conv_forms(input_shape, kernel_shape, strides, dilation=(1, 1), groups: int = 1) -> tuple[str, str]:
+def conv_forms(input_shape, kernel_shape, strides, dilation=(1, 1), groups: int = 1,
+               dtype="float32") -> tuple[str, str]:
     """(forward form, weight-gradient form) ``conv2d`` uses for this convolution, from the profile.
 
-    The forward is one im2col matmul when a kernel window holds at most ``IM2COL_MAX_WINDOW``
-    values (airbench's 2x2 whitening convolution of RGB images: 3.5 ms against XLA's 29 ms at batch
-    256; its weight gradient then by taps too, 4.6 ms against 30 ms), else lax's. The weight
-    gradient is by taps when each tap's product has at least ``MATMUL_WEIGHT_GRAD_MIN_MACS``
-    multiply-adds. Anything else (1x1, dilated, grouped, unknown batch): ("lax", "lax").
+    With oneDNN's kernels (``models.onednn``: the ``cpu-kernels`` extra and a compiler; one JAX
+    device; float32) every convolution with a kernel larger than 1x1 runs there: ("onednn",
+    "onednn"). Otherwise XLA's forms: the forward is one im2col matmul when a kernel window holds at
+    most ``IM2COL_MAX_WINDOW`` values (airbench's 2x2 whitening convolution of RGB images: 3.5 ms
+    against XLA's 29 ms at batch 256; its weight gradient then by taps too, 4.6 ms against 30 ms),
+    else lax's; the weight gradient is by taps when each tap's product has at least
+    ``MATMUL_WEIGHT_GRAD_MIN_MACS`` multiply-adds. Anything else (1x1, dilated, grouped, unknown
+    batch): ("lax", "lax").
 
     Args:
         input_shape: (batch, height, width, in); a None batch gives lax's forms.
         kernel_shape: (kh, kw, in, out).
         strides: (sh, sw).
         dilation, groups: the layer's; only 1 takes other forms.
+        dtype: the computation's dtype (oneDNN's kernels are float32).
     Returns:
-        ("lax" or "im2col", "lax" or "taps").
+        ("lax", "im2col" or "onednn", and "lax", "taps" or "onednn").
 
     Example:
-        >>> conv_forms((256, 15, 15, 64), (3, 3, 64, 256), (1, 1)), conv_forms((256, 32, 32, 3), (2, 2, 3, 24), (1, 1))
+        >>> with plain_forms(conv=False, max_pool=False, onednn=True):  # XLA's forms only
+        ...     conv_forms((256, 15, 15, 64), (3, 3, 64, 256), (1, 1)), conv_forms((256, 32, 32, 3), (2, 2, 3, 24), (1, 1))
         (('lax', 'taps'), ('im2col', 'taps'))
     """
     kh, kw, cin, cout = kernel_shape
     if (kh, kw) == (1, 1) or tuple(dilation) != (1, 1) or groups != 1 or None in tuple(input_shape):
         return "lax", "lax"
+    if _ENABLED["onednn"] and str(dtype) == "float32" and jax.device_count() == 1:
+        from prunelora_keras.models import onednn
+
+        if onednn.enabled():
+            return "onednn", "onednn"
     if kh * kw * cin <= IM2COL_MAX_WINDOW:
         return "im2col", "taps"
     rows = input_shape[0] * -(-input_shape[1] // strides[0]) * -(-input_shape[2] // strides[1])
@@ -181,8 +195,8 @@ def conv2d(x, kernel, strides=(1, 1), padding: str = "valid", forms: tuple[str, 
         kernel: (kh, kw, in, out) array.
         strides: (sh, sw).
         padding: ``"same"`` or ``"valid"`` (Keras's meanings).
-        forms: (forward, weight gradient) as ``conv_forms`` names them; default: ``conv_forms``'s
-            choice for these shapes.
+        forms: (forward, weight gradient) as ``conv_forms`` names them (("onednn", "onednn"): all
+            three parts in oneDNN); default: ``conv_forms``'s choice for these shapes.
     Returns:
         the (batch, out_h, out_w, out) convolution; it and its gradients equal
         ``lax.conv_general_dilated``'s to float rounding (the input gradient is lax's own).
@@ -195,9 +209,13 @@ def conv2d(x, kernel, strides=(1, 1), padding: str = "valid", forms: tuple[str, 
     """
     strides = tuple(strides)
     pads = tuple(explicit_padding(x.shape[a + 1], kernel.shape[a], strides[a], 1, padding) for a in (0, 1))
-    forward, weight_grad = forms or conv_forms(x.shape, kernel.shape, strides)
+    forward, weight_grad = forms or conv_forms(x.shape, kernel.shape, strides, dtype=x.dtype)
     if (forward, weight_grad) == ("lax", "lax"):
         return _conv(x, kernel, strides, pads)
+    if forward == "onednn":
+        from prunelora_keras.models import onednn
+
+        return onednn.conv2d(x, kernel, strides, pads)
     return _conv_in_forms(x, kernel, strides, pads, forward, weight_grad)
 
 

@@ -87,7 +87,7 @@ def fast_convolution(layer: layers.Conv2D, inputs, kernel, conv):
         from prunelora_keras.models import cpu_ops
 
         if cpu_ops.on_jax_cpu("conv"):
-            forms = cpu_ops.conv_forms(inputs.shape, kernel.shape, layer.strides)
+            forms = cpu_ops.conv_forms(inputs.shape, kernel.shape, layer.strides, dtype=inputs.dtype)
             if forms != ("lax", "lax"):
                 return cpu_ops.conv2d(inputs, ops.convert_to_tensor(kernel), layer.strides, layer.padding, forms)
     return conv(inputs, kernel)
@@ -116,33 +116,3 @@ class FastMaxPool2D(layers.MaxPooling2D):
                 return cpu_ops.max_pool(inputs, self.pool_size)
         return super().call(inputs)
 
-
-def with_fast_layers(model: keras.Model) -> keras.Model:
-    """``model`` with its plain layers as the package's faster equivalents: every ``Dense`` on token
-    inputs (rank >= 3) a ``FlatDense``, every ``Conv2D`` a ``FastConv2D``, every ``MaxPooling2D`` a
-    ``FastMaxPool2D`` (exact types only: a user's subclass is left as it is).
-
-    The package's models already use them; checkpoints from before (plain layers) and a user's own
-    models train slower on XLA:CPU without them. Same weights, config and outputs.
-
-    Args:
-        model: a functional or Sequential Keras model.
-    Returns:
-        a converted copy (weights copied by layer name), or ``model`` itself when nothing changes.
-
-    Example:
-        >>> m = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="c"), layers.MaxPooling2D(2)])
-        >>> [type(layer).__name__ for layer in with_fast_layers(m).layers]
-        ['FastConv2D', 'FastMaxPool2D']
-    """
-    from prunelora_keras.models.lora import replace_layers  # lora builds on this module
-
-    def faster(layer):
-        kind = type(layer)
-        if kind is layers.Dense and len(layer.input.shape) >= 3:
-            return FlatDense
-        return {layers.Conv2D: FastConv2D, layers.MaxPooling2D: FastMaxPool2D}.get(kind)
-
-    if not any(faster(layer) for layer in model.layers):
-        return model
-    return replace_layers(model, lambda layer: faster(layer).from_config(layer.get_config()) if faster(layer) else None)

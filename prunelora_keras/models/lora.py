@@ -28,7 +28,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from prunelora_keras.models.layers import FastConv2D, FlatDense, flat_matmul
+from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense, flat_matmul
 
 LORA_KEYS = ("adapter_rank", "adapter_alpha", "adapter_dropout", "adapter_seed")
 
@@ -205,6 +205,36 @@ def replace_layers(model: keras.Model, replace) -> keras.Model:
     copy = _clone(model, replace)
     _copy_weights(model, copy)
     return copy
+
+
+def with_fast_layers(model: keras.Model) -> keras.Model:
+    """``model`` with its plain layers as the package's faster equivalents: every ``Dense`` on token
+    inputs (rank >= 3) a ``FlatDense``, every ``Conv2D`` a ``FastConv2D``, every ``MaxPooling2D`` a
+    ``FastMaxPool2D`` (exact types only: a user's subclass is left as it is).
+
+    The package's models already use them; checkpoints from before (plain layers) and a user's own
+    models train slower on XLA:CPU without them. Same weights, config and outputs.
+
+    Args:
+        model: a functional or Sequential Keras model.
+    Returns:
+        a converted copy (weights copied by layer name), or ``model`` itself when nothing changes.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, name="c"), layers.MaxPooling2D(2)])
+        >>> [type(layer).__name__ for layer in with_fast_layers(m).layers]
+        ['FastConv2D', 'FastMaxPool2D']
+    """
+
+    def faster(layer):
+        kind = type(layer)
+        if kind is layers.Dense and len(layer.input.shape) >= 3:
+            return FlatDense
+        return {layers.Conv2D: FastConv2D, layers.MaxPooling2D: FastMaxPool2D}.get(kind)
+
+    if not any(faster(layer) for layer in model.layers):
+        return model
+    return replace_layers(model, lambda layer: faster(layer).from_config(layer.get_config()) if faster(layer) else None)
 
 
 def adapter_seed(seed: int | None, layer_name: str) -> int | None:
