@@ -4,8 +4,9 @@
 
 For every convolution of the given models (at each model's batch), the forward, the input gradient
 and the weight gradient, each timed three ways: XLA's own (``lax.conv_general_dilated`` and its
-autodiff), the package's layer form (``FastConv2D.convolution_op``: a matmul for 1x1, the weight
-gradient by kernel taps where ``cpu_ops.uses_tap_weight_grad`` says so), and PyTorch's
+autodiff), the package's XLA forms (``FastConv2D.convolution_op`` without oneDNN: a matmul for 1x1,
+the weight gradient by kernel taps where ``cpu_ops.conv_forms`` says so), oneDNN's through the FFI
+library (``models.onednn``, where the ``cpu-kernels`` extra is installed), and PyTorch's
 (``conv2d`` and ``aten.convolution_backward`` with one output at a time, channels_last). Then the
 airbench network's max-pools, BatchNorms and GELUs, forward and backward together, as Keras on
 XLA does them, as the package's layers do, and as PyTorch does. Each round times every variant in
@@ -30,7 +31,7 @@ import keras
 import numpy as np
 
 from prunelora_keras.experiment.pipeline import device_description, versions
-from prunelora_keras.models import cpu_ops, resnet18, resnet50
+from prunelora_keras.models import cpu_ops, onednn, resnet18, resnet50
 from prunelora_keras.models.airbench import airbench
 from prunelora_keras.models.layers import FastConv2D
 
@@ -83,10 +84,15 @@ def conv_variants(spec: dict, rng) -> dict:
 
     dy = jnp.asarray(rng.normal(size=jax.eval_shape(lax_conv, x, k).shape), jnp.float32)
     out = {}
-    for form, conv in (("xla", lax_conv), ("package", package_conv)):
-        fwd = jax.jit(conv)
-        dx = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0])
-        dw = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0])
+    forms = {"xla": (lax_conv, {"conv": True, "max_pool": False}),  # lax's own, compiled as the layer would be
+             "package": (package_conv, {"conv": False, "max_pool": False, "onednn": True})}  # XLA's forms
+    if onednn.missing() is None and (kh, kw) != (1, 1):
+        forms["onednn"] = (package_conv, {"conv": False, "max_pool": False})
+    for form, (conv, switches) in forms.items():
+        with cpu_ops.plain_forms(**switches):  # compiled here, so with these forms
+            fwd = jax.jit(conv).lower(x, k).compile()
+            dx = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]).lower(x, k, dy).compile()
+            dw = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0]).lower(x, k, dy).compile()
         out[("forward", form)] = lambda fwd=fwd: jax.block_until_ready(fwd(x, k))
         out[("input grad", form)] = lambda dx=dx: jax.block_until_ready(dx(x, k, dy))
         out[("weight grad", form)] = lambda dw=dw: jax.block_until_ready(dw(x, k, dy))
@@ -109,8 +115,8 @@ def conv_variants(spec: dict, rng) -> dict:
     out[("input grad", "pytorch")] = torch_backward([True, False, False])
     out[("weight grad", "pytorch")] = torch_backward([False, True, False])
     if spec["input"][1:3] == (32, 32) and cin == 3:  # the stem reads the images: no input gradient needed
-        for form in ("xla", "package", "pytorch"):
-            del out[("input grad", form)]
+        for key in [key for key in out if key[0] == "input grad"]:
+            del out[key]
     return out
 
 
@@ -260,17 +266,17 @@ def markdown(result: dict) -> str:
         rows = [r for r in result["rows"] if r["model"] == model]
         batch = rows[0]["input"][0]
         lines += [f"**{model}** (batch {batch})", "",
-                  "| operation | shape | layers | XLA | package | PyTorch | package / PyTorch |", "|---|---|---|---|---|---|---|"]
+                  "| operation | shape | layers | XLA | XLA forms | oneDNN | PyTorch | best / PyTorch |",
+                  "|---|---|---|---|---|---|---|---|"]
         totals = collections.defaultdict(lambda: [0.0, 0.0])
         for r in rows:
             ms = r["ms"]
-            package = ms.get("package", ms["xla"])
-            lines.append(f"| {r['op']} | {_shape(r)} | {r['count']} | {ms['xla']:.1f} | "
-                         f"{'' if 'package' not in ms else f'{package:.1f}'} | {ms['pytorch']:.1f} | "
-                         f"{package / ms['pytorch']:.2f} |")
+            package = min([ms[form] for form in ("package", "onednn") if form in ms] or [ms["xla"]])
+            cells = [f"{ms[form]:.1f}" if form in ms else "" for form in ("xla", "package", "onednn", "pytorch")]
+            lines.append(f"| {r['op']} | {_shape(r)} | {r['count']} | {' | '.join(cells)} | {package / ms['pytorch']:.2f} |")
             totals[r["op"]][0] += r["count"] * package
             totals[r["op"]][1] += r["count"] * ms["pytorch"]
-        lines += ["", "| operation, all layers | package ms | PyTorch ms | ratio | excess ms |", "|---|---|---|---|---|"]
+        lines += ["", "| operation, all layers | best form ms | PyTorch ms | ratio | excess ms |", "|---|---|---|---|---|"]
         for op, (ours, theirs) in sorted(totals.items(), key=lambda kv: kv[1][1] - kv[1][0]):
             lines.append(f"| {op} | {ours:.0f} | {theirs:.0f} | {ours / theirs:.2f} | {ours - theirs:+.0f} |")
         ours, theirs = (sum(v[i] for v in totals.values()) for i in (0, 1))
