@@ -90,7 +90,8 @@ def conv_variants(spec: dict, rng) -> dict:
         forms["onednn"] = (package_conv, {"conv": False, "max_pool": False})
     for form, (conv, switches) in forms.items():
         with cpu_ops.plain_forms(**switches):  # compiled here, so with these forms
-            fwd = jax.jit(conv).lower(x, k).compile()
+            fwd = jax.jit(lambda x, k, conv=conv: conv(x, k)).lower(x, k).compile()  # a new function: jit's
+            # trace cache keys on the function, and the same conv under other forms must be traced again
             dx = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda v: conv(v, k), x)[1](dy)[0]).lower(x, k, dy).compile()
             dw = jax.jit(lambda x, k, dy, conv=conv: jax.vjp(lambda v: conv(x, v), k)[1](dy)[0]).lower(x, k, dy).compile()
         out[("forward", form)] = lambda fwd=fwd: jax.block_until_ready(fwd(x, k))
