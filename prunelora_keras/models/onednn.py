@@ -92,6 +92,11 @@ def _library() -> ctypes.CDLL:
             raise ValueError(f"building the oneDNN kernels failed ({' '.join(cmd[:2])} ...): "
                              f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}; set PRUNELORA_CPU_CONV=xla")
         os.replace(partial_path, path)  # atomic: a concurrent process loads a whole file or builds its own
+    # oneDNN's OpenMP threads sleep between calls instead of spinning: spinning threads took the cores
+    # from XLA's own threads and from other processes (two test workers: half the CPU time in the
+    # kernel, sched_yield), and sleeping costs these convolutions nothing measurable (ResNet-50 `cpu`
+    # step: 0.214 s against 0.215 s). Read by libgomp when it loads, below; a user's setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     library = ctypes.cdll.LoadLibrary(str(path))
     for name in TARGETS:
         jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, name)), platform="cpu")
