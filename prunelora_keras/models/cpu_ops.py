@@ -157,7 +157,7 @@ def conv_forms(input_shape, kernel_shape, strides, dilation=(1, 1), groups: int 
     against XLA's 29 ms at batch 256; its weight gradient then by taps too, 4.6 ms against 30 ms),
     else lax's; the weight gradient is by taps when each tap's product has at least
     ``MATMUL_WEIGHT_GRAD_MIN_MACS`` multiply-adds. Anything else (1x1, dilated, grouped, unknown
-    batch): ("lax", "lax").
+    batch, or inside ``plain_forms()``): ("lax", "lax").
 
     Args:
         input_shape: (batch, height, width, in); a None batch gives lax's forms.
@@ -174,7 +174,8 @@ def conv_forms(input_shape, kernel_shape, strides, dilation=(1, 1), groups: int 
         (('lax', 'taps'), ('im2col', 'taps'))
     """
     kh, kw, cin, cout = kernel_shape
-    if (kh, kw) == (1, 1) or tuple(dilation) != (1, 1) or groups != 1 or None in tuple(input_shape):
+    if (not _ENABLED["conv"] or (kh, kw) == (1, 1) or tuple(dilation) != (1, 1) or groups != 1
+            or None in tuple(input_shape)):
         return "lax", "lax"
     if _ENABLED["onednn"] and str(dtype) == "float32" and jax.device_count() == 1:
         from prunelora_keras.models import onednn

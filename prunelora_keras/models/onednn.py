@@ -62,6 +62,8 @@ def missing() -> str | None:
     """What the oneDNN kernels lack here, as the fix to apply; None when they can be built."""
     if jax.default_backend() != "cpu":
         return "they run on JAX's CPU platform only"
+    if not hasattr(jax, "ffi"):
+        return f"they need JAX >= 0.5 (jax.ffi); this is {jax.__version__}: pip install -U jax"
     if _onednn_dirs() is None:
         return "oneDNN is not installed: pip install 'prunelora-keras[cpu-kernels]'"
     if _compiler() is None:
@@ -80,7 +82,10 @@ def _library() -> ctypes.CDLL:
     include, lib = _onednn_dirs()
     jax_include = jax.ffi.include_dir()
     source = SOURCE.read_bytes()
-    tag = hashlib.sha256(source + f"{jax.__version__}|{include}|{lib}".encode()).hexdigest()[:16]
+    from importlib.metadata import version
+
+    dnnl = max(lib.glob("libdnnl.so*"), key=lambda f: len(f.name))  # the versioned file: an upgrade renames it
+    tag = hashlib.sha256(source + f"{version('jaxlib')}|{include}|{dnnl}|{dnnl.stat().st_size}".encode()).hexdigest()[:16]
     path = _cache_dir() / f"libplk_onednn_{tag}.so"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,19 +108,29 @@ def _library() -> ctypes.CDLL:
     return library
 
 
+_BROKEN: list[str] = []  # why building or loading failed, once per process (auto then uses XLA's forms)
+
+
 def enabled() -> bool:
     """Whether ``FastConv2D`` runs its convolutions in oneDNN here (``PRUNELORA_CPU_CONV`` and what
-    is installed decide; ``onednn`` with a missing piece raises)."""
+    is installed decide). ``onednn`` with a missing piece or a failed build raises; ``auto`` then says
+    so once on stderr and uses XLA's forms (the same numbers, slower)."""
     wanted = choice()
     if wanted == "xla":
         return False
-    reason = missing()
-    if reason is not None:
-        if wanted == "onednn":
-            raise ValueError(f"PRUNELORA_CPU_CONV=onednn, but {reason}")
-        return False
-    _library()
-    return True
+    reason = missing() or (_BROKEN[0] if _BROKEN else None)
+    if reason is None:
+        try:
+            _library()
+            return True
+        except (ValueError, OSError) as exc:
+            reason = str(exc)
+            _BROKEN.append(reason)
+            if wanted == "auto":
+                print(f"prunelora_keras: oneDNN convolutions off ({reason}); using XLA's", file=sys.stderr)
+    if wanted == "onednn":
+        raise ValueError(f"PRUNELORA_CPU_CONV=onednn, but {reason}")
+    return False
 
 
 def _attrs(strides, pads) -> dict:

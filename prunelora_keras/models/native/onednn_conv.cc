@@ -5,6 +5,7 @@
 // JAX's CPU platform: XLA:CPU's own convolutions run at 55-60% of oneDNN's speed per core, their
 // weight gradients at 15-35% (benchmarks/conv_profile.py). Results equal lax's to float rounding.
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -80,7 +81,14 @@ memory WeightsIn(const memory::desc& want, const Geometry& g, const float* data,
   return out;
 }
 
-ffi::Error Failed(const dnnl::error& e) { return ffi::Error(ffi::ErrorCode::kInternal, e.what()); }
+ffi::Error Failed(const std::exception& e) { return ffi::Error(ffi::ErrorCode::kInternal, e.what()); }
+
+template <typename A, typename B, typename C>
+bool Rank4(const A& a, const B& b, const C& c) {
+  return a.size() == 4 && b.size() == 4 && c.size() == 4;
+}
+
+ffi::Error NotRank4() { return ffi::Error(ffi::ErrorCode::kInvalidArgument, "expected NHWC inputs and an HWIO kernel"); }
 
 // One oneDNN call at a time: each already uses every core through OpenMP, and XLA:CPU runs
 // independent operations (a layer's two gradients) on several threads at once; two OpenMP teams on
@@ -93,6 +101,7 @@ std::mutex& Running() {
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   std::lock_guard<std::mutex> running(Running());
+  if (!Rank4(x.dimensions(), w.dimensions(), y->dimensions())) return NotRank4();
   try {
     Geometry g = Shapes(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
     const auto& e = Cached<dnnl::convolution_forward>(g, ForwardDesc);
@@ -102,7 +111,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
     memory dst(e.pd.dst_desc(), Engine(), y->typed_data());
     e.primitive.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
     s.wait();
-  } catch (const dnnl::error& err) {
+  } catch (const std::exception& err) {
     return Failed(err);
   }
   return ffi::Error::Success();
@@ -117,6 +126,7 @@ dnnl::convolution_backward_data::primitive_desc BackwardDataDesc(const Geometry&
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
                         int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   std::lock_guard<std::mutex> running(Running());
+  if (!Rank4(dx->dimensions(), w.dimensions(), dy.dimensions())) return NotRank4();
   try {
     Geometry g = Shapes(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
     const auto& e = Cached<dnnl::convolution_backward_data>(g, BackwardDataDesc);
@@ -126,7 +136,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::
     memory diff_src(e.pd.diff_src_desc(), Engine(), dx->typed_data());
     e.primitive.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
     s.wait();
-  } catch (const dnnl::error& err) {
+  } catch (const std::exception& err) {
     return Failed(err);
   }
   return ffi::Error::Success();
@@ -141,6 +151,7 @@ dnnl::convolution_backward_weights::primitive_desc BackwardWeightsDesc(const Geo
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
                            int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   std::lock_guard<std::mutex> running(Running());
+  if (!Rank4(x.dimensions(), dw->dimensions(), dy.dimensions())) return NotRank4();
   try {
     Geometry g = Shapes(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
     const auto& e = Cached<dnnl::convolution_backward_weights>(g, BackwardWeightsDesc);
@@ -153,7 +164,7 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
     e.primitive.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
     if (!plain) dnnl::reorder(diff_weights, user).execute(s, diff_weights, user);
     s.wait();
-  } catch (const dnnl::error& err) {
+  } catch (const std::exception& err) {
     return Failed(err);
   }
   return ffi::Error::Success();
