@@ -38,7 +38,15 @@ CHOICES = ("auto", "onednn", "xla")
 
 
 def choice() -> str:
-    """``PRUNELORA_CPU_CONV`` (``auto`` when unset), checked."""
+    """``PRUNELORA_CPU_CONV`` (``auto`` when unset), checked.
+
+    Returns:
+        "auto", "onednn" or "xla"; another value raises a one-line ``ValueError``.
+
+    Example:
+        >>> choice() in CHOICES  # doctest: +SKIP
+        True
+    """
     value = os.environ.get("PRUNELORA_CPU_CONV", "auto").strip().lower() or "auto"
     if value not in CHOICES:
         raise ValueError(f"PRUNELORA_CPU_CONV={value!r}: expected one of {', '.join(CHOICES)}")
@@ -59,7 +67,15 @@ def _compiler() -> str | None:
 
 
 def missing() -> str | None:
-    """What the oneDNN kernels lack here, as the fix to apply; None when they can be built."""
+    """What the oneDNN kernels lack here, as the fix to apply; None when they can be built.
+
+    Returns:
+        None, or one line naming the missing piece and its fix (the extra, a compiler, JAX >= 0.5).
+
+    Example:
+        >>> missing()  # doctest: +SKIP
+        "oneDNN is not installed: pip install 'prunelora-keras[cpu-kernels]'"
+    """
     if jax.default_backend() != "cpu":
         return "they run on JAX's CPU platform only"
     if not hasattr(jax, "ffi"):
@@ -114,7 +130,15 @@ _BROKEN: list[str] = []  # why building or loading failed, once per process (aut
 def enabled() -> bool:
     """Whether ``FastConv2D`` runs its convolutions in oneDNN here (``PRUNELORA_CPU_CONV`` and what
     is installed decide). ``onednn`` with a missing piece or a failed build raises; ``auto`` then says
-    so once on stderr and uses XLA's forms (the same numbers, slower)."""
+    so once on stderr and uses XLA's forms (the same numbers, slower).
+
+    Returns:
+        True when the FFI library is built, loaded and registered with JAX.
+
+    Example:
+        >>> enabled()  # doctest: +SKIP
+        True
+    """
     wanted = choice()
     if wanted == "xla":
         return False
