@@ -33,7 +33,8 @@ from prunelora_keras.training.pool_trainer import PoolTrainer, member_seeds  # n
 from prunelora_keras.errors import UserError
 from prunelora_keras.methods.base import MethodContext
 from prunelora_keras.training.loop import ArrayStream, Trainer
-from prunelora_keras.training.optim import make_optimizer
+from prunelora_keras.training.trainers import recipe_optimizer
+from prunelora_keras.models.airbench import init_whitening
 from prunelora_keras.training.bn import set_bn_policy
 
 
@@ -130,12 +131,13 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         if require_logits(model) != num_classes:
             raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
                              "make them agree")
+        init_whitening(model, x[rows[len(members)]], preprocess)  # airbench's stem, from this member's images
         set_bn_policy(model, recipe.bn)
-        members.append(Trainer(model, make_optimizer(recipe, steps * recipe.epochs), num_classes=num_classes,
-                               preprocess=preprocess,
-                               augment=recipe.augment, mixup_alpha=recipe.mixup_alpha, seed=int(seed), label=label,
-                               verbose=False))
-    return PoolTrainer(members, [ArrayStream(x[r], y[r], batch_size, drop_last) for r in rows], mode=mode,
+        members.append(Trainer(model, recipe_optimizer(model, recipe, steps), num_classes=num_classes,
+                               preprocess=preprocess, augment=recipe.augment, mixup_alpha=recipe.mixup_alpha,
+                               label_smoothing=recipe.label_smoothing, seed=int(seed), label=label, verbose=False))
+    return PoolTrainer(members, [ArrayStream(x[r], y[r], batch_size, drop_last, alternating_flip=int(seed) if "altflip" in recipe.augment else None)
+                                 for r, seed in zip(rows, seeds)], mode=mode,
                        devices=devices, label=f"{label} x{len(seeds)}", verbose=verbose)
 
 

@@ -66,10 +66,11 @@ def infer_images(model, trainable: list, non_trainable: list, images: jax.Array,
     return outputs
 
 
-def random_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-    """torchvision's RandomCrop(size, padding=pad): zero-pad, then one random offset per image."""
+def random_crop(key: jax.Array, images: jax.Array, pad: int = 4, mode: str = "constant") -> jax.Array:
+    """torchvision's RandomCrop(size, padding=pad): zero-pad (``mode="reflect"``: mirror the border, as
+    airbench's 2-pixel translation), then one random offset per image."""
     n, h, w, c = images.shape
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
     offsets = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
 
     def crop(img, off):
@@ -92,16 +93,34 @@ def mixup(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float) -
     return lam * images + (1 - lam) * images[perm], lam * targets + (1 - lam) * targets[perm]
 
 
+def smooth_targets(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
+    """One-hot targets, smoothed as torch's ``CrossEntropyLoss(label_smoothing=s)``: (1 - s) one-hot + s / classes.
+
+    Example:
+        >>> smooth_targets(jnp.array([1]), 4, 0.2).tolist()
+        [[0.05000000074505806, 0.8500000238418579, 0.05000000074505806, 0.05000000074505806]]
+    """
+    y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return y if not smoothing else y * (1.0 - smoothing) + smoothing / num_classes
+
+
 def prepare_batch(key: jax.Array | None, images: jax.Array, labels: jax.Array, num_classes: int,
                   preprocess: Preprocess, augment: Sequence[str] = (),
-                  mixup_alpha: float = 0.2) -> tuple[jax.Array, jax.Array]:
-    """uint8 (or float) batch -> (normalised float inputs, soft targets), augmenting in pixel space first."""
+                  mixup_alpha: float = 0.2, label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """uint8 (or float) batch -> (normalised float inputs, soft targets), augmenting in pixel space first.
+
+    ``augment``: ``crop`` (4-pixel zero-padded random crop), ``translate`` (2-pixel reflect-padded, as
+    airbench), ``flip`` (each image with probability 1/2), ``mixup``; ``altflip`` is the batch stream's
+    (``batches.AlternatingFlip``), nothing to do here.
+    """
     x = to_float(images)
-    y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    y = smooth_targets(labels, num_classes, label_smoothing)
     if augment:
         k_crop, k_flip, k_mix = jax.random.split(key, 3)
         if "crop" in augment:
             x = random_crop(k_crop, x)
+        if "translate" in augment:
+            x = random_crop(k_crop, x, pad=2, mode="reflect")
         if "flip" in augment:
             x = random_flip(k_flip, x)
         if "mixup" in augment:

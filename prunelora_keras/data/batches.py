@@ -51,6 +51,51 @@ class Rows:
         return rows if dtype is None else rows.astype(dtype)
 
 
+class AlternatingFlip:
+    """Images mirrored on alternate epochs (airbench's "alternating flip", Jordan 2024): a random half
+    of the images is mirrored in the first epoch, and every image is shown mirrored in every other
+    epoch after, so each sees both sides in any two consecutive epochs (random flips repeat a side
+    half the time).
+
+    An array-like over ``images`` (``shape``, ``dtype``, row indexing) for one epoch: ``Rows`` and the
+    batch streams read it like the array itself. Which half starts mirrored is a function of
+    ``seed`` alone, so a resumed run agrees.
+
+    Args:
+        images: the stored images (n, height, width, channels).
+        seed: draws the first epoch's half.
+        epoch: the epoch, counted from 1.
+
+    Example:
+        >>> x = np.arange(8, dtype=np.uint8).reshape(2, 1, 4, 1)
+        >>> first, second = AlternatingFlip(x, 0, 1)[np.arange(2)], AlternatingFlip(x, 0, 2)[np.arange(2)]
+        >>> bool(((first == x) | (first == x[:, :, ::-1])).all()), bool((second == first[:, :, ::-1]).all())
+        (True, True)
+    """
+
+    def __init__(self, images: np.ndarray, seed: int, epoch: int):
+        self.images = images
+        self.shape, self.dtype = images.shape, images.dtype
+        self.mirror = np.random.default_rng([seed, 7919]).random(len(images)) < 0.5
+        if (epoch - 1) % 2 == 1:
+            self.mirror = ~self.mirror
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        index = np.arange(len(self.images))[key]
+        rows = np.asarray(self.images[index])
+        mirror = self.mirror[index]
+        if np.ndim(index) == 0:
+            return rows[:, ::-1] if mirror else rows
+        return np.where(mirror.reshape(-1, *([1] * (rows.ndim - 1))), rows[:, :, ::-1], rows)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        rows = self[np.arange(len(self.images))]
+        return rows if dtype is None else rows.astype(dtype)
+
+
 def batches(x: np.ndarray | list[np.ndarray], y: np.ndarray, batch_size: int,
             rng: np.random.Generator | None = None, drop_last: bool = False,
             lazy: bool = False) -> Iterator[tuple[Any, np.ndarray]]:

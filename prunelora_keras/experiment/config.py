@@ -27,13 +27,13 @@ from typing import Any
 from prunelora_keras.errors import UserError
 from prunelora_keras.experiment.values import coerce, parse_set  # noqa: F401  (re-exported)
 from prunelora_keras.evaluation.settings import EVAL_CHOICES, MOVED_TO_EVAL, EvalConfig, check_eval
-from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
+from prunelora_keras.training.recipe import LATER_FIELDS, TrainConfig, recipe_identity  # noqa: F401  (TrainConfig re-exported)
 from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
 from prunelora_keras.methods.hparams import MOVED, check_hparams
 from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, UnlearnConfig, check_unlearn,  # noqa: F401
     did_you_mean, unlearn_checks)
 
-MODEL_NAMES = ("resnet18", "resnet50", "vit")
+MODEL_NAMES = ("resnet18", "resnet50", "vit", "airbench")
 DATASET_NAMES = ("cifar10", "cifar100", "svhn", "tinyimagenet", "digits", "tfds:cifar10")  # and folder:PATH, tfds:NAME
 DATASET_PREFIXES = ("folder:", "tfds:")  # data.DATASETS; checked here so it fails before loading
 # The seed also seeds numpy's
@@ -61,10 +61,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Architecture. ResNet fields apply to resnet*, ViT fields to vit; the rest is ignored."""
+    """Architecture. ResNet fields apply to resnet*, ViT fields to vit, ``widths`` to airbench; the rest
+    is ignored."""
 
     name: str = "resnet50"
     width: float = 1.0  # ResNet width multiplier (1.0 = the paper's 64/128/256/512 planes)
+    widths: list[int] = field(default_factory=lambda: [64, 256, 256])  # airbench: its three groups' channels
     patch_size: int = 4  # ViT
     depth: int = 12
     heads: int = 6
@@ -93,6 +95,24 @@ class Config:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+def keyed(config: dict[str, Any], later: tuple[str, ...] = LATER_FIELDS) -> dict[str, Any]:
+    """``Config.to_dict()`` as run keys hash it: the fields added after runs were keyed, where they
+    change nothing (recipe fields ``later`` at their defaults, airbench's widths on other models), left
+    out, so earlier runs keep their checkpoints' and folders' names.
+
+    Example:
+        >>> "widths" in keyed(build_config("vit", "quick").to_dict())["model"]
+        False
+    """
+    out = dict(config)
+    for section in ("pretrain", "retrain"):
+        if section in out:
+            out[section] = recipe_identity(out[section], later)
+    if "model" in out and out["model"].get("name") != "airbench":
+        out["model"] = {k: v for k, v in out["model"].items() if k != "widths"}
+    return out
+
+
 TOP_LEVEL = ("seed", "devices")  # keys outside any section
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "pretrain": TrainConfig, "retrain": TrainConfig,
             "unlearn": UnlearnConfig, "eval": EvalConfig}
@@ -100,8 +120,8 @@ CHOICES = {
     ("model", "name"): MODEL_NAMES,
     ("pretrain", "optimizer"): ("sgd", "adam", "adamw"),
     ("retrain", "optimizer"): ("sgd", "adam", "adamw"),
-    ("pretrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
-    ("retrain", "schedule"): ("constant", "cosine", "warmup_cosine"),
+    ("pretrain", "schedule"): ("constant", "cosine", "warmup_cosine", "triangle"),
+    ("retrain", "schedule"): ("constant", "cosine", "warmup_cosine", "triangle"),
     ("data", "labels"): ("fine", "coarse"),
     ("pretrain", "bn"): ("update", "freeze"),
     ("retrain", "bn"): ("update", "freeze"),
@@ -110,7 +130,7 @@ CHOICES = {
     **{("unlearn", name): choices for name, choices in UNLEARN_CHOICES.items()},  # options.py: one list, one check
     **{("eval", name): choices for name, choices in EVAL_CHOICES.items()},
 }
-AUGMENTATIONS = ("crop", "flip", "mixup")
+AUGMENTATIONS = ("crop", "flip", "mixup", "translate", "altflip")
 
 
 def default_hparams() -> dict[str, Any]:
@@ -291,6 +311,8 @@ def validate(cfg: Config) -> None:
          "--eval-ulira attacks one forget request; it does not combine with continual requests (--forget-class "
          "N,M,...): pass one class or --forget-fraction"),
         (cfg.model.width > 0, "model.width must be > 0"),
+        (len(cfg.model.widths) == 3 and min(cfg.model.widths) >= 1,
+         "model.widths must be three channel counts >= 1, e.g. --set model.widths=64,256,256"),
         (cfg.model.patch_size >= 1, "model.patch_size must be >= 1"),
         (cfg.model.depth >= 1 and cfg.model.heads >= 1, "model.depth and model.heads must be >= 1"),
         (cfg.model.dim >= 4 and cfg.model.mlp_dim >= 1, "model.dim must be >= 4 and model.mlp_dim >= 1"),
@@ -308,6 +330,16 @@ def validate(cfg: Config) -> None:
             (t.warmup_steps >= 0, f"{section}.warmup_steps must be >= 0"),
             (t.mixup_alpha > 0, f"{section}.mixup_alpha must be > 0"),
             (set(t.augment) <= set(AUGMENTATIONS), f"{section}.augment may only hold {', '.join(AUGMENTATIONS)}"),
+            (not {"flip", "altflip"} <= set(t.augment), f"{section}.augment: flip and altflip exclude each other; keep one"),
+            (0 <= t.label_smoothing < 1, f"{section}.label_smoothing must be in [0, 1)"),
+            (0 < t.peak_fraction < 1 and t.start_factor >= 0 and t.end_factor >= 0,
+             f"{section}: the triangle needs 0 < peak_fraction < 1 and start_factor, end_factor >= 0"),
+            (t.norm_lr_scale > 0, f"{section}.norm_lr_scale must be > 0 (1: the same rate as the weights)"),
+            (t.norm_lr_scale == 1 and not t.nesterov or t.optimizer == "sgd",
+             f"{section}: nesterov and norm_lr_scale apply to optimizer sgd; set optimizer = \"sgd\" or drop them"),
+            (t.lookahead_every >= 0 and 0 <= t.lookahead_decay <= 1 and t.lookahead_power >= 0,
+             f"{section}: lookahead_every must be >= 0 (0: off), lookahead_decay in [0, 1], lookahead_power >= 0"),
+            (t.whiten_bias_epochs >= 0, f"{section}.whiten_bias_epochs must be >= 0 (0: the bias trains throughout)"),
         ]
     with_files = ("cifar10", "cifar100", "svhn", "tinyimagenet")  # the data sets read from their official files
     if cfg.data.data_dir and cfg.data.dataset not in with_files:

@@ -5,7 +5,9 @@ ResNets and the ViT this package builds, what ``methods.Targets`` the paper's re
 user's own model gets its targets from ``api.find_targets`` instead.
 
 ResNet: every Conv2D is pruned (stem and shortcuts included); adapters on the three convs of
-every bottleneck block, and the classifier trains in full. ViT: the last block's attention
+every bottleneck block, and the classifier trains in full. airbench: its six 3x3 convolutions are
+pruned (not the whitening stem, which is set from the data's patch covariance, not learned: its
+filters' norms are 1/sqrt(eigenvalue), no measure of importance) and carry adapters, as does the head. ViT: the last block's attention
 out-projection and the head are pruned; adapters on the head only (``vit_lora_targets =
 "reference"``: what really trained in the reference, whose out-projection adapter never ran) or
 on the out-projection and the head (``"intended"``, as the paper describes).
@@ -28,6 +30,8 @@ def prune_targets(model_cfg: ModelConfig, unlearn: UnlearnConfig | None = None) 
     added or removed by ``unlearn.prune_classifier`` ("reference": as the reference does)."""
     if model_cfg.name.startswith("resnet"):
         targets = ["stem_conv", r"stage\d+_block\d+_conv\d", r"stage\d+_block\d+_shortcut_conv"]
+    elif model_cfg.name == "airbench":
+        targets = [r"group\d_conv\d"]
     else:
         targets = [f"block{model_cfg.depth - 1}_attn_out", CLASSIFIER]
     choice = unlearn.prune_classifier if unlearn is not None else "reference"
@@ -42,6 +46,8 @@ def lora_targets(model_cfg: ModelConfig, unlearn: UnlearnConfig) -> tuple[list[s
     """(adapter targets, modules trained in full)."""
     if model_cfg.name.startswith("resnet"):
         return [r"stage\d+_block\d+_conv\d"], ["head"]
+    if model_cfg.name == "airbench":
+        return [r"group\d_conv\d", "head"], []
     if unlearn.vit_lora_targets == "intended":
         return [f"block{model_cfg.depth - 1}_attn_out", "head"], []
     return ["head"], []

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from prunelora_keras.experiment.arguments import list_keys, overrides, parse_args, sources  # noqa: F401
 from prunelora_keras.experiment.budget import check_disk, check_out_dir, checkpoint_bytes, estimate_train_seconds
-from prunelora_keras.experiment.config import MODEL_NAMES, build_config, validate
+from prunelora_keras.experiment.config import MODEL_NAMES, build_config, keyed, validate
+from prunelora_keras.training.recipe import AIRBENCH_FIELDS
 from prunelora_keras.experiment.plugins import load_plugins
 from prunelora_keras.methods.options import did_you_mean
 from prunelora_keras.parallel.jobs import Job, detect_job
@@ -169,7 +170,8 @@ def config_tag(cfg) -> str:
     """
     if preset_difference(cfg) is None:
         return ""
-    return "-" + hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    config = keyed(cfg.to_dict(), AIRBENCH_FIELDS)  # fields added later, where they change nothing, keep earlier folders
+    return "-" + hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
 def writes_run_folder(job: Job | None) -> bool | None:

@@ -20,12 +20,13 @@ import numpy as np
 
 from prunelora_keras.training.checkpoint import (atomic_write_bytes, fault_point, load_state, read_meta, remove_file,
     save_model, save_state, write_npz)
-from prunelora_keras.experiment.config import Config
-from prunelora_keras.training.recipe import TrainConfig
+from prunelora_keras.experiment.config import Config, keyed
+from prunelora_keras.training.recipe import TrainConfig, recipe_identity
 from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
 from prunelora_keras.data.batches import num_batches
 from prunelora_keras.evaluation.evaluate import evaluate_sets
 from prunelora_keras.models import build_model
+from prunelora_keras.models.airbench import init_whitening
 from prunelora_keras.parallel.multihost import agree
 from prunelora_keras.training.loop import EpochStats, Trainer
 from prunelora_keras.training.bn import set_bn_policy
@@ -52,24 +53,19 @@ class StageResult:
 
 def paradigm_key(name: str, cfg: Config, original_ckpt: str) -> str:
     """A short hash of everything that determines a paradigm's results (not which others run)."""
-    config = cfg.to_dict()
+    config = keyed(cfg.to_dict())  # fields added later, where they change nothing, keep earlier keys
     config["unlearn"] = {k: v for k, v in config["unlearn"].items() if k != "paradigms"}
     config["methods"] = config["methods"].get(name)  # this method's hyperparameters, not the others'
     config.pop("devices", None)  # results agree across device counts up to float summation order
-    for section in ("pretrain", "retrain"):  # the default precision keeps earlier runs' keys
-        if config[section].get("precision") == "float32":
-            del config[section]["precision"]
     payload = {"paradigm": name, "config": config, "original": Path(original_ckpt).name}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def stage_key(cfg: Config, stage: str, recipe: TrainConfig, data_id: str) -> str:
     """A short hash of everything that determines a trained model."""
-    model = asdict(cfg.model)
+    model = keyed({"model": asdict(cfg.model)})["model"]
     weights = model.pop("weights", "")
-    recipe_id = asdict(recipe)
-    if recipe_id["precision"] == "float32":  # the default leaves the keys of earlier runs' checkpoints as they were
-        del recipe_id["precision"]
+    recipe_id = recipe_identity(recipe)  # fields added later, at their defaults, leave earlier runs' keys as they were
     payload = {"stage": stage, "model": model, "recipe": recipe_id, "seed": cfg.seed,
                "data": data_id, "forget_class": cfg.data.forget_class if stage == "retrain" else None,
                **({"forget_fraction": cfg.data.forget_fraction} if stage == "retrain" and cfg.data.forget_fraction else {}),
@@ -120,6 +116,7 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
     else:
         keras.utils.set_random_seed(cfg.seed)
         model = build_model(cfg.model, ds.num_classes, ds.image_shape)
+        init_whitening(model, data.x, ds.preprocess)  # airbench's stem, from the first images it trains on
         trained = training_model(model, recipe.precision)  # bfloat16: a mixed-policy copy, float32 variables
         set_bn_policy(trained, recipe.bn)
         steps = num_batches(len(data), cfg.data.batch_size, cfg.data.drop_last) * recipe.epochs

@@ -174,7 +174,7 @@ def build_torch_model(model_cfg, num_classes: int, image_size: int) -> nn.Module
     if model_cfg.name == "resnet18":
         return resnet18(num_classes, model_cfg.width)
     if model_cfg.name == "airbench":
-        return Airbench(num_classes)
+        return Airbench(num_classes, tuple(model_cfg.widths))
     if model_cfg.name == "vit":
         return SimpleViT(num_classes, image_size, model_cfg.patch_size, model_cfg.dim, model_cfg.depth,
                          model_cfg.heads, model_cfg.mlp_dim)

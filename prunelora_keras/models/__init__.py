@@ -21,6 +21,8 @@ def build_model(model_cfg, num_classes: int, input_shape: tuple[int, int, int]) 
         return resnet50(num_classes, input_shape, model_cfg.width)
     if name == "resnet18":
         return resnet18(num_classes, input_shape, model_cfg.width)
+    if name == "airbench":
+        return airbench(num_classes, input_shape, tuple(model_cfg.widths))
     if name == "vit":
         return simple_vit(num_classes, input_shape, model_cfg.patch_size, model_cfg.dim, model_cfg.depth,
                           model_cfg.heads, model_cfg.mlp_dim)

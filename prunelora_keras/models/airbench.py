@@ -11,6 +11,10 @@ GELU] at widths 64/256/256, a 3x3 max-pool, and a bias-free linear head whose lo
   (Keras 0.6);
 - GELU is the exact (erf) form, and max-pools floor (31 -> 15 -> 7 -> 3 -> 1).
 
+The whitening kernel is not learned: ``init_whitening`` sets it from the training images' 2x2 patch
+covariance (its eigenvectors scaled by 1/sqrt(eigenvalue + 5e-4), each with its negation), and
+``PatchWhitening`` keeps it out of the trainable variables, in a ``.keras`` file too.
+
 The logit scale is applied to the head's *input* (``Rescaling`` before ``head``): the same logits
 and gradients as scaling its output, and the head stays the model's last layer, where the
 evaluation looks for the classifier. Layers are named ``whiten``, ``group{g}_conv{i}``,
@@ -32,6 +36,86 @@ WIDTHS = (64, 256, 256)
 BN_MOMENTUM = 0.6  # PyTorch's 0.4: Keras keeps 0.6 of the running value per step
 BN_EPSILON = 1e-12
 LOGIT_SCALE = 1 / 9
+WHITEN_EPS = 5e-4
+WHITEN_IMAGES = 5000  # airbench estimates the patch covariance on the first 5,000 training images
+
+
+@keras.saving.register_keras_serializable(package="prunelora_keras")
+class PatchWhitening(FastConv2D):
+    """airbench's stem: a convolution whose kernel is set from the data and never trained.
+
+    A ``FastConv2D`` whose kernel is a non-trainable variable (saved and loaded so: the frozen flag
+    is the layer's, not the file's), so every trainer, LoRA and the pruner leave it as
+    ``init_whitening`` set it; its bias trains as the recipe says (``whiten_bias_epochs``).
+
+    Example:
+        >>> layer = PatchWhitening(24, 2)
+        >>> layer.build((None, 32, 32, 3))
+        >>> [v.name for v in layer.trainable_weights], [v.name for v in layer.non_trainable_weights]
+        (['bias'], ['kernel'])
+    """
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.kernel.trainable = False
+
+
+def whitening_kernel(images, kernel_size: int = 2, eps: float = WHITEN_EPS) -> np.ndarray:
+    """airbench's whitening kernel from normalised images: the ``kernel_size``-square patches' second
+    moment ``P^T P / n``, its eigenvectors in decreasing order of eigenvalue, each divided by
+    sqrt(eigenvalue + eps), followed by their negations (``2 * kernel_size**2 * channels`` filters).
+
+    Args:
+        images: float images (n, height, width, channels), normalised as the model's input.
+        kernel_size: the patch side.
+        eps: added to each eigenvalue before the square root.
+    Returns:
+        The kernel, float32 of shape (k, k, channels, 2 * k * k * channels) (Keras's HWIO layout).
+
+    Example:
+        >>> k = whitening_kernel(np.random.default_rng(0).normal(size=(64, 8, 8, 3)).astype("float32"))
+        >>> k.shape, bool(np.allclose(k[..., :12], -k[..., 12:]))
+        ((2, 2, 3, 24), True)
+    """
+    x = np.asarray(images, np.float64)
+    n, h, w, c = x.shape
+    k = kernel_size
+    patches = np.stack([x[:, i:h - k + 1 + i, j:w - k + 1 + j, :] for i in range(k) for j in range(k)], axis=3)
+    flat = patches.reshape(-1, k * k * c)  # (i, j, channel) order: the kernel's (h, w, in) layout
+    eigenvalues, eigenvectors = np.linalg.eigh(flat.T @ flat / len(flat))
+    order = np.argsort(eigenvalues)[::-1]
+    scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
+    return np.concatenate([scaled, -scaled], axis=1).reshape(k, k, c, 2 * k * k * c).astype(np.float32)
+
+
+def init_whitening(model: keras.Model, images, preprocess=None, limit: int = WHITEN_IMAGES) -> bool:
+    """Set every ``PatchWhitening`` layer of ``model`` from the first ``limit`` of ``images``, as airbench
+    does before training; a model without one is left as it is.
+
+    The whitening layer must take the model's input (airbench's stem).
+
+    Args:
+        model: a Keras model.
+        images: the training images as stored (uint8), or already normalised floats.
+        preprocess: how stored images become the model's input (``Dataset.preprocess``); None: as they are.
+        limit: how many images estimate the patch covariance (airbench: 5,000).
+    Returns:
+        True when a layer was set.
+
+    Example:
+        >>> model = airbench(10, widths=(8, 16, 16), seed=0)
+        >>> init_whitening(model, np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype("float32"))
+        True
+    """
+    found = False
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, PatchWhitening):
+            x = np.asarray(images[:limit])
+            if preprocess is not None:
+                x = np.asarray(preprocess(x))
+            layer.kernel.assign(whitening_kernel(x, layer.kernel_size[0]))
+            found = True
+    return found
 
 
 @keras.saving.register_keras_serializable(package="prunelora_keras")
@@ -73,7 +157,7 @@ def _bn_gelu(x, name: str, gelu_name: str):
 
 def airbench(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32, 3),
              widths: tuple[int, int, int] = WIDTHS, seed: int | None = None) -> keras.Model:
-    """Build the airbench94 network (untrained; the whitening kernel is set from data by its trainer).
+    """Build the airbench94 network (untrained; ``init_whitening`` sets the whitening kernel from data).
 
     Args:
         num_classes: classes of the head.
@@ -90,12 +174,9 @@ def airbench(num_classes: int = 10, input_shape: tuple[int, int, int] = (32, 32,
     """
     channels = input_shape[-1]
     inputs = keras.Input(input_shape, name="image")
-    whiten = FastConv2D(2 * channels * 4, 2, padding="valid", use_bias=True, bias_initializer="zeros",
-                        name="whiten")
+    whiten = PatchWhitening(2 * channels * 4, 2, padding="valid", use_bias=True, bias_initializer="zeros",
+                            name="whiten")  # set from the data by init_whitening, never trained
     x = layers.Activation("gelu", name="whiten_gelu")(whiten(inputs))
-    # airbench sets it from the data's patch covariance and never trains it (a .keras file does not keep
-    # a variable's trainable flag: a trainer freezes it again after loading)
-    whiten.kernel.trainable = False
     for g, width in enumerate(widths, start=1):
         conv_seed = None if seed is None else seed * 10 + g
         x = _conv(x, width, f"group{g}_conv1", conv_seed)

@@ -30,7 +30,7 @@ from prunelora_keras.training.bn import set_bn_policy  # noqa: F401
 from prunelora_keras.training.caches import COMPILED
 from prunelora_keras.training.epochs import EpochRun, EpochStats, peak_memory, run_epochs, step_hook  # noqa: F401
 from prunelora_keras.data.augment import Preprocess
-from prunelora_keras.data.batches import batches, num_batches
+from prunelora_keras.data.batches import AlternatingFlip, batches, num_batches
 from prunelora_keras.parallel.distributed import Placement, device_count
 from prunelora_keras.training.optim import make_optimizer, make_schedule  # noqa: F401
 from prunelora_keras.training.inference import accuracy, architecture_key, padded_batches, predict_logits  # noqa: F401
@@ -53,6 +53,7 @@ class ArrayStream:
     batch_size: int
     drop_last: bool = False
     labels_for_epoch: Callable[[int], np.ndarray] | None = None
+    alternating_flip: int | None = None  # a seed: images mirrored on alternate epochs (``AlternatingFlip``)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -60,7 +61,8 @@ class ArrayStream:
 
     def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[Batch]:
         y = self.y if self.labels_for_epoch is None else self.labels_for_epoch(epoch)
-        for xb, yb in batches(self.x, y, self.batch_size, rng, self.drop_last, lazy=True):
+        x = self.x if self.alternating_flip is None else AlternatingFlip(self.x, self.alternating_flip, epoch)
+        for xb, yb in batches(x, y, self.batch_size, rng, self.drop_last, lazy=True):
             yield {"train": (xb, yb)}
 
 
@@ -86,7 +88,10 @@ class Trainer:
         train_vars: the variables that receive gradients (default ``model.trainable_variables``);
             each must be one of the model's trainable variables.
         masks: {variable path: 0/1 array} enforced on those variables after every update.
-        augment, mixup_alpha: on-device augmentation of images (crop, flip, mixup).
+        augment, mixup_alpha: augmentation of images: on the device crop, translate, flip, mixup
+            (``augment.prepare_batch``); in the batch stream ``altflip`` (``batches.AlternatingFlip``:
+            (x, y) training only, not a method's own stream).
+        label_smoothing: targets (1 - s) one-hot + s / classes (torch's ``label_smoothing``).
         seed: data order (``(seed, epoch)``) and per-step keys (``fold_in(key(seed), step)``).
         label: the name shown in progress lines and errors.
         features: the model takes float inputs used as they are (one array, or a list for a model
@@ -128,6 +133,7 @@ class Trainer:
     loss: Callable[[LossInputs], jax.Array] = cross_entropy_loss
     teacher: tuple[list, list] | dict[str, tuple[list, list]] | None = None
     joint: bool = False
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         if keras.backend.backend() != "jax":  # it would fail later, reading torch tensors that require grad
@@ -153,7 +159,8 @@ class Trainer:
                             for p, i in zip(paths, train_index))
         self.spec = StepSpec(self.model, self.optimizer, self.loss, self.num_classes, tuple(train_index),
                              tuple(frozen_index), mask_values, self.preprocess,
-                             tuple(self.augment), self.mixup_alpha, self.features, self.joint)
+                             tuple(a for a in self.augment if a != "altflip"), self.mixup_alpha, self.features,
+                             self.joint, self.label_smoothing)
         # Copies: the step donates these buffers, and the model's own variables must stay valid.
         self.train_values = apply_masks(self.spec.masks, [jnp.array(model_trainable[i].value, copy=True)
                                                           for i in train_index])
@@ -195,6 +202,7 @@ class Trainer:
         except (NotImplementedError, TypeError):
             return None
         return json.dumps([self.share_key, arch, self.train_index, list(self.augment), self.mixup_alpha,
+                           self.label_smoothing,
                            self.num_classes, list(self.preprocess.mean), list(self.preprocess.std), self.features,
                            device_count(self.distribution)], default=repr)
 
@@ -276,8 +284,14 @@ class Trainer:
             stream: a method's own batch stream instead of (x, y): ``stream(epoch, rng)`` yields
                 batches ``{part: (inputs, labels)}``; it has ``steps_per_epoch``.
         """
+        if stream is not None and "altflip" in self.augment:
+            raise ValueError("augment 'altflip' mirrors the (x, y) stream's images by index; a method's own stream "
+                             "cannot: use 'flip' with it")
         if stream is None:
-            stream = ArrayStream(x, y, batch_size, drop_last, labels_for_epoch)
+            if "altflip" in self.augment and (self.features or isinstance(x, (list, tuple))):
+                raise ValueError("augment 'altflip' mirrors one image input; drop it for features or several inputs")
+            stream = ArrayStream(x, y, batch_size, drop_last, labels_for_epoch,
+                                 self.seed if "altflip" in self.augment else None)
             n = len(y)  # the shapes are known: compile before the first epoch's clock starts
             sizes = [min(batch_size, n)] + ([n % batch_size] if not drop_last and n % batch_size and n > batch_size
                                             else [])

@@ -101,6 +101,7 @@ class StepSpec:
     mixup_alpha: float = 0.2
     features: bool = False
     joint: bool = False
+    label_smoothing: float = 0.0
 
 
 def apply_masks(masks: Sequence[Any], values: list) -> list:
@@ -121,7 +122,8 @@ def merge_values(spec: StepSpec, train: list, frozen: list) -> list:
 def _inputs(spec: StepSpec, key: jax.Array, x: Any, y: jax.Array) -> tuple[Any, jax.Array]:
     if spec.features:  # a tuple of float arrays: the model's inputs as they are (one array for one input)
         return (list(x) if len(x) > 1 else x[0]), jax.nn.one_hot(y, spec.num_classes, dtype=jnp.float32)
-    return prepare_batch(key, x, y, spec.num_classes, spec.preprocess, spec.augment, spec.mixup_alpha)
+    return prepare_batch(key, x, y, spec.num_classes, spec.preprocess, spec.augment, spec.mixup_alpha,
+                         spec.label_smoothing)
 
 
 def train_step(spec: StepSpec, state: TrainState, consts: StepConsts, batch: dict[str, tuple[Any, jax.Array]],
