@@ -49,7 +49,8 @@ def pipeline_table(result: dict | None) -> list[str]:
     if result is None:
         return ["(no result: see the step's status)"]
     m, p = result["config"]["model"], result["config"]["pretrain"]
-    size = f"width {m['width']}" if m["name"].startswith("resnet") else f"dim {m['dim']}, depth {m['depth']}"
+    size = (f"width {m['width']}" if m["name"].startswith("resnet") else f"widths {m.get('widths')}"
+            if m["name"] == "airbench" else f"dim {m['dim']}, depth {m['depth']}")
     lines = [f"Model {m['name']} ({size}); pretraining {p['epochs']} epochs {p['optimizer']} lr {p['lr']}, "
              f"{p.get('precision', 'float32')}.", ""]
     stages = result["stages"]
@@ -58,7 +59,8 @@ def pipeline_table(result: dict | None) -> list[str]:
             a, hist = stages[name]["accuracies"], stages[name]["history"]
             steady = hist[1:] or hist  # the first epoch's time excludes its compilation already
             epoch_s = sum(h["seconds"] for h in steady) / len(steady) if hist else float("nan")
-            lines.append(f"- {name}: train {a['train']:.2f}%, test {a['test']:.2f}% after {len(hist)} epochs, "
+            tta = f" ({a['test_tta']:.2f}% with TTA)" if "test_tta" in a else ""
+            lines.append(f"- {name}: train {a['train']:.2f}%, test {a['test']:.2f}%{tta} after {len(hist)} epochs, "
                          f"{epoch_s:.2f} s/epoch (compile {hist[0]['compile_s'] or 0:.1f} s)"
                          if hist else f"- {name}: train {a['train']:.2f}%, test {a['test']:.2f}% (reused)")
     lines += ["", "| paradigm | epochs | UA | MIA loss/LR | RA | TA | RTE s/epoch | peak mem GB |", "|---" * 8 + "|"]
@@ -103,7 +105,7 @@ def render(out: Path) -> str:
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     parts = [f"# GPU window: {device(out)}, {date}", "", "## Steps", *steps_table(out), "",
              "## 1. Unlearning epoch time at the paper's model sizes (synthetic 32x32 batches of 128)",
-             *timing_table(out), "", "## 2. The pipeline end to end on CIFAR-10 (`gpu-fast` preset)",
+             *timing_table(out), "", "## 2. The testbed pipeline end to end on CIFAR-10 (`testbed` preset, airbench94, bfloat16)",
              *pipeline_table(_load(out / "pipeline" / "results.json")), "",
              "## 3. Many-model pools against sequential training", *pools_table(out)]
     return "\n".join(parts) + "\n"

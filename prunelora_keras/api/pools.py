@@ -34,7 +34,7 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.methods.base import MethodContext
 from prunelora_keras.training.loop import ArrayStream, Trainer
 from prunelora_keras.training.trainers import recipe_optimizer
-from prunelora_keras.models.airbench import init_whitening
+from prunelora_keras.models.airbench import WHITEN_IMAGES, init_whitening
 from prunelora_keras.training.bn import set_bn_policy
 
 
@@ -131,7 +131,7 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         if require_logits(model) != num_classes:
             raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
                              "make them agree")
-        init_whitening(model, x[rows[len(members)]], preprocess)  # airbench's stem, from this member's images
+        init_whitening(model, x[rows[len(members)][:WHITEN_IMAGES]], preprocess)  # airbench's stem, from its images
         set_bn_policy(model, recipe.bn)
         members.append(Trainer(model, recipe_optimizer(model, recipe, steps), num_classes=num_classes,
                                preprocess=preprocess, augment=recipe.augment, mixup_alpha=recipe.mixup_alpha,

@@ -39,6 +39,9 @@ class EvalConfig:
     ulira_retain_sample: int = 500  # the retain-side test: a seeded sample of this many retained images
     ulira_fixed_variance: bool = False  # one standard deviation per side, pooled over the examples (LiRA's option)
     ulira_bootstrap: int = 200  # resamples of the examples for the interval of ulira_acc (0: none)
+    # the trained models' test accuracy with airbench's test-time views too (0: off, 1: mirror, 2: mirror +
+    # translate), reported beside the plain accuracy (every metric of the tables stays plain)
+    tta: int = 0
 
 
 EVAL_CHOICES: dict[str, tuple[str, ...]] = {"models_mode": ("auto", "vmap", "map", "loop")}
@@ -81,6 +84,7 @@ def check_eval(e: EvalConfig, where: str = "eval.") -> EvalConfig:
          "pair held out a Gaussian needs two more"),
         (e.ulira_retain_sample >= 1, "ulira_retain_sample must be >= 1"),
         (e.ulira_bootstrap >= 0, "ulira_bootstrap must be >= 0 (0: no interval)"),
+        (e.tta in (0, 1, 2), "tta must be 0 (off), 1 (mirror) or 2 (mirror + translate)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -97,8 +97,8 @@ class Config:
 
 def keyed(config: dict[str, Any], later: tuple[str, ...] = LATER_FIELDS) -> dict[str, Any]:
     """``Config.to_dict()`` as run keys hash it: the fields added after runs were keyed, where they
-    change nothing (recipe fields ``later`` at their defaults, airbench's widths on other models), left
-    out, so earlier runs keep their checkpoints' and folders' names.
+    change nothing (recipe fields ``later`` at their defaults, airbench's widths on other models, the
+    TTA accuracy's option when off), left out, so earlier runs keep their checkpoints' and folders' names.
 
     Example:
         >>> "widths" in keyed(build_config("vit", "quick").to_dict())["model"]
@@ -108,6 +108,8 @@ def keyed(config: dict[str, Any], later: tuple[str, ...] = LATER_FIELDS) -> dict
     for section in ("pretrain", "retrain"):
         if section in out:
             out[section] = recipe_identity(out[section], later)
+    if "eval" in out and not out["eval"].get("tta"):  # off: as before the option existed
+        out["eval"] = {k: v for k, v in out["eval"].items() if k != "tta"}
     if "model" in out and out["model"].get("name") != "airbench":
         out["model"] = {k: v for k, v in out["model"].items() if k != "widths"}
     return out

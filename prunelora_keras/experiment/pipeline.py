@@ -324,7 +324,8 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
         raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
                              "then run the same command again") from None
     original_metrics = evaluate_model(original_model, split, ds, cfg).metrics
-    log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%")
+    tta = f" ({original.accuracies['test_tta']:.2f}% with TTA)" if "test_tta" in original.accuracies else ""
+    log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%{tta}")
     stages = [original]
     if cfg.data.forget_classes:
         rows, losses, requests = unlearn_continually(cfg, ds, original, out_dir, data_id, distribution, stages)
@@ -355,7 +356,8 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
                  "forget": len(split.forget), "test_retain": len(split.test_retain),
                  "forget_class": split.forget_class, "forgetting": forget_description(split, ds),
                  "class_name": ds.class_names[split.forget_class] if split.forget_class >= 0 else None},
-        "original": {**original_metrics, "train_acc": original.accuracies["train"], "test_acc": original.accuracies["test"]},
+        "original": {**original_metrics, "train_acc": original.accuracies["train"], "test_acc": original.accuracies["test"],
+                     **({"test_acc_tta": original.accuracies["test_tta"]} if "test_tta" in original.accuracies else {})},
         "rows": rows,
         "stages": {r.name: asdict(r) for r in stages},
         **({"requests": requests} if requests is not None else {}),

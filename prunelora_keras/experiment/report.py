@@ -257,6 +257,8 @@ def accuracy_table(results: dict[str, Any]) -> str:
         return ""
     cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "D_r"),
             ("forget", "D_f"), ("test_retain", "test, remaining"), ("test_forget", "test, forget class")]
+    if any("test_tta" in stage["accuracies"] for stage in results["stages"].values()):  # eval.tta
+        cols.insert(2, ("test_tta", "test with TTA"))
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, stage in results["stages"].items():
         cells = [f"{stage['accuracies'][k]:.2f}" if k in stage["accuracies"] else "-" for k, _ in cols]

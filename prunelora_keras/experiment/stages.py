@@ -25,6 +25,8 @@ from prunelora_keras.training.recipe import TrainConfig, recipe_identity
 from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
 from prunelora_keras.data.batches import num_batches
 from prunelora_keras.evaluation.evaluate import evaluate_sets
+from prunelora_keras.evaluation.metrics import accuracy_pct
+from prunelora_keras.training.inference import tta_logits
 from prunelora_keras.models import build_model
 from prunelora_keras.models.airbench import init_whitening
 from prunelora_keras.parallel.multihost import agree
@@ -141,6 +143,9 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         remove_file(state_path)
         reused = False
     acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
+    if cfg.eval.tta:  # beside the plain test accuracy, never instead
+        acc["test_tta"] = accuracy_pct(tta_logits(model, split.test.x, ds.preprocess, cfg.data.eval_batch_size,
+                                                  cfg.eval.tta), split.test.y)
     result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
     return model, result
 

@@ -147,6 +147,11 @@ def closing_lines(results: dict[str, Any]) -> str:
                      f"{names}, {best_gap:.2f}{spread} points at {'/'.join(map(str, epochs))} {'epoch' if epochs == [1] else 'epochs'}"
                      + ("; then " + ", ".join(f"{method_label(p)} {r['avg_gap']:.2f}" for p, r in rest) if rest else "")
                      + ".")
+    retrain = final_rows(rows).get("retrain")
+    if (cfg.get("data") or {}).get("forget_fraction") and retrain is not None and retrain.get("UA") is not None:
+        lines.append(f"Random forgetting: Retrain's own UA is its error on D_f, {retrain['UA']:.2f}% (images it never "
+                     "saw, of classes it still knows), not 100; a method's UA far above it forgets more than Retrain "
+                     "would, which an attacker can see. Avg. Gap to Retrain is the ranking.")
     if cfg.get("preset") == "quick":
         lines.append(QUICK_NOTE)
     return "\n".join(lines)

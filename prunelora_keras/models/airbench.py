@@ -59,6 +59,16 @@ class PatchWhitening(FastConv2D):
         super().build(input_shape)
         self.kernel.trainable = False
 
+    @property
+    def trainable(self):
+        return keras.layers.Layer.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):  # Layer's setter makes every variable it holds trainable again: not the kernel
+        keras.layers.Layer.trainable.fset(self, value)
+        if getattr(self, "kernel", None) is not None:
+            self.kernel.trainable = False
+
 
 def whitening_kernel(images, kernel_size: int = 2, eps: float = WHITEN_EPS) -> np.ndarray:
     """airbench's whitening kernel from normalised images: the ``kernel_size``-square patches' second
@@ -77,12 +87,16 @@ def whitening_kernel(images, kernel_size: int = 2, eps: float = WHITEN_EPS) -> n
         >>> k.shape, bool(np.allclose(k[..., :12], -k[..., 12:]))
         ((2, 2, 3, 24), True)
     """
-    x = np.asarray(images, np.float64)
-    n, h, w, c = x.shape
+    n, h, w, c = np.shape(images)
     k = kernel_size
-    patches = np.stack([x[:, i:h - k + 1 + i, j:w - k + 1 + j, :] for i in range(k) for j in range(k)], axis=3)
-    flat = patches.reshape(-1, k * k * c)  # (i, j, channel) order: the kernel's (h, w, in) layout
-    eigenvalues, eigenvectors = np.linalg.eigh(flat.T @ flat / len(flat))
+    moment, count = np.zeros((k * k * c, k * k * c)), 0
+    for start in range(0, n, 256):  # in chunks: 5,000 images' patches in float64 would take 0.5 GB at once
+        x = np.asarray(images[start:start + 256], np.float64)
+        patches = np.stack([x[:, i:h - k + 1 + i, j:w - k + 1 + j, :] for i in range(k) for j in range(k)], axis=3)
+        flat = patches.reshape(-1, k * k * c)  # (i, j, channel) order: the kernel's (h, w, in) layout
+        moment += flat.T @ flat
+        count += len(flat)
+    eigenvalues, eigenvectors = np.linalg.eigh(moment / count)
     order = np.argsort(eigenvalues)[::-1]
     scaled = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + eps)
     return np.concatenate([scaled, -scaled], axis=1).reshape(k, k, c, 2 * k * k * c).astype(np.float32)
@@ -135,7 +149,10 @@ class PartialDirac(keras.initializers.Initializer):
     def __call__(self, shape, dtype=None):
         kh, kw, cin, cout = shape
         bound = 1.0 / math.sqrt(kh * kw * cin)
-        kernel = np.random.default_rng(self.seed).uniform(-bound, bound, size=shape)
+        # no seed: one from numpy's global generator, which keras.utils.set_random_seed seeds (a run's seed
+        # decides its model, as it does Keras's own initialisers')
+        seed = self.seed if self.seed is not None else int(np.random.randint(2**31 - 1))
+        kernel = np.random.default_rng(seed).uniform(-bound, bound, size=shape)
         identity = min(cin, cout)
         kernel[..., :identity] = 0.0
         kernel[kh // 2, kw // 2, np.arange(identity), np.arange(identity)] = 1.0

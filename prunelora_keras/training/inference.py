@@ -29,7 +29,8 @@ from prunelora_keras.parallel.distributed import Placement
 from prunelora_keras.parallel.multihost import host_value
 from prunelora_keras.training.caches import COMPILED
 
-__all__ = ["accuracy", "architecture_key", "evaluation_devices", "padded_batches", "predict_logits", "predict_inputs"]
+__all__ = ["accuracy", "architecture_key", "evaluation_devices", "padded_batches", "predict_logits", "predict_inputs",
+           "tta_logits", "tta_views"]
 
 _PLACEMENT: list[Placement | None] = [None]  # the evaluation placement of the innermost evaluation_devices block
 
@@ -137,6 +138,51 @@ def predict_logits(model: keras.Model, x: np.ndarray, preprocess: Preprocess, ba
     trainable, non_trainable = on_evaluation_devices((trainable, non_trainable))
     out = padded_batches(lambda xb: fn(trainable, non_trainable, xb), x, batch_size)
     return out[0] if out else np.zeros((0, model.output_shape[-1]), np.float32)
+
+
+def tta_views(x: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
+    """airbench's test-time views of images (n, h, w, c), each with its weight in the average of logits:
+    level 0 the images; 1 the images and their mirror (1/2 each); 2 those (1/4 each) and both of them
+    translated one pixel up-left and down-right with reflected borders (1/8 each).
+
+    Example:
+        >>> [w for w, _ in tta_views(np.zeros((1, 4, 4, 3), np.uint8), 2)]
+        [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    """
+    if level not in (0, 1, 2):
+        raise ValueError(f"tta level {level} is not 0 (none), 1 (mirror) or 2 (mirror + translate)")
+    x = np.asarray(x)
+    if level == 0:
+        return [(1.0, x)]
+    mirror = lambda a: a[:, :, ::-1]  # noqa: E731
+    if level == 1:
+        return [(0.5, x), (0.5, mirror(x))]
+    h, w = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    shifted = [padded[:, :h, :w], padded[:, 2:h + 2, 2:w + 2]]
+    return [(0.25, x), (0.25, mirror(x))] + [(0.125, v) for s in shifted for v in (s, mirror(s))]
+
+
+def tta_logits(model: keras.Model, x: np.ndarray, preprocess: Preprocess, batch_size: int = 512,
+               level: int = 2) -> np.ndarray:
+    """Logits averaged over airbench's test-time views (``tta_views``): level 1 mirror, level 2 mirror
+    and one-pixel translations, as airbench reports its "TTA" accuracy. The plain accuracy is
+    ``predict_logits``'s; report this one beside it, never instead.
+
+    Args:
+        model, x, preprocess, batch_size: as ``predict_logits``.
+        level: 0 none, 1 mirror, 2 mirror + translate.
+    Returns:
+        float32 logits, one row per sample.
+
+    Example:
+        >>> import prunelora_keras as plk
+        >>> from prunelora_keras.models import airbench
+        >>> tta_logits(airbench(10, widths=(8, 16, 16), seed=0), np.zeros((3, 32, 32, 3), np.uint8), plk.Preprocess()).shape
+        (3, 10)
+    """
+    views = tta_views(x, level)
+    return sum(weight * predict_logits(model, view, preprocess, batch_size) for weight, view in views).astype(np.float32)
 
 
 def padded_batches(fn: Callable, x: np.ndarray, batch_size: int, data_parallel: bool = True) -> list[np.ndarray]:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from prunelora_keras.data.augment import Preprocess, prepare_batch
+from prunelora_keras.data.augment import Preprocess, prepare_batch, smooth_targets
 
 
 class TrainState(NamedTuple):
@@ -121,7 +121,7 @@ def merge_values(spec: StepSpec, train: list, frozen: list) -> list:
 
 def _inputs(spec: StepSpec, key: jax.Array, x: Any, y: jax.Array) -> tuple[Any, jax.Array]:
     if spec.features:  # a tuple of float arrays: the model's inputs as they are (one array for one input)
-        return (list(x) if len(x) > 1 else x[0]), jax.nn.one_hot(y, spec.num_classes, dtype=jnp.float32)
+        return (list(x) if len(x) > 1 else x[0]), smooth_targets(y, spec.num_classes, spec.label_smoothing)
     return prepare_batch(key, x, y, spec.num_classes, spec.preprocess, spec.augment, spec.mixup_alpha,
                          spec.label_smoothing)
 

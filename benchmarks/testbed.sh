@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The field's testbed on two CPU cores (issue 41): the `testbed` preset (airbench94 on the full CIFAR-10,
+# 50,000 / 10,000 images) forgetting one class or a random 10%, one step after the other (never two
+# trainings at once on two cores), into $RUNS/testbed/<step>; logs and results into
+# benchmarks/results/testbed-*, wall times into benchmarks/results/testbed-wall.txt. Every step resumes
+# where it stopped (finished models and methods are reused, a training continues from its last epoch):
+# rerun the same step after an interruption.
+#   class<N>         original, Retrain and the paper's four paradigms at 5 and 10 epochs, forgetting class N
+#                    (the first one run trains the original; the others reuse it)
+#   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg) at their
+#                    defaults for 10 epochs, beside class<N>'s Retrain
+#   random           a random 10% of the training set (seed 0): Retrain, the four paradigms at 5 and 10
+#                    epochs and the baselines (METHODS) at 10, from the same original
+#   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 methods-class3 random class5 class7
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
+runs=${RUNS:-runs}/testbed
+res=benchmarks/results
+methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg}
+mkdir -p "$res" "$runs"
+run=(python -m prunelora_keras.run --model airbench --preset testbed --data-dir "$data")
+reuse() {  # reuse FROM TO PATTERN...: hard-link FROM's finished models into TO (no copy, no retraining)
+  local from=$1 to=$2
+  shift 2
+  mkdir -p "$to/checkpoints"
+  for pattern in "$@"; do
+    for f in "$from"/checkpoints/$pattern; do [ -f "$f" ] && ln -f "$f" "$to/checkpoints/"; done
+  done
+}
+first_original() {  # the folder of a finished run that holds the original, if any
+  for d in "$runs"/class*; do ls "$d"/checkpoints/original-*.keras > /dev/null 2>&1 && { echo "$d"; return; }; done
+}
+for step in "$@"; do
+  start=$(date +%s)
+  case "$step" in
+    class[0-9]*)
+      n=${step#class}
+      src=$(first_original)
+      [ -n "$src" ] && [ "$src" != "$runs/$step" ] && reuse "$src" "$runs/$step" 'original-*'
+      "${run[@]}" --forget-class "$n" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10 \
+        --overwrite --out "$runs/$step" >> "$res/testbed-$step.log" 2>&1
+      cp "$runs/$step/results.json" "$res/testbed-$step-results.json"
+      ;;
+    methods-class[0-9]*)
+      n=${step#methods-class}
+      reuse "$runs/class$n" "$runs/$step" 'original-*' 'retrain-*'
+      "${run[@]}" --forget-class "$n" --paradigms "retrain,$methods" --epochs 10 --overwrite --out "$runs/$step" \
+        >> "$res/testbed-$step.log" 2>&1
+      cp "$runs/$step/results.json" "$res/testbed-$step-results.json"
+      ;;
+    random)
+      src=$(first_original)
+      [ -n "$src" ] && reuse "$src" "$runs/random" 'original-*'
+      "${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$methods" --epochs 5,10 \
+        --overwrite --out "$runs/random" >> "$res/testbed-random.log" 2>&1
+      cp "$runs/random/results.json" "$res/testbed-random-results.json"
+      ;;
+    curve-[0-9]*)
+      e=${step#curve-}
+      python benchmarks/testbed_curve.py --data-dir "$data" --epochs "$e" --out "$runs/$step" \
+        --json "$res/testbed-$step.json" >> "$res/testbed-$step.log" 2>&1
+      ;;
+    *) echo "error: unknown step $step: use class<N>, methods-class<N>, random or curve-<E>" >&2; exit 2 ;;
+  esac
+  echo "$(date -u +%FT%TZ) $step wall_s=$(( $(date +%s) - start ))" >> "$res/testbed-wall.txt"
+done
