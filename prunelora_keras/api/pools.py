@@ -131,7 +131,10 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         if require_logits(model) != num_classes:
             raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
                              "make them agree")
-        init_whitening(model, x[rows[len(members)][:WHITEN_IMAGES]], preprocess)  # airbench's stem, from its images
+        member_rows = rows[len(members)]  # airbench's stem, from 5,000 of its images (init_whitening's spacing)
+        init_whitening(model, x[member_rows[np.unique(np.linspace(0, len(member_rows) - 1,
+                                                                  min(WHITEN_IMAGES, len(member_rows))).astype(int))]],
+                       preprocess)
         set_bn_policy(model, recipe.bn)
         members.append(Trainer(model, recipe_optimizer(model, recipe, steps), num_classes=num_classes,
                                preprocess=preprocess, augment=recipe.augment, mixup_alpha=recipe.mixup_alpha,

@@ -103,10 +103,13 @@ def whitening_kernel(images, kernel_size: int = 2, eps: float = WHITEN_EPS) -> n
 
 
 def init_whitening(model: keras.Model, images, preprocess=None, limit: int = WHITEN_IMAGES) -> bool:
-    """Set every ``PatchWhitening`` layer of ``model`` from the first ``limit`` of ``images``, as airbench
-    does before training; a model without one is left as it is.
+    """Set every ``PatchWhitening`` layer of ``model`` from ``limit`` of ``images``, evenly spaced over them,
+    as airbench does before training; a model without one is left as it is.
 
-    The whitening layer must take the model's input (airbench's stem).
+    airbench takes the first 5,000 images of CIFAR-10's shuffled release; a data set stored class by
+    class (an image folder) would give one class's patches, so the images are spaced over the whole
+    set instead (the same as the first ones for shuffled data). The whitening layer must take the
+    model's input (airbench's stem).
 
     Args:
         model: a Keras model.
@@ -124,7 +127,7 @@ def init_whitening(model: keras.Model, images, preprocess=None, limit: int = WHI
     found = False
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, PatchWhitening):
-            x = np.asarray(images[:limit])
+            x = np.asarray(images[np.unique(np.linspace(0, len(images) - 1, min(limit, len(images))).astype(int))])
             if preprocess is not None:
                 x = np.asarray(preprocess(x))
             layer.kernel.assign(whitening_kernel(x, layer.kernel_size[0]))
