@@ -15,7 +15,7 @@
 #   1. epoch timings at the paper's model sizes (benchmarks/epoch_time.py: ViT and ResNet-50, every
 #      paradigm, the frozen-prefix cache off and on) on synthetic CIFAR-sized batches of 128;
 #   2. the testbed's pipeline end to end on the full CIFAR-10: the `testbed` preset (airbench94, its recipe
-#      of 10 epochs, the one definition the CPU tables use) with bfloat16 compute: original, Retrain and
+#      of 15 epochs, the one definition the CPU tables use) with bfloat16 compute: original, Retrain and
 #      PruneLoRA;
 #   3. the many-model pools (benchmarks/ensemble.py) at K = 64 and 256 against sequential training.
 set -euo pipefail

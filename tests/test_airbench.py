@@ -251,16 +251,22 @@ def test_lora_and_pruning_work_on_airbench():
         assert set(np.flatnonzero(mask == 0)) == set(np.argsort(norms, kind="stable")[:kernel.shape[-1] // 2])
 
 
-def test_the_whitening_bias_trains_its_epochs_and_then_stays(tmp_path):
+def _tiny_data_and_recipe(n: int, **recipe: float):
+    """n random 32x32 images of 10 classes as a Dataset, and an airbench-like recipe of 3 epochs."""
     from prunelora_keras.data.datasets import Dataset
+
+    rng = np.random.default_rng(n)
+    x, y = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+    ds = Dataset("t", x, y, x[:4], y[:4], tuple(map(str, range(10))), (0.5,) * 3, (0.25,) * 3)
+    return x, y, ds, TrainConfig(epochs=3, momentum=0.85, nesterov=True, weight_decay=1e-3, norm_lr_scale=4.0,
+                                 schedule="triangle", label_smoothing=0.2, augment=["altflip", "translate"],
+                                 whiten_bias_epochs=1, **recipe)
+
+
+def test_the_whitening_bias_trains_its_epochs_and_then_stays(tmp_path):
     from prunelora_keras.training.trainers import scratch_trainer
 
-    rng = np.random.default_rng(0)
-    x, y = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 32)
-    ds = Dataset("t", x, y, x[:4], y[:4], tuple(map(str, range(10))), (0.5,) * 3, (0.25,) * 3)
-    recipe = TrainConfig(epochs=3, lr=0.5, momentum=0.85, nesterov=True, weight_decay=1e-3, norm_lr_scale=4.0,
-                         schedule="triangle", label_smoothing=0.2, augment=["altflip", "translate"],
-                         whiten_bias_epochs=1)  # no lookahead: it moves every weight, the frozen bias too (as airbench's)
+    x, y, ds, recipe = _tiny_data_and_recipe(32, lr=0.5)  # no lookahead: it moves every weight, the frozen bias too
     model = airbench(10, widths=TINY, seed=0)
     init_whitening(model, x, ds.preprocess)
     kernel = keras.ops.convert_to_numpy(model.get_layer("whiten").kernel).copy()
@@ -309,16 +315,10 @@ def test_random_forgetting_says_what_retrains_ua_is():
 
 def test_the_airbench_recipe_resumes_exactly(tmp_path):
     """The lookahead's EMA, the freeze's count and the alternating flip survive a save and a resume."""
-    from prunelora_keras.data.datasets import Dataset
     from prunelora_keras.training import checkpoint
     from prunelora_keras.training.trainers import scratch_trainer
 
-    rng = np.random.default_rng(1)
-    x, y = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 24)
-    ds = Dataset("t", x, y, x[:4], y[:4], tuple(map(str, range(10))), (0.5,) * 3, (0.25,) * 3)
-    recipe = TrainConfig(epochs=3, lr=0.3, momentum=0.85, nesterov=True, weight_decay=1e-3, norm_lr_scale=4.0,
-                         schedule="triangle", label_smoothing=0.2, augment=["altflip", "translate"],
-                         lookahead_every=2, whiten_bias_epochs=1)
+    x, y, ds, recipe = _tiny_data_and_recipe(24, lr=0.3, lookahead_every=2)
 
     def trainer():
         keras.utils.set_random_seed(0)
