@@ -6,7 +6,7 @@
 # where it stopped (finished models and methods are reused, a training continues from its last epoch):
 # rerun the same step after an interruption.
 #   class<N>         original, Retrain and the paper's four paradigms at 5 and 10 epochs, forgetting class N
-#                    (the first one run trains the original; the others reuse it)
+#                    (the original is trained once: every step reuses any the run folders hold, curve-15's too)
 #   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg) at their
 #                    defaults for 10 epochs, beside class<N>'s Retrain
 #   random           a random 10% of the training set (seed 0): Retrain, the four paradigms at 5 and 10
@@ -26,19 +26,24 @@ reuse() {  # reuse FROM TO PATTERN...: hard-link FROM's finished models into TO 
   shift 2
   mkdir -p "$to/checkpoints"
   for pattern in "$@"; do
-    for f in "$from"/checkpoints/$pattern; do [ -f "$f" ] && ln -f "$f" "$to/checkpoints/"; done
+    for f in "$from"/checkpoints/$pattern; do
+      if [ -f "$f" ]; then ln -f "$f" "$to/checkpoints/"; fi
+    done
   done
+  return 0
 }
-first_original() {  # the folder of a finished run that holds the original, if any
-  for d in "$runs"/class*; do ls "$d"/checkpoints/original-*.keras > /dev/null 2>&1 && { echo "$d"; return; }; done
+share_originals() {  # share_originals TO: every trained original of $runs in TO (the command takes the one
+  for d in "$runs"/*/; do  # whose key is its configuration's, e.g. curve-15's at the preset's 15 epochs)
+    if [ "${d%/}" != "$1" ]; then reuse "${d%/}" "$1" 'original-*.keras' 'original-*.history.json'; fi
+  done
+  return 0
 }
 for step in "$@"; do
   start=$(date +%s)
   case "$step" in
     class[0-9]*)
       n=${step#class}
-      src=$(first_original)
-      [ -n "$src" ] && [ "$src" != "$runs/$step" ] && reuse "$src" "$runs/$step" 'original-*'
+      share_originals "$runs/$step"
       "${run[@]}" --forget-class "$n" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10 \
         --overwrite --out "$runs/$step" >> "$res/testbed-$step.log" 2>&1
       cp "$runs/$step/results.json" "$res/testbed-$step-results.json"
@@ -51,8 +56,7 @@ for step in "$@"; do
       cp "$runs/$step/results.json" "$res/testbed-$step-results.json"
       ;;
     random)
-      src=$(first_original)
-      [ -n "$src" ] && reuse "$src" "$runs/random" 'original-*'
+      share_originals "$runs/random"
       "${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$methods" --epochs 5,10 \
         --overwrite --out "$runs/random" >> "$res/testbed-random.log" 2>&1
       cp "$runs/random/results.json" "$res/testbed-random-results.json"
