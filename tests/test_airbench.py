@@ -358,3 +358,20 @@ def test_setting_trainable_never_makes_the_whitening_kernel_trainable():
         layer.trainable = True
     model.trainable = True
     assert "whiten/kernel" not in [v.path for v in model.trainable_variables]
+
+
+def test_a_scratch_pool_whitens_each_member_on_its_own_images():
+    """U-LiRA's shadows train on different halves: each member's stem comes from its own rows."""
+    import prunelora_keras as plk
+
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8), np.arange(40) % 10
+    pre = Preprocess(mean=(0.5,) * 3, std=(0.25,) * 3)
+    rows = [np.arange(0, 40, 2), np.arange(1, 40, 2)]
+    pool = plk.scratch_pool(lambda seed: airbench(10, widths=TINY, seed=seed), TrainConfig(epochs=1, momentum=0.0),
+                            x, y, 8, 10, pre, seeds=[0, 1], rows=rows, verbose=False)
+    index = [v.path for v in airbench(10, widths=TINY, seed=0).non_trainable_variables].index("whiten/kernel")
+    kernels = np.asarray(pool.state().non_trainable[index])  # stacked over the members
+    for kernel, r in zip(kernels, rows):
+        np.testing.assert_allclose(kernel, whitening_kernel(np.asarray(pre(x[r]))), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(kernels[0], kernels[1])

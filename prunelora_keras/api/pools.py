@@ -26,7 +26,7 @@ import numpy as np
 from prunelora_keras.api.checks import checked_labels, require_epochs, require_logits
 from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.data.augment import Preprocess
-from prunelora_keras.data.batches import num_batches
+from prunelora_keras.data.batches import Rows, num_batches
 from prunelora_keras.training.memberwise import MemberwisePool
 from prunelora_keras.training.pool_checks import MembersDiffer
 from prunelora_keras.training.pool_trainer import PoolTrainer, member_seeds  # noqa: F401
@@ -34,7 +34,7 @@ from prunelora_keras.errors import UserError
 from prunelora_keras.methods.base import MethodContext
 from prunelora_keras.training.loop import ArrayStream, Trainer
 from prunelora_keras.training.trainers import recipe_optimizer
-from prunelora_keras.models.airbench import WHITEN_IMAGES, init_whitening
+from prunelora_keras.models.airbench import init_whitening
 from prunelora_keras.training.bn import set_bn_policy
 
 
@@ -131,10 +131,8 @@ def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig,
         if require_logits(model) != num_classes:
             raise ValueError(f"build_model gives {model.output_shape[-1]} outputs, num_classes is {num_classes}: "
                              "make them agree")
-        member_rows = rows[len(members)]  # airbench's stem, from 5,000 of its images (init_whitening's spacing)
-        init_whitening(model, x[member_rows[np.unique(np.linspace(0, len(member_rows) - 1,
-                                                                  min(WHITEN_IMAGES, len(member_rows))).astype(int))]],
-                       preprocess)
+        member_rows = rows[len(members)]  # airbench's stem, from this member's images (init_whitening's spacing)
+        init_whitening(model, Rows(x, member_rows), preprocess)
         set_bn_policy(model, recipe.bn)
         members.append(Trainer(model, recipe_optimizer(model, recipe, steps), num_classes=num_classes,
                                preprocess=preprocess, augment=recipe.augment, mixup_alpha=recipe.mixup_alpha,
