@@ -54,18 +54,27 @@ def _f(value, digits=2) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def _table(rows: dict, header: list[str], cells) -> list[str]:
+    """The markdown table of ``rows`` in ``_order``: ``cells(name, epochs, row)`` gives a row's cells after
+    the method and its epochs."""
+    lines = ["| " + " | ".join(["method", "epochs", *header]) + " |", "|---" * (len(header) + 2) + "|"]
+    for name, epochs in _order(rows):
+        lines.append("| " + " | ".join([label(name), str(epochs), *cells(name, epochs, rows[(name, epochs)])]) + " |")
+    return lines
+
+
 def class_wise(paths: list[str]) -> str:
     rows, original = _rows(paths)
-    lines = ["| method | epochs | UA | MIA (loss, LR) | MIA (conf, SVC) | RA | TA | Avg. Gap | probe D_f | relearn steps "
-             "| RTE s/epoch | trainable | paper RN-50 @10: UA / MIA / RA / TA |", "|---" * 13 + "|"]
-    for name, epochs in _order(rows):
-        r = rows[(name, epochs)]
+
+    def cells(name, epochs, r):
         paper = PAPER_RESNET50.get(name)
         relearn = f">{r['relearn_steps']}" if r.get("relearn_capped") else _f(r.get("relearn_steps"), 0)
-        lines.append(f"| {label(name)} | {epochs} | {_f(r['UA'])} | {_f(r['MIA_loss_logreg'])} | "
-                     f"{_f(r['MIA_confidence_svc'])} | {_f(r['RA'])} | {_f(r['TA'])} | {_f(r.get('avg_gap'))} | "
-                     f"{_f(r.get('probe_forget_acc'), 1)} | {relearn} | {_f(r.get('rte_s'), 1)} | "
-                     f"{r.get('trainable_params', 0):,} | {' / '.join(map(str, paper)) if paper and epochs == 10 else ''} |")
+        return [_f(r["UA"]), _f(r["MIA_loss_logreg"]), _f(r["MIA_confidence_svc"]), _f(r["RA"]), _f(r["TA"]),
+                _f(r.get("avg_gap")), _f(r.get("probe_forget_acc"), 1), relearn, _f(r.get("rte_s"), 1),
+                f"{r.get('trainable_params', 0):,}", " / ".join(map(str, paper)) if paper and epochs == 10 else ""]
+
+    lines = _table(rows, ["UA", "MIA (loss, LR)", "MIA (conf, SVC)", "RA", "TA", "Avg. Gap", "probe D_f",
+                          "relearn steps", "RTE s/epoch", "trainable", "paper RN-50 @10: UA / MIA / RA / TA"], cells)
     lines += ["", f"The original: test {_f(original.get('test_acc'))}% ({_f(original.get('test_acc_tta'))}% with TTA), "
                   f"UA {_f(original.get('UA'))}, probe on held-out D_f {_f(original.get('probe_forget_acc'), 1)}."]
     return "\n".join(lines)
@@ -73,15 +82,15 @@ def class_wise(paths: list[str]) -> str:
 
 def random_forgetting(paths: list[str]) -> str:
     rows, original = _rows(paths)
-    lines = ["| method | epochs | forget acc | retain acc | test acc | MIA (conf, SVC) | MIA (loss, LR) | Avg. Gap "
-             "| probe D_f | RTE s/epoch | AMUN Table 1 Avg. Gap |", "|---" * 11 + "|"]
-    for name, epochs in _order(rows):
-        r = rows[(name, epochs)]
+
+    def cells(name, epochs, r):
         amun = AMUN_GAP.get(name)
-        lines.append(f"| {label(name)} | {epochs} | {_f(100 - r['UA'])} | {_f(r['RA'])} | {_f(r['TA'])} | "
-                     f"{_f(r['MIA_confidence_svc'])} | {_f(r['MIA_loss_logreg'])} | {_f(r.get('avg_gap'))} | "
-                     f"{_f(r.get('probe_forget_acc'), 1)} | {_f(r.get('rte_s'), 1)} | "
-                     f"{_f(amun) if amun is not None and name != 'retrain' else ''} |")
+        return [_f(100 - r["UA"]), _f(r["RA"]), _f(r["TA"]), _f(r["MIA_confidence_svc"]), _f(r["MIA_loss_logreg"]),
+                _f(r.get("avg_gap")), _f(r.get("probe_forget_acc"), 1), _f(r.get("rte_s"), 1),
+                _f(amun) if amun is not None and name != "retrain" else ""]
+
+    lines = _table(rows, ["forget acc", "retain acc", "test acc", "MIA (conf, SVC)", "MIA (loss, LR)", "Avg. Gap",
+                          "probe D_f", "RTE s/epoch", "AMUN Table 1 Avg. Gap"], cells)
     lines += ["", f"AMUN's Retrain (ResNet-18): forget / retain / test {' / '.join(map(str, AMUN_RETRAIN))}; "
                   f"ours (airbench): the Retrain row. The original: test {_f(original.get('test_acc'))}%."]
     return "\n".join(lines)

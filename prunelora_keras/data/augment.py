@@ -96,6 +96,13 @@ def mixup(key: jax.Array, images: jax.Array, targets: jax.Array, alpha: float) -
 def smooth_targets(labels: jax.Array, num_classes: int, smoothing: float = 0.0) -> jax.Array:
     """One-hot targets, smoothed as torch's ``CrossEntropyLoss(label_smoothing=s)``: (1 - s) one-hot + s / classes.
 
+    Args:
+        labels: integer labels (n,).
+        num_classes: the targets' width.
+        smoothing: s in [0, 1); 0 gives plain one-hot targets.
+    Returns:
+        float32 targets (n, num_classes).
+
     Example:
         >>> smooth_targets(jnp.array([1]), 4, 0.2).tolist()
         [[0.05000000074505806, 0.8500000238418579, 0.05000000074505806, 0.05000000074505806]]

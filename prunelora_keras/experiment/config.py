@@ -27,7 +27,7 @@ from typing import Any
 from prunelora_keras.errors import UserError
 from prunelora_keras.experiment.values import coerce, parse_set  # noqa: F401  (re-exported)
 from prunelora_keras.evaluation.settings import EVAL_CHOICES, MOVED_TO_EVAL, EvalConfig, check_eval
-from prunelora_keras.training.recipe import LATER_FIELDS, TrainConfig, recipe_identity  # noqa: F401  (TrainConfig re-exported)
+from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
 from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
 from prunelora_keras.methods.hparams import MOVED, check_hparams
 from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, UnlearnConfig, check_unlearn,  # noqa: F401
@@ -93,26 +93,6 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The configuration as JSON data (tuples as lists), as results.json holds it."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-def keyed(config: dict[str, Any], later: tuple[str, ...] = LATER_FIELDS) -> dict[str, Any]:
-    """``Config.to_dict()`` as run keys hash it: the fields added after runs were keyed, where they
-    change nothing (recipe fields ``later`` at their defaults, airbench's widths on other models, the
-    TTA accuracy's option when off), left out, so earlier runs keep their checkpoints' and folders' names.
-
-    Example:
-        >>> "widths" in keyed(build_config("vit", "quick").to_dict())["model"]
-        False
-    """
-    out = dict(config)
-    for section in ("pretrain", "retrain"):
-        if section in out:
-            out[section] = recipe_identity(out[section], later)
-    if "eval" in out and not out["eval"].get("tta"):  # off: as before the option existed
-        out["eval"] = {k: v for k, v in out["eval"].items() if k != "tta"}
-    if "model" in out and out["model"].get("name") != "airbench":
-        out["model"] = {k: v for k, v in out["model"].items() if k != "widths"}
-    return out
 
 
 TOP_LEVEL = ("seed", "devices")  # keys outside any section

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -22,8 +21,8 @@ from pathlib import Path
 
 from prunelora_keras.experiment.arguments import list_keys, overrides, parse_args, sources  # noqa: F401
 from prunelora_keras.experiment.budget import check_disk, check_out_dir, checkpoint_bytes, estimate_train_seconds
-from prunelora_keras.experiment.config import MODEL_NAMES, build_config, keyed, validate
-from prunelora_keras.training.recipe import AIRBENCH_FIELDS
+from prunelora_keras.experiment.config import MODEL_NAMES, build_config, validate
+from prunelora_keras.experiment.identity import config_tag, preset_difference, same_config
 from prunelora_keras.experiment.plugins import load_plugins
 from prunelora_keras.methods.options import did_you_mean
 from prunelora_keras.parallel.jobs import Job, detect_job
@@ -149,31 +148,6 @@ def out_folder(cfg, args: argparse.Namespace, seeds: list[int] | None) -> Path:
     return Path(f"runs/{cfg.model.name}-{cfg.preset}-seed{cfg.seed}{tag}")
 
 
-def preset_difference(cfg) -> dict | None:
-    """The preset's own configuration for this model and seed, as a dict, when ``cfg`` differs from it (None
-    when it does not)."""
-    default = dataclasses.replace(build_config(cfg.model.name, cfg.preset), seed=cfg.seed).to_dict()
-    return None if default == cfg.to_dict() else default
-
-
-def config_tag(cfg) -> str:
-    """"" for the preset's own configuration, else "-" and 8 hex digits of the configuration's hash.
-
-    Why: the default run folder used to be named after model, preset and seed alone, so every variation
-    of the first command (another class, epochs, data set, a tuned ``--config``) met the preset run's
-    results and was refused; each configuration now has a folder of its own, and rerunning the same
-    command still finds (and resumes) its own.
-
-    Example:
-        >>> config_tag(build_config("vit", "quick")), len(config_tag(build_config("vit", "quick", sets=["seed=3", "data.forget_class=5"])))
-        ('', 9)
-    """
-    if preset_difference(cfg) is None:
-        return ""
-    config = keyed(cfg.to_dict(), AIRBENCH_FIELDS)  # fields added later, where they change nothing, keep earlier folders
-    return "-" + hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 def writes_run_folder(job: Job | None) -> bool | None:
     """Whether this process writes the run folder (process 0, or the only one: ``job`` is None); None
     when JAX has yet to say which process this is (``--num-processes auto``)."""
@@ -220,8 +194,7 @@ def finished_results(out_dir: Path, cfg, overwrite: bool) -> dict | None:
         old = json.loads(previous.read_text())
     except (OSError, ValueError):
         old = {}
-    # compared as keys compare them: a folder written before a field existed holds the same configuration
-    same = keyed(old.get("config") or {}, AIRBENCH_FIELDS) == keyed(cfg.to_dict(), AIRBENCH_FIELDS)
+    same = same_config(old.get("config") or {}, cfg.to_dict())
     if same and not overwrite:
         return old
     if overwrite:

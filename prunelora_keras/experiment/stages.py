@@ -20,7 +20,8 @@ import numpy as np
 
 from prunelora_keras.training.checkpoint import (atomic_write_bytes, fault_point, load_state, read_meta, remove_file,
     save_model, save_state, write_npz)
-from prunelora_keras.experiment.config import Config, keyed
+from prunelora_keras.experiment.config import Config
+from prunelora_keras.experiment.identity import keyed
 from prunelora_keras.training.recipe import TrainConfig, recipe_identity
 from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
 from prunelora_keras.data.batches import num_batches

@@ -145,6 +145,12 @@ def tta_views(x: np.ndarray, level: int) -> list[tuple[float, np.ndarray]]:
     level 0 the images; 1 the images and their mirror (1/2 each); 2 those (1/4 each) and both of them
     translated one pixel up-left and down-right with reflected borders (1/8 each).
 
+    Args:
+        x: images (n, height, width, channels), as stored.
+        level: 0, 1 or 2.
+    Returns:
+        [(weight, views of x)], the weights summing to 1.
+
     Example:
         >>> [w for w, _ in tta_views(np.zeros((1, 4, 4, 3), np.uint8), 2)]
         [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]

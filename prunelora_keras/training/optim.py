@@ -85,6 +85,13 @@ def lookahead_ema(every: int, decay: float, power: float, total_steps: int) -> o
     EMA and a resumed run continues it. (airbench also averages BatchNorm's running statistics; they are
     not parameters here, so they keep the trained weights' recent batches.)
 
+    Args:
+        every: steps between syncs (airbench: 5).
+        decay, power: the EMA's decay at step t is ``decay * (t / total_steps) ** power``.
+        total_steps: the training's length T.
+    Returns:
+        An optax transformation, the last of a chain.
+
     Example:
         >>> tx = optax.chain(optax.sgd(1.0), lookahead_ema(2, 0.5, 0.0, 4))
         >>> params = [jnp.zeros(())]
@@ -118,6 +125,12 @@ class CountState(NamedTuple):
 def freeze_after(steps: int, frozen: Sequence[bool]) -> optax.GradientTransformation:
     """Zero the updates of the ``frozen`` leaves from step ``steps + 1`` on (airbench's whitening bias):
     the values stay where the first ``steps`` steps left them, whatever momentum or decay still hold.
+
+    Args:
+        steps: the steps that still update them.
+        frozen: one flag per value of the list of updates.
+    Returns:
+        An optax transformation over a list of values.
 
     Example:
         >>> tx = freeze_after(1, [True])

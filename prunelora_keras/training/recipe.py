@@ -59,6 +59,12 @@ def recipe_identity(recipe: TrainConfig | dict[str, Any], later: tuple[str, ...]
     defaults (a run keyed before they existed keeps its key; ``later``: which fields) and the triangle's shape when the
     schedule is not a triangle, the lookahead's when it is off.
 
+    Args:
+        recipe: a ``TrainConfig`` or its ``asdict`` form.
+        later: the fields left out at their defaults.
+    Returns:
+        The recipe as a dict, those fields left out.
+
     Example:
         >>> recipe_identity(TrainConfig(epochs=3)) == recipe_identity(TrainConfig(epochs=3, start_factor=0.5))
         True

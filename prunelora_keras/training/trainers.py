@@ -22,13 +22,34 @@ def on_jax() -> bool:
 def recipe_optimizer(model: keras.Model, recipe: TrainConfig, steps_per_epoch: int) -> Any:
     """``recipe``'s optimiser for training all of ``model``'s trainable variables for ``recipe.epochs``
     epochs of ``steps_per_epoch`` steps (each variable's role read from the model: airbench's BatchNorm
-    biases and whitening bias)."""
+    biases and whitening bias).
+
+    Args:
+        model: the model whose trainable variables all train.
+        recipe: the training recipe.
+        steps_per_epoch: optimiser steps in one epoch.
+    Returns:
+        An optax transformation over ``model.trainable_variables``' values.
+
+    Example:
+        >>> from prunelora_keras.models import airbench
+        >>> tx = recipe_optimizer(airbench(10, widths=(8, 16, 16), seed=0), TrainConfig(norm_lr_scale=64.0), 10)
+    """
     return make_optimizer(recipe, steps_per_epoch * recipe.epochs, param_roles(model, model.trainable_variables),
                           steps_per_epoch)
 
 
 def keras_fit_check(recipe: TrainConfig) -> None:
-    """Refuse, in one line, the recipe parts that Keras's fit (the non-JAX backends) does not have."""
+    """Refuse, in one line, the recipe parts that Keras's fit (the non-JAX backends) does not have.
+
+    Args:
+        recipe: the recipe to train with Keras's fit.
+    Raises:
+        ValueError: naming those parts and the fix (the jax backend).
+
+    Example:
+        >>> keras_fit_check(TrainConfig())  # nothing the plain recipe lacks
+    """
     extra = [name for name, on in (("nesterov", recipe.nesterov), ("label_smoothing", recipe.label_smoothing),
                                    ("norm_lr_scale", recipe.norm_lr_scale != 1.0), ("lookahead_every", recipe.lookahead_every),
                                    ("whiten_bias_epochs", recipe.whiten_bias_epochs),
