@@ -17,7 +17,8 @@ from prunelora_keras.methods.common import distill_kl
 from prunelora_keras.methods.neggrad import RetainWithForget, neggrad_plus_loss
 from prunelora_keras.methods.scrub import MaxThenMin, scrub_loss
 import prunelora_keras as plk
-from prunelora_keras.methods.hparams import POSITIVE, HParams, ScrubHParams, hparam
+from prunelora_keras.methods.hparams import POSITIVE, HParams, hparam
+from prunelora_keras.methods.builtin_hparams import ScrubHParams
 from prunelora_keras.experiment.labels import method_label
 from prunelora_keras.training.step import LossInputs
 from prunelora_keras.training.loop import Trainer
@@ -92,8 +93,8 @@ def test_a_users_method_registers_once_and_everything_sees_it():
 
 
 def test_the_registry_and_the_light_list_hold_the_same_hyperparameters():
-    """The command checks keys against hparams.BUILTIN_HPARAMS before the registry is imported."""
-    from prunelora_keras.methods.hparams import BUILTIN_HPARAMS
+    """The command checks keys against builtin_hparams.BUILTIN_HPARAMS before the registry is imported."""
+    from prunelora_keras.methods.builtin_hparams import BUILTIN_HPARAMS
 
     builtin = [n for n in methods.names() if n in BUILTIN_HPARAMS]
     assert {n: methods.get(n).hparams for n in builtin} == BUILTIN_HPARAMS

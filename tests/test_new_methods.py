@@ -20,7 +20,7 @@ from prunelora_keras.data.datasets import Subset
 from prunelora_keras.methods.bad_teacher import mixed_batch_sizes, unlearner_loss
 from prunelora_keras.methods.base import MethodContext, Targets
 from prunelora_keras.methods.common import random_init_copy
-from prunelora_keras.methods.hparams import MSGHParams, SSDHParams
+from prunelora_keras.methods.builtin_hparams import MSGHParams, SSDHParams
 from prunelora_keras.methods.msg import linear_annealing
 from prunelora_keras.methods.options import UnlearnConfig
 from prunelora_keras.methods.prepare import prepare_method

@@ -105,7 +105,7 @@ def test_list_keys_prints_every_config_key_with_type_and_default(capsys):
         for f in dataclasses.fields(cls):
             line = next((x for x in lines if x.split()[:1] == [f"{section}.{f.name}"]), None)
             assert line is not None, f"{section}.{f.name}"
-    from prunelora_keras.methods.hparams import BUILTIN_HPARAMS
+    from prunelora_keras.methods.builtin_hparams import BUILTIN_HPARAMS
 
     for method, cls in BUILTIN_HPARAMS.items():  # every method's hyperparameters, from its dataclass
         for f in dataclasses.fields(cls):

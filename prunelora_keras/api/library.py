@@ -39,7 +39,8 @@ from prunelora_keras.models.lora import matches_any, replace_layers, with_fast_l
 from prunelora_keras.methods.base import MethodContext, Targets
 from prunelora_keras.evaluation.metrics import accuracy_pct, add_avg_gap
 from prunelora_keras.methods import registry
-from prunelora_keras.methods.hparams import MOVED, HParams, check_hparams
+from prunelora_keras.methods.hparams import HParams, check_hparams
+from prunelora_keras.methods.builtin_hparams import MOVED
 from prunelora_keras.methods.options import UnlearnConfig, check_unlearn, did_you_mean
 from prunelora_keras.training.inference import predict_inputs
 from prunelora_keras.models.pruning import PruneResult, prune_units, sparsity_report

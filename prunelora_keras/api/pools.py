@@ -69,23 +69,29 @@ def method_pool(name: str, make_context: Callable[[int], MethodContext], seeds: 
 
     if not on_jax():
         raise UserError("many-model pools train with the compiled JAX step: unset KERAS_BACKEND or set it to jax")
-    members, streams = [], []
+    members, streams, output_classes = [], [], None
     for seed in seeds:
         ctx = make_context(int(seed))
         prepared = prepare_method(name, ctx, label=label or name, prefix_cache="off", verbose=False)
         plan = prepared.plan
         members.append(prepared.trainer)
+        if plan.num_classes not in (None, ctx.num_classes):  # a shadow class: scored on the data's classes
+            output_classes = ctx.num_classes
         streams.append(plan.stream if plan.stream is not None else
                        ArrayStream(plan.x, plan.y, ctx.options.batch_size, ctx.drop_last, plan.labels_for_epoch))
     try:
-        return PoolTrainer(members, streams, mode=mode, devices=devices, label=f"{label or name} x{len(seeds)}",
+        pool = PoolTrainer(members, streams, mode=mode, devices=devices, label=f"{label or name} x{len(seeds)}",
                            verbose=verbose)
+        pool.output_classes = output_classes
+        return pool
     except MembersDiffer as exc:  # each member's step depends on its own model (U-LiRA's shadows, say)
         if mode != "auto" or (devices is not None and len(devices) > 1):
             raise
         print(f"{label or name}: {exc}; its {len(seeds)} members train one after another, each with its own "
               "compiled step (memberwise)", file=sys.stderr, flush=True)
-        return MemberwisePool(members, streams, label=f"{label or name} x{len(seeds)}", verbose=verbose)
+        pool = MemberwisePool(members, streams, label=f"{label or name} x{len(seeds)}", verbose=verbose)
+        pool.output_classes = output_classes
+        return pool
 
 
 def scratch_pool(build_model: Callable[[int], keras.Model], recipe: TrainConfig, x: np.ndarray, y: np.ndarray,

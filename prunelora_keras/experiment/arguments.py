@@ -29,7 +29,7 @@ def config_keys(cfg=None) -> list[tuple[str, str, str]]:
         for f in dataclasses.fields(cls):
             tp = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
             rows.append((f"{section}.{f.name}", tp, json.dumps(getattr(values, f.name))))
-    for method, hp in values_from.methods.items():  # each method's hyperparameters (methods/hparams.py)
+    for method, hp in values_from.methods.items():  # each method's hyperparameters (methods/builtin_hparams.py)
         for name, tp, _default, _doc in describe(type(hp)):
             value = getattr(hp, name)
             rows.append((f"{method}.{name}", tp, json.dumps(list(value) if isinstance(value, tuple) else value)))

@@ -29,7 +29,8 @@ from prunelora_keras.experiment.values import coerce, parse_set  # noqa: F401  (
 from prunelora_keras.evaluation.settings import EVAL_CHOICES, MOVED_TO_EVAL, EvalConfig, check_eval
 from prunelora_keras.training.recipe import TrainConfig  # noqa: F401  (re-exported: the sections' type)
 from prunelora_keras.methods.builtin_names import hparams_type, names as method_names
-from prunelora_keras.methods.hparams import MOVED, check_hparams
+from prunelora_keras.methods.hparams import check_hparams
+from prunelora_keras.methods.builtin_hparams import MOVED
 from prunelora_keras.methods.options import (PAPER_PARADIGMS, UNLEARN_CHOICES, UnlearnConfig, check_unlearn,  # noqa: F401
     did_you_mean, unlearn_checks)
 

@@ -3,8 +3,8 @@ one module per family of entries: the paper's paradigms (``paper.py``), the base
 al. and SalUn (``baselines.py``), NegGrad+ (``neggrad.py``) and SCRUB (``scrub.py``).
 
 The names below load on first use (PEP 562), so that the light modules of this package
-(``builtin_names.py``, ``options.py``, ``hparams.py``: what the command checks before it imports
-Keras) stay light. Each method's hyperparameters are a frozen dataclass (``hparams.py``).
+(``builtin_names.py``, ``options.py``, ``hparams.py``, ``builtin_hparams.py``: what the command checks before it imports
+Keras) stay light. Each method's hyperparameters are a frozen dataclass (``builtin_hparams.py``).
 
 Example:
     >>> from prunelora_keras import methods

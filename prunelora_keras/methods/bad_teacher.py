@@ -30,7 +30,7 @@ import optax
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.common import random_init_copy
-from prunelora_keras.methods.hparams import BadTeacherHParams
+from prunelora_keras.methods.builtin_hparams import BadTeacherHParams
 from prunelora_keras.methods.neggrad import RetainWithForget
 
 

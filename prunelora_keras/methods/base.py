@@ -109,6 +109,12 @@ class Plan:
         share_key: equal for plans whose compiled steps may be shared (same optimiser, schedule
             and length); None: never shared.
         prefix_cacheable: the frozen prefix of the model may be replaced by cached features.
+        num_classes: the width of the training targets when the trained model's head is wider than the
+            data set's classes (Boundary Expanding's shadow class); None: the run's.
+        finalize: the trained model (adapters merged) -> the model to evaluate and save, with the
+            data set's classes as its outputs (Boundary Expanding drops its shadow unit); None: as it is.
+            A pool scores its members on their first ``MethodContext.num_classes`` logits, the same
+            thing for a dropped output unit.
     """
 
     model: Any
@@ -128,6 +134,8 @@ class Plan:
     keras_recipe: Any = None
     share_key: str | None = None
     prefix_cacheable: bool = False
+    num_classes: int | None = None
+    finalize: Callable[[Any], Any] | None = None
 
     @property
     def trainable_params(self) -> int:
@@ -140,12 +148,13 @@ class Plan:
         return [] if self.pruned is None else sorted({path.split("/")[0] for path in self.pruned.masks})
 
     def eval_model(self) -> Any:
-        """The model to evaluate and save: adapters merged into plain Dense/Conv2D layers."""
-        if not self.uses_lora:
-            return self.model
-        from prunelora_keras.models.lora import merge
+        """The model to evaluate and save: adapters merged into plain Dense/Conv2D layers, then ``finalize``."""
+        model = self.model
+        if self.uses_lora:
+            from prunelora_keras.models.lora import merge
 
-        return merge(self.model)
+            model = merge(model)
+        return model if self.finalize is None else self.finalize(model)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import numpy as np
 from prunelora_keras.methods.common import (decaying_l1, random_labels_per_epoch, random_other_labels,
                                             saliency_masks, sgd_chain)
 from prunelora_keras.methods.base import Method, MethodContext, Plan
-from prunelora_keras.methods.hparams import GAHParams, L1SparseHParams, RLHParams, SalUnHParams
+from prunelora_keras.methods.builtin_hparams import GAHParams, L1SparseHParams, RLHParams, SalUnHParams
 from prunelora_keras.training.progress import count
 
 

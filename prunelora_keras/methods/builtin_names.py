@@ -16,11 +16,12 @@ from __future__ import annotations
 import sys
 
 # name -> kind, in registration order (methods/paper.py, baselines.py, neggrad.py, scrub.py, ssd.py,
-# bad_teacher.py, msg.py)
+# bad_teacher.py, msg.py, boundary.py, amun.py)
 BUILTIN: dict[str, str] = {
     "retrain": "paper", "finetune": "paper", "pruned": "paper", "lora": "paper", "pruned_lora": "paper",
     "ga": "baseline", "rl": "baseline", "l1_sparse": "baseline", "salun": "baseline",
     "neggrad_plus": "baseline", "scrub": "baseline", "ssd": "baseline", "bad_teacher": "baseline", "msg": "baseline",
+    "boundary_shrink": "baseline", "boundary_expanding": "baseline", "amun": "baseline",
 }
 NO_TRAINING = ("ssd",)  # built-in methods that train no steps (``Method.trains`` False)
 
@@ -35,9 +36,9 @@ def names(kind: str | None = None) -> tuple[str, ...]:
 
 def hparams_type(name: str) -> type:
     """The hyperparameter dataclass of method ``name`` (``Method.hparams``), read from the registry
-    when it is loaded, else from the built-in list (``hparams.BUILTIN_HPARAMS``); ValueError for an
+    when it is loaded, else from the built-in list (``builtin_hparams.BUILTIN_HPARAMS``); ValueError for an
     unknown name."""
-    from prunelora_keras.methods.hparams import BUILTIN_HPARAMS
+    from prunelora_keras.methods.builtin_hparams import BUILTIN_HPARAMS
 
     registry = sys.modules.get("prunelora_keras.methods.registry")
     if registry is not None:

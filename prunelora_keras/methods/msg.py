@@ -33,7 +33,7 @@ import optax
 
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.common import fold_gradients, masked_updates
-from prunelora_keras.methods.hparams import MSGHParams
+from prunelora_keras.methods.builtin_hparams import MSGHParams
 
 
 def linear_annealing(lr: float, epochs: int, steps_per_epoch: int) -> optax.Schedule:

@@ -25,7 +25,7 @@ import optax
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import sgd_chain
 from prunelora_keras.methods.base import Method, MethodContext, Plan
-from prunelora_keras.methods.hparams import NegGradPlusHParams
+from prunelora_keras.methods.builtin_hparams import NegGradPlusHParams
 
 
 @dataclass

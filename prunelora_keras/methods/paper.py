@@ -25,7 +25,7 @@ from prunelora_keras.training.recipe import TrainConfig
 from prunelora_keras.models.lora import add_lora
 from prunelora_keras.methods.common import decaying_l1
 from prunelora_keras.methods.base import RETRAIN, Method, MethodContext, Plan
-from prunelora_keras.methods.hparams import FinetuneHParams, LoRAHParams, PrunedHParams, PrunedLoRAHParams
+from prunelora_keras.methods.builtin_hparams import FinetuneHParams, LoRAHParams, PrunedHParams, PrunedLoRAHParams
 from prunelora_keras.training.optim import make_optimizer
 from prunelora_keras.models.pruning import PruneResult, gate_adapters, prune_heads, prune_units
 

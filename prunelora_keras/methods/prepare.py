@@ -103,7 +103,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
     diagnostics = ({} if plan.pruned is None or ctx.targets.classifier is None else
                    pruning_diagnostics(plan.pruned, ctx.targets.classifier, ctx.forget_classes))
     if on_jax():
-        trainer = Trainer(train_model, plan.optimizer, num_classes=ctx.num_classes, preprocess=ctx.preprocess, train_vars=plan.train_vars,
+        trainer = Trainer(train_model, plan.optimizer, num_classes=plan.num_classes or ctx.num_classes, preprocess=ctx.preprocess, train_vars=plan.train_vars,
                           masks=masks, seed=ctx.seed, label=label or name, features=features, share_key=plan.share_key,
                           distribution=distribution, verbose=verbose and method.trains, loss=plan.loss or cross_entropy_loss,
                           teacher=plan.teacher, joint=plan.joint)
@@ -116,7 +116,7 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
         if plan.keras_recipe is None or plan.stream is not None or plan.loss is not None:
             raise _needs_jax(name)  # a method registered with keras_fit=True whose plan has no Keras equivalent
         steps = ctx.steps_per_epoch(len(plan.y)) * ctx.epochs
-        trainer = FitTrainer(train_model, plan.keras_recipe, total_steps=steps, num_classes=ctx.num_classes, preprocess=ctx.preprocess,
+        trainer = FitTrainer(train_model, plan.keras_recipe, total_steps=steps, num_classes=plan.num_classes or ctx.num_classes, preprocess=ctx.preprocess,
                              train_vars=plan.train_vars, masks=masks, seed=ctx.seed, label=label or name)
         fit_kwargs = {}
     return Prepared(name, plan, trainer, x, plan.y, fit_kwargs, cache_facts, diagnostics, resumable=on_jax())

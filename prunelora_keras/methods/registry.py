@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from prunelora_keras.methods import bad_teacher, baselines, msg, neggrad, paper, scrub, ssd
+from prunelora_keras.methods import amun, bad_teacher, baselines, boundary, msg, neggrad, paper, scrub, ssd
 from prunelora_keras.methods.base import RETRAIN, Method
 from prunelora_keras.methods.hparams import HParams
 from prunelora_keras.methods.options import UnlearnConfig
@@ -40,7 +40,7 @@ def jax_only(names: Sequence[str]) -> list[str]:
 # the built-in methods, in the order the report lists them; ``register`` adds a user's own
 _REGISTRY: dict[str, Method] = {m.name: m for m in (*paper.METHODS, *baselines.METHODS, *neggrad.METHODS,
                                                     *scrub.METHODS, *ssd.METHODS, *bad_teacher.METHODS,
-                                                    *msg.METHODS)}
+                                                    *msg.METHODS, *boundary.METHODS, *amun.METHODS)}
 
 
 def register(method: Method, *, replace: bool = False) -> Method:

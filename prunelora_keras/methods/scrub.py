@@ -41,7 +41,7 @@ import optax
 from prunelora_keras.data.batches import batches, num_batches
 from prunelora_keras.methods.common import distill_kl, sgd_chain
 from prunelora_keras.methods.base import Method, MethodContext, Plan
-from prunelora_keras.methods.hparams import ScrubHParams
+from prunelora_keras.methods.builtin_hparams import ScrubHParams
 from prunelora_keras.training.progress import count
 
 

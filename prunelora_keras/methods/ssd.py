@@ -27,7 +27,7 @@ import optax
 
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.common import fold_gradients
-from prunelora_keras.methods.hparams import SSDHParams
+from prunelora_keras.methods.builtin_hparams import SSDHParams
 
 
 def mean_squared_gradients(model, x, y, preprocess, batch_size: int) -> list[np.ndarray]:

@@ -82,7 +82,10 @@ class MemberwisePool:
         """(member k's trainable values in its model's order, its non-trainable values)."""
         return self.members[k].current_values()
 
+    output_classes: int | None = None  # logits kept (the first ones): a trained shadow class is not scored
+
     def logits(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Every member's float32 logits on stored images ``x``: (K, N, classes)."""
-        return np.stack([predict_logits(m.model, x, m.spec.preprocess, batch_size, m.current_values())
-                         for m in self.members])
+        out = np.stack([predict_logits(m.model, x, m.spec.preprocess, batch_size, m.current_values())
+                        for m in self.members])
+        return out if self.output_classes is None else out[..., :self.output_classes]

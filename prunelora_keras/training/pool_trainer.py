@@ -282,9 +282,16 @@ class PoolTrainer:
         frozen = unstack(self._consts.frozen, k) if self.frozen_stacked else self._consts.frozen
         return merge_values(self.spec, unstack(self._states.train, k), frozen), unstack(self._states.non_trainable, k)
 
+    output_classes: int | None = None  # logits kept (the first ones): a trained shadow class is not scored
+
     def logits(self, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """Every member's float32 logits on stored images ``x`` (inference mode, through the members'
-        own ``preprocess``): (K, N, classes)."""
+        own ``preprocess``): (K, N, classes), the first ``output_classes`` of them where that is set
+        (``api.method_pool`` sets it for a plan whose head is wider than the data's classes)."""
+        out = self._all_logits(x, batch_size)
+        return out if self.output_classes is None else out[..., :self.output_classes]
+
+    def _all_logits(self, x: np.ndarray, batch_size: int) -> np.ndarray:
         if self.mode == "loop":  # the single model's inference function, once per member
             return np.stack([predict_logits(self.spec.model, x, self.spec.preprocess, batch_size, self.member_values(k))
                              for k in range(self.k)])
