@@ -118,7 +118,8 @@ def run_epochs(label: str, run_epoch: Callable[[int, Progress], EpochRun], *, ep
         ...
         FloatingPointError: demo: loss is inf at epoch 1, step 2 of 2
     """
-    progress = Progress(label, first_epoch + epochs - 1, max(steps_per_epoch, 1), quiet=not verbose)
+    progress = Progress(label, first_epoch + epochs - 1, max(steps_per_epoch, 1), quiet=not verbose,
+                        first_epoch=first_epoch)
     history = []
     for epoch in range(first_epoch, first_epoch + epochs):
         run = run_epoch(epoch, progress)

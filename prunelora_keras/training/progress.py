@@ -8,10 +8,15 @@ from typing import Any
 
 
 class Progress:
-    """A progress bar with ETA on a terminal; one plain log line per epoch otherwise."""
+    """A progress bar with ETA on a terminal; one plain log line per epoch otherwise.
 
-    def __init__(self, label: str, epochs: int, steps: int, stream=None, quiet: bool = False):
-        self.label, self.epochs, self.steps = label, epochs, steps
+    ``epochs`` is the last epoch's number; ``first_epoch`` the first this process trains (a resumed run
+    starts later): the ETA extrapolates this process's time over the epochs it trains, not over
+    epochs trained before it started.
+    """
+
+    def __init__(self, label: str, epochs: int, steps: int, stream=None, quiet: bool = False, first_epoch: int = 1):
+        self.label, self.epochs, self.steps, self.first = label, epochs, steps, first_epoch
         self.stream = stream or sys.stderr
         self.quiet = quiet
         self.tty = not quiet and hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -20,8 +25,8 @@ class Progress:
     def step(self, epoch: int, step: int, loss: float | None = None) -> None:
         if not self.tty:
             return
-        done = (epoch - 1) * self.steps + step
-        total = self.epochs * self.steps
+        done = (epoch - self.first) * self.steps + step
+        total = (self.epochs - self.first + 1) * self.steps
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (total - done) if done else 0.0
         bar = "#" * int(20 * step / self.steps)
@@ -33,7 +38,7 @@ class Progress:
     def epoch_end(self, stats: Any) -> None:
         if self.quiet:
             return
-        done = stats.epoch / self.epochs
+        done = (stats.epoch - self.first + 1) / (self.epochs - self.first + 1)
         elapsed = time.perf_counter() - self.start
         eta = elapsed / done * (1 - done)
         line = (f"{self.label} epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f} acc {100 * stats.accuracy:.2f}% "
