@@ -13,7 +13,7 @@ from conftest import REPO, clean_env
 TINY = ["--model", "vit", "--preset", "quick", "--set", "pretrain.epochs=2", "--set", "retrain.epochs=2",
         "--set", "model.dim=16", "--set", "model.depth=1", "--set", "model.heads=2", "--set", "model.mlp_dim=16",
         "--set", "data.train_size=300", "--paradigms", "retrain,finetune,lora", "--epochs", "1"]
-COLUMNS = ("forgetting_quality", "forgetting_quality_ceiling", "klom_forget", "klom_retain", "klom_test")
+COLUMNS = ("forgetting_quality", "forgetting_quality_ceiling", "klom_forget", "klom_retain", "klom_test", "pool_rmia_auc")
 
 
 def _cli(args, out=None, env_extra=None) -> subprocess.CompletedProcess:
@@ -59,6 +59,8 @@ def test_eval_models_adds_the_scores_and_files_reuses_pools_and_a_killed_pool_re
     ceiling = final["retrain"]["forgetting_quality"]
     assert final["finetune"]["forgetting_quality_ceiling"] == ceiling  # every method beside the same ceiling
     assert 0 <= final["finetune"]["forgetting_quality"] <= 1 and 0 < ceiling <= 1
+    assert 0 <= final["finetune"]["pool_rmia_auc"] <= 100 and "pool RMIA AUC" in (straight / "results.md").read_text()
+    assert np.isfinite(final["finetune"]["MIA_rmia_auc"]) and "MIA_rmia_auc" not in final["retrain"]  # single models
     header = (straight / "results.csv").read_text().splitlines()[0]
     assert all(c in header for c in COLUMNS)
     assert "Many-model evaluation" in (straight / "results.md").read_text()

@@ -24,6 +24,7 @@ from prunelora_keras.evaluation.features import predict_logits_and_features
 from prunelora_keras.evaluation.metrics import accuracy_pct, cross_entropy, unlearning_metrics
 from prunelora_keras.evaluation.relearn import RelearnPlan, relearn_steps
 from prunelora_keras.evaluation.representation import linear_cka, probe_forget_acc
+from prunelora_keras.evaluation.rmia import rmia_test
 from prunelora_keras.training.inference import predict_logits
 
 RELEARN_MARGIN = 10.0  # relearnt = the original's held-out D_f accuracy minus this many points
@@ -34,11 +35,14 @@ class Reference:
     """What every row of one forget request is compared with.
 
     ``retrain_features``: Retrain's penultimate features per evaluation set (for CKA);
+    ``retrain_logits``: Retrain's logits on D_f and the retained test set, (N, classes) for one model or
+    (K, N, classes) for K: the reference models of RMIA (``rmia.rmia_test``; they never saw either set);
     ``relearn``: the fixed relearning stream and held-out D_f; ``relearn_target``: the accuracy
     (percent) on the held-out D_f that counts as relearnt (the original's minus 10 points).
     """
 
     retrain_features: dict[str, np.ndarray] = field(default_factory=dict)
+    retrain_logits: dict[str, np.ndarray] = field(default_factory=dict)
     relearn: RelearnPlan | None = None
     relearn_target: float | None = None
 
@@ -53,6 +57,7 @@ class Evaluation:
     metrics: dict[str, Any]
     losses: dict[str, np.ndarray]  # per-sample losses of the test and forget sets (the paper's Figure 2)
     features: dict[str, np.ndarray]
+    logits: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def evaluation_sets(split: UnlearningSplit) -> dict[str, Any]:
@@ -77,7 +82,8 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
             default scales uint8 images to [0, 1] and passes float inputs as they are).
         seed, batch_size: the attacks' and probes' seed; the inference batch.
         members, nonmembers: the loss attack's full-scale draw sizes (``metrics.attack_sizes``).
-        reference: Retrain's features (CKA) and the relearning plan (relearn time); None: neither.
+        reference: Retrain's features (CKA), its logits (RMIA: ``MIA_rmia_auc``, ``MIA_rmia_tpr_1pct``,
+            ``MIA_rmia_tpr_01pct``, ``rmia_references``) and the relearning plan (relearn time); None: none.
         relearn: the relearning fine-tune's ``lr``, ``batch_size``, ``max_steps``, ``eval_every``.
         progress: called with a line as each stage starts (forward passes, attacks, probes, the relearn
             test and its steps): on two CPU cores an evaluation takes minutes, and silence reads as a hang.
@@ -105,6 +111,12 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
     if "test_forget" in feats:
         metrics["probe_forget_acc_test"] = probe_forget_acc(feats["test_retain"], labels["test_retain"],
                                                             feats["test_forget"], labels["test_forget"], seed)
+    if all(k in reference.retrain_logits for k in ("forget", "test_retain")) and len(labels["test_retain"]) >= 2 \
+            and len(labels["forget"]):
+        refs = {k: v if v.ndim == 3 else v[None] for k, v in reference.retrain_logits.items()}
+        rmia = rmia_test(logits, refs, labels, seed=seed)
+        metrics.update(MIA_rmia_auc=rmia.auc, MIA_rmia_tpr_1pct=rmia.tpr_at_1pct, MIA_rmia_tpr_01pct=rmia.tpr_at_01pct,
+                       rmia_references=rmia.references)
     for name, key in (("forget", "cka_forget"), ("test_retain", "cka_retain")):
         if name in reference.retrain_features:
             metrics[key] = linear_cka(feats[name], reference.retrain_features[name])
@@ -117,7 +129,7 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
                                      progress=progress))
     losses = {"test": cross_entropy(logits["test_retain"], labels["test_retain"]),
               "forget": cross_entropy(logits["forget"], labels["forget"])}
-    return Evaluation(metrics, losses, feats)
+    return Evaluation(metrics, losses, feats, logits)
 
 
 def evaluate_sets(model: keras.Model, split: UnlearningSplit, ds: Dataset, batch_size: int) -> dict[str, float]:

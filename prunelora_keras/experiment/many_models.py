@@ -11,7 +11,8 @@ Each finished pool is ``pools/<name>-<key>.npz`` (stacked weights and the pool's
 D_r and the retained test set), reused by re-runs whose settings match; while it trains, its
 epoch-end state is ``pools/<name>-<key>.state.npz``, from which a killed run resumes.
 Scores go to the rows at the largest epoch count (``forgetting_quality``, its ceiling,
-``klom_forget``/``klom_retain``/``klom_test`` with ``_median``/``_p95``), per-example values to
+``klom_forget``/``klom_retain``/``klom_test`` with ``_median``/``_p95``, RMIA of each member with the oracle
+pool as reference models: ``pool_rmia_auc``, ``pool_rmia_tpr_1pct``), per-example values to
 ``per_example.npz``, their histograms to ``forgetting_quality.png``.
 """
 
@@ -29,6 +30,7 @@ import keras
 import numpy as np
 
 from prunelora_keras.evaluation import forgetting_quality as fq
+from prunelora_keras.evaluation.rmia import rmia_test
 from prunelora_keras.training.checkpoint import read_meta, remove_file, write_npz
 from prunelora_keras.parallel.multihost import agree, host_value
 from prunelora_keras.experiment.config import Config
@@ -184,6 +186,10 @@ def score_pool(pool: dict[str, np.ndarray], oracle: dict[str, np.ndarray], split
            "pool_RA": _accuracy(pool["retain"], y["retain"]), "pool_TA": _accuracy(pool["test_retain"], y["test_retain"]),
            "pool_UA": 100.0 - _accuracy(pool["forget"], y["forget"]), "eval_models": quality.num_models,
            "epsilon_median": float(np.median(quality.epsilon))}
+    if len(y["test_retain"]) >= 2:  # RMIA: each member attacked with the oracle pool as its reference models
+        rmia = rmia_test({s: pool[s] for s in ("forget", "test_retain")}, {s: oracle[s] for s in ("forget", "test_retain")},
+                         y)
+        row.update(pool_rmia_auc=rmia.auc, pool_rmia_tpr_1pct=rmia.tpr_at_1pct)
     for name in ("klom_forget", "klom_retain", "klom_test"):
         stats = fq.summarize(per_example[name])
         row.update({name: stats["mean"], f"{name}_median": stats["median"], f"{name}_p95": stats["p95"]})

@@ -21,7 +21,7 @@ def pool_table(results: dict[str, Any]) -> str:
     k = rows[0]["eval_models"]
     head = ["method", "forgetting quality", "ceiling", "F (forget score)", "median epsilon", "spread vs Retrain",
             "KLoM D_f",
-            "KLoM D_r", "KLoM test", "pool UA", "pool RA", "pool TA"]
+            "KLoM D_r", "KLoM test", "pool UA", "pool RA", "pool TA", "pool RMIA AUC"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in final_rows(rows).items():
         label = method_label(name) + (" (second pool: the ceiling)" if name == "retrain" else "")
@@ -29,6 +29,7 @@ def pool_table(results: dict[str, Any]) -> str:
                                                    "epsilon_median", "spread_ratio_forget", "klom_forget",
                                                    "klom_retain", "klom_test")]
         cells += [f"{r[c]:.2f}" for c in ("pool_UA", "pool_RA", "pool_TA")]
+        cells.append(f"{r['pool_rmia_auc']:.1f}" if "pool_rmia_auc" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"K = {k} models per pool. Forgetting quality (NeurIPS 2023 challenge) is at most its ceiling: a "
                   f"second Retrain pool scored against the first at the same K; with K models no rule can show an "
@@ -36,7 +37,10 @@ def pool_table(results: dict[str, Any]) -> str:
                   "are invisible. KLoM: mean KL between the pools' margin histograms per example (0 = "
                   "indistinguishable from Retrain); D_r: a seeded sample. Spread vs Retrain: median over D_f of the "
                   "pool's standard deviation of the confidence across its models over the oracle's (below 1: the "
-                  "runs, all from one original, vary less than models trained from scratch)."]
+                  "runs, all from one original, vary less than models trained from scratch). Pool RMIA AUC: RMIA "
+                  "(Zarifzadeh et al. 2024) on each model of the pool with the K Retrain models as its reference "
+                  "models, D_f against half the retained test images (the other half its population), averaged "
+                  "(50: D_f looks as unseen as unseen images)."]
     return "\n".join(lines)
 
 

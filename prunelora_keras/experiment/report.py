@@ -30,10 +30,11 @@ ROW_KEYS = ("paradigm", "epochs", "UA", "MIA_loss_logreg", "MIA_confidence_svc",
             "attack_acc_entropy_svc", "attack_acc_m_entropy_svc", "attack_degenerate_loss_logreg",
             "attack_degenerate_confidence_svc", "attack_degenerate_entropy_svc", "attack_degenerate_m_entropy_svc",
             "probe_forget_acc", "probe_forget_acc_test", "cka_forget", "cka_retain", "relearn_steps", "relearn_capped",
-            "classifier_rows_pruned", "forget_row_pruned")
+            "classifier_rows_pruned", "forget_row_pruned", "MIA_rmia_auc", "MIA_rmia_tpr_1pct", "MIA_rmia_tpr_01pct",
+            "rmia_references")
 # --eval-models K only, on each method's row at its largest epoch count (many_models.py)
 MANY_MODEL_KEYS = ("forgetting_quality", "forgetting_quality_ceiling", "klom_forget", "klom_retain", "klom_test",
-                   "eval_models")
+                   "eval_models", "pool_rmia_auc", "pool_rmia_tpr_1pct")
 # --eval-ulira S only, on the same rows (ulira_run.py)
 ULIRA_KEYS = ("ulira_acc", "ulira_acc_lo", "ulira_acc_hi", "ulira_tpr_at_0.01", "ulira_tpr_at_0.001",
               "ulira_acc_retain", "ulira_acc_original", "ulira_acc_floor", "ulira_acc_retain_original", "ulira_shadows")
@@ -163,10 +164,14 @@ def paper_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RMIA_NOTE = ("RMIA AUC: RMIA (Zarifzadeh et al. 2024, offline, gamma 2, a 0.33) with the Retrain model as its "
+             "reference model, D_f against half the retained test images (the other half its population); 50: D_f "
+             "looks as unseen as unseen images do. Retrain has no independent reference here (`--eval-models K`: the "
+             "pool table's RMIA column, with a second Retrain pool).")
 EVAL_COLUMNS = (("tow", "ToW", 3), ("MIA_entropy_svc", "MIA (entropy, SVC)", 2),
                 ("MIA_m_entropy_svc", "MIA (m-entropy, SVC)", 2), ("probe_forget_acc", "probe D_f", 1),
                 ("probe_forget_acc_test", "probe test", 1), ("cka_forget", "CKA D_f", 3), ("cka_retain", "CKA retain", 3),
-                ("relearn_steps", "relearn steps", 0))
+                ("relearn_steps", "relearn steps", 0), ("MIA_rmia_auc", "RMIA AUC", 1))
 
 
 def evaluation_table(results: dict[str, Any]) -> str:
@@ -176,8 +181,8 @@ def evaluation_table(results: dict[str, Any]) -> str:
     of D_f, and of the forget class's test half, labelled right from the frozen features); linear
     CKA of the features with Retrain's on D_f and on the retained test images; relearn steps (a
     ">" marks a run that hit the cap, ``>200``: not back within 200 steps; in a row folded over seeds
-    or classes, a mean that includes a capped run, so a lower bound); which class rows of the
-    classifier were pruned.
+    or classes, a mean that includes a capped run, so a lower bound); RMIA's AUC with Retrain as the
+    reference model; which class rows of the classifier were pruned.
     """
     rows = [r for r in results["rows"] if r.get("status", "ok") == "ok" and "request" not in r]
     if not rows or not any("probe_forget_acc" in r for r in rows):
@@ -202,6 +207,8 @@ def evaluation_table(results: dict[str, Any]) -> str:
                       f"{_cell(o, 'probe_forget_acc_test', 1)}."]
     if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[2:]):
         lines += ["", DAGGER_NOTE]
+    if any("MIA_rmia_auc" in r for r in rows):
+        lines += ["", RMIA_NOTE]
     if any(r.get("relearn_capped") for r in rows):
         config = results.get("config") or {}  # (results before the [eval] section: unlearn.relearn_max_steps)
         cap = (config.get("eval") or {}).get("relearn_max_steps") or (config.get("unlearn") or {}).get("relearn_max_steps")
