@@ -97,6 +97,7 @@ _PUBLIC = {
     **dict.fromkeys(("forgetting_quality", "klom"), "prunelora_keras.evaluation.forgetting_quality"),
     **dict.fromkeys(("ulira", "ULiRAReport"), "prunelora_keras.api.ulira"),
     **dict.fromkeys(("ulira_test", "paired_halves", "logit_confidence"), "prunelora_keras.evaluation.ulira"),
+    **dict.fromkeys(("rmia_test", "rmia_scores", "RMIAResult"), "prunelora_keras.evaluation.rmia"),
     "TrainConfig": "prunelora_keras.training.recipe",
     **dict.fromkeys(("tune_method", "TuneResult"), "prunelora_keras.api.tune"),
 }

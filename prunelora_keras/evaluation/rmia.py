@@ -178,6 +178,13 @@ def rmia_test(target_logits: Mapping[str, np.ndarray], reference_logits: Mapping
         signal: as ``true_class_probability``.
     Returns:
         ``RMIAResult`` (each target attacked with every reference; averages over targets).
+
+    Example:
+        >>> sets = {"forget": x_f, "test_retain": x_t}  # doctest: +SKIP
+        >>> result = plk.rmia_test({k: pool.logits(x) for k, x in sets.items()},  # K unlearned models  # doctest: +SKIP
+        ...                        {k: oracle.logits(x) for k, x in sets.items()},  # K retrained models
+        ...                        {"forget": y_f, "test_retain": y_t})
+        >>> result.auc  # 50: D_f looks as unseen as the test images  # doctest: +SKIP
     """
     n_unseen = len(labels[nonmember])
     if n_unseen < 2 or len(labels[forget]) == 0:
