@@ -1,0 +1,42 @@
+"""benchmarks/testbed_table.py: AMUN's gap and the spread over forget classes, from written results files."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("testbed_table", REPO / "benchmarks" / "testbed_table.py")
+table = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(table)
+
+
+def _write(path, forget_class, rows):
+    path.write_text(json.dumps({"config": {"data": {"forget_class": forget_class}}, "original": {"test_acc": 90.5},
+                                "rows": rows}))
+    return str(path)
+
+
+def _row(name, epochs, ua, ra, ta, **extra):
+    return {"paradigm": name, "epochs": epochs, "UA": ua, "RA": ra, "TA": ta, "MIA_confidence_svc": 10.0,
+            "MIA_loss_logreg": 5.0, "status": "ok", **extra}
+
+
+def test_amuns_gap_is_the_mean_difference_over_the_three_accuracies_and_rmia(tmp_path):
+    retrain = _row("retrain", 10, 6.0, 99.0, 90.0)
+    amun = _row("amun", 10, 8.0, 98.0, 89.0, MIA_rmia_auc=54.0)
+    assert table.amun_gap(amun, retrain) == pytest.approx((2 + 1 + 1 + 4) / 4)
+    text = table.random_forgetting([_write(tmp_path / "r.json", -1, [retrain, amun])])
+    line = next(x for x in text.splitlines() if x.startswith("| AMUN"))
+    assert "| 2.00 |" in line and "95.45 / 99.57 / 93.45 / 50.18 / 0.62" in line  # ours, then AMUN's Table 1
+
+
+def test_spread_is_mean_and_sample_sd_over_the_forget_classes(tmp_path):
+    paths = [_write(tmp_path / f"c{c}.json", c, [_row("retrain", 10, 100.0, 98.0, 90.0),
+                                                  _row("lora", 10, ua, 95.0, 88.0, avg_gap=gap)])
+             for c, ua, gap in ((3, 90.0, 3.0), (5, 94.0, 5.0), (7, 98.0, 4.0))]
+    text = table.spread(paths)
+    lora = next(x for x in text.splitlines() if x.startswith("| LoRA"))
+    assert "| 3 | 94.00 ± 4.00 |" in lora and "4.00 ± 1.00" in lora
+    assert "Forget classes: 3, 5, 7" in text
