@@ -9,7 +9,8 @@
 #                     it); no Retrain per class and no relearn test (the question is UA against whether the
 #                     forget class's row was pruned; L2 pruning zeroes the same rows whatever the class).
 #   methods-<model>   the baselines from the literature at their defaults (10 epochs), beside main-<model>'s Retrain
-#                     (METHODS=retrain,salun,scrub: the ResNet-18 table in docs/results.md)
+#                     (METHODS=retrain,salun,scrub: the ResNet-18 table in docs/results.md; without main-<model>'s
+#                     run folder it trains the original and Retrain itself)
 #   relearn-<model>   the relearn test with the D_f sample at half the stream (eval.relearn_forget_share=0.5):
 #                     Retrain, Finetune, Pruned LoRA and SCRUB (METHODS) beside main-<model>'s Retrain
 #   vit-20k           main-vit on 20,000 training images (25 epochs of pretraining and Retrain): the ViT above 60%
@@ -50,7 +51,8 @@ for step in "$@"; do
       cp "$runs/cpu10k-$model-headrow/results.json" "$res/cpu10k-$model-headrow-results.json"
       ;;
     methods-*)
-      link_trained "$runs/cpu10k-$model" "$runs/cpu10k-$model-methods"
+      # main-<model>'s original and Retrain when that run is here; else this step trains them (seed 0: the same)
+      [ -d "$runs/cpu10k-$model/checkpoints" ] && link_trained "$runs/cpu10k-$model" "$runs/cpu10k-$model-methods"
       # 10 epochs, relearn test off: in main-<model> relearning hit its cap for every model, Retrain included;
       # --overwrite: another METHODS list reruns into the same folder, reusing every finished method's rows
       "${run[@]}" --model "$model" --paradigms "${METHODS:-retrain,ga,rl,l1_sparse,salun,neggrad_plus,scrub,ssd,bad_teacher,msg}" \
