@@ -282,21 +282,25 @@ def test_the_whitening_bias_trains_its_epochs_and_then_stays(tmp_path):
 
 
 def test_a_tiny_testbed_run_of_the_command(tmp_path, monkeypatch):
-    """The preset end to end on a 32x32 image folder: original (with its TTA accuracy), Retrain and two
-    paradigms, every row evaluated."""
+    """The preset end to end on a 32x32 image folder: original (with its TTA accuracy), Retrain, two
+    paradigms and the two methods that change the network's head or search its inputs (the shadow class,
+    AMUN's PGD), every row evaluated, RMIA with Retrain as the reference."""
     from prunelora_keras.experiment.run import main
     from tests.test_image_cache import _folder
 
     monkeypatch.setenv("PRUNELORA_CACHE", str(tmp_path / "cache"))
     root = _folder(tmp_path / "imgs", classes=3, per_class=16, size=32)
     argv = ["--model", "airbench", "--preset", "testbed", "--dataset", f"folder:{root}", "--forget-class", "1",
-            "--paradigms", "retrain,finetune,pruned_lora", "--epochs", "1", "--set", "pretrain.epochs=2",
+            "--paradigms", "retrain,finetune,pruned_lora,boundary_expanding,amun", "--epochs", "1",
+            "--set", "pretrain.epochs=2", "--set", "amun.steps=3",
             "--set", "model.widths=8,16,16", "--set", "data.batch_size=16", "--set", "eval.relearn_max_steps=4",
             "--out", str(tmp_path / "run")]
     assert main(argv) == 0
     results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert [r["paradigm"] for r in results["rows"]] == ["retrain", "finetune", "pruned_lora"]
+    assert [r["paradigm"] for r in results["rows"]] == ["retrain", "finetune", "pruned_lora", "boundary_expanding",
+                                                        "amun"]
     assert all(r["status"] == "ok" for r in results["rows"])
+    assert all(0 <= r["MIA_rmia_auc"] <= 100 for r in results["rows"][1:]) and "MIA_rmia_auc" not in results["rows"][0]
     assert 0 <= results["original"]["test_acc_tta"] <= 100
     assert "test with TTA" in (tmp_path / "run" / "results.md").read_text()
 
