@@ -174,9 +174,10 @@ def test_boundary_expanding_trains_the_shadow_class_then_scores_without_it():
     final = prepared.plan.eval_model()
     assert final.output_shape[-1] == 3
     np.testing.assert_allclose(final.get_layer("out").get_weights()[0], trained[0][:, :3])
-    wide = prepared.plan.model.predict(forget.x, verbose=0)
+    inputs = np.asarray(PRE(forget.x))  # what the trainer feeds the model
+    wide = prepared.plan.model.predict(inputs, verbose=0)
     assert np.mean(wide.argmax(1) == 3) > 0.5  # D_f went to the shadow class
-    np.testing.assert_allclose(final.predict(forget.x, verbose=0), wide[:, :3], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(final.predict(inputs, verbose=0), wide[:, :3], rtol=1e-5, atol=1e-5)
 
 
 def test_boundary_expanding_refuses_a_classifier_whose_outputs_are_not_the_logits():
@@ -228,11 +229,28 @@ def test_amun_trains_on_clean_and_adversarial_parts_in_proportion_with_a_per_epo
     assert len(only_forget.plan.stream.retain) == len(forget)
 
 
-def test_amuns_learning_rate_is_divided_by_ten_after_every_epoch():
-    from prunelora_keras.methods.scrub import step_decay_schedule
+def test_amuns_plan_divides_the_learning_rate_by_ten_after_every_epoch_and_shares_one_search():
+    import jax.numpy as jnp
 
-    sched = step_decay_schedule(0.01, list(range(1, 3)), 0.1, lambda epoch: 4)
-    assert [round(float(sched(i)), 8) for i in (0, 3, 4, 7, 8, 11)] == [0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001]
+    from prunelora_keras.methods import amun
+
+    model, x, y = _trained()
+    retain, forget = _split(x, y)
+    ctx = _ctx(copy_model(model), "amun", retain, forget, batch_size=12, eps=0.01, steps=7, epochs=3, momentum=0.0,
+               weight_decay=0.0)  # plain SGD: each update is -lr(t) x gradient
+    plan = prepare_method("amun", ctx, verbose=False).plan
+    params = [jnp.zeros(v.shape) for v in plan.train_vars]
+    state = plan.optimizer.init(params)
+    rates = []
+    for _ in range(3 * 7):  # three epochs of 7 steps
+        updates, state = plan.optimizer.update([jnp.ones(v.shape) for v in plan.train_vars], state, params)
+        rates.append(-float(updates[0].ravel()[0]))
+    np.testing.assert_allclose(rates, [0.01] * 7 + [0.001] * 7 + [0.0001] * 7, rtol=1e-6)
+    again = _ctx(copy_model(model), "amun", retain, forget, batch_size=12, eps=0.01, steps=7, seed=5)
+    first = amun._LAST_SEARCH[0][1]
+    assert amun.searched(again, again.hparams) is first  # a pool's next member: the same original, one search
+    other = dataclasses.replace(again, hparams=dataclasses.replace(again.hparams, eps=0.02))
+    assert amun.searched(other, other.hparams) is not first
 
 
 @pytest.mark.parametrize("name", ["boundary_shrink", "boundary_expanding", "amun"])
@@ -275,3 +293,28 @@ def test_each_adversarial_method_through_plk_unlearn_on_a_users_cnn():
                              **extra)
         assert result.model.output_shape[-1] == 3 and np.isfinite(result.history[0]["loss"]), name
         assert [type(layer) for layer in result.model.layers] == [type(layer) for layer in model.layers], name
+
+
+def test_boundary_expanding_refuses_a_subclassed_model_with_one_line():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.out = keras.layers.Dense(3, name="out")
+
+        def call(self, x):
+            return self.out(x)
+
+    model = Net()
+    x = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    model(x)
+    with pytest.raises(ValueError, match="functional or Sequential model"):
+        prepare_method("boundary_expanding", dataclasses.replace(
+            _ctx(model, "boundary_expanding", *_split(x, np.arange(12) % 3)), preprocess=Preprocess()), verbose=False)
+
+
+def test_the_builtin_dataclasses_still_import_from_hparams():
+    from prunelora_keras.methods import builtin_hparams, hparams
+
+    assert hparams.ScrubHParams is builtin_hparams.ScrubHParams and hparams.MOVED is builtin_hparams.MOVED
+    with pytest.raises(AttributeError):
+        hparams.NoSuchThing

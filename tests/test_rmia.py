@@ -110,11 +110,23 @@ def test_evaluate_reports_rmia_with_the_reference_as_the_reference_model():
 
     original, retrained = fit(~test, 0), fit(retain, 1)
     scores = plk.evaluate(original, (x[retain], y[retain]), (x[f], y[f]), (x[test], y[test]), reference=retrained)
-    kept = test & (y != 0)  # class-wise: the forgotten class's test images are set aside from the attacks
-    sets = {"forget": x[f], "test_retain": x[kept]}
+    gone = test & (y == 0)  # class-wise: D_f is compared with the forgotten class's unseen test images
+    sets = {"forget": x[f], "test_forget": x[gone]}
     want = rmia_test({k: original.predict(v, verbose=0) for k, v in sets.items()},
                      {k: retrained.predict(v, verbose=0)[None] for k, v in sets.items()},
-                     {"forget": y[f], "test_retain": y[kept]})
+                     {"forget": y[f], "test_forget": y[gone]}, nonmember="test_forget")
     assert scores["MIA_rmia_auc"] == pytest.approx(want.auc, abs=1e-6) and scores["rmia_references"] == 1
     assert scores["MIA_rmia_auc"] > 55  # the original saw D_f: RMIA finds it
+    retrain_like = plk.evaluate(fit(retain, 2), (x[retain], y[retain]), (x[f], y[f]), (x[test], y[test]),
+                                reference=retrained)
+    assert 30 < retrain_like["MIA_rmia_auc"] < 70  # another model that never saw D_f: near 50, not near 0
     assert "MIA_rmia_auc" not in plk.evaluate(original, (x[retain], y[retain]), (x[f], y[f]), (x[test], y[test]))
+
+
+def test_scores_with_a_signal_that_can_be_negative_follow_the_comparison_as_written():
+    rng = np.random.default_rng(5)
+    target, refs = rng.uniform(-0.5, 1, 30), rng.uniform(0.2, 1, (2, 30))  # the Taylor signal can go below 0
+    pop, pop_refs = rng.uniform(-0.5, 1, 50), rng.uniform(0.2, 1, (2, 50))
+    lr_x, lr_z = target / refs.mean(0), pop / pop_refs.mean(0)
+    want = np.array([np.mean([(a / b) > 2.0 for b in lr_z]) for a in lr_x])
+    np.testing.assert_allclose(rmia_scores(target, refs, pop, pop_refs, gamma=2.0, offline_a=None), want)

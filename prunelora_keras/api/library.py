@@ -319,8 +319,9 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
             serve as held-out D_f; ``"notes"`` says so, ``"test_size"`` counts what TA was taken on.
         reference: a model retrained without D_f: adds Avg. Gap and ToW (the distance to it),
             CKA of the penultimate features on D_f and on ``test`` (``cka_forget``, ``cka_retain``) and
-            RMIA with it as the reference model (``MIA_rmia_auc``: D_f against half of ``test``, the
-            other half the population; 50 reads "as unseen as unseen images"; ``MIA_rmia_tpr_1pct``).
+            RMIA with it as the reference model (``MIA_rmia_auc``: D_f against half of the unseen images of
+            its classes, the other half the population: the forgotten classes' test samples class-wise,
+            else ``test``; 50 reads "as unseen as unseen images"; ``MIA_rmia_tpr_1pct``).
         original: the model before unlearning: adds relearn time (``relearn_steps``: fine-tuning
             steps on D_r plus ``relearn_fraction`` of D_f until the rest of D_f is back at the
             original's accuracy minus 10 points, capped at ``relearn_max_steps``).
@@ -368,7 +369,7 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
     if reference is not None:
         r = evaluate_arrays(reference, sets, num_classes, **common)
         ref.retrain_features = {k: r.features[k] for k in ("forget", "test_retain")}
-        ref.retrain_logits = {k: r.logits[k] for k in ("forget", "test_retain")}
+        ref.retrain_logits = {k: r.logits[k] for k in ("forget", "test_retain", "test_forget") if k in r.logits}
         rows.append({"paradigm": "retrain", "epochs": 0, **r.metrics})
     if original is not None and relearn_max_steps > 0 and len(sets["forget"]) >= 2:
         ref.relearn = relearn_plan(sets["retain"], sets["forget"], relearn_fraction, seed, relearn_forget_share)

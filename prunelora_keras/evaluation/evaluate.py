@@ -24,7 +24,7 @@ from prunelora_keras.evaluation.features import predict_logits_and_features
 from prunelora_keras.evaluation.metrics import accuracy_pct, cross_entropy, unlearning_metrics
 from prunelora_keras.evaluation.relearn import RelearnPlan, relearn_steps
 from prunelora_keras.evaluation.representation import linear_cka, probe_forget_acc
-from prunelora_keras.evaluation.rmia import rmia_test
+from prunelora_keras.evaluation.rmia import rmia_test, rmia_unseen_set
 from prunelora_keras.training.inference import predict_logits
 
 RELEARN_MARGIN = 10.0  # relearnt = the original's held-out D_f accuracy minus this many points
@@ -35,8 +35,9 @@ class Reference:
     """What every row of one forget request is compared with.
 
     ``retrain_features``: Retrain's penultimate features per evaluation set (for CKA);
-    ``retrain_logits``: Retrain's logits on D_f and the retained test set, (N, classes) for one model or
-    (K, N, classes) for K: the reference models of RMIA (``rmia.rmia_test``; they never saw either set);
+    ``retrain_logits``: Retrain's logits on D_f and the unseen set RMIA compares it with (the forgotten
+    classes' test images, class-wise; the test set otherwise: ``rmia.rmia_unseen_set``), (N, classes) for one
+    model or (K, N, classes) for K: the reference models of RMIA (``rmia.rmia_test``; they saw neither set);
     ``relearn``: the fixed relearning stream and held-out D_f; ``relearn_target``: the accuracy
     (percent) on the held-out D_f that counts as relearnt (the original's minus 10 points).
     """
@@ -111,10 +112,12 @@ def evaluate_arrays(model: keras.Model, sets: dict[str, Any], num_classes: int, 
     if "test_forget" in feats:
         metrics["probe_forget_acc_test"] = probe_forget_acc(feats["test_retain"], labels["test_retain"],
                                                             feats["test_forget"], labels["test_forget"], seed)
-    if all(k in reference.retrain_logits for k in ("forget", "test_retain")) and len(labels["test_retain"]) >= 2 \
+    unseen = rmia_unseen_set(labels)  # D_f's own classes, never seen: the forgotten class's test images if any
+    if all(k in reference.retrain_logits for k in ("forget", unseen)) and len(labels[unseen]) >= 2 \
             and len(labels["forget"]):
-        refs = {k: v if v.ndim == 3 else v[None] for k, v in reference.retrain_logits.items()}
-        rmia = rmia_test(logits, refs, labels, seed=seed)
+        refs = {k: reference.retrain_logits[k] for k in ("forget", unseen)}
+        refs = {k: v if v.ndim == 3 else v[None] for k, v in refs.items()}
+        rmia = rmia_test(logits, refs, labels, nonmember=unseen, seed=seed)
         metrics.update(MIA_rmia_auc=rmia.auc, MIA_rmia_tpr_1pct=rmia.tpr_at_1pct, MIA_rmia_tpr_01pct=rmia.tpr_at_01pct,
                        rmia_references=rmia.references)
     for name, key in (("forget", "cka_forget"), ("test_retain", "cka_retain")):

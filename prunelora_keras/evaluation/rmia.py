@@ -12,15 +12,20 @@ For a target point x with label y:
   replaced by its 4th-order Taylor polynomial, logits / 2, margin 0.6).
 - ``Pr(x)``: the same probability averaged over reference models. Offline (``offline_a`` given;
   every reference is OUT for the points scored): ``((1 + a) mean_out + (1 - a)) / 2``, RMIA's
-  approximation of the IN/OUT average from OUT models only (privacy meter's default a = 0.33).
+  approximation of the IN/OUT average from OUT models only (a = 0.33: the default of privacy-meter-derived
+  code; the RMIA paper tunes a per data set with a paired reference model, which one reference cannot do).
   Online (``offline_a=None``): the plain mean, for references that hold x in about half of them (AMUN's).
 - the score: the fraction of population points z whose likelihood ratio x beats by more than
   ``gamma``: ``mean_z [ (Pr(x|theta) / Pr(x)) / (Pr(z|theta) / Pr(z)) > gamma ]`` (AMUN: gamma 2).
 
 ``rmia_test`` scores D_f (called members: the unlearned model should *fail* to find them) against
-unseen images, half of the unseen set serving as the population z and the other half as the
-non-member targets (so no point is compared with itself), and reports the ROC AUC (percent; 50: D_f
-looks exactly as unseen as unseen images do, Retrain's expected value) and the TPR at low FPR.
+unseen images of the same distribution, half of the unseen set serving as the population z and the
+other half as the non-member targets (so no point is compared with itself), and reports the ROC AUC
+(percent; 50: D_f looks exactly as unseen as unseen images do, Retrain's expected value) and the TPR at
+low FPR. The unseen images must be of D_f's classes (``rmia_unseen_set``): for class-wise forgetting the
+forgotten class's test images, for random forgetting the test set. Compared with other classes' images,
+a forgotten class would score near 0 for Retrain itself (its images are less likely under any model
+that does not know the class), and 50 would mean nothing.
 In the experiment the references are Retrain models: they never saw D_f or the test images, so every
 point is OUT and the offline form applies; one Retrain model suffices (the attack's point), and
 ``--eval-models K`` gives K.
@@ -55,7 +60,7 @@ def true_class_probability(logits: np.ndarray, labels: np.ndarray, signal: str =
         labels: (N,) integer labels.
         signal: ``"softmax"`` (of ``logits / temperature``) or ``"taylor_soft_margin"`` (AMUN's
             ``signals.py``: z = logits / 2, ``t(z_y - 0.6) / (sum_{j != y} t(z_j) + t(z_y - 0.6))`` with
-            ``t(v) = 1 + v + v^2/2 + v^3/6``; ``temperature`` is ignored).
+            ``t(v) = 1 + v + v^2/2 + v^3/6``, negative below v = -1.6, as theirs; ``temperature`` is ignored).
         temperature: the softmax temperature.
     Returns:
         (..., N) probabilities.
@@ -77,6 +82,17 @@ def true_class_probability(logits: np.ndarray, labels: np.ndarray, signal: str =
     z = np.where(onehot, z - 0.6, z)
     t = 1.0 + z + z ** 2 / 2.0 + z ** 3 / 6.0
     return (t * onehot).sum(-1) / t.sum(-1)
+
+
+def rmia_unseen_set(labels: Mapping[str, np.ndarray]) -> str:
+    """The evaluation set RMIA compares D_f with: ``"test_forget"`` (the forgotten classes' test images)
+    where the split has one (class-wise forgetting), else ``"test_retain"`` (random forgetting: the test set).
+
+    Example:
+        >>> rmia_unseen_set({"forget": [0], "test_retain": [1, 2]}), rmia_unseen_set({"test_forget": [0]})
+        ('test_retain', 'test_forget')
+    """
+    return "test_forget" if "test_forget" in labels else "test_retain"
 
 
 def _marginal(references: np.ndarray, offline_a: float | None) -> np.ndarray:
@@ -108,9 +124,13 @@ def rmia_scores(target: np.ndarray, references: np.ndarray, population: np.ndarr
         raise ValueError(f"RMIA needs gamma > 0 and offline_a in [0, 1] (or None), got {gamma}, {offline_a}")
     ratio_x = np.asarray(target, np.float64) / _marginal(np.asarray(references, np.float64), offline_a)
     ratio_z = np.asarray(population, np.float64) / _marginal(np.asarray(population_references, np.float64), offline_a)
-    ordered = np.sort(ratio_z)
-    # ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma (ratios are positive): count by binary search
-    return np.searchsorted(ordered, ratio_x / gamma, side="left") / len(ordered)
+    if np.all(ratio_z > 0):  # ratio_x / ratio_z > gamma  <=>  ratio_z < ratio_x / gamma: count by binary search
+        return np.searchsorted(np.sort(ratio_z), ratio_x / gamma, side="left") / len(ratio_z)
+    out = np.empty(len(ratio_x))  # a signal that can be <= 0 (AMUN's Taylor polynomial): the comparison as written
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for start in range(0, len(ratio_x), 1024):
+            out[start:start + 1024] = np.mean(ratio_x[start:start + 1024, None] / ratio_z[None] > gamma, axis=1)
+    return out
 
 
 def auc_pct(positives: np.ndarray, negatives: np.ndarray) -> float:

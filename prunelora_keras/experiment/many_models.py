@@ -12,7 +12,7 @@ D_r and the retained test set), reused by re-runs whose settings match; while it
 epoch-end state is ``pools/<name>-<key>.state.npz``, from which a killed run resumes.
 Scores go to the rows at the largest epoch count (``forgetting_quality``, its ceiling,
 ``klom_forget``/``klom_retain``/``klom_test`` with ``_median``/``_p95``, RMIA of each member with the oracle
-pool as reference models: ``pool_rmia_auc``, ``pool_rmia_tpr_1pct``), per-example values to
+pool as reference models, random forgetting: ``pool_rmia_auc``, ``pool_rmia_tpr_1pct``), per-example values to
 ``per_example.npz``, their histograms to ``forgetting_quality.png``.
 """
 
@@ -186,7 +186,9 @@ def score_pool(pool: dict[str, np.ndarray], oracle: dict[str, np.ndarray], split
            "pool_RA": _accuracy(pool["retain"], y["retain"]), "pool_TA": _accuracy(pool["test_retain"], y["test_retain"]),
            "pool_UA": 100.0 - _accuracy(pool["forget"], y["forget"]), "eval_models": quality.num_models,
            "epsilon_median": float(np.median(quality.epsilon))}
-    if len(y["test_retain"]) >= 2:  # RMIA: each member attacked with the oracle pool as its reference models
+    # RMIA: each member attacked with the oracle pool as its reference models, D_f against the test set; random
+    # forgetting only (class-wise it needs the forgotten class's test images, which the pools do not keep)
+    if len(y["test_retain"]) >= 2 and not len(split.test_forget):
         rmia = rmia_test({s: pool[s] for s in ("forget", "test_retain")}, {s: oracle[s] for s in ("forget", "test_retain")},
                          y)
         row.update(pool_rmia_auc=rmia.auc, pool_rmia_tpr_1pct=rmia.tpr_at_1pct)

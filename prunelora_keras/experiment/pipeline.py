@@ -226,7 +226,8 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
         evaluation = evaluate_model(retrain_model, split, ds, cfg, reference, label="retrain")
         metrics, losses["retrain"] = evaluation.metrics, evaluation.losses
         reference.retrain_features = {k: evaluation.features[k] for k in ("forget", "test_retain")}
-        reference.retrain_logits = {k: evaluation.logits[k] for k in ("forget", "test_retain")}  # RMIA's reference
+        reference.retrain_logits = {k: evaluation.logits[k] for k in ("forget", "test_retain", "test_forget")
+                                    if k in evaluation.logits}  # RMIA's reference model
         metrics.update(cka_forget=1.0, cka_retain=1.0)  # Retrain against itself
         hist = [EpochStats(**h) for h in retrain.history]
         mem, kind = peak_memory()

@@ -140,7 +140,9 @@ def _pgd_fn(model, preprocess: Preprocess, steps: int, box: PixelBox):
     @jax.jit
     def walk(values, x0, y, adv, radius, done, found_x, found_y):
         def loss(images):
-            return optax.softmax_cross_entropy_with_integer_labels(_logits(model, values, images, preprocess), y).mean()
+            # each image's own loss: a sum, so that no image's gradient scale depends on the batch (theirs is a
+            # mean over the images still walking; the per-image normalisation below undoes either scale)
+            return optax.softmax_cross_entropy_with_integer_labels(_logits(model, values, images, preprocess), y).sum()
 
         def body(_, carry):
             adv, done, found_x, found_y = carry
@@ -200,6 +202,7 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
     y = np.asarray(y).astype(np.int32)
     walk, values = _pgd_fn(model, preprocess, int(steps), box), _frozen(model)
     adv, found_x, found_y = x0.copy(), x0.copy(), y.copy()
+    full = min(batch_size, len(y))
     radius = np.full(len(y), eps, np.float32)
     done = np.zeros(len(y), bool)
     taken = 0
@@ -209,7 +212,7 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
             break
         for start in range(0, active.size, batch_size):
             rows = active[start:start + batch_size]
-            n, pad = rows.size, np.resize(rows, min(batch_size, active.size))  # pad with repeats: one shape
+            n, pad = rows.size, np.resize(rows, full)  # padded with repeats of its rows: one shape compiles
             out = walk(values, x0[pad], y[pad], adv[pad], radius[pad], done[pad], found_x[pad], found_y[pad])
             adv[rows], done[rows], found_x[rows], found_y[rows] = (np.asarray(o)[:n] for o in out)
             taken += n * steps

@@ -29,12 +29,14 @@ and compiled once, reported as the run's preparation time beside the epochs' (RT
 
 from __future__ import annotations
 
+import hashlib
+
 import jax
 import numpy as np
 import optax
 
 from prunelora_keras.data.datasets import Subset
-from prunelora_keras.methods.adversarial import pgd_first_flip
+from prunelora_keras.methods.adversarial import Flips, pgd_first_flip
 from prunelora_keras.methods.bad_teacher import mixed_batch_sizes
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.builtin_hparams import AMUNHParams
@@ -49,14 +51,36 @@ def mixed_cross_entropy(inputs) -> jax.Array:
     return total / sum(inputs.logits[n].shape[0] for n in inputs.logits)
 
 
+_LAST_SEARCH: list = []  # [(key, Flips)]: the last search, for the next member of a pool from the same original
+
+
+def searched(ctx: MethodContext, h: AMUNHParams) -> Flips:
+    """``pgd_first_flip`` on ``ctx``'s model and D_f, or the last search's result when the model's values, D_f
+    and the attack's settings are the same (a pool's members start from one original: the search has no
+    randomness, so one serves them all)."""
+    digest = hashlib.sha1()
+    for v in ctx.model.variables:  # a dropout layer's seed state differs by member and does not act in inference
+        if "seed_generator" in v.path:
+            continue
+        digest.update(np.ascontiguousarray(np.asarray(v.value)).tobytes())
+    digest.update(np.ascontiguousarray(np.asarray(ctx.forget.x)).tobytes())
+    digest.update(np.ascontiguousarray(np.asarray(ctx.forget.y)).tobytes())
+    key = (digest.hexdigest(), ctx.preprocess, h.eps, h.steps, h.max_rounds)
+    if _LAST_SEARCH and _LAST_SEARCH[0][0] == key:
+        return _LAST_SEARCH[0][1]
+    flips = pgd_first_flip(ctx.model, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.eps, h.steps, h.max_rounds,
+                           ctx.eval_batch_size)
+    _LAST_SEARCH[:] = [(key, flips)]
+    return flips
+
+
 def prepare_amun(ctx: MethodContext) -> Plan:
     h, u = ctx.hparams, ctx.options
     if len(ctx.forget) == 0:
         raise ValueError("amun trains on adversarial examples of the forget samples: D_f is empty")
     if u.batch_size < 2:
         raise ValueError("amun mixes clean and adversarial samples in every batch: set unlearn.batch_size >= 2")
-    flips = pgd_first_flip(ctx.model, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.eps, h.steps, h.max_rounds,
-                           ctx.eval_batch_size)
+    flips = searched(ctx, h)
     forget_y = np.asarray(ctx.forget.y)
     adversarial = Subset(flips.x, flips.labels.astype(forget_y.dtype))
     if h.remain == "use":

@@ -53,8 +53,15 @@ def classifier_layer(model: keras.Model, name: str | None, method: str) -> keras
     if name is None:
         raise ValueError(f"{method} widens the classifier but none was found: pass targets=plk.Targets(classifier=...) "
                          "naming the layer that gives the logits")
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        raise ValueError(f"{method} rebuilds the model with a wider classifier (keras.models.clone_model): pass a "
+                         "functional or Sequential model, not a subclassed one")
     layer = model.get_layer(name)
-    if not any(k in layer.get_config() for k in WIDTH_KEYS) or len(model.outputs) != 1:
+    if not any(k in layer.get_config() for k in WIDTH_KEYS) or len(outputs) != 1:
         raise ValueError(f"{method} widens the classifier {name!r}, which must be a Dense or convolution layer whose "
                          "outputs are the logits of the model's only output")
     return layer
