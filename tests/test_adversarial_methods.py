@@ -310,11 +310,3 @@ def test_boundary_expanding_refuses_a_subclassed_model_with_one_line():
     with pytest.raises(ValueError, match="functional or Sequential model"):
         prepare_method("boundary_expanding", dataclasses.replace(
             _ctx(model, "boundary_expanding", *_split(x, np.arange(12) % 3)), preprocess=Preprocess()), verbose=False)
-
-
-def test_the_builtin_dataclasses_still_import_from_hparams():
-    from prunelora_keras.methods import builtin_hparams, hparams
-
-    assert hparams.ScrubHParams is builtin_hparams.ScrubHParams and hparams.MOVED is builtin_hparams.MOVED
-    with pytest.raises(AttributeError):
-        hparams.NoSuchThing

@@ -228,13 +228,3 @@ def hparams_markdown(methods: Iterable[tuple[str, type[HParams]]]) -> str:
         parts += [f"| `{name}.{key}` | {kind} | `{default!r}` | {doc} |" for key, kind, default, doc in rows]
         parts.append("")
     return "\n".join(parts).strip() + "\n"
-
-
-def __getattr__(name: str) -> Any:
-    """The built-in methods' dataclasses, ``BUILTIN_HPARAMS`` and ``MOVED`` lived here before
-    ``builtin_hparams.py``: ``from prunelora_keras.methods.hparams import ScrubHParams`` still works."""
-    from prunelora_keras.methods import builtin_hparams
-
-    if not name.startswith("_") and hasattr(builtin_hparams, name):
-        return getattr(builtin_hparams, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
