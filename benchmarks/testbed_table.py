@@ -74,12 +74,17 @@ def class_wise(paths: list[str]) -> str:
         paper = PAPER_RESNET50.get(name)
         relearn = f">{r['relearn_steps']}" if r.get("relearn_capped") else _f(r.get("relearn_steps"), 0)
         return [_f(r["UA"]), _f(r["MIA_loss_logreg"]), _f(r["MIA_confidence_svc"]), _f(r["RA"]), _f(r["TA"]),
-                _f(r.get("avg_gap")), _f(r.get("probe_forget_acc"), 1), relearn, _f(r.get("rte_s"), 1),
-                f"{r.get('trainable_params', 0):,}", " / ".join(map(str, paper)) if paper and epochs == 10 else ""]
+                _f(r.get("avg_gap")), _f(r.get("MIA_rmia_auc"), 1), _f(r.get("probe_forget_acc"), 1), relearn,
+                _f(r.get("rte_s"), 1), _f(r.get("prepare_s"), 0), f"{r.get('trainable_params', 0):,}",
+                " / ".join(map(str, paper)) if paper and epochs == 10 else ""]
 
-    lines = _table(rows, ["UA", "MIA (loss, LR)", "MIA (conf, SVC)", "RA", "TA", "Avg. Gap", "probe D_f",
-                          "relearn steps", "RTE s/epoch", "trainable", "paper RN-50 @10: UA / MIA / RA / TA"], cells)
-    lines += ["", f"The original: test {_f(original.get('test_acc'))}% ({_f(original.get('test_acc_tta'))}% with TTA), "
+    lines = _table(rows, ["UA", "MIA (loss, LR)", "MIA (conf, SVC)", "RA", "TA", "Avg. Gap", "RMIA AUC", "probe D_f",
+                          "relearn steps", "RTE s/epoch", "prepare s", "trainable",
+                          "paper RN-50 @10: UA / MIA / RA / TA"], cells)
+    lines += ["", "RMIA AUC: D_f against half the forgotten class's test images (the other half its population), the "
+                  "Retrain model as the reference; 50: D_f looks as unseen as the class's unseen images. Prepare s: a method's work "
+                  "before its first epoch (SalUn's saliency, MSG's gradients, the adversarial searches).",
+              "", f"The original: test {_f(original.get('test_acc'))}% ({_f(original.get('test_acc_tta'))}% with TTA), "
                   f"UA {_f(original.get('UA'))}, probe on held-out D_f {_f(original.get('probe_forget_acc'), 1)}."]
     return "\n".join(lines)
 
