@@ -7,10 +7,11 @@
 # rerun the same step after an interruption.
 #   class<N>         original, Retrain and the paper's four paradigms at 5 and 10 epochs, forgetting class N
 #                    (the original is trained once: every step reuses any the run folders hold, curve-15's too)
-#   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg) at their
-#                    defaults for 10 epochs, beside class<N>'s Retrain
+#   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,
+#                    boundary_expanding,amun) at their defaults for 10 epochs, beside class<N>'s Retrain
 #   random           a random 10% of the training set (seed 0): Retrain, the four paradigms at 5 and 10
-#                    epochs and the baselines (METHODS) at 10, from the same original
+#                    epochs and the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a
+#                    class-wise method: its shadow class stands for one class) at 10, from the same original
 #   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 methods-class3 random class5 class7
 set -euo pipefail
@@ -18,7 +19,8 @@ cd "$(dirname "$0")/.."
 data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 runs=${RUNS:-runs}/testbed
 res=benchmarks/results
-methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg}
+methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,boundary_expanding,amun}
+random_methods=${RANDOM_METHODS:-$(echo ",$methods," | sed 's/,boundary_expanding,/,/; s/^,//; s/,$//')}
 mkdir -p "$res" "$runs"
 run=(python -m prunelora_keras.run --model airbench --preset testbed --data-dir "$data")
 reuse() {  # reuse FROM TO PATTERN...: hard-link FROM's finished models into TO (no copy, no retraining)
@@ -57,7 +59,7 @@ for step in "$@"; do
       ;;
     random)
       share_originals "$runs/random"
-      "${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$methods" --epochs 5,10 \
+      "${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$random_methods" --epochs 5,10 \
         --overwrite --out "$runs/random" >> "$res/testbed-random.log" 2>&1
       cp "$runs/random/results.json" "$res/testbed-random-results.json"
       ;;
