@@ -161,3 +161,41 @@ def test_a_full_disk_while_saving_is_one_line(capsys, tmp_path, monkeypatch):
     code = main([*TINY, "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and err.strip().splitlines()[-1].startswith("error: the disk is full"), err
+
+
+def test_a_stages_accuracies_are_read_back_only_for_the_same_checkpoint_and_data(tmp_path, monkeypatch):
+    """A reused model's accuracies come from its sidecar when the checkpoint's bytes, the split and the
+    settings are the same, and are computed again when any of them differs."""
+    import dataclasses
+
+    import keras
+
+    from prunelora_keras.data.datasets import Dataset, make_split
+    from prunelora_keras.experiment import stages
+    from prunelora_keras.experiment.config import Config
+    from prunelora_keras.training.checkpoint import save_model
+
+    rng = np.random.default_rng(0)
+    ds = Dataset("toy", rng.integers(0, 255, (120, 8, 8, 3), dtype=np.uint8), np.arange(120) % 4,
+                 rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 4, ("a", "b", "c", "d"),
+                 (0.5,) * 3, (0.25,) * 3)
+    split = make_split(ds, 1)
+    keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    ckpt = tmp_path / "original-k.keras"
+    save_model(model, ckpt)
+    cfg = Config()
+    calls = []
+    real = stages.evaluate_sets
+    monkeypatch.setattr(stages, "evaluate_sets", lambda *a: calls.append(1) or real(*a))
+    first = stages.stage_accuracies(model, ckpt, split, ds, cfg)
+    assert stages.stage_accuracies(model, ckpt, split, ds, cfg) == first and len(calls) == 1  # read back
+    other = make_split(ds, 2)  # other data
+    stages.stage_accuracies(model, ckpt, other, ds, cfg)
+    stages.stage_accuracies(model, ckpt, split, ds, dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, eval_batch_size=7)))  # other settings
+    model.layers[1].kernel.assign(model.layers[1].kernel * 2.0)
+    save_model(model, ckpt)  # another model in the same file
+    changed = stages.stage_accuracies(model, ckpt, split, ds, cfg)
+    assert len(calls) == 4 and changed == real(model, split, ds, cfg.data.eval_batch_size)
+    assert len(list(tmp_path.glob("original-k.acc-*.json"))) == 4

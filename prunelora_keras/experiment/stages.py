@@ -143,12 +143,34 @@ def train_stage(name: str, cfg: Config, recipe: TrainConfig, data: Subset, ds: D
         atomic_write_bytes(sidecar, json.dumps([asdict(h) for h in history]).encode())
         remove_file(state_path)
         reused = False
+    acc = stage_accuracies(model, ckpt, split, ds, cfg)
+    result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
+    return model, result
+
+
+def stage_accuracies(model: keras.Model, ckpt: Path, split: UnlearningSplit, ds: Dataset, cfg: Config) -> dict:
+    """The model's accuracy on every set of the split (and with TTA on the test set when ``eval.tta``),
+    read back from ``<ckpt>.acc-<fingerprint>.json`` when the same checkpoint file was evaluated on the
+    same data before: every stage of a run that reuses a model (a resumed run, the testbed's stages
+    sharing one original) would otherwise spend minutes recomputing the same numbers. The fingerprint
+    hashes the checkpoint's bytes, every image and label of the split, the preprocessing and the
+    evaluation's settings, so a cached number is never one of another model or other data."""
+    digest = hashlib.sha1()
+    digest.update(Path(ckpt).read_bytes())
+    for subset in (split.train, split.test, split.retain, split.forget, split.test_retain, split.test_forget):
+        digest.update(np.ascontiguousarray(np.asarray(subset.y)).tobytes() + str(len(subset)).encode())
+        for start in range(0, len(subset), 4096):  # in slices: a lazy view (``Rows``) is never loaded whole
+            digest.update(np.ascontiguousarray(np.asarray(subset.x[start:start + 4096])).tobytes())
+    digest.update(json.dumps([ds.preprocess.mean, ds.preprocess.std, cfg.data.eval_batch_size, cfg.eval.tta]).encode())
+    cache = Path(ckpt).with_name(f"{Path(ckpt).stem}.acc-{digest.hexdigest()[:16]}.json")
+    if agree(cache.is_file()):
+        return json.loads(cache.read_text())
     acc = evaluate_sets(model, split, ds, cfg.data.eval_batch_size)
     if cfg.eval.tta:  # beside the plain test accuracy, never instead
         acc["test_tta"] = accuracy_pct(tta_logits(model, split.test.x, ds.preprocess, cfg.data.eval_batch_size,
                                                   cfg.eval.tta), split.test.y)
-    result = StageResult(name, acc, [asdict(h) for h in history], str(ckpt), reused, time.perf_counter() - start)
-    return model, result
+    atomic_write_bytes(cache, json.dumps(acc).encode())
+    return acc
 
 
 def save_epoch(state_path: Path, trainer: Trainer, name: str, history: list[EpochStats], **extra: Any) -> None:
