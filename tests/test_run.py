@@ -332,7 +332,8 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
     ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
     models = [name for name in ckpts if name.endswith(".keras")]
     sidecars = [name for name in ckpts if name.endswith(".history.json")]
-    assert len(models) == 2 and len(sidecars) == 2 and len(ckpts) == 4, ckpts
+    accuracies = [name for name in ckpts if ".acc-" in name and name.endswith(".json")]  # read back on reuse
+    assert len(models) == 2 and len(sidecars) == 2 and len(accuracies) == 2 and len(ckpts) == 6, ckpts
 
     # same configuration again: finished results are shown, nothing retrains
     code, table2, err = run_main(capsys, ["--model", "vit", *TINY, "--out", str(out)])
