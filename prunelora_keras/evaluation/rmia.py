@@ -136,6 +136,11 @@ def rmia_scores(target: np.ndarray, references: np.ndarray, population: np.ndarr
 def auc_pct(positives: np.ndarray, negatives: np.ndarray) -> float:
     """ROC AUC in percent of scores (positives above negatives), ties counted half (Mann-Whitney).
 
+    Args:
+        positives, negatives: 1-D scores; larger reads "positive".
+    Returns:
+        the AUC in percent (50: no separation).
+
     Example:
         >>> auc_pct(np.array([3.0, 2.0]), np.array([1.0, 2.0]))
         87.5
@@ -159,7 +164,18 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
 
 def tpr_at_fpr_pct(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> float:
     """The share (percent) of positives scored above the negatives' (1 - ``fpr``) quantile (the
-    threshold no more than ``fpr`` of the negatives exceed)."""
+    threshold no more than ``fpr`` of the negatives exceed).
+
+    Args:
+        positives, negatives: 1-D scores; larger reads "positive".
+        fpr: the false-positive rate allowed, in [0, 1].
+    Returns:
+        the true-positive rate in percent.
+
+    Example:
+        >>> tpr_at_fpr_pct(np.array([5.0, 0.5]), np.arange(10.0) / 10, 0.1)
+        50.0
+    """
     neg = np.sort(np.asarray(negatives, np.float64))
     allowed = int(np.floor(fpr * len(neg)))  # negatives that may lie above the threshold
     threshold = neg[len(neg) - allowed - 1] if allowed < len(neg) else -np.inf
@@ -170,7 +186,12 @@ def tpr_at_fpr_pct(positives: np.ndarray, negatives: np.ndarray, fpr: float) -> 
 class RMIAResult:
     """``auc`` (percent), ``tpr_at_1pct`` and ``tpr_at_01pct`` (percent at FPR 1% and 0.1%), averaged
     over the target models given; the counts of scored forget points, non-member targets and population
-    points, and the number of reference models."""
+    points, and the number of reference models (``rmia_test``'s result).
+
+    Example:
+        >>> RMIAResult(50.0, 1.0, 0.1, 5000, 5000, 5000, 1).auc
+        50.0
+    """
 
     auc: float
     tpr_at_1pct: float

@@ -71,6 +71,13 @@ def with_units(model: keras.Model, name: str, kernel: np.ndarray, bias: np.ndarr
     """A copy of ``model`` whose Dense or convolution layer ``name`` has ``kernel.shape[-1]`` outputs and
     these weights (every other layer's weights copied by name; layers after it see the new width).
 
+    Args:
+        model: a functional or Sequential model (not modified).
+        name: the Dense or convolution layer to resize.
+        kernel, bias: its new weights (the last axis is the new width; ``bias`` None for a bias-free layer).
+    Returns:
+        the resized copy; ValueError when a layer after ``name`` fixes its width.
+
     Example:
         >>> m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="head")])
         >>> wide = with_units(m, "head", np.ones((3, 5), np.float32), np.zeros(5, np.float32))
