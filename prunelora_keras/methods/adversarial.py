@@ -106,9 +106,9 @@ def fgsm_labels(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess: Pr
     fn, values = _fgsm_fn(model, preprocess, float(bound), box), _frozen(model)
     out_x, out_y = [], []
     for start in range(0, len(y), batch_size):
-        xb, yb, n = _padded(box.floats(x[start:start + batch_size]), np.asarray(y[start:start + batch_size]),
-                            min(batch_size, len(y)))
-        adv, pred = fn(values, xb, yb)
+        xb, yb = box.floats(x[start:start + batch_size]), np.asarray(y[start:start + batch_size]).astype(np.int32)
+        n, pad = len(yb), np.resize(np.arange(len(yb)), min(batch_size, len(y)))  # repeats of its rows: one shape
+        adv, pred = fn(values, xb[pad], yb[pad])
         out_x.append(np.asarray(adv)[:n])
         out_y.append(np.asarray(pred)[:n].astype(np.int32))
     return np.concatenate(out_x), np.concatenate(out_y)
@@ -220,12 +220,3 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
     found_x[~done] = adv[~done]
     radius[~done] /= 2.0  # the radius the last walk had
     return Flips(found_x, found_y, radius, done.copy(), taken)
-
-
-def _padded(x: np.ndarray, y: np.ndarray, full: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(x, y) padded with repeats of their rows to ``full`` rows (one compiled shape); returns n."""
-    n = len(y)
-    if n == full:
-        return x, y.astype(np.int32), n
-    rows = np.resize(np.arange(n), full)
-    return x[rows], y[rows].astype(np.int32), n
