@@ -102,7 +102,8 @@ def _amun_pgdl2(logits, grad, images, labels, eps=0.04, steps=50):
             adv = adv + (e / 10.0)[:, None, None, None] * g
             delta = adv - images[indices]
             d_norm = np.sqrt((delta.reshape(len(delta), -1) ** 2).sum(1))
-            factor = np.minimum(e / d_norm, 1.0)
+            with np.errstate(divide="ignore"):  # a row misclassified from the start has not moved: e / 0 -> 1
+                factor = np.minimum(e / d_norm, 1.0)
             adv = np.clip(images[indices] + delta * factor[:, None, None, None], 0.0, 1.0)
             adv, e, lab, indices = adv[still], e[still], lab[still], indices[still]
             adv_all[indices], eps_t[indices] = adv, e
@@ -125,6 +126,20 @@ def test_pgd_first_flip_matches_amuns_pytorch_loop_transcribed_in_numpy():
     np.testing.assert_allclose(flips.x, want_x, atol=2e-5)
     assert (flips.labels != y).all() and len(np.unique(want_eps)) > 2  # radii grew several times
     assert np.all(np.sqrt(((flips.x - x01) ** 2).reshape(len(y), -1).sum(1)) <= flips.radius * (1 + 1e-5))
+
+
+def test_pgd_first_flip_padded_to_smaller_shapes_and_stopped_early_walks_as_amuns_loop():
+    model, _, _ = _trained()
+    x, y = _images(140, seed=1)  # 128 + 12 in the first round: the 12, and later the last few, walk at 32 rows
+    logits, grad = _np_model(model)
+    want_x, want_y, want_eps = _amun_pgdl2(logits, grad, x / 255.0, y, eps=0.01, steps=7)
+    flips = pgd_first_flip(model, x, y, PRE, eps=0.01, steps=7, max_rounds=30, batch_size=128)
+    np.testing.assert_array_equal(flips.labels, want_y)
+    np.testing.assert_allclose(flips.radius, want_eps, rtol=1e-6)
+    np.testing.assert_allclose(flips.x, want_x, atol=2e-5)
+    wide = pgd_first_flip(model, x, y, PRE, eps=2.0, steps=400, max_rounds=1, batch_size=128)
+    assert wide.flipped.all() and wide.steps < len(y) * 400  # every batch stopped once all its rows flipped
+    np.testing.assert_array_equal(wide.labels, logits(wide.x).argmax(1))
 
 
 def test_pgd_first_flip_gives_up_after_max_rounds_keeping_the_label():

@@ -129,7 +129,8 @@ class Flips:
 
 
 def _pgd_fn(model, preprocess: Preprocess, steps: int, box: PixelBox):
-    """``steps`` L2 PGD steps on a batch; each row stops at its first misclassified point."""
+    """At most ``steps`` L2 PGD steps on a batch (fewer once every row has flipped); each row stops at its first
+    misclassified point. Returns the walked batch and the number of steps taken."""
 
     def l2(v):
         return jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1))
@@ -161,14 +162,30 @@ def _pgd_fn(model, preprocess: Preprocess, steps: int, box: PixelBox):
             adv = jnp.where(per_row(done, adv), adv, moved)
             return adv, done, found_x, found_y
 
-        adv, done, found_x, found_y = jax.lax.fori_loop(0, steps, body, (adv, done, found_x, found_y))
+        def walking(carry):  # a batch whose every row has flipped stops: its further steps would move nothing
+            return (carry[0] < steps) & ~jnp.all(carry[2])
+
+        def counted(carry):
+            return (carry[0] + 1,) + body(carry[0], carry[1:])
+
+        taken, adv, done, found_x, found_y = jax.lax.while_loop(
+            walking, counted, (jnp.int32(0), adv, done, found_x, found_y))
         pred = jnp.argmax(_logits(model, values, adv, preprocess), axis=-1).astype(jnp.int32)
         new = (~done) & (pred != y)  # the check their next round's first step makes
         found_x = jnp.where(per_row(new, adv), adv, found_x)
         found_y = jnp.where(new, pred, found_y)
-        return adv, done | new, found_x, found_y
+        return adv, done | new, found_x, found_y, taken
 
     return walk
+
+
+def _batch_shapes(full: int) -> list[int]:
+    """The compiled batch sizes, smallest first: ``full`` and its quarters down to 32, so that the few images
+    still walking at the larger radii are not padded to a whole batch (at most four compilations)."""
+    shapes = [full]
+    while shapes[-1] // 4 >= 32 and len(shapes) < 4:
+        shapes.append(shapes[-1] // 4)
+    return shapes[::-1]
 
 
 def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess: Preprocess, eps: float = 0.04,
@@ -188,7 +205,8 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
         eps: the first radius, in [0, 1] pixels for integer images.
         steps: steps per radius, each radius / 10 long.
         max_rounds: radii tried before an image is given up (kept unflipped, with its own label).
-        batch_size: images per compiled call (padded, so one shape compiles).
+        batch_size: images per compiled call (the images still walking are padded to it or to one of its
+            quarters, so a few shapes compile).
     Returns:
         ``Flips`` (float32 points in the attack's domain, int32 labels).
 
@@ -202,7 +220,7 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
     y = np.asarray(y).astype(np.int32)
     walk, values = _pgd_fn(model, preprocess, int(steps), box), _frozen(model)
     adv, found_x, found_y = x0.copy(), x0.copy(), y.copy()
-    full = min(batch_size, len(y))
+    shapes = _batch_shapes(min(batch_size, len(y)))
     radius = np.full(len(y), eps, np.float32)
     done = np.zeros(len(y), bool)
     taken = 0
@@ -212,10 +230,11 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
             break
         for start in range(0, active.size, batch_size):
             rows = active[start:start + batch_size]
-            n, pad = rows.size, np.resize(rows, full)  # padded with repeats of its rows: one shape compiles
-            out = walk(values, x0[pad], y[pad], adv[pad], radius[pad], done[pad], found_x[pad], found_y[pad])
+            n = rows.size  # padded with repeats of its rows to the least of a few shapes that holds it
+            pad = np.resize(rows, next(size for size in shapes if size >= n))
+            *out, walked = walk(values, x0[pad], y[pad], adv[pad], radius[pad], done[pad], found_x[pad], found_y[pad])
             adv[rows], done[rows], found_x[rows], found_y[rows] = (np.asarray(o)[:n] for o in out)
-            taken += n * steps
+            taken += n * int(walked)
         radius[~done] *= 2.0
     found_x[~done] = adv[~done]
     radius[~done] /= 2.0  # the radius the last walk had
