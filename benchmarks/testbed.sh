@@ -4,7 +4,7 @@
 # trainings at once on two cores), into $RUNS/testbed/<step>; logs and results into
 # benchmarks/results/testbed-*, wall times into benchmarks/results/testbed-wall.txt. Every step resumes
 # where it stopped (finished models and methods are reused, a training continues from its last epoch):
-# rerun the same step after an interruption.
+# rerun the same step after an interruption; a step that finished with the same command is skipped.
 #   class<N>         original, Retrain and the paper's four paradigms at 5 and 10 epochs, forgetting class N
 #                    (the original is trained once: every step reuses any the run folders hold, curve-15's too)
 #   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,
@@ -41,34 +41,39 @@ share_originals() {  # share_originals TO: every trained original of $runs in TO
   return 0
 }
 for step in "$@"; do
-  start=$(date +%s)
+  out="$runs/$step"
   case "$step" in
     class[0-9]*)
-      n=${step#class}
-      share_originals "$runs/$step"
-      "${run[@]}" --forget-class "$n" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10 \
-        --overwrite --out "$runs/$step" >> "$res/testbed-$step.log" 2>&1
-      cp "$runs/$step/results.json" "$res/testbed-$step-results.json"
+      share_originals "$out"
+      cmd=("${run[@]}" --forget-class "${step#class}" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10)
       ;;
     methods-class[0-9]*)
       n=${step#methods-class}
-      reuse "$runs/class$n" "$runs/$step" 'original-*' 'retrain-*'
-      "${run[@]}" --forget-class "$n" --paradigms "retrain,$methods" --epochs 10 --overwrite --out "$runs/$step" \
-        >> "$res/testbed-$step.log" 2>&1
-      cp "$runs/$step/results.json" "$res/testbed-$step-results.json"
+      reuse "$runs/class$n" "$out" 'original-*' 'retrain-*'
+      cmd=("${run[@]}" --forget-class "$n" --paradigms "retrain,$methods" --epochs 10)
       ;;
     random)
-      share_originals "$runs/random"
-      "${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$random_methods" --epochs 5,10 \
-        --overwrite --out "$runs/random" >> "$res/testbed-random.log" 2>&1
-      cp "$runs/random/results.json" "$res/testbed-random-results.json"
+      share_originals "$out"
+      cmd=("${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$random_methods" --epochs 5,10)
       ;;
     curve-[0-9]*)
-      e=${step#curve-}
-      python benchmarks/testbed_curve.py --data-dir "$data" --epochs "$e" --out "$runs/$step" \
-        --json "$res/testbed-$step.json" >> "$res/testbed-$step.log" 2>&1
+      cmd=(python benchmarks/testbed_curve.py --data-dir "$data" --epochs "${step#curve-}")
       ;;
     *) echo "error: unknown step $step: use class<N>, methods-class<N>, random or curve-<E>" >&2; exit 2 ;;
   esac
+  case "$step" in
+    curve-*) cmd+=(--out "$out" --json "$res/testbed-$step.json") ;;
+    *) cmd+=(--overwrite --out "$out") ;;
+  esac
+  # a step that finished with this very command is skipped: rerunning it would reuse every model and
+  # only evaluate them all again
+  if [ -f "$out/stage-done.txt" ] && [ "$(cat "$out/stage-done.txt")" = "${cmd[*]}" ]; then
+    echo "$step: finished earlier with the same command, skipped ($out/stage-done.txt)"
+    continue
+  fi
+  start=$(date +%s)
+  "${cmd[@]}" >> "$res/testbed-$step.log" 2>&1
+  case "$step" in curve-*) ;; *) cp "$out/results.json" "$res/testbed-$step-results.json" ;; esac
+  echo "${cmd[*]}" > "$out/stage-done.txt"
   echo "$(date -u +%FT%TZ) $step wall_s=$(( $(date +%s) - start ))" >> "$res/testbed-wall.txt"
 done
