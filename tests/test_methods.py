@@ -14,7 +14,8 @@ from prunelora_keras.experiment.config import build_config
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.errors import UserError
 from prunelora_keras.methods.common import distill_kl
-from prunelora_keras.methods.neggrad import RetainWithForget, neggrad_plus_loss
+from prunelora_keras.methods.common import RetainWithForget
+from prunelora_keras.methods.neggrad import neggrad_plus_loss
 from prunelora_keras.methods.scrub import MaxThenMin, scrub_loss
 import prunelora_keras as plk
 from prunelora_keras.methods.hparams import POSITIVE, HParams, hparam

@@ -17,10 +17,10 @@ from prunelora_keras.api.library import copy_model, unlearn_options
 from prunelora_keras.api.pools import method_pool
 from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
-from prunelora_keras.methods.bad_teacher import mixed_batch_sizes, unlearner_loss
+from prunelora_keras.methods.bad_teacher import unlearner_loss
+from prunelora_keras.methods.common import mixed_batch_sizes
 from prunelora_keras.methods.base import MethodContext, Targets
 from prunelora_keras.methods.common import random_init_copy
-from prunelora_keras.methods.builtin_hparams import MSGHParams, SSDHParams
 from prunelora_keras.methods.msg import linear_annealing
 from prunelora_keras.methods.options import UnlearnConfig
 from prunelora_keras.methods.prepare import prepare_method

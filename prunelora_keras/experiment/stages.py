@@ -25,6 +25,7 @@ from prunelora_keras.experiment.identity import keyed
 from prunelora_keras.training.recipe import TrainConfig, recipe_identity
 from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
 from prunelora_keras.data.batches import num_batches
+from prunelora_keras.data.fingerprint import update_digest
 from prunelora_keras.evaluation.evaluate import evaluate_sets
 from prunelora_keras.evaluation.metrics import accuracy_pct
 from prunelora_keras.training.inference import tta_logits
@@ -158,9 +159,9 @@ def stage_accuracies(model: keras.Model, ckpt: Path, split: UnlearningSplit, ds:
     digest = hashlib.sha1()
     digest.update(Path(ckpt).read_bytes())
     for subset in (split.train, split.test, split.retain, split.forget, split.test_retain, split.test_forget):
-        digest.update(np.ascontiguousarray(np.asarray(subset.y)).tobytes() + str(len(subset)).encode())
-        for start in range(0, len(subset), 4096):  # in slices: a lazy view (``Rows``) is never loaded whole
-            digest.update(np.ascontiguousarray(np.asarray(subset.x[start:start + 4096])).tobytes())
+        update_digest(digest, subset.y)
+        digest.update(str(len(subset)).encode())
+        update_digest(digest, subset.x)  # in slices: a lazy view (``Rows``) is never loaded whole
     digest.update(json.dumps([ds.preprocess.mean, ds.preprocess.std, cfg.data.eval_batch_size, cfg.eval.tta]).encode())
     cache = Path(ckpt).with_name(f"{Path(ckpt).stem}.acc-{digest.hexdigest()[:16]}.json")
     if agree(cache.is_file()):

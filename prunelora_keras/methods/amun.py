@@ -36,13 +36,11 @@ import numpy as np
 import optax
 
 from prunelora_keras.data.datasets import Subset
+from prunelora_keras.data.fingerprint import update_digest
 from prunelora_keras.methods.adversarial import Flips, pgd_first_flip
-from prunelora_keras.methods.bad_teacher import mixed_batch_sizes
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.builtin_hparams import AMUNHParams
-from prunelora_keras.methods.common import sgd_chain
-from prunelora_keras.methods.neggrad import RetainWithForget
-from prunelora_keras.methods.scrub import step_decay_schedule
+from prunelora_keras.methods.common import RetainWithForget, mixed_batch_sizes, sgd_chain, step_decay_schedule
 
 
 def mixed_cross_entropy(inputs) -> jax.Array:
@@ -58,13 +56,9 @@ def searched(ctx: MethodContext, h: AMUNHParams) -> Flips:
     """``pgd_first_flip`` on ``ctx``'s model and D_f, or the last search's result when the model's values, D_f
     and the attack's settings are the same (a pool's members start from one original: the search has no
     randomness, so one serves them all)."""
-    digest = hashlib.sha1()
-    for v in ctx.model.variables:  # a dropout layer's seed state differs by member and does not act in inference
-        if "seed_generator" in v.path:
-            continue
-        digest.update(np.ascontiguousarray(np.asarray(v.value)).tobytes())
-    digest.update(np.ascontiguousarray(np.asarray(ctx.forget.x)).tobytes())
-    digest.update(np.ascontiguousarray(np.asarray(ctx.forget.y)).tobytes())
+    # a dropout layer's seed state differs by member and does not act in inference
+    values = [v.value for v in ctx.model.variables if "seed_generator" not in v.path]
+    digest = update_digest(hashlib.sha1(), *values, ctx.forget.x, ctx.forget.y)
     key = (digest.hexdigest(), ctx.preprocess, h.eps, h.steps, h.max_rounds)
     if _LAST_SEARCH and _LAST_SEARCH[0][0] == key:
         return _LAST_SEARCH[0][1]

@@ -29,9 +29,8 @@ import optax
 
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.methods.base import Method, MethodContext, Plan
-from prunelora_keras.methods.common import random_init_copy
+from prunelora_keras.methods.common import RetainWithForget, mixed_batch_sizes, random_init_copy
 from prunelora_keras.methods.builtin_hparams import BadTeacherHParams
-from prunelora_keras.methods.neggrad import RetainWithForget
 
 
 def unlearner_loss(temperature: float):
@@ -49,18 +48,6 @@ def unlearner_loss(temperature: float):
         return total / entries
 
     return loss
-
-
-def mixed_batch_sizes(batch_size: int, n_retain: int, n_forget: int) -> tuple[int, int]:
-    """(retain, forget) samples per batch in the stream's proportion, at least one of each.
-
-    Example:
-        >>> mixed_batch_sizes(128, 270, 100)
-        (93, 35)
-    """
-    forget = int(round(batch_size * n_forget / (n_forget + n_retain)))
-    forget = min(max(forget, 1), n_forget, batch_size - 1)
-    return batch_size - forget, forget
 
 
 def prepare_bad_teacher(ctx: MethodContext) -> Plan:

@@ -1,13 +1,15 @@
 """What the methods of the literature are built from: SGD chains, l1 penalties, update masks,
-random labels, weight saliency and the knowledge-distillation divergence.
+random labels, weight saliency, the knowledge-distillation divergence, streams that mix D_r with
+D_f (or with another set) in every batch, and step-decayed learning rates.
 
-Pure helpers, no registry entries: ``baselines.py``, ``neggrad.py`` and ``scrub.py`` (and a
-user's own methods) compose them.
+Pure helpers, no registry entries: ``baselines.py``, ``neggrad.py``, ``scrub.py``, ``bad_teacher.py``,
+``amun.py`` (and a user's own methods) compose them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -17,6 +19,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.data.augment import Preprocess, infer_images
+from prunelora_keras.data.batches import batches, num_batches
 
 
 def random_other_labels(y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -207,3 +210,64 @@ def distill_kl(student_logits: jax.Array, teacher_logits: jax.Array, temperature
     log_p_t = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
     return jnp.mean(kl) * temperature ** 2
+
+
+@dataclass
+class RetainWithForget:
+    """Batches ``{"retain": D_r batch, "forget": D_f batch}``: D_r once per epoch, D_f cycled.
+
+    Both orders come from the epoch's generator, D_f's permutation drawn first: the forget batches
+    are listed before D_r's batches (a lazy generator, which draws its permutation at its first
+    batch) start. D_f's batches have one size (the last partial one is dropped).
+    """
+
+    retain: Any
+    forget: Any
+    batch_size: int
+    forget_batch: int
+    drop_last: bool = False
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(len(self.retain), self.batch_size, self.drop_last)
+
+    def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
+        retain = batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last, lazy=True)
+        forget_order = list(batches(self.forget.x, self.forget.y, self.forget_batch, rng, drop_last=True, lazy=True))
+        for i, part in enumerate(retain):
+            yield {"retain": part, "forget": forget_order[i % len(forget_order)]}
+
+
+def mixed_batch_sizes(batch_size: int, n_retain: int, n_forget: int) -> tuple[int, int]:
+    """(retain, forget) samples per batch in the stream's proportion, at least one of each.
+
+    Example:
+        >>> mixed_batch_sizes(128, 270, 100)
+        (93, 35)
+    """
+    forget = int(round(batch_size * n_forget / (n_forget + n_retain)))
+    forget = min(max(forget, 1), n_forget, batch_size - 1)
+    return batch_size - forget, forget
+
+
+def step_decay_schedule(lr: float, decay_epochs: Sequence[int], rate: float,
+                        epoch_steps: Callable[[int], int]) -> optax.Schedule:
+    """SCRUB's ``adjust_learning_rate`` as a schedule over the optimiser's step count (from 0): in
+    epoch e (from 1) the rate is ``lr * rate ** #{d in decay_epochs: e > d}``.
+
+    ``epoch_steps(e)`` is the number of steps of epoch e; a decay after epoch d takes effect at step
+    ``epoch_steps(1) + ... + epoch_steps(d)``, the first step of epoch d + 1 (a repeated d decays twice,
+    as in their code).
+
+    Example:
+        >>> sched = step_decay_schedule(1.0, [1], 0.1, lambda e: 3 if e == 1 else 2)
+        >>> [round(float(sched(i)), 6) for i in range(5)]
+        [1.0, 1.0, 1.0, 0.1, 0.1]
+    """
+    boundaries = np.asarray(sorted(sum(epoch_steps(e) for e in range(1, d + 1)) for d in decay_epochs), np.int64)
+    rates = np.asarray([lr * rate ** k for k in range(len(boundaries) + 1)], np.float32)  # each rounded once
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return jnp.asarray(rates)[jnp.sum(jnp.asarray(count)[..., None] >= boundaries, axis=-1)]
+
+    return schedule

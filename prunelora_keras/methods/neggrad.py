@@ -14,44 +14,12 @@ term of a single class at full scale otherwise dominates within an epoch), ``neg
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
 import jax
-import numpy as np
 import optax
 
-from prunelora_keras.data.batches import batches, num_batches
-from prunelora_keras.methods.common import sgd_chain
+from prunelora_keras.methods.common import RetainWithForget, sgd_chain
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.builtin_hparams import NegGradPlusHParams
-
-
-@dataclass
-class RetainWithForget:
-    """Batches ``{"retain": D_r batch, "forget": D_f batch}``: D_r once per epoch, D_f cycled.
-
-    Both orders come from the epoch's generator, D_f's permutation drawn first: the forget batches
-    are listed before D_r's batches (a lazy generator, which draws its permutation at its first
-    batch) start. D_f's batches have one size (the last partial one is dropped).
-    """
-
-    retain: Any
-    forget: Any
-    batch_size: int
-    forget_batch: int
-    drop_last: bool = False
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return num_batches(len(self.retain), self.batch_size, self.drop_last)
-
-    def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
-        retain = batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last, lazy=True)
-        forget_order = list(batches(self.forget.x, self.forget.y, self.forget_batch, rng, drop_last=True, lazy=True))
-        for i, part in enumerate(retain):
-            yield {"retain": part, "forget": forget_order[i % len(forget_order)]}
 
 
 def neggrad_plus_loss(alpha: float):

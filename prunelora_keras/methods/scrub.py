@@ -13,7 +13,7 @@ momentum 0.9 and weight decay 5e-4 (the baselines'), gamma 0.99 (``scrub.gamma``
 of ``batch_size``. One optimiser serves both kinds of step, as in their code, and its learning rate
 follows their ``adjust_learning_rate``: in epoch e (from 1) it is ``lr * lr_decay_rate
 ** #{d in lr_decay_epochs: e > d}`` (defaults [3, 5, 9] and 0.1: 5e-4 in epochs 1-3, 5e-5 in
-4-5, 5e-6 in 6-9, 5e-7 from 10). ``step_decay_schedule`` makes that an optax schedule over the
+4-5, 5e-6 in 6-9, 5e-7 from 10). ``common.step_decay_schedule`` makes that an optax schedule over the
 optimiser's step count; the epochs with max-steps are longer than those without, so each switch
 sits at the cumulative step count of the epochs before it (``MaxThenMin.epoch_steps``).
 
@@ -29,7 +29,7 @@ tenth of the rate and 6-10 at a hundredth or less. For the published length alon
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.data.batches import batches, num_batches
-from prunelora_keras.methods.common import distill_kl, sgd_chain
+from prunelora_keras.methods.common import distill_kl, sgd_chain, step_decay_schedule
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.builtin_hparams import ScrubHParams
 from prunelora_keras.training.progress import count
@@ -72,29 +72,6 @@ class MaxThenMin:
                 yield {"forget": part}
         for part in batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last, lazy=True):
             yield {"retain": part}
-
-
-def step_decay_schedule(lr: float, decay_epochs: Sequence[int], rate: float,
-                        epoch_steps: Callable[[int], int]) -> optax.Schedule:
-    """SCRUB's ``adjust_learning_rate`` as a schedule over the optimiser's step count (from 0): in
-    epoch e (from 1) the rate is ``lr * rate ** #{d in decay_epochs: e > d}``.
-
-    ``epoch_steps(e)`` is the number of steps of epoch e; a decay after epoch d takes effect at step
-    ``epoch_steps(1) + ... + epoch_steps(d)``, the first step of epoch d + 1 (a repeated d decays twice,
-    as in their code).
-
-    Example:
-        >>> sched = step_decay_schedule(1.0, [1], 0.1, lambda e: 3 if e == 1 else 2)
-        >>> [round(float(sched(i)), 6) for i in range(5)]
-        [1.0, 1.0, 1.0, 0.1, 0.1]
-    """
-    boundaries = np.asarray(sorted(sum(epoch_steps(e) for e in range(1, d + 1)) for d in decay_epochs), np.int64)
-    rates = np.asarray([lr * rate ** k for k in range(len(boundaries) + 1)], np.float32)  # each rounded once
-
-    def schedule(count: jax.Array) -> jax.Array:
-        return jnp.asarray(rates)[jnp.sum(jnp.asarray(count)[..., None] >= boundaries, axis=-1)]
-
-    return schedule
 
 
 def scrub_loss(alpha: float, gamma: float, temperature: float):
