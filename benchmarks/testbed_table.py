@@ -58,6 +58,11 @@ def _f(value, digits=2) -> str:
     return "-" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def _relearn(r: dict) -> str:
+    """Relearn steps, ">cap" when D_f did not come back within the test's steps."""
+    return f">{r['relearn_steps']}" if r.get("relearn_capped") else _f(r.get("relearn_steps"), 0)
+
+
 def _table(rows: dict, header: list[str], cells) -> list[str]:
     """The markdown table of ``rows`` in ``_order``: ``cells(name, epochs, row)`` gives a row's cells after
     the method and its epochs."""
@@ -72,9 +77,8 @@ def class_wise(paths: list[str]) -> str:
 
     def cells(name, epochs, r):
         paper = PAPER_RESNET50.get(name)
-        relearn = f">{r['relearn_steps']}" if r.get("relearn_capped") else _f(r.get("relearn_steps"), 0)
         return [_f(r["UA"]), _f(r["MIA_loss_logreg"]), _f(r["MIA_confidence_svc"]), _f(r["RA"]), _f(r["TA"]),
-                _f(r.get("avg_gap")), _f(r.get("MIA_rmia_auc"), 1), _f(r.get("probe_forget_acc"), 1), relearn,
+                _f(r.get("avg_gap")), _f(r.get("MIA_rmia_auc"), 1), _f(r.get("probe_forget_acc"), 1), _relearn(r),
                 _f(r.get("rte_s"), 1), _f(r.get("prepare_s"), 0), f"{r.get('trainable_params', 0):,}",
                 " / ".join(map(str, paper)) if paper and epochs == 10 else ""]
 
@@ -106,11 +110,11 @@ def random_forgetting(paths: list[str]) -> str:
         amun = AMUN_TABLE1.get(name)
         gap = amun_gap(r, retrain) if retrain is not None and name != "retrain" else (0.0 if name == "retrain" else None)
         return [_f(100 - r["UA"]), _f(r["RA"]), _f(r["TA"]), _f(r.get("MIA_rmia_auc"), 1), _f(gap),
-                _f(r["MIA_confidence_svc"]), _f(r.get("avg_gap")), _f(r.get("probe_forget_acc"), 1), _f(r.get("rte_s"), 1),
-                _f(r.get("prepare_s"), 0), " / ".join(f"{v:.2f}" for v in amun) if amun is not None else ""]
+                _f(r["MIA_confidence_svc"]), _f(r.get("avg_gap")), _f(r.get("probe_forget_acc"), 1), _relearn(r),
+                _f(r.get("rte_s"), 1), _f(r.get("prepare_s"), 0), f"{r.get('trainable_params', 0):,}", " / ".join(f"{v:.2f}" for v in amun) if amun is not None else ""]
 
     lines = _table(rows, ["forget acc", "retain acc", "test acc", "RMIA AUC", "gap (AMUN's)", "MIA (conf, SVC)",
-                          "Avg. Gap (SVC)", "probe D_f", "RTE s/epoch", "prepare s",
+                          "Avg. Gap (SVC)", "probe D_f", "relearn steps", "RTE s/epoch", "prepare s", "trainable",
                           "AMUN Table 1: forget / retain / test / FT AUC / gap"], cells)
     lines += ["", "RMIA AUC: D_f against half the test images, the Retrain model as the reference (AMUN's \"FT AUC\": "
                   "128 reference models, online). Gap (AMUN's): mean |difference| from Retrain over forget, retain and "
