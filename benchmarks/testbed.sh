@@ -9,11 +9,12 @@
 #                    (the original is trained once: every step reuses any the run folders hold, curve-15's too)
 #   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,
 #                    boundary_expanding,amun) at their defaults for 10 epochs, beside class<N>'s Retrain
-#   random           a random 10% of the training set (seed 0): Retrain, the four paradigms at 5 and 10
-#                    epochs and the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a
-#                    class-wise method: its shadow class stands for one class) at 10, from the same original
+#   random           a random 10% of the training set (seed 0): Retrain and the four paradigms at 5 and 10
+#                    epochs, from the same original
+#   methods-random   the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a class-wise
+#                    method: its shadow class stands for one class) at 10 epochs, beside random's Retrain
 #   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
-#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 methods-class3 random class5 class7
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 methods-class3 class5 class7 random methods-random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
@@ -54,12 +55,16 @@ for step in "$@"; do
       ;;
     random)
       share_originals "$out"
-      cmd=("${run[@]}" --forget-fraction 0.1 --paradigms "retrain,finetune,pruned,lora,pruned_lora,$random_methods" --epochs 5,10)
+      cmd=("${run[@]}" --forget-fraction 0.1 --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10)
+      ;;
+    methods-random)
+      reuse "$runs/random" "$out" 'original-*' 'retrain-*'
+      cmd=("${run[@]}" --forget-fraction 0.1 --paradigms "retrain,$random_methods" --epochs 10)
       ;;
     curve-[0-9]*)
       cmd=(python benchmarks/testbed_curve.py --data-dir "$data" --epochs "${step#curve-}")
       ;;
-    *) echo "error: unknown step $step: use class<N>, methods-class<N>, random or curve-<E>" >&2; exit 2 ;;
+    *) echo "error: unknown step $step: use class<N>, methods-class<N>, random, methods-random or curve-<E>" >&2; exit 2 ;;
   esac
   case "$step" in
     curve-*) cmd+=(--out "$out" --json "$res/testbed-$step.json") ;;

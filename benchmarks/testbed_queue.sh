@@ -8,6 +8,6 @@
 #   DATA=../shared/data/cifar10-jpeg.tar.gz nohup bash benchmarks/testbed_queue.sh > testbed-queue.out 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash benchmarks/testbed.sh class3 methods-class3 class5 class7 random
+bash benchmarks/testbed.sh class3 methods-class3 class5 class7 random methods-random
 METHODS=retrain,boundary_shrink,boundary_expanding,amun bash benchmarks/cpu10k.sh methods-resnet18 methods-vit
 bash benchmarks/testbed.sh curve-20
