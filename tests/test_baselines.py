@@ -70,7 +70,7 @@ def _run(name, trained, epochs=2, **overrides):
     model = _fresh(trained)
     plan = _plan(name, model, cfg, split, ds)
     trainer = Trainer(model, plan.optimizer, num_classes=ds.num_classes, preprocess=ds.preprocess, seed=0)
-    trainer.fit(plan.x, plan.y, epochs, 32, labels_for_epoch=plan.labels_for_epoch)
+    trainer.fit(plan.x, plan.y, epochs, 32, labels_for_epoch=plan.labels_for_epoch, stream=plan.stream)
     return model, plan
 
 
@@ -197,7 +197,7 @@ def test_continual_unlearning_applies_requests_one_after_another(capsys, tmp_pat
 def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     cfg, ds, split, _, _ = trained
     model = _fresh(trained)
-    cfg.methods["rl"] = dataclasses.replace(cfg.methods["rl"], labels="per_batch")
+    cfg.methods["rl"] = dataclasses.replace(cfg.methods["rl"], labels="per_batch", order="mixed")
     plan = _plan("rl", model, cfg, split, ds)
     n_r = len(split.retain)
     e1, e2 = plan.labels_for_epoch(1), plan.labels_for_epoch(2)
@@ -210,6 +210,29 @@ def test_rl_labels_per_batch_from_all_classes_and_once_other(trained):
     cfg.methods["rl"] = dataclasses.replace(cfg.methods["rl"], labels="once_other")
     once = _plan("rl", model, cfg, split, ds)
     assert once.labels_for_epoch is None and np.all(once.y[n_r:] != split.forget.y)
+
+
+@pytest.mark.parametrize("name", ["rl", "salun"])
+def test_rl_and_salun_default_to_their_cifar10_epoch_every_forget_batch_then_every_retain_batch(trained, name):
+    cfg, ds, split, _, _ = trained
+    plan = _plan(name, _fresh(trained), cfg, split, ds)
+    assert cfg.methods[name].order == "forget_first" and plan.x is None
+    stream, n_r, n_f = plan.stream, len(split.retain), len(split.forget)
+    for epoch in (1, 2):
+        parts = [b["train"] for b in stream(epoch, np.random.default_rng(epoch))]
+        assert len(parts) == stream.steps_per_epoch == -(-n_f // 32) + -(-n_r // 32)
+        rows = np.concatenate([np.asarray(x.index) for x, _ in parts])
+        n_forget_batches = -(-n_f // 32)
+        assert (rows[:n_f] >= n_r).all() and (rows[n_f:] < n_r).all()  # D_f's batches come first
+        assert sorted(rows) == list(range(n_r + n_f))  # each image once an epoch
+        assert all(len(y) <= 32 for _, y in parts) and len(parts[n_forget_batches - 1][1]) == n_f - 32 * (n_forget_batches - 1)
+        labels = np.concatenate([y for _, y in parts])
+        want = stream.labels_for_epoch(epoch)[rows]
+        np.testing.assert_array_equal(labels, want)  # the epoch's labels, D_r's its own
+        np.testing.assert_array_equal(labels[n_f:], np.concatenate([split.retain.y, split.forget.y])[rows[n_f:]])
+        x_rows = np.concatenate([np.asarray(x) for x, _ in parts])
+        np.testing.assert_array_equal(x_rows, np.concatenate([split.retain.x, split.forget.x])[rows])
+    assert not np.array_equal(stream.labels_for_epoch(1)[n_r:], stream.labels_for_epoch(2)[n_r:])
 
 
 def test_salun_selects_exactly_the_ratio_even_with_ties():

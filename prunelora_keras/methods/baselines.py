@@ -9,7 +9,9 @@ published learning rate (``lr``). Every parameter trains.
 - ``rl``, random labels (Golatkar et al. 2020; Hayase et al. 2020): train on D_r plus D_f with
   each forget image relabelled at random (``rl.lr`` 0.013). ``rl.labels = "per_batch"`` (the
   default, as OPTML-Group's code): a fresh label from *all* classes every epoch; ``"once_other"``:
-  one label per image for the whole run, never the true class.
+  one label per image for the whole run, never the true class. ``rl.order = "forget_first"`` (the
+  default, their CIFAR-10 code): each epoch every D_f batch, then every D_r batch; ``"mixed"`` (their
+  CIFAR-100 code): one shuffled stream.
 - ``l1_sparse`` (Jia et al. 2023): fine-tune on D_r with an l1 penalty alpha * (1 - e / E) *
   ||theta||_1 decaying linearly to zero over the E epochs (``l1_sparse.alpha`` 1e-4, ``l1_sparse.lr`` 0.01).
 - ``salun`` (Fan et al. 2024): the gradient of the forget loss over D_f picks the ``salun.ratio``
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from prunelora_keras.methods.common import (decaying_l1, random_labels_per_epoch, random_other_labels,
-                                            saliency_masks, sgd_chain)
+from prunelora_keras.methods.common import (ForgetThenRetain, decaying_l1, random_labels_per_epoch,
+                                            random_other_labels, saliency_masks, sgd_chain)
 from prunelora_keras.methods.base import Method, MethodContext, Plan
 from prunelora_keras.methods.builtin_hparams import GAHParams, L1SparseHParams, RLHParams, SalUnHParams
 from prunelora_keras.training.progress import count
@@ -49,11 +51,21 @@ def random_label_data(ctx: MethodContext) -> tuple[np.ndarray, np.ndarray, objec
     return x, y, None, "one random other label per image"
 
 
+def random_label_stream(ctx: MethodContext) -> tuple[dict, str]:
+    """The Plan's data for RL and SalUn: D_r + D_f with random D_f labels (``labels``), in ``order``: D_f's
+    batches first as their CIFAR-10 code (a ``ForgetThenRetain`` stream), or one shuffled stream."""
+    x, y, per_epoch, how = random_label_data(ctx)
+    if ctx.hparams.order == "mixed":
+        return {"x": x, "y": y, "labels_for_epoch": per_epoch}, f"D_r + D_f shuffled together, D_f with {how}"
+    stream = ForgetThenRetain(x, y, len(ctx.retain), ctx.options.batch_size, ctx.drop_last, per_epoch)
+    return {"stream": stream, "y": y}, f"every D_f batch ({how}), then every D_r batch"
+
+
 def prepare_rl(ctx: MethodContext) -> Plan:
     h = ctx.hparams
-    x, y, per_epoch, how = random_label_data(ctx)
+    data, how = random_label_stream(ctx)
     return Plan(model=ctx.model, train_vars=list(ctx.model.trainable_variables), optimizer=sgd_chain(h.lr, h),
-                description=f"D_r + D_f with {how}, lr {h.lr}", x=x, y=y, labels_for_epoch=per_epoch)
+                description=f"{how}, lr {h.lr}", **data)
 
 
 def prepare_l1_sparse(ctx: MethodContext) -> Plan:
@@ -70,10 +82,9 @@ def prepare_salun(ctx: MethodContext) -> Plan:
     train_vars = list(ctx.model.trainable_variables)
     masks = saliency_masks(ctx.model, train_vars, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.ratio,
                            ctx.eval_batch_size)
-    x, y, per_epoch, how = random_label_data(ctx)
+    data, how = random_label_stream(ctx)
     return Plan(model=ctx.model, train_vars=train_vars, optimizer=sgd_chain(h.lr, h, masks=masks),
-                description=f"{how} on the {h.ratio:.0%} most salient weights, lr {h.lr}", x=x, y=y,
-                labels_for_epoch=per_epoch)
+                description=f"{how}, on the {h.ratio:.0%} most salient weights, lr {h.lr}", **data)
 
 # this family's entries of the registry (``registry.py``), in the report's order
 METHODS = (

@@ -69,6 +69,7 @@ class GAHParams(SGDHParams):
 
 
 RL_LABELS = ("per_batch", "once_other")
+RL_ORDERS = ("forget_first", "mixed")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,9 @@ class RLHParams(SGDHParams):
     lr: float = hparam(0.013, "learning rate", check=POSITIVE, search=LR_SEARCH)
     labels: str = hparam("per_batch", "per_batch: a new label from all classes each epoch (the code bases); "
                          "once_other: one label per image, never its class", choices=RL_LABELS)
+    order: str = hparam("forget_first", "each epoch: forget_first: every D_f batch, then every D_r batch (their "
+                        "CIFAR-10 and SVHN code); mixed: D_r and D_f shuffled together (their CIFAR-100 and "
+                        "TinyImageNet code)", choices=RL_ORDERS)
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,11 @@ class SalUnHParams(RLHParams):
 
 @dataclass(frozen=True)
 class NegGradPlusHParams(SGDHParams):
-    """alpha x CE(D_r) - (1 - alpha) x CE(D_f) (Kurmanji et al. 2023)."""
+    """alpha x CE(D_r) - (1 - alpha) x CE(D_f) (Kurmanji et al. 2023) with the authors' optimiser (meghdadk/SCRUB,
+    ``negative_grad``: plain SGD, lr 0.01, no momentum, no weight decay)."""
 
+    momentum: float = hparam(0.0, "SGD momentum (the authors' negative_grad: none)", check=UNIT_OPEN)
+    weight_decay: float = hparam(0.0, "coupled weight decay (the authors' negative_grad: none)", check=NON_NEGATIVE)
     alpha: float = hparam(0.999, "weight of the retain loss", check=UNIT_CLOSED, search=Search("float", 0.5, 1.0))
     forget_batch: int = hparam(0, "forget batch size (0: the retain batch size, capped at |D_f|)", check=NON_NEGATIVE)
 
@@ -113,7 +120,8 @@ class ScrubHParams(SGDHParams):
     gamma: float = hparam(0.99, "weight of the cross-entropy on D_r's min-steps", check=NON_NEGATIVE)
     temperature: float = hparam(4.0, "distillation temperature", check=POSITIVE, search=Search("float", 0.5, 5.0))
     msteps: int = hparam(2, "epochs that start with max-steps on D_f", check=NON_NEGATIVE)
-    forget_batch: int = hparam(32, "forget batch size of the max-steps", check=AT_LEAST_ONE)
+    forget_batch: int = hparam(512, "forget batch size of the max-steps (the authors' forget_loader; their unused "
+                               "del_batch_size is 32)", check=AT_LEAST_ONE)
     lr_decay_epochs: tuple[int, ...] = hparam((3, 5, 9), "the lr is multiplied by lr_decay_rate after each of "
                                               "these epochs (empty: no decay)", check=AT_LEAST_ONE)
     lr_decay_rate: float = hparam(0.1, "the step decay's factor", check=POSITIVE)
@@ -158,19 +166,25 @@ class MSGHParams(SGDHParams):
 
 @dataclass(frozen=True)
 class BoundaryShrinkHParams(SGDHParams):
-    """Boundary Shrink (Chen et al. 2023) as SalUn's code runs it: one FGSM step on the original picks each
-    forget image's nearest wrong class, then SGD on D_f with those labels."""
+    """Boundary Shrink (Chen et al. 2023): one FGSM step on the original picks each forget image's nearest
+    wrong class, then SGD on D_f with those labels; the optimiser of the authors' code (lr 1e-5, momentum
+    0.9, no weight decay; SalUn's re-implementation runs its default lr 0.01 with weight decay 5e-4)."""
 
-    lr: float = hparam(0.01, "learning rate (SalUn's default unlearn_lr)", check=POSITIVE, search=LR_SEARCH)
+    lr: float = hparam(1e-5, "learning rate (the authors' code; SalUn's default unlearn_lr is 0.01)", check=POSITIVE,
+                       search=Search("log", 1e-6, 0.1))
+    weight_decay: float = hparam(0.0, "coupled weight decay (the authors' code: none)", check=NON_NEGATIVE)
     bound: float = hparam(0.1, "the FGSM step on [0, 1] pixels (the paper's, hard-coded in both code bases)",
                           check=POSITIVE, search=Search("log", 0.01, 0.5))
 
 
 @dataclass(frozen=True)
 class BoundaryExpandingHParams(SGDHParams):
-    """Boundary Expanding (Chen et al. 2023): a shadow class on the head takes D_f, then is removed."""
+    """Boundary Expanding (Chen et al. 2023): a shadow class on the head takes D_f, then is removed; the
+    optimiser of the authors' code (lr 1e-5, momentum 0.9, no weight decay)."""
 
-    lr: float = hparam(0.01, "learning rate (SalUn's default unlearn_lr)", check=POSITIVE, search=LR_SEARCH)
+    lr: float = hparam(1e-5, "learning rate (the authors' code; SalUn's default unlearn_lr is 0.01)", check=POSITIVE,
+                       search=Search("log", 1e-6, 0.1))
+    weight_decay: float = hparam(0.0, "coupled weight decay (the authors' code: none)", check=NON_NEGATIVE)
     shadow_init: str = hparam("xavier", "the shadow unit's weights: xavier (Xavier-normal, zero bias: the "
                               "authors' code) or torch (PyTorch's Linear default, uniform +-1/sqrt(fan_in) with a bias: "
                               "SalUn's)", choices=("xavier", "torch"))

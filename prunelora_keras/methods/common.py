@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.data.augment import Preprocess, infer_images
-from prunelora_keras.data.batches import batches, num_batches
+from prunelora_keras.data.batches import Rows, batches, num_batches
 
 
 def random_other_labels(y: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
@@ -236,6 +236,39 @@ class RetainWithForget:
         forget_order = list(batches(self.forget.x, self.forget.y, self.forget_batch, rng, drop_last=True, lazy=True))
         for i, part in enumerate(retain):
             yield {"retain": part, "forget": forget_order[i % len(forget_order)]}
+
+
+@dataclass
+class ForgetThenRetain:
+    """SalUn's CIFAR-10 epoch (OPTML-Group's ``unlearn/RL.py``, its cifar10/svhn branch): every D_f batch, then
+    every D_r batch, each set shuffled on its own, as one part named ``"train"`` (plain cross-entropy).
+
+    ``x``, ``y`` hold D_r's ``n_retain`` rows first and D_f's after them (as ``random_label_data`` builds them);
+    ``labels_for_epoch(epoch)``, if given, replaces ``y`` in that epoch (D_f's random labels).
+    """
+
+    x: Any
+    y: np.ndarray
+    n_retain: int
+    batch_size: int
+    drop_last: bool = False
+    labels_for_epoch: Callable[[int], np.ndarray] | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        n_forget = len(self.y) - self.n_retain
+        return (num_batches(n_forget, self.batch_size, self.drop_last)
+                + num_batches(self.n_retain, self.batch_size, self.drop_last))
+
+    def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
+        y = self.y if self.labels_for_epoch is None else self.labels_for_epoch(epoch)
+        forget = self.n_retain + rng.permutation(len(self.y) - self.n_retain)  # D_f's order drawn first
+        retain = rng.permutation(self.n_retain)
+        for order in (forget, retain):
+            stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+            for start in range(0, stop, self.batch_size):
+                idx = order[start:start + self.batch_size]
+                yield {"train": (Rows(self.x, idx), y[idx])}
 
 
 def mixed_batch_sizes(batch_size: int, n_retain: int, n_forget: int) -> tuple[int, int]:
