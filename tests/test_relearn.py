@@ -178,3 +178,26 @@ def test_the_runs_pace_names_each_method_and_the_time_the_rest_should_take(monke
     assert lines[0] == "--- a: method 1/4 ---" and lines[1] == "--- b: method 2/4 ---"  # a reused: no pace yet
     assert lines[2].startswith("--- c: method 3/4; about 3m20s left for the 2 methods to go")
     assert "about 2m30s left for the 1 method to go" in lines[3]  # the mean of 100 s and 200 s, once
+
+
+def test_relearn_time_is_measured_for_class_wise_forgetting_only():
+    """Forgetting samples of classes D_r keeps, a model that generalises is at the target already and only a
+    damaged one needs steps: the count would rank backwards, so it is not measured, and the output says so."""
+    import prunelora_keras as plk
+    from prunelora_keras.experiment.config import build_config
+    from prunelora_keras.experiment.context import make_reference
+    from prunelora_keras.experiment.pipeline import load_data
+
+    retain, forget = _data()
+    model = _model()
+    Trainer(model, optax.adam(0.05), num_classes=4, preprocess=Preprocess(MEAN, STD), verbose=False).fit(
+        np.concatenate([retain.x, forget.x]), np.concatenate([retain.y, forget.y]), 5, 16)
+    x_r, y_r, x_f, y_f = retain.x / 255.0, retain.y, forget.x / 255.0, forget.y
+    kwargs = dict(test=(x_r[:20], y_r[:20]), original=model, relearn_max_steps=4)
+    classwise = plk.evaluate(model, (x_r, y_r), (x_f, y_f), **kwargs)
+    assert "relearn_steps" in classwise and not any("relearn" in n for n in classwise["notes"])
+    samples = plk.evaluate(model, (x_r[10:], y_r[10:]), (x_r[:10], y_r[:10]), **kwargs)  # D_f of kept classes
+    assert "relearn_steps" not in samples and any("relearn time not measured" in n for n in samples["notes"])
+    cfg = build_config("resnet18", "quick", None, {}, ["data.train_size=300", "data.forget_fraction=0.1"])
+    ds, split = load_data(cfg)
+    assert not split.forget_classes and make_reference(None, split, ds, cfg).relearn is None  # the model unread

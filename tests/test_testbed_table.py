@@ -25,13 +25,20 @@ def _row(name, epochs, ua, ra, ta, **extra):
 
 def test_amuns_gap_is_the_mean_difference_over_the_three_accuracies_and_rmia(tmp_path):
     retrain = _row("retrain", 10, 6.0, 99.0, 90.0)
-    amun = _row("amun", 10, 8.0, 98.0, 89.0, MIA_rmia_auc=54.0, relearn_steps=200, relearn_capped=True,
-                trainable_params=1234567)
+    amun = _row("amun", 10, 8.0, 98.0, 89.0, MIA_rmia_auc=54.0, trainable_params=1234567, avg_gap=0.1)
+    close = _row("salun", 10, 6.0, 99.0, 90.0, MIA_rmia_auc=51.0, avg_gap=9.0)  # AMUN's gap 0.25: above AMUN
+    early = _row("finetune", 5, 6.0, 99.0, 90.0, MIA_rmia_auc=50.0)
     assert table.amun_gap(amun, retrain) == pytest.approx((2 + 1 + 1 + 4) / 4)
-    text = table.random_forgetting([_write(tmp_path / "r.json", -1, [retrain, amun])])
-    line = next(x for x in text.splitlines() if x.startswith("| AMUN"))
+    text = table.random_forgetting([_write(tmp_path / "r.json", -1, [retrain, amun, close, early,
+                                                                     _row("finetune", 10, 6.0, 99.0, 90.0, MIA_rmia_auc=50.0)])])
+    lines = text.splitlines()
+    line = next(x for x in lines if x.startswith("| AMUN"))
     assert "| 2.00 |" in line and "95.45 / 99.57 / 93.45 / 50.18 / 0.62" in line  # ours, then AMUN's Table 1
-    assert "| >200 |" in line and "| 1,234,567 |" in line  # relearn capped at the test's steps; trainable
+    assert "| 1,234,567 |" in line
+    order = [x.split(" | ")[0][2:] for x in lines if x.startswith("| ") and not x.startswith("| method")]
+    assert order[:3] == ["Retrain", "Finetune", "Finetune"] and order.index("SalUn") < order.index("AMUN")  # AMUN's gap
+    five = next(x for x in lines if x.startswith("| Finetune | 5 |"))
+    assert "95.16" not in five and "95.16" in next(x for x in lines if x.startswith("| Finetune | 10 |"))
 
 
 def test_spread_is_mean_and_sample_sd_over_the_forget_classes(tmp_path):
