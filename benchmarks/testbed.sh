@@ -4,7 +4,7 @@
 # trainings at once on two cores), into $RUNS/testbed/<step>; logs and results into
 # benchmarks/results/testbed-*, wall times into benchmarks/results/testbed-wall.txt. Every step resumes
 # where it stopped (finished models and methods are reused, a training continues from its last epoch):
-# rerun the same step after an interruption; a step that finished with the same command is skipped.
+# rerun the same step after an interruption; a step that finished with the same command and code is skipped.
 #   class<N>         original, Retrain and the paper's four paradigms at 5 and 10 epochs, forgetting class N
 #                    (the original is trained once: every step reuses any the run folders hold, curve-15's too)
 #   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,
@@ -23,6 +23,10 @@ res=benchmarks/results
 methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,boundary_expanding,amun}
 random_methods=${RANDOM_METHODS:-$(echo ",$methods," | sed 's/,boundary_expanding,/,/; s/^,//; s/,$//')}
 mkdir -p "$res" "$runs"
+# what a finished step's marker records beside its command: the package's code and the presets, so that a
+# step finished before either changed runs again (its finished models are reused; only what changed reruns)
+code=$(find prunelora_keras configs -type f \( -name '*.py' -o -name '*.toml' -o -name '*.cc' \) | LC_ALL=C sort \
+       | xargs cat | sha1sum | cut -c1-12)
 run=(python -m prunelora_keras.run --model airbench --preset testbed --data-dir "$data")
 reuse() {  # reuse FROM TO PATTERN...: hard-link FROM's finished models into TO (no copy, no retraining)
   local from=$1 to=$2
@@ -70,15 +74,15 @@ for step in "$@"; do
     curve-*) cmd+=(--out "$out" --json "$res/testbed-$step.json") ;;
     *) cmd+=(--overwrite --out "$out") ;;
   esac
-  # a step that finished with this very command is skipped: rerunning it would reuse every model and
-  # only evaluate them all again
-  if [ -f "$out/stage-done.txt" ] && [ "$(cat "$out/stage-done.txt")" = "${cmd[*]}" ]; then
-    echo "$step: finished earlier with the same command, skipped ($out/stage-done.txt)"
+  # a step that finished with this very command and code is skipped: rerunning it would reuse every model
+  # and evaluate Retrain again
+  if [ -f "$out/stage-done.txt" ] && [ "$(cat "$out/stage-done.txt")" = "${cmd[*]} code=$code" ]; then
+    echo "$step: finished earlier with the same command and code, skipped ($out/stage-done.txt)"
     continue
   fi
   start=$(date +%s)
   "${cmd[@]}" >> "$res/testbed-$step.log" 2>&1
   case "$step" in curve-*) ;; *) cp "$out/results.json" "$res/testbed-$step-results.json" ;; esac
-  echo "${cmd[*]}" > "$out/stage-done.txt"
+  echo "${cmd[*]} code=$code" > "$out/stage-done.txt"
   echo "$(date -u +%FT%TZ) $step wall_s=$(( $(date +%s) - start ))" >> "$res/testbed-wall.txt"
 done

@@ -14,7 +14,7 @@ from prunelora_keras.experiment.config import build_config
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.errors import UserError
 from prunelora_keras.methods.common import distill_kl
-from prunelora_keras.methods.common import RetainWithForget
+from prunelora_keras.methods.common import ForgetThenRetain, RetainWithForget
 from prunelora_keras.methods.neggrad import neggrad_plus_loss
 from prunelora_keras.methods.scrub import MaxThenMin, scrub_loss
 import prunelora_keras as plk
@@ -146,6 +146,18 @@ def test_streams_pair_retain_with_cycled_forget_and_put_max_steps_first():
     parts = lambda e: [next(iter(b)) for b in scrub(e, np.random.default_rng(e))]  # noqa: E731
     assert parts(1) == ["forget", "forget", "retain", "retain", "retain"] == parts(2)
     assert parts(3) == ["retain"] * 3  # max-steps only in the first msteps epochs
+    dropping = MaxThenMin(retain, forget, batch_size=4, forget_batch=2, msteps=1, drop_last=True)
+    out = list(dropping(1, np.random.default_rng(0)))
+    seen = sorted(np.concatenate([np.asarray(b["forget"][0]).ravel() for b in out if "forget" in b]).tolist())
+    assert seen == [100, 101, 102] and len(out) == dropping.steps_per_epoch == 2 + 2  # D_f whole, D_r's 2 dropped
+
+
+def test_forget_then_retain_never_drops_d_f_even_when_smaller_than_a_batch():
+    x = np.arange(13)[:, None]
+    stream = ForgetThenRetain(x, np.zeros(13, int), n_retain=10, batch_size=4, drop_last=True)  # D_f: 3 images
+    out = [np.asarray(b["train"][0]).ravel().tolist() for b in stream(1, np.random.default_rng(0))]
+    assert len(out) == stream.steps_per_epoch == 1 + 2  # D_f's one partial batch, D_r's two full ones
+    assert sorted(out[0]) == [10, 11, 12] and all(len(b) == 4 and max(b) < 10 for b in out[1:])
 
 
 def _tiny(seed=0):

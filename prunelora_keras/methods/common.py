@@ -242,6 +242,8 @@ class RetainWithForget:
 class ForgetThenRetain:
     """SalUn's CIFAR-10 epoch (OPTML-Group's ``unlearn/RL.py``, its cifar10/svhn branch): every D_f batch, then
     every D_r batch, each set shuffled on its own, as one part named ``"train"`` (plain cross-entropy).
+    D_f's last partial batch is always kept (their loader's; dropped, a D_f smaller than a batch would
+    never be seen); ``drop_last`` drops D_r's.
 
     ``x``, ``y`` hold D_r's ``n_retain`` rows first and D_f's after them (as ``random_label_data`` builds them);
     ``labels_for_epoch(epoch)``, if given, replaces ``y`` in that epoch (D_f's random labels).
@@ -257,15 +259,14 @@ class ForgetThenRetain:
     @property
     def steps_per_epoch(self) -> int:
         n_forget = len(self.y) - self.n_retain
-        return (num_batches(n_forget, self.batch_size, self.drop_last)
-                + num_batches(self.n_retain, self.batch_size, self.drop_last))
+        return num_batches(n_forget, self.batch_size) + num_batches(self.n_retain, self.batch_size, self.drop_last)
 
     def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         y = self.y if self.labels_for_epoch is None else self.labels_for_epoch(epoch)
         forget = self.n_retain + rng.permutation(len(self.y) - self.n_retain)  # D_f's order drawn first
         retain = rng.permutation(self.n_retain)
-        for order in (forget, retain):
-            stop = len(order) - (len(order) % self.batch_size if self.drop_last else 0)
+        for order, drop in ((forget, False), (retain, self.drop_last)):
+            stop = len(order) - (len(order) % self.batch_size if drop else 0)
             for start in range(0, stop, self.batch_size):
                 idx = order[start:start + self.batch_size]
                 yield {"train": (Rows(self.x, idx), y[idx])}

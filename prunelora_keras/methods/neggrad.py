@@ -9,7 +9,7 @@ forget batches keep one size (``neggrad_plus.forget_batch``, default the retain 
 
 Hyperparameters (``NegGradPlusHParams``): ``neggrad_plus.alpha`` (0.999: our default; the ascent
 term of a single class at full scale otherwise dominates within an epoch), ``neggrad_plus.lr``
-(0.01, SGD with momentum and weight decay).
+(0.01, plain SGD: no momentum, no weight decay, as the authors' ``negative_grad``).
 """
 
 from __future__ import annotations

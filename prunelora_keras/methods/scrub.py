@@ -9,8 +9,8 @@ The KL is ``DistillKL`` at temperature ``scrub.temperature`` (``methods.common.d
 Defaults are the published ones, those of ``large_scale_unlearning.ipynb`` in
 github.com/meghdadk/SCRUB (CIFAR-10 / Lacuna-10, ResNet-18 and All-CNN): SGD lr 5e-4 (``scrub.lr``),
 momentum 0.9 and weight decay 5e-4 (the baselines'), gamma 0.99 (``scrub.gamma``), alpha 0.001
-(``scrub.alpha``), T 4, msteps 2, forget batches of 32 (``scrub.forget_batch``), retain batches
-of ``batch_size``. One optimiser serves both kinds of step, as in their code, and its learning rate
+(``scrub.alpha``), T 4, msteps 2, forget batches of 512 as its ``forget_loader`` (``scrub.forget_batch``;
+the last partial one kept, as their loader, whatever ``drop_last``), retain batches of ``batch_size``. One optimiser serves both kinds of step, as in their code, and its learning rate
 follows their ``adjust_learning_rate``: in epoch e (from 1) it is ``lr * lr_decay_rate
 ** #{d in lr_decay_epochs: e > d}`` (defaults [3, 5, 9] and 0.1: 5e-4 in epochs 1-3, 5e-5 in
 4-5, 5e-6 in 6-9, 5e-7 from 10). ``common.step_decay_schedule`` makes that an optax schedule over the
@@ -59,7 +59,7 @@ class MaxThenMin:
 
     def epoch_steps(self, epoch: int) -> int:
         """The steps of epoch ``epoch`` (from 1): D_f's batches while ``epoch <= msteps``, then D_r's."""
-        max_steps = num_batches(len(self.forget), self.forget_batch, self.drop_last) if epoch <= self.msteps else 0
+        max_steps = num_batches(len(self.forget), self.forget_batch) if epoch <= self.msteps else 0  # D_f whole
         return max_steps + num_batches(len(self.retain), self.batch_size, self.drop_last)
 
     @property
@@ -68,7 +68,7 @@ class MaxThenMin:
 
     def __call__(self, epoch: int, rng: np.random.Generator) -> Iterator[dict]:
         if epoch <= self.msteps:
-            for part in batches(self.forget.x, self.forget.y, self.forget_batch, rng, self.drop_last, lazy=True):
+            for part in batches(self.forget.x, self.forget.y, self.forget_batch, rng, lazy=True):  # D_f whole
                 yield {"forget": part}
         for part in batches(self.retain.x, self.retain.y, self.batch_size, rng, self.drop_last, lazy=True):
             yield {"retain": part}
