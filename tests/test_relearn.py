@@ -80,6 +80,10 @@ def test_relearn_counts_steps_until_the_target_and_leaves_the_model_alone():
     res = relearn_steps(model, plan, 90.0, 4, Preprocess(MEAN, STD), max_steps=200, **kwargs)
     assert not res["relearn_capped"] and 0 < res["relearn_steps"] < 200 and res["relearn_final_acc"] >= 90.0
     assert res["relearn_steps"] % 2 == 0  # checked every eval_every steps
+    curve = res["relearn_curve"]  # every check from step 0, the last one the count
+    assert [s for s, _ in curve] == list(range(0, res["relearn_steps"] + 1, 2))
+    assert curve[-1][1] == pytest.approx(res["relearn_final_acc"], abs=0.01) and curve[-1][1] >= 90.0
+    assert res["relearn_peak_acc"] == max(a for _, a in curve) and curve[0][1] < 90.0
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
     # the count is the first check at or above the target: capped just before it, the target is not reached

@@ -117,13 +117,17 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
             the fine-tune is most of an evaluation's time, and silence for minutes reads as a hang.
     Returns:
         {"relearn_steps": steps (``max_steps`` when capped), "relearn_capped": bool,
-        "relearn_final_acc": held-out accuracy at the last check, "relearn_target": target_pct}.
+        "relearn_final_acc": held-out accuracy at the last check, "relearn_target": target_pct,
+        "relearn_peak_acc": the highest held-out accuracy of any check, "relearn_curve": [[step, accuracy],
+        ...] at every check from step 0}. The curve says what a capped count cannot: how far and how fast
+        a model came back (a fine-tune can pass its best point and fall back before the cap).
     """
     heldout = plan.heldout
     eval_bs = min(eval_batch_size, len(heldout))
     start_acc = 100.0 * accuracy(predict_logits(model, heldout.x, preprocess, eval_bs), heldout.y)
     if start_acc >= target_pct:
-        return {"relearn_steps": 0, "relearn_capped": False, "relearn_final_acc": start_acc, "relearn_target": target_pct}
+        return {"relearn_steps": 0, "relearn_capped": False, "relearn_final_acc": start_acc, "relearn_target": target_pct,
+                "relearn_peak_acc": start_acc, "relearn_curve": [[0, round(start_acc, 2)]]}
     clone = copy_model(model)
     set_bn_policy(clone, "update")
     if keras.backend.backend() == "jax":
@@ -135,7 +139,7 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
                              num_classes=num_classes, preprocess=preprocess,
                              seed=seed, label="relearn", verbose=False)
         current = lambda: None  # noqa: E731
-    found: dict[str, Any] = {"steps": None, "acc": start_acc}
+    found: dict[str, Any] = {"steps": None, "acc": start_acc, "curve": [[0, round(start_acc, 2)]]}
     started = shown = time.perf_counter()
 
     def check(steps: int) -> bool:
@@ -144,6 +148,7 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
             return False
         found["acc"] = 100.0 * accuracy(predict_logits(clone, heldout.x, preprocess, eval_bs,
                                                        values=current()), heldout.y)
+        found["curve"].append([steps, round(found["acc"], 2)])
         now = time.perf_counter()
         if progress is not None and now - shown >= PROGRESS_EVERY_S:
             shown = now
@@ -158,4 +163,5 @@ def relearn_steps(model: keras.Model, plan: RelearnPlan, target_pct: float, num_
     trainer.fit(plan.stream.x, plan.stream.y, epochs, batch_size, on_step_end=check)
     capped = found["steps"] is None
     return {"relearn_steps": max_steps if capped else found["steps"], "relearn_capped": capped,
-            "relearn_final_acc": found["acc"], "relearn_target": target_pct}
+            "relearn_final_acc": found["acc"], "relearn_target": target_pct,
+            "relearn_peak_acc": max(acc for _, acc in found["curve"]), "relearn_curve": found["curve"]}
