@@ -372,8 +372,9 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         ref.retrain_features = {k: r.features[k] for k in ("forget", "test_retain")}
         ref.retrain_logits = {k: r.logits[k] for k in ("forget", "test_retain", "test_forget") if k in r.logits}
         rows.append({"paradigm": "retrain", "epochs": 0, **r.metrics})
-    if original is not None and relearn_max_steps > 0 and len(sets["forget"]) >= 2 and classes_gone:
-        # class-wise only: where D_f's classes stay in D_r a model that generalises is at the target already
+    relearn_wanted = original is not None and relearn_max_steps > 0
+    # class-wise only: where D_f's classes stay in D_r a model that generalises is at the target already
+    if relearn_wanted and len(sets["forget"]) >= 2 and classes_gone:
         ref.relearn = relearn_plan(sets["retain"], sets["forget"], relearn_fraction, seed, relearn_forget_share)
         ref.relearn_target = accuracy_pct(predict_inputs(original, ref.relearn.heldout.x, batch_size),
                                           ref.relearn.heldout.y) - 10.0
@@ -388,7 +389,7 @@ def evaluate(model: keras.Model, retain: Data, forget: Data, test: Data, *, refe
         retain_acc["original"] = accuracy_pct(predict_inputs(original, sets["retain"].x, batch_size), sets["retain"].y)
     metrics["warnings"] = chance_warnings(retain_acc, sets["retain"].y)
     metrics["notes"] = [note] if note else []
-    if original is not None and relearn_max_steps > 0 and not classes_gone:
+    if relearn_wanted and not classes_gone:
         metrics["notes"].append("relearn time not measured: D_f's classes stay in D_r (random or sample forgetting), "
                                 "where a model that generalises, Retrain first, is at the target already")
     metrics["test_size"] = len(sets["test_retain"])

@@ -71,9 +71,13 @@ def make_reference(original: keras.Model, split: UnlearningSplit, ds: Dataset, c
     request forgets samples rather than classes (``split.forget_classes`` empty: random forgetting). There
     D_f's classes stay in D_r, so a model that generalises, Retrain first, is already near the target on
     held-out D_f (its test-level accuracy against the original's minus 10 points), and only a model that
-    damaged D_f needs steps: the count would rank methods backwards.
+    damaged D_f needs steps: the count would rank methods backwards (the run says so in one line).
     """
     e = cfg.eval
+    if e.relearn_max_steps > 0 and not split.forget_classes:
+        print("relearn time: not measured when forgetting samples rather than classes (D_f's classes stay in D_r: "
+              "a model that generalises, Retrain first, is at the target already; docs/metrics.md)",
+              file=sys.stderr, flush=True)
     if e.relearn_max_steps <= 0 or len(split.forget) < 2 or not split.forget_classes:
         return Reference()
     plan = relearn_plan(split.retain, split.forget, e.relearn_fraction, cfg.seed, e.relearn_forget_share)

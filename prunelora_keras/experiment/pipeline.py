@@ -212,9 +212,6 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
     retrain_model = None
     original = keras.saving.load_model(original_ckpt, compile=False, safe_mode=True)
     reference = make_reference(original, split, ds, cfg)  # the relearning plan and target of this request
-    if not split.forget_classes and cfg.eval.relearn_max_steps > 0:
-        log("relearn time: not measured when forgetting samples rather than classes (D_f's classes stay in D_r: "
-            "a model that generalises, Retrain first, is at the target already; docs/metrics.md)")
     del original
     if "retrain" in cfg.unlearn.paradigms:
         try:

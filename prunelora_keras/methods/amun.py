@@ -24,7 +24,8 @@ defaults, the ones ``build_advdataset.py`` runs). Differences here:
   correctly then keeps its last point with its own label; the log line says how many).
 
 The search is the method's cost: at most ``amun.steps`` forward-backward passes per image and radius (a
-batch stops once all its images flipped), batched at a few compiled shapes, reported as the run's preparation time beside the epochs' (RTE).
+batch stops once all its images flipped), batched at a few compiled shapes, reported as the run's
+preparation time beside the epochs' (RTE).
 """
 
 from __future__ import annotations

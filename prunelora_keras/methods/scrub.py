@@ -10,7 +10,8 @@ Defaults are the published ones, those of ``large_scale_unlearning.ipynb`` in
 github.com/meghdadk/SCRUB (CIFAR-10 / Lacuna-10, ResNet-18 and All-CNN): SGD lr 5e-4 (``scrub.lr``),
 momentum 0.9 and weight decay 5e-4 (the baselines'), gamma 0.99 (``scrub.gamma``), alpha 0.001
 (``scrub.alpha``), T 4, msteps 2, forget batches of 512 as its ``forget_loader`` (``scrub.forget_batch``;
-the last partial one kept, as their loader, whatever ``drop_last``), retain batches of ``batch_size``. One optimiser serves both kinds of step, as in their code, and its learning rate
+the last partial one kept, as their loader, whatever ``drop_last``), retain batches of ``batch_size``.
+One optimiser serves both kinds of step, as in their code, and its learning rate
 follows their ``adjust_learning_rate``: in epoch e (from 1) it is ``lr * lr_decay_rate
 ** #{d in lr_decay_epochs: e > d}`` (defaults [3, 5, 9] and 0.1: 5e-4 in epochs 1-3, 5e-5 in
 4-5, 5e-6 in 6-9, 5e-7 from 10). ``common.step_decay_schedule`` makes that an optax schedule over the
