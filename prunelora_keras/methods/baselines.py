@@ -53,7 +53,18 @@ def random_label_data(ctx: MethodContext) -> tuple[np.ndarray, np.ndarray, objec
 
 def random_label_stream(ctx: MethodContext) -> tuple[dict, str]:
     """The Plan's data for RL and SalUn: D_r + D_f with random D_f labels (``labels``), in ``order``: D_f's
-    batches first as their CIFAR-10 code (a ``ForgetThenRetain`` stream), or one shuffled stream."""
+    batches first as their CIFAR-10 code (a ``ForgetThenRetain`` stream), or one shuffled stream.
+
+    Args:
+        ctx: the method's context (its hyperparameters carry ``labels`` and ``order``).
+    Returns:
+        (the ``Plan`` keyword arguments: ``stream`` and ``y``, or ``x``, ``y`` and ``labels_for_epoch``; a
+        description of the data for the log line).
+
+    Example:
+        >>> data, how = random_label_stream(ctx)  # doctest: +SKIP
+        >>> plan = Plan(model=ctx.model, train_vars=..., optimizer=..., **data)  # doctest: +SKIP
+    """
     x, y, per_epoch, how = random_label_data(ctx)
     if ctx.hparams.order == "mixed":
         return {"x": x, "y": y, "labels_for_epoch": per_epoch}, f"D_r + D_f shuffled together, D_f with {how}"

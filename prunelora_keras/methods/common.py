@@ -245,8 +245,19 @@ class ForgetThenRetain:
     D_f's last partial batch is always kept (their loader's; dropped, a D_f smaller than a batch would
     never be seen); ``drop_last`` drops D_r's.
 
-    ``x``, ``y`` hold D_r's ``n_retain`` rows first and D_f's after them (as ``random_label_data`` builds them);
-    ``labels_for_epoch(epoch)``, if given, replaces ``y`` in that epoch (D_f's random labels).
+    Args:
+        x, y: D_r's ``n_retain`` rows first and D_f's after them (as ``baselines.random_label_data`` builds them).
+        n_retain: how many leading rows are D_r.
+        batch_size: samples per batch, both sets.
+        drop_last: drop D_r's last partial batch (D_f's is always kept).
+        labels_for_epoch: ``labels_for_epoch(epoch)`` replaces ``y`` in that epoch (D_f's random labels).
+    Returns (called as ``stream(epoch, rng)``):
+        an iterator of ``{"train": (inputs, labels)}`` batches, D_f's first; ``steps_per_epoch`` counts them.
+
+    Example:
+        >>> s = ForgetThenRetain(np.arange(7)[:, None], np.zeros(7, int), n_retain=5, batch_size=2, drop_last=True)
+        >>> [np.asarray(b["train"][0]).ravel().tolist() for b in s(1, np.random.default_rng(0))][0], s.steps_per_epoch
+        ([5, 6], 3)
     """
 
     x: Any
