@@ -14,7 +14,7 @@
 #   methods-random   the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a class-wise
 #                    method: its shadow class stands for one class) at 10 epochs, beside random's Retrain
 #   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
-#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 methods-class3 class5 class7 random methods-random
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 class5 class7 random methods-class3 methods-random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}

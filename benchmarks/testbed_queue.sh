@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The testbed's whole queue (issues 41 and 42), one training at a time on two cores, in priority order;
 # every step resumes where it stopped, so after an interruption run this again (finished stages are
-# skipped, finished models reused). The class-wise steps come first: with class5 and class7 the
-# paradigms' spread over three forget classes is complete before the random 10%. Stop it with:
+# skipped, finished models reused). What the issue never cuts comes first: Retrain and the paper's four
+# paradigms, class-wise over three forget classes (their spread) and on the random 10%; then the
+# baselines beside them. Stop it with:
 #   pkill -f testbed_queue.sh; pkill -f testbed.sh; pkill -f cpu10k.sh; pkill -f prunelora_keras.run
 # (in that order: the queue first, or it starts its next step).
 #   DATA=../shared/data/cifar10-jpeg.tar.gz nohup bash benchmarks/testbed_queue.sh > testbed-queue.out 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash benchmarks/testbed.sh class3 methods-class3 class5 class7 random methods-random
+bash benchmarks/testbed.sh class3 class5 class7 random methods-class3 methods-random
 METHODS=retrain,boundary_shrink,boundary_expanding,amun bash benchmarks/cpu10k.sh methods-resnet18 methods-vit
 bash benchmarks/testbed.sh curve-20
