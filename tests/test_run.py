@@ -333,7 +333,9 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
     models = [name for name in ckpts if name.endswith(".keras")]
     sidecars = [name for name in ckpts if name.endswith(".history.json")]
     accuracies = [name for name in ckpts if ".acc-" in name and name.endswith(".json")]  # read back on reuse
-    assert len(models) == 2 and len(sidecars) == 2 and len(accuracies) == 2 and len(ckpts) == 6, ckpts
+    evaluations = [name for name in ckpts if ".eval-" in name and name.endswith(".npz")]  # the same
+    assert len(models) == 2 and len(sidecars) == 2 and len(accuracies) == 2 and len(evaluations) == 2, ckpts
+    assert len(ckpts) == 8, ckpts
 
     # same configuration again: finished results are shown, nothing retrains
     code, table2, err = run_main(capsys, ["--model", "vit", *TINY, "--out", str(out)])
@@ -347,6 +349,7 @@ def test_end_to_end_tiny_run_reuse_and_guard(capsys, tmp_path):
     code, _, err = run_main(capsys, ["--model", "vit", *TINY, "--set", "retrain.epochs=1", "--out", str(out),
                                      "--overwrite"])
     assert code == 0 and "original: reusing" in err and "retrain: reusing" not in err
+    assert "original: evaluation reused" in err and "retrain: evaluation reused" not in err  # a new Retrain
     assert "--overwrite: " + str(out) + "'s results, tables and plots (another configuration: retrain.epochs 2 -> 1) " \
         "are replaced" in err  # said before it is done
     again = json.loads((out / "results.json").read_text())

@@ -34,6 +34,7 @@ from prunelora_keras.errors import TrainingFailed, UserError
 from prunelora_keras.models.lora import count_params, matches_any
 from prunelora_keras.evaluation.evaluate import Reference
 from prunelora_keras.experiment.context import evaluate_model, make_reference
+from prunelora_keras.experiment.eval_cache import cached_evaluation
 from prunelora_keras.evaluation.metrics import add_avg_gap
 from prunelora_keras.parallel.multihost import agree
 from prunelora_keras.experiment.paradigms import prune_targets
@@ -223,7 +224,7 @@ def unlearn_round(cfg: Config, split: UnlearningSplit, ds: Dataset, starts: dict
                      for e in sorted(cfg.unlearn.epochs)]
     if retrain_model is not None:
         stages.append(retrain)
-        evaluation = evaluate_model(retrain_model, split, ds, cfg, reference, label="retrain")
+        evaluation = cached_evaluation(retrain_model, retrain.checkpoint, split, ds, cfg, reference, label="retrain")
         metrics, losses["retrain"] = evaluation.metrics, evaluation.losses
         reference.retrain_features = {k: evaluation.features[k] for k in ("forget", "test_retain")}
         reference.retrain_logits = {k: evaluation.logits[k] for k in ("forget", "test_retain", "test_forget")
@@ -325,7 +326,7 @@ def _run_pipeline(cfg: Config, out_dir: Path, ds: Dataset, split: UnlearningSpli
     except FloatingPointError as exc:  # nothing can be unlearned from a model that did not train
         raise TrainingFailed(f"{exc}; nothing else can run. Lower pretrain.lr or set pretrain.clip_norm, "
                              "then run the same command again") from None
-    original_metrics = evaluate_model(original_model, split, ds, cfg).metrics
+    original_metrics = cached_evaluation(original_model, original.checkpoint, split, ds, cfg, label="original").metrics
     tta = f" ({original.accuracies['test_tta']:.2f}% with TTA)" if "test_tta" in original.accuracies else ""
     log(f"original: train {original.accuracies['train']:.2f}% test {original.accuracies['test']:.2f}%{tta}")
     stages = [original]

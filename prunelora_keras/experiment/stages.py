@@ -21,11 +21,11 @@ import numpy as np
 from prunelora_keras.training.checkpoint import (atomic_write_bytes, fault_point, load_state, read_meta, remove_file,
     save_model, save_state, write_npz)
 from prunelora_keras.experiment.config import Config
+from prunelora_keras.experiment.eval_cache import model_data_digest
 from prunelora_keras.experiment.identity import keyed
 from prunelora_keras.training.recipe import TrainConfig, recipe_identity
 from prunelora_keras.data.datasets import Dataset, Subset, UnlearningSplit
 from prunelora_keras.data.batches import num_batches
-from prunelora_keras.data.fingerprint import update_digest
 from prunelora_keras.evaluation.evaluate import evaluate_sets
 from prunelora_keras.evaluation.metrics import accuracy_pct
 from prunelora_keras.training.inference import tta_logits
@@ -156,13 +156,7 @@ def stage_accuracies(model: keras.Model, ckpt: Path, split: UnlearningSplit, ds:
     sharing one original) would otherwise spend minutes recomputing the same numbers. The fingerprint
     hashes the checkpoint's bytes, every image and label of the split, the preprocessing and the
     evaluation's settings, so a cached number is never one of another model or other data."""
-    digest = hashlib.sha1()
-    digest.update(Path(ckpt).read_bytes())
-    for subset in (split.train, split.test, split.retain, split.forget, split.test_retain, split.test_forget):
-        update_digest(digest, subset.y)
-        digest.update(str(len(subset)).encode())
-        update_digest(digest, subset.x)  # in slices: a lazy view (``Rows``) is never loaded whole
-    digest.update(json.dumps([ds.preprocess.mean, ds.preprocess.std, cfg.data.eval_batch_size, cfg.eval.tta]).encode())
+    digest = model_data_digest(ckpt, split, ds, cfg.data.eval_batch_size, cfg.eval.tta)  # the bytes of 2026-12-07
     cache = Path(ckpt).with_name(f"{Path(ckpt).stem}.acc-{digest.hexdigest()[:16]}.json")
     if agree(cache.is_file()):
         return json.loads(cache.read_text())
