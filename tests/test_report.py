@@ -254,3 +254,25 @@ def test_pruned_sparsity_below_the_pruning_amount_carries_its_reason():
     assert "25%" in note and "--set pruned.mode=persistent" in note
     results["config"]["methods"]["pruned"]["mode"] = "persistent"
     assert REGROWN not in paper_table(results)
+
+
+def test_a_random_forgetting_report_names_its_unseen_set_and_has_no_forget_class_columns():
+    """Forgetting samples leaves no test image of a forgotten class: the accuracy table has no "test, forget
+    class" column, the evaluation table no test probe, and RMIA's note names the test set."""
+    from prunelora_keras.experiment.report import accuracy_table, evaluation_table
+
+    def tables(test_retain, probe_test):
+        results = _wide_results()
+        results["data"].update(test=2000, test_retain=test_retain)
+        for r in results["rows"]:
+            r.update(probe_forget_acc=50.0, MIA_rmia_auc=55.0, **({"probe_forget_acc_test": 40.0} if probe_test else {}))
+        for stage in results["stages"].values():
+            stage["accuracies"].update(test_retain=97.0, **({"test_forget": 1.0} if probe_test else {}))
+        return accuracy_table(results), evaluation_table(results)
+
+    accuracies, evaluation = tables(1800, probe_test=True)  # class-wise: 200 test images of the class
+    assert "test, forget class" in accuracies and "probe test" in evaluation
+    assert "half of the forgotten class's test images" in evaluation and "not on its scale" in evaluation
+    accuracies, evaluation = tables(2000, probe_test=False)  # random: every test image is of a kept class
+    assert "test, forget class" not in accuracies and "test, remaining" not in accuracies
+    assert "probe test" not in evaluation and "half of the test set" in evaluation

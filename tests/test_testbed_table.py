@@ -49,3 +49,14 @@ def test_spread_is_mean_and_sample_sd_over_the_forget_classes(tmp_path):
     lora = next(x for x in text.splitlines() if x.startswith("| LoRA"))
     assert "| 3 | 94.00 ± 4.00 |" in lora and "4.00 ± 1.00" in lora
     assert "Forget classes: 3, 5, 7" in text
+
+
+def test_class_wise_rows_sit_beside_the_papers_numbers_at_the_same_epochs_and_flag_degenerate_attacks(tmp_path):
+    rows = [_row("retrain", 10, 100.0, 98.0, 90.0), _row("finetune", 5, 100.0, 97.0, 89.0),
+            _row("finetune", 10, 100.0, 97.5, 89.5, attack_degenerate_confidence_svc=True)]
+    text = table.class_wise([_write(tmp_path / "c.json", 3, rows)])
+    five = next(x for x in text.splitlines() if x.startswith("| Finetune | 5 |"))
+    ten = next(x for x in text.splitlines() if x.startswith("| Finetune | 10 |"))
+    assert five.endswith("| 100 / 100 / 92.52 / 88.29 |") and ten.endswith("| 100 / 100 / 96.27 / 91.44 |")
+    assert "| 10.00† |" in ten and "| 10.00 |" in five and "† degenerate attack" in text
+    assert "Setting: airbench94" in text

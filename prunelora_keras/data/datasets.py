@@ -57,12 +57,15 @@ class Subset:
 
 @dataclass
 class UnlearningSplit:
-    """Class-wise unlearning: D_r, D_f, and the test sets of the remaining and forgotten classes."""
+    """One forget request: D_r, D_f, and the test images of the remaining and the forgotten classes.
 
-    retain: Subset  # D_r: training images of every class but the forget class
-    forget: Subset  # D_f: training images of the forget class
-    test_retain: Subset  # test images of the remaining classes (TA)
-    test_forget: Subset  # test images of the forget class (not used by the paper's metrics)
+    Class-wise forgetting splits the test set by class; forgetting samples (``--forget-fraction``) forgets no
+    class, so ``test_retain`` is the whole test set and ``test_forget`` is empty."""
+
+    retain: Subset  # D_r: the training images kept
+    forget: Subset  # D_f: the training images to forget (a class's, or a random sample's)
+    test_retain: Subset  # test images of the remaining classes (TA): every test image when forgetting samples
+    test_forget: Subset  # test images of the forgotten classes (not used by the paper's metrics); empty then
     train: Subset  # the (possibly subsampled) full training set, for pretraining
     test: Subset  # the (possibly subsampled) full test set
     forget_class: int

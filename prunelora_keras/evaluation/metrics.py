@@ -28,9 +28,9 @@ on unseen data; the original model, which fitted D_f, near 0).
     log clamped at log(1e-30). Unlearn-Sparse's code writes log p_i where the formula has
     log(1 - p_i), and indexes ``[:, labels]`` (every column named by any label in the batch)
     where it means each row's own label; we compute the published formula.
-  Unlearn-Sparse draws its shadow members as the *first* |test| images of D_r, which at full
-  scale are the first classes only (D_r is stored class by class); the stratified draw here
-  keeps every retained class in proportion.
+  Unlearn-Sparse draws its shadow members as the *first* |test| images of D_r (CIFAR's own mixed
+  order there); this package's readers store images class by class, where the first images would be
+  the first classes only, so the draw here is stratified: every retained class in proportion.
 
 Each attack also reports its accuracy on its own shadow data: an attack that does no better than
 predicting its larger class for everything (``degenerate``) says nothing about the model, and

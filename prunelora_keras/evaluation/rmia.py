@@ -3,8 +3,10 @@
 Zarifzadeh, Liu, Lee, Shokri, "Low-Cost High-Power Membership Inference Attacks" (ICML 2024). A
 population attack (``metrics.mia_svc``) asks whether D_f *looks* unseen; RMIA asks, per image, whether
 the target model likes it more than models that never saw it would, *relative to how much it likes
-images known to be unseen*. AMUN (ICML 2025) reports it for its random-forgetting table, so the
-toolkit's random-10% rows and theirs carry the same attack.
+images known to be unseen*. AMUN (ICML 2025) reports it for its random-forgetting table ("FT AUC"). The
+pipeline runs it with one offline reference model (Retrain) and the softmax signal, where AMUN uses 128
+online references and the soft-margin signal (both available below): the same attack, not on the same
+scale, so our column is not read against AMUN's numbers one for one.
 
 For a target point x with label y:
 - ``Pr(x | theta)``: the target model's probability of y (``true_class_probability``: the softmax,

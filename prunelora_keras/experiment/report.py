@@ -164,10 +164,16 @@ def paper_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-RMIA_NOTE = ("RMIA AUC: RMIA (Zarifzadeh et al. 2024, offline, gamma 2, a 0.33) with the Retrain model as its "
-             "reference model, D_f against half the retained test images (the other half its population); 50: D_f "
-             "looks as unseen as unseen images do. Retrain has no independent reference here (`--eval-models K`: the "
-             "pool table's RMIA column, with a second Retrain pool).")
+def rmia_note(class_wise: bool) -> str:
+    """What the RMIA column measures, in the words of the run's scenario."""
+    unseen = "the forgotten class's test images" if class_wise else "the test set"
+    return (f"RMIA AUC: RMIA (Zarifzadeh et al. 2024; softmax signal, offline, gamma 2, a 0.33) with the Retrain "
+            f"model as its one reference model, D_f against half of {unseen} (the other half its population); 50: "
+            "D_f looks as unseen as unseen images do. Not AMUN's \"FT AUC\" (soft-margin signal, 128 online "
+            "references), so not on its scale. Retrain has no independent reference here (`--eval-models K`: the "
+            "pool table's RMIA column, with a second Retrain pool).")
+
+
 EVAL_COLUMNS = (("tow", "ToW", 3), ("MIA_entropy_svc", "MIA (entropy, SVC)", 2),
                 ("MIA_m_entropy_svc", "MIA (m-entropy, SVC)", 2), ("probe_forget_acc", "probe D_f", 1),
                 ("probe_forget_acc_test", "probe test", 1), ("cka_forget", "CKA D_f", 3), ("cka_retain", "CKA retain", 3),
@@ -187,11 +193,12 @@ def evaluation_table(results: dict[str, Any]) -> str:
     rows = [r for r in results["rows"] if r.get("status", "ok") == "ok" and "request" not in r]
     if not rows or not any("probe_forget_acc" in r for r in rows):
         return ""
-    head = ["paradigm", "epochs"] + [label for _, label, _ in EVAL_COLUMNS] + ["class rows pruned"]
+    columns = [c for c in EVAL_COLUMNS if any(c[0] in r for r in rows)]  # e.g. no test probe: no forgotten class
+    head = ["paradigm", "epochs"] + [label for _, label, _ in columns] + ["class rows pruned"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p, r in final_rows(rows).items():
         cells = [method_label(p), str(r["epochs"])]
-        for key, _, digits in EVAL_COLUMNS:
+        for key, _, digits in columns:
             text = _cell(r, key, digits)
             if key == "relearn_steps" and r.get("relearn_capped") and text != "-":
                 text = ">" + text
@@ -203,12 +210,12 @@ def evaluation_table(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     o = results.get("original", {})
     if "probe_forget_acc" in o:
-        lines += ["", f"Original model: probe D_f {_cell(o, 'probe_forget_acc', 1)}, probe test "
-                      f"{_cell(o, 'probe_forget_acc_test', 1)}."]
+        test = f", probe test {_cell(o, 'probe_forget_acc_test', 1)}" if "probe_forget_acc_test" in o else ""
+        lines += ["", f"Original model: probe D_f {_cell(o, 'probe_forget_acc', 1)}{test}."]
     if any(degenerate(r, f"MIA_{a}") for r in rows for a in ATTACKS[2:]):
         lines += ["", DAGGER_NOTE]
     if any("MIA_rmia_auc" in r for r in rows):
-        lines += ["", RMIA_NOTE]
+        lines += ["", rmia_note(class_wise=_class_wise(results))]
     if any(r.get("relearn_capped") for r in rows):
         config = results.get("config") or {}  # (results before the [eval] section: unlearn.relearn_max_steps)
         cap = (config.get("eval") or {}).get("relearn_max_steps") or (config.get("unlearn") or {}).get("relearn_max_steps")
@@ -257,13 +264,21 @@ def run_title(results: dict[str, Any]) -> str:
             f"{data.get('forgetting', '')}, {seed}")
 
 
+def _class_wise(results: dict[str, Any]) -> bool:
+    """Whether the run forgot whole classes (some test images are of a forgotten class); True for results
+    that do not say (written before ``data`` recorded the test split's sizes)."""
+    data = results.get("data") or {}
+    return "test_retain" not in data or data.get("test_retain") != data.get("test")
+
+
 def accuracy_table(results: dict[str, Any]) -> str:
     """A markdown table of each trained stage's accuracy per evaluation set ("" without stages:
     results folded over seeds or classes keep them in each run's own folder)."""
     if not results.get("stages"):
         return ""
-    cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "D_r"),
-            ("forget", "D_f"), ("test_retain", "test, remaining"), ("test_forget", "test, forget class")]
+    cols = [("train", "train"), ("test", "test (all classes)"), ("retain", "D_r"), ("forget", "D_f")]
+    if _class_wise(results):  # forgetting samples: no test image is of a forgotten class, "remaining" is all
+        cols += [("test_retain", "test, remaining"), ("test_forget", "test, forget class")]
     if any("test_tta" in stage["accuracies"] for stage in results["stages"].values()):  # eval.tta
         cols.insert(2, ("test_tta", "test with TTA"))
     lines = ["| model | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
