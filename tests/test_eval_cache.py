@@ -4,25 +4,13 @@ import dataclasses
 
 import numpy as np
 
-from test_resume import _tiny_model
+from test_resume import toy_saved_model
 
 
 def _setup(tmp_path):
-    import keras
-
-    from prunelora_keras.data.datasets import Dataset, make_split
     from prunelora_keras.experiment.config import Config
-    from prunelora_keras.training.checkpoint import save_model
 
-    rng = np.random.default_rng(0)
-    ds = Dataset("toy", rng.integers(0, 255, (120, 8, 8, 3), dtype=np.uint8), np.arange(120) % 4,
-                 rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 4, ("a", "b", "c", "d"),
-                 (0.5,) * 3, (0.25,) * 3)
-    split = make_split(ds, 1)
-    keras.utils.set_random_seed(0)
-    model = _tiny_model()
-    ckpt = tmp_path / "retrain-k.keras"
-    save_model(model, ckpt)
+    ds, split, model, ckpt = toy_saved_model(tmp_path / "retrain-k.keras")
     cfg = Config()
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, relearn_max_steps=4, relearn_eval_every=2))
     return ds, split, model, ckpt, cfg

@@ -33,6 +33,24 @@ def _tiny_model(filters=4):
     return keras.Model(inputs, keras.layers.Dense(4)(x))
 
 
+def toy_saved_model(ckpt):
+    """A toy data set (4 classes of 8x8 images), its split forgetting class 1, and a tiny model saved at
+    ``ckpt``: what the sidecar caches of a saved model are tested on."""
+    import keras
+
+    from prunelora_keras.data.datasets import Dataset, make_split
+    from prunelora_keras.training.checkpoint import save_model
+
+    rng = np.random.default_rng(0)
+    ds = Dataset("toy", rng.integers(0, 255, (120, 8, 8, 3), dtype=np.uint8), np.arange(120) % 4,
+                 rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 4, ("a", "b", "c", "d"),
+                 (0.5,) * 3, (0.25,) * 3)
+    keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    save_model(model, ckpt)
+    return ds, make_split(ds, 1), model, ckpt
+
+
 def _tiny_trainer(seed=0, filters=4):
     import keras
 
@@ -168,22 +186,12 @@ def test_a_stages_accuracies_are_read_back_only_for_the_same_checkpoint_and_data
     settings are the same, and are computed again when any of them differs."""
     import dataclasses
 
-    import keras
-
-    from prunelora_keras.data.datasets import Dataset, make_split
+    from prunelora_keras.data.datasets import make_split
     from prunelora_keras.experiment import stages
     from prunelora_keras.experiment.config import Config
     from prunelora_keras.training.checkpoint import save_model
 
-    rng = np.random.default_rng(0)
-    ds = Dataset("toy", rng.integers(0, 255, (120, 8, 8, 3), dtype=np.uint8), np.arange(120) % 4,
-                 rng.integers(0, 255, (40, 8, 8, 3), dtype=np.uint8), np.arange(40) % 4, ("a", "b", "c", "d"),
-                 (0.5,) * 3, (0.25,) * 3)
-    split = make_split(ds, 1)
-    keras.utils.set_random_seed(0)
-    model = _tiny_model()
-    ckpt = tmp_path / "original-k.keras"
-    save_model(model, ckpt)
+    ds, split, model, ckpt = toy_saved_model(tmp_path / "original-k.keras")
     cfg = Config()
     calls = []
     real = stages.evaluate_sets
