@@ -11,4 +11,3 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash benchmarks/testbed.sh class3 class5 class7 random methods-class3 methods-random
 METHODS=retrain,boundary_shrink,boundary_expanding,amun bash benchmarks/cpu10k.sh methods-resnet18 methods-vit
-bash benchmarks/testbed.sh curve-20
