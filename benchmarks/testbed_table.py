@@ -79,16 +79,21 @@ def _relearn(r: dict) -> str:
     return f">{r['relearn_steps']}" if r.get("relearn_capped") else _f(r.get("relearn_steps"), 0)
 
 
-def _table(rows: dict, header: list[str], cells, gap=None) -> list[str]:
+def _table(rows: dict, header: list[str], cells, gap=None, keep: list[str] | None = None) -> list[str]:
     """The markdown table of ``rows`` in ``_order`` (by ``gap``): ``cells(name, epochs, row)`` gives a row's
-    cells after the method and its epochs."""
-    lines = ["| " + " | ".join(["method", "epochs", *header]) + " |", "|---" * (len(header) + 2) + "|"]
+    cells after the method and its epochs; ``keep``: only these columns (by header), in the table's order."""
+    if keep is not None and set(keep) - set(header):
+        raise SystemExit(f"error: no column {sorted(set(keep) - set(header))}: the columns are {header}")
+    chosen = [i for i, h in enumerate(header) if keep is None or h in keep]
+    lines = ["| " + " | ".join(["method", "epochs", *(header[i] for i in chosen)]) + " |",
+             "|---" * (len(chosen) + 2) + "|"]
     for name, epochs in _order(rows, gap):
-        lines.append("| " + " | ".join([label(name), str(epochs), *cells(name, epochs, rows[(name, epochs)])]) + " |")
+        values = cells(name, epochs, rows[(name, epochs)])
+        lines.append("| " + " | ".join([label(name), str(epochs), *(values[i] for i in chosen)]) + " |")
     return lines
 
 
-def class_wise(paths: list[str]) -> str:
+def class_wise(paths: list[str], keep: list[str] | None = None) -> str:
     rows, original = _rows(paths)
 
     def cells(name, epochs, r):
@@ -100,7 +105,7 @@ def class_wise(paths: list[str]) -> str:
 
     lines = _table(rows, ["UA", "MIA (loss, LR)", "MIA (conf, SVC)", "RA", "TA", "Avg. Gap", "RMIA AUC", "probe D_f",
                           "relearn steps", "relearn peak", "RTE s/epoch", "prepare s", "trainable",
-                          "paper RN-50, same epochs: UA / MIA / RA / TA"], cells)
+                          "paper RN-50, same epochs: UA / MIA / RA / TA"], cells, keep=keep)
     lines += ["", "RMIA AUC: D_f against half the forgotten class's test images (the other half its population), the "
                   "Retrain model as the reference; 50: D_f looks as unseen as the class's unseen images. Prepare s: a method's work "
                   "before its first epoch (SalUn's saliency, MSG's gradients, the adversarial searches). Relearn: steps until "
@@ -125,7 +130,7 @@ def amun_gap(r: dict, retrain: dict) -> float:
     return sum(abs(a - b) for a, b in zip(ours, ref)) / 4
 
 
-def random_forgetting(paths: list[str]) -> str:
+def random_forgetting(paths: list[str], keep: list[str] | None = None) -> str:
     rows, original = _rows(paths)
     retrain = next((r for (n, _), r in rows.items() if n == "retrain"), None)
 
@@ -144,7 +149,7 @@ def random_forgetting(paths: list[str]) -> str:
 
     lines = _table(rows, ["forget acc", "retain acc", "test acc", "RMIA AUC", "gap (AMUN's formula)", "MIA (conf, SVC)",
                           "Avg. Gap (SVC)", "probe D_f", "RTE s/epoch", "prepare s", "trainable",
-                          "AMUN Table 1: forget / retain / test / FT AUC / gap"], cells, gap)
+                          "AMUN Table 1: forget / retain / test / FT AUC / gap"], cells, gap, keep)
     lines += ["", "RMIA AUC: D_f against half the test images (the other half its population), with one offline reference "
                   "model, Retrain, and the softmax signal; AMUN's \"FT AUC\" uses 128 online reference models and a "
                   "soft-margin signal, so the two columns are the same attack on different scales. Gap (AMUN's formula): "
@@ -199,12 +204,15 @@ def main() -> None:
     parser.add_argument("--class-wise", nargs="*", default=[], help="results.json files of the class-wise runs")
     parser.add_argument("--random", nargs="*", default=[], help="results.json files of the random-10%% runs")
     parser.add_argument("--spread", nargs="*", default=[], help="results.json files of class-wise runs of other classes")
+    parser.add_argument("--columns", help="semicolon-separated column headers to keep in the class-wise and random tables "
+                                              "(the README's shorter tables); default: every column")
     args = parser.parse_args()
+    keep = [c.strip() for c in args.columns.split(";")] if args.columns else None
     parts = []
     if args.class_wise:
-        parts += ["### Class-wise (one class)", "", class_wise(args.class_wise), ""]
+        parts += ["### Class-wise (one class)", "", class_wise(args.class_wise, keep), ""]
     if args.random:
-        parts += ["### Random 10%", "", random_forgetting(args.random), ""]
+        parts += ["### Random 10%", "", random_forgetting(args.random, keep), ""]
     if args.spread:
         parts += ["### The paper's paradigms over forget classes", "", spread(args.spread), ""]
     print("\n".join(parts))

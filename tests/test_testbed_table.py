@@ -60,3 +60,12 @@ def test_class_wise_rows_sit_beside_the_papers_numbers_at_the_same_epochs_and_fl
     assert five.endswith("| 100 / 100 / 92.52 / 88.29 |") and ten.endswith("| 100 / 100 / 96.27 / 91.44 |")
     assert "| 10.00† |" in ten and "| 10.00 |" in five and "† degenerate attack" in text
     assert "Setting: airbench94" in text
+
+
+def test_columns_keeps_the_named_columns_in_order_and_refuses_unknown_ones(tmp_path):
+    path = _write(tmp_path / "c.json", 3, [_row("retrain", 10, 100.0, 98.0, 90.0), _row("lora", 10, 100.0, 97.0, 89.5)])
+    text = table.class_wise([path], keep=["TA", "UA"])
+    assert text.splitlines()[0] == "| method | epochs | UA | TA |"
+    assert next(x for x in text.splitlines() if x.startswith("| LoRA")) == "| LoRA | 10 | 100.00 | 89.50 |"
+    with pytest.raises(SystemExit, match="no column"):
+        table.class_wise([path], keep=["UA", "accuracy"])
