@@ -36,9 +36,22 @@ KEPT_FEATURES = ("forget", "test_retain", "test_forget")
 
 def model_data_digest(ckpt: str | Path, split: UnlearningSplit, ds: Dataset, eval_batch_size: int,
                       *settings: Any) -> Any:
-    """A ``hashlib`` object fed with the checkpoint's bytes, every image and label of ``split``, the
-    preprocessing, the evaluation batch size and ``settings`` (JSON values): what every number of a saved
-    model on that data depends on. Callers may add more before taking the hex digest."""
+    """A ``hashlib`` object fed with what every number of a saved model on this data depends on. Callers may
+    add more before taking the hex digest.
+
+    Args:
+        ckpt: the checkpoint file; its bytes are hashed.
+        split: the forget request; every image and label of each of its sets is hashed.
+        ds: the data set (its normalisation is hashed).
+        eval_batch_size: the evaluation batch size.
+        *settings: further JSON values, hashed in the same list (``stage_accuracies`` passes ``eval.tta``).
+    Returns:
+        the ``hashlib.sha1`` object.
+
+    Example:
+        >>> model_data_digest("runs/x/checkpoints/original-0123.keras", split, ds, 512, 2).hexdigest()[:16]  # doctest: +SKIP
+        '4aa492cc75f5c8aa'
+    """
     digest = hashlib.sha1()
     digest.update(Path(ckpt).read_bytes())
     for subset in (split.train, split.test, split.retain, split.forget, split.test_retain, split.test_forget):
@@ -76,8 +89,20 @@ def _reference_digest(digest: Any, reference: Reference | None) -> None:
 
 def evaluation_cache_path(ckpt: str | Path, split: UnlearningSplit, ds: Dataset, cfg: Config,
                           reference: Reference | None = None) -> Path:
-    """Where ``cached_evaluation`` keeps the evaluation of the model saved at ``ckpt``:
-    ``<checkpoint stem>.eval-<fingerprint>.npz`` beside it."""
+    """Where ``cached_evaluation`` keeps the evaluation of the model saved at ``ckpt``.
+
+    Args:
+        ckpt: the checkpoint file.
+        split, ds, cfg, reference: as ``cached_evaluation`` takes them.
+    Returns:
+        ``<checkpoint stem>.eval-<fingerprint>.npz`` beside the checkpoint; the fingerprint adds every
+        ``cfg.eval`` setting, the seed, the relearn batch size, the reference and the package's code to
+        ``model_data_digest``.
+
+    Example:
+        >>> evaluation_cache_path("runs/x/checkpoints/retrain-0123.keras", split, ds, cfg).name  # doctest: +SKIP
+        'retrain-0123.eval-e539303cd52f2f06.npz'
+    """
     digest = model_data_digest(ckpt, split, ds, cfg.data.eval_batch_size)
     digest.update(json.dumps({"eval": cfg.to_dict()["eval"], "seed": cfg.seed,
                               "relearn_batch_size": cfg.unlearn.batch_size}, sort_keys=True, default=str).encode())

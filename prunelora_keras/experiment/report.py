@@ -165,7 +165,17 @@ def paper_table(results: dict[str, Any]) -> str:
 
 
 def rmia_note(class_wise: bool) -> str:
-    """What the RMIA column measures, in the words of the run's scenario."""
+    """What the RMIA column measures, in the words of the run's scenario.
+
+    Args:
+        class_wise: whether the run forgot whole classes (the unseen set is then the class's test images).
+    Returns:
+        the note, one paragraph.
+
+    Example:
+        >>> "forgotten class's test images" in rmia_note(True), "half of the test set" in rmia_note(False)
+        (True, True)
+    """
     unseen = "the forgotten class's test images" if class_wise else "the test set"
     return (f"RMIA AUC: RMIA (Zarifzadeh et al. 2024; softmax signal, offline, gamma 2, a 0.33) with the Retrain "
             f"model as its one reference model, D_f against half of {unseen} (the other half its population); 50: "
