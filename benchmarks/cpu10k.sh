@@ -9,6 +9,7 @@
 #                     it); no Retrain per class and no relearn test (the question is UA against whether the
 #                     forget class's row was pruned; L2 pruning zeroes the same rows whatever the class).
 #   methods-<model>   the baselines from the literature at their defaults (10 epochs), beside main-<model>'s Retrain
+#                     (TAG=x: its own folder and files, cpu10k-<model>-methods-x*, for a later METHODS list)
 #                     (METHODS=retrain,salun,scrub: the ResNet-18 table in docs/results.md; without main-<model>'s
 #                     run folder it trains the original and Retrain itself)
 #   relearn-<model>   the relearn test with the D_f sample at half the stream (eval.relearn_forget_share=0.5):
@@ -51,13 +52,16 @@ for step in "$@"; do
       cp "$runs/cpu10k-$model-headrow/results.json" "$res/cpu10k-$model-headrow-results.json"
       ;;
     methods-*)
+      # TAG names a later METHODS list's own run folder, log and results (cpu10k-<model>-methods-<TAG>*), so
+      # that the committed table's files are never overwritten by a run holding only the new rows
+      name=cpu10k-$model-methods${TAG:+-$TAG}
       # main-<model>'s original and Retrain when that run is here; else this step trains them (seed 0: the same)
-      [ -d "$runs/cpu10k-$model/checkpoints" ] && link_trained "$runs/cpu10k-$model" "$runs/cpu10k-$model-methods"
+      [ -d "$runs/cpu10k-$model/checkpoints" ] && link_trained "$runs/cpu10k-$model" "$runs/$name"
       # 10 epochs, relearn test off: in main-<model> relearning hit its cap for every model, Retrain included;
       # --overwrite: another METHODS list reruns into the same folder, reusing every finished method's rows
       "${run[@]}" --model "$model" --paradigms "${METHODS:-retrain,ga,rl,l1_sparse,salun,neggrad_plus,scrub,ssd,bad_teacher,msg}" \
-        --epochs 10 --set eval.relearn_max_steps=0 --overwrite --out "$runs/cpu10k-$model-methods" > "$res/cpu10k-$model-methods.log" 2>&1
-      cp "$runs/cpu10k-$model-methods/results.json" "$res/cpu10k-$model-methods-results.json"
+        --epochs 10 --set eval.relearn_max_steps=0 --overwrite --out "$runs/$name" >> "$res/$name.log" 2>&1
+      cp "$runs/$name/results.json" "$res/$name-results.json"
       ;;
     intended-vit)
       # LoRA and Pruned LoRA with the adapters the paper intended (the last block's attention out-projection

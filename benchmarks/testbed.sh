@@ -50,6 +50,7 @@ for step in "$@"; do
   case "$step" in
     class[0-9]*)
       share_originals "$out"
+      reuse "$runs/methods-$step" "$out" 'retrain-*'  # a Retrain the methods step trained first (same key)
       cmd=("${run[@]}" --forget-class "${step#class}" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10)
       ;;
     methods-class[0-9]*)
@@ -59,9 +60,11 @@ for step in "$@"; do
       ;;
     random)
       share_originals "$out"
+      reuse "$runs/methods-random" "$out" 'retrain-*'
       cmd=("${run[@]}" --forget-fraction 0.1 --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10)
       ;;
     methods-random)
+      share_originals "$out"  # before `random` has run too (the queue runs AMUN's row first)
       reuse "$runs/random" "$out" 'original-*' 'retrain-*'
       cmd=("${run[@]}" --forget-fraction 0.1 --paradigms "retrain,$random_methods" --epochs 10)
       ;;
