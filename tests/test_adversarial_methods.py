@@ -142,6 +142,42 @@ def test_pgd_first_flip_padded_to_smaller_shapes_and_stopped_early_walks_as_amun
     np.testing.assert_array_equal(wide.labels, logits(wide.x).argmax(1))
 
 
+def test_pgd_first_flip_reports_each_radius_without_changing_the_walk(monkeypatch):
+    model, x, y = _trained()
+    quiet = pgd_first_flip(model, x, y, PRE, eps=0.01, steps=7, max_rounds=30, batch_size=16)
+    lines: list[str] = []
+    loud = pgd_first_flip(model, x, y, PRE, eps=0.01, steps=7, max_rounds=30, batch_size=16, progress=lines.append)
+    np.testing.assert_array_equal(loud.x, quiet.x)
+    np.testing.assert_array_equal(loud.labels, quiet.labels)
+    rounds = int(round(np.log2(quiet.radius.max() / 0.01))) + 1  # a line per radius walked, the last: all flipped
+    assert len(lines) == rounds and all("adversarial search, radius" in line for line in lines)
+    assert lines[0].startswith("adversarial search, radius 0.01 (1 of at most 30) done:")
+    assert f"{len(y)} of {len(y)} flipped, 0 go on" in lines[-1]
+    # within a radius a line every 30 s at most: a clock that jumps a minute each call gives one per batch
+    clock = iter(range(0, 10**6, 60))
+    monkeypatch.setattr("prunelora_keras.methods.adversarial.time.perf_counter", lambda: float(next(clock)))
+    timed: list[str] = []
+    pgd_first_flip(model, x, y, PRE, eps=0.01, steps=7, max_rounds=1, batch_size=16, progress=timed.append)
+    walked = [line for line in timed if "walking images walked" in line]
+    assert [line.split(": ")[1].split(" walking")[0] for line in walked] == ["16 of 60", "32 of 60", "48 of 60"]
+    assert "so far" in timed[-1] and "done" in timed[-1]
+
+
+def test_prepare_method_routes_amuns_search_progress_to_its_log(capsys, monkeypatch):
+    monkeypatch.setattr("prunelora_keras.methods.amun._LAST_SEARCH", [])  # no search reused from another test
+    model, x, y = _trained()
+    forget, retain = Subset(x[:12], y[:12]), Subset(x[12:], y[12:])
+    shared, h = unlearn_options("amun", eps=0.01, steps=7, batch_size=8)
+    ctx = MethodContext(model=copy_model(model), options=shared, hparams=h, retain=retain, forget=forget,
+                        num_classes=3, preprocess=PRE, seed=0, targets=Targets(), epochs=1)
+    prepare_method("amun", ctx, label="amun@lr")
+    err = capsys.readouterr().err
+    assert "amun@lr: adversarial search, radius 0.01 (1 of at most" in err
+    prepare_method("amun", dataclasses.replace(ctx, model=copy_model(model), hparams=dataclasses.replace(h, steps=6)),
+                   verbose=False)
+    assert "adversarial search" not in capsys.readouterr().err
+
+
 def test_pgd_first_flip_gives_up_after_max_rounds_keeping_the_label():
     model, x, y = _trained()
     flips = pgd_first_flip(model, x, y, PRE, eps=1e-4, steps=2, max_rounds=1)

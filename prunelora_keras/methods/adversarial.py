@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -189,7 +191,8 @@ def _batch_shapes(full: int) -> list[int]:
 
 
 def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess: Preprocess, eps: float = 0.04,
-                   steps: int = 50, max_rounds: int = 12, batch_size: int = 512) -> Flips:
+                   steps: int = 50, max_rounds: int = 12, batch_size: int = 512,
+                   progress: Callable[[str], None] | None = None) -> Flips:
     """AMUN's adversarial examples: for each image, the first point of a growing-radius L2 PGD walk on
     ``model`` whose prediction is not its label.
 
@@ -207,6 +210,8 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
         max_rounds: radii tried before an image is given up (kept unflipped, with its own label).
         batch_size: images per compiled call (the images still walking are padded to it or to one of its
             quarters, so a few shapes compile).
+        progress: called with one line after each radius and, within a radius, at most every 30 s (the
+            search is tens of forward-backward passes per image: minutes on a CPU); None: silent.
     Returns:
         ``Flips`` (float32 points in the attack's domain, int32 labels).
 
@@ -223,11 +228,13 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
     shapes = _batch_shapes(min(batch_size, len(y)))
     radius = np.full(len(y), eps, np.float32)
     done = np.zeros(len(y), bool)
-    taken = 0
-    for _ in range(max_rounds):
+    taken, start_time = 0, time.perf_counter()
+    last_line = start_time
+    for round_ in range(max_rounds):
         active = np.flatnonzero(~done)
         if active.size == 0:
             break
+        at = float(eps * 2.0 ** round_)
         for start in range(0, active.size, batch_size):
             rows = active[start:start + batch_size]
             n = rows.size  # padded with repeats of its rows to the least of a few shapes that holds it
@@ -235,7 +242,22 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
             *out, walked = walk(values, x0[pad], y[pad], adv[pad], radius[pad], done[pad], found_x[pad], found_y[pad])
             adv[rows], done[rows], found_x[rows], found_y[rows] = (np.asarray(o)[:n] for o in out)
             taken += n * int(walked)
+            now = time.perf_counter()
+            if progress is not None and now - last_line >= 30 and start + n < active.size:
+                progress(f"adversarial search, radius {at:.3g} ({round_ + 1} of at most {max_rounds}): "
+                         f"{start + n:,} of {active.size:,} walking images walked, {int(done.sum()):,} of {len(y):,} "
+                         f"flipped ({_clock(now - start_time)} so far)")
+                last_line = now
         radius[~done] *= 2.0
+        if progress is not None:
+            last_line = time.perf_counter()
+            progress(f"adversarial search, radius {at:.3g} ({round_ + 1} of at most {max_rounds}) done: "
+                     f"{int(done.sum()):,} of {len(y):,} flipped, {int((~done).sum()):,} go on at radius {2 * at:.3g} "
+                     f"({_clock(last_line - start_time)} so far)")
     found_x[~done] = adv[~done]
     radius[~done] /= 2.0  # the radius the last walk had
     return Flips(found_x, found_y, radius, done.copy(), taken)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"

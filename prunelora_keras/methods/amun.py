@@ -64,7 +64,7 @@ def searched(ctx: MethodContext, h: AMUNHParams) -> Flips:
     if _LAST_SEARCH and _LAST_SEARCH[0][0] == key:
         return _LAST_SEARCH[0][1]
     flips = pgd_first_flip(ctx.model, ctx.forget.x, ctx.forget.y, ctx.preprocess, h.eps, h.steps, h.max_rounds,
-                           ctx.eval_batch_size)
+                           ctx.eval_batch_size, progress=ctx.progress)
     _LAST_SEARCH[:] = [(key, flips)]
     return flips
 

@@ -60,6 +60,8 @@ class MethodContext:
         epochs: the number of epochs the loop will train.
         forget_classes: the classes D_f holds (class-wise forgetting; empty otherwise), for the
             pruning diagnostics.
+        progress: where a long preparation (an adversarial search) reports its progress, one line at
+            a time; None: silent (``prepare_method`` sets it to its log when verbose).
     """
 
     model: Any
@@ -75,6 +77,7 @@ class MethodContext:
     eval_batch_size: int = 512
     epochs: int = 10
     forget_classes: tuple[int, ...] = ()
+    progress: Callable[[str], None] | None = None
 
     def steps_per_epoch(self, n: int, batch_size: int | None = None) -> int:
         """Steps of one epoch over ``n`` samples at ``batch_size`` (default ``options.batch_size``)."""

@@ -10,6 +10,7 @@ experiment (``pipeline``) both call it; the experiment's entry is ``experiment.c
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +92,8 @@ def prepare_method(name: str, ctx: MethodContext, *, label: str | None = None, d
         raise ValueError(f"{name} takes its hyperparameters as {method.hparams.__name__}, got "
                          f"{type(ctx.hparams).__name__}: build them with hparams.check_hparams({method.hparams.__name__}, "
                          "{...}) or plk.unlearn_options")
+    if verbose and ctx.progress is None:  # a long preparation (an adversarial search) says where it is
+        ctx = dataclasses.replace(ctx, progress=lambda line: log(f"{label or name}: {line}"))
     plan = method.prepare(ctx)
     set_bn_policy(plan.model, ctx.options.bn)  # adapters' model surgery keeps the flags; the same policy, stated
     if verbose and plan.description:
