@@ -117,8 +117,26 @@ def class_wise(paths: list[str], keep: list[str] | None = None) -> str:
                   "the original release), one seed; the baselines at their authors' settings, untuned here. The paper: "
                   "ResNet-50 (23.5 M, SGD 200 epochs) on the original CIFAR-10, its Retrain at 96.70% test accuracy, "
                   "RTE on a T4 GPU.",
+              *_unpublished_note(rows),
               *_dagger_note(rows)]
     return "\n".join(lines)
+
+
+# class-wise rows with no published number to stand beside: where the literature has (or lacks) them
+UNPUBLISHED_CLASS_WISE = {
+    "boundary_shrink": "Boundary Unlearning (Chen et al. 2023) measures CIFAR-10 on All-CNN (its code's default model)",
+    "boundary_expanding": "the same paper",
+    "amun": "AMUN's paper and code cover random forgetting only",
+}
+
+
+def _unpublished_note(rows: dict) -> list[str]:
+    present = [name for name in UNPUBLISHED_CLASS_WISE if any(n == name for n, _ in rows)]
+    if not present:
+        return []
+    return ["", "No published class-wise number stands beside " + ", ".join(label(n) for n in present) + ": "
+            + "; ".join(f"{label(n)}: {UNPUBLISHED_CLASS_WISE[n]}" for n in present)
+            + "; the paper's table holds its four paradigms only."]
 
 
 def amun_gap(r: dict, retrain: dict) -> float:

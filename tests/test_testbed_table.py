@@ -69,3 +69,15 @@ def test_columns_keeps_the_named_columns_in_order_and_refuses_unknown_ones(tmp_p
     assert next(x for x in text.splitlines() if x.startswith("| LoRA")) == "| LoRA | 10 | 100.00 | 89.50 |"
     with pytest.raises(SystemExit, match="no column"):
         table.class_wise([path], keep=["UA", "accuracy"])
+
+
+def test_class_wise_says_which_rows_have_no_published_number(tmp_path):
+    plain = table.class_wise([_write(tmp_path / "p.json", 3, [_row("retrain", 10, 100.0, 98.0, 90.0)])])
+    assert "No published class-wise number" not in plain
+    rows = [_row("retrain", 10, 100.0, 98.0, 90.0), _row("amun", 10, 5.0, 99.0, 90.0),
+            _row("boundary_shrink", 10, 80.0, 95.0, 88.0)]
+    text = table.class_wise([_write(tmp_path / "c.json", 3, rows)])
+    note = next(x for x in text.splitlines() if x.startswith("No published class-wise number"))
+    assert "Boundary Shrink, AMUN:" in note and "All-CNN" in note and "random forgetting only" in note
+    assert "Boundary Expanding" not in note
+    assert next(x for x in text.splitlines() if x.startswith("| AMUN")).endswith("|  |")  # its paper cell stays empty
