@@ -15,8 +15,9 @@ cd "$(dirname "$0")/.."
 # `random`), and the cpu-10k baseline tables (their own files: TAG). Finished stages are not listed (`class3`,
 # done 2026-12-07): a stage's marker holds the package's code hash, so after any code change a listed
 # finished stage would evaluate its original and Retrain again (every model and row reused, ~10 min).
-# The cpu-10k rows before AMUN's random row: their trainings resume by the epoch, while AMUN's adversarial
-# search on 5,000 images (35 min on the testbed) is not saved part-way, so it starts where a sitting has room.
-METHODS=retrain,boundary_shrink,boundary_expanding,amun TAG=boundary-amun bash benchmarks/cpu10k.sh methods-resnet18 methods-vit
+# The cpu-10k rows ran before AMUN's random row (done 2026-12-07, 77 min: `METHODS=retrain,boundary_shrink,
+# boundary_expanding,amun TAG=boundary-amun bash benchmarks/cpu10k.sh methods-resnet18 methods-vit`): their
+# trainings resume by the epoch, while AMUN's adversarial search on 5,000 images (35 min on the testbed) is
+# not saved part-way, so it starts where a sitting has room.
 RANDOM_METHODS=amun bash benchmarks/testbed.sh methods-random
 bash benchmarks/testbed.sh class5 class7 random methods-class3 methods-random
