@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from prunelora_keras.data.augment import Preprocess, infer_images
+from prunelora_keras.training.progress import format_seconds
 
 GRAD_FLOOR = 1e-10  # their eps_for_division: the L2 normalisation of a zero gradient stays zero
 
@@ -228,8 +229,8 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
     shapes = _batch_shapes(min(batch_size, len(y)))
     radius = np.full(len(y), eps, np.float32)
     done = np.zeros(len(y), bool)
-    taken, start_time = 0, time.perf_counter()
-    last_line = start_time
+    taken = 0
+    start_time = last_line = time.perf_counter()
     for round_ in range(max_rounds):
         active = np.flatnonzero(~done)
         if active.size == 0:
@@ -246,18 +247,14 @@ def pgd_first_flip(model: keras.Model, x: np.ndarray, y: np.ndarray, preprocess:
             if progress is not None and now - last_line >= 30 and start + n < active.size:
                 progress(f"adversarial search, radius {at:.3g} ({round_ + 1} of at most {max_rounds}): "
                          f"{start + n:,} of {active.size:,} walking images walked, {int(done.sum()):,} of {len(y):,} "
-                         f"flipped ({_clock(now - start_time)} so far)")
+                         f"flipped ({format_seconds(now - start_time)} so far)")
                 last_line = now
         radius[~done] *= 2.0
         if progress is not None:
             last_line = time.perf_counter()
             progress(f"adversarial search, radius {at:.3g} ({round_ + 1} of at most {max_rounds}) done: "
                      f"{int(done.sum()):,} of {len(y):,} flipped, {int((~done).sum()):,} go on at radius {2 * at:.3g} "
-                     f"({_clock(last_line - start_time)} so far)")
+                     f"({format_seconds(last_line - start_time)} so far)")
     found_x[~done] = adv[~done]
     radius[~done] /= 2.0  # the radius the last walk had
     return Flips(found_x, found_y, radius, done.copy(), taken)
-
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
