@@ -5,12 +5,12 @@
 # benchmarks/results/testbed-*, wall times into benchmarks/results/testbed-wall.txt. Every step resumes
 # where it stopped (finished models and methods are reused, a training continues from its last epoch):
 # rerun the same step after an interruption; a step that finished with the same command and code is skipped.
-#   class<N>         original, Retrain and the paper's four paradigms at 5 and 10 epochs, forgetting class N
+#   class<N>         original, Retrain and the paper's four paradigms at EPOCHS (default 5,10), forgetting class N
 #                    (the original is trained once: every step reuses any the run folders hold, curve-15's too)
 #   methods-class<N> the baselines (METHODS, default salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,
 #                    boundary_expanding,amun) at their defaults for 10 epochs, beside class<N>'s Retrain
-#   random           a random 10% of the training set (seed 0): Retrain and the four paradigms at 5 and 10
-#                    epochs, from the same original
+#   random           a random 10% of the training set (seed 0): Retrain and the four paradigms at EPOCHS
+#                    (default 5,10), from the same original
 #   methods-random   the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a class-wise
 #                    method: its shadow class stands for one class) at 10 epochs, beside random's Retrain
 #   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
@@ -21,6 +21,7 @@ data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
 runs=${RUNS:-runs}/testbed
 res=benchmarks/results
 methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,boundary_expanding,amun}
+epochs=${EPOCHS:-5,10}  # the paradigms' epoch counts in class<N> and random (the methods steps: 10)
 random_methods=${RANDOM_METHODS:-$(echo ",$methods," | sed 's/,boundary_expanding,/,/; s/^,//; s/,$//')}
 mkdir -p "$res" "$runs"
 # what a finished step's marker records beside its command: the package's code and the presets, so that a
@@ -51,7 +52,7 @@ for step in "$@"; do
     class[0-9]*)
       share_originals "$out"
       reuse "$runs/methods-$step" "$out" 'retrain-*'  # a Retrain the methods step trained first (same key)
-      cmd=("${run[@]}" --forget-class "${step#class}" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10)
+      cmd=("${run[@]}" --forget-class "${step#class}" --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs "$epochs")
       ;;
     methods-class[0-9]*)
       n=${step#methods-class}
@@ -61,7 +62,7 @@ for step in "$@"; do
     random)
       share_originals "$out"
       reuse "$runs/methods-random" "$out" 'retrain-*'
-      cmd=("${run[@]}" --forget-fraction 0.1 --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs 5,10)
+      cmd=("${run[@]}" --forget-fraction 0.1 --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs "$epochs")
       ;;
     methods-random)
       share_originals "$out"  # before `random` has run too (the queue runs AMUN's row first)
