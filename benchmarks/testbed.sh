@@ -14,6 +14,9 @@
 #   methods-random   the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a class-wise
 #                    method: its shadow class stands for one class) at 10 epochs, beside random's Retrain
 #   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
+# TAG=x names a partial step's results file testbed-<step>-x-results.json: a run with a few METHODS holds only
+# their rows and Retrain's, and would otherwise replace the results of the step's earlier partial runs (the
+# full step's file holds every row: finished rows are reused).
 #   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 class5 class7 random methods-class3 methods-random
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,7 +89,7 @@ for step in "$@"; do
   fi
   start=$(date +%s)
   "${cmd[@]}" >> "$res/testbed-$step.log" 2>&1
-  case "$step" in curve-*) ;; *) cp "$out/results.json" "$res/testbed-$step-results.json" ;; esac
+  case "$step" in curve-*) ;; *) cp "$out/results.json" "$res/testbed-$step${TAG:+-$TAG}-results.json" ;; esac
   echo "${cmd[*]} code=$code" > "$out/stage-done.txt"
   echo "$(date -u +%FT%TZ) $step wall_s=$(( $(date +%s) - start ))" >> "$res/testbed-wall.txt"
 done
