@@ -21,10 +21,8 @@ cd "$(dirname "$0")/.."
 # not saved part-way, so it starts where a sitting has room.
 # AMUN beside random's Retrain: done 2026-12-07 (122 min: `RANDOM_METHODS=amun bash benchmarks/testbed.sh
 # methods-random`; its results: testbed-methods-random-amun-results.json).
-# SalUn beside it next: the runner-up of AMUN's Table 1 (Avg. Gap 1.44 against AMUN's 0.62), so that
-# "does AMUN's advantage hold" has its first answer before the longer stages (35 min; the full
-# methods-random below reuses the row).
-TAG=salun RANDOM_METHODS=salun bash benchmarks/testbed.sh methods-random
+# SalUn beside it, the runner-up of AMUN's Table 1: done 2026-12-07 (34 min: `TAG=salun RANDOM_METHODS=salun
+# bash benchmarks/testbed.sh methods-random`); the full methods-random below reuses both rows.
 # Then the random 10%'s paradigms (the second scenario's table), the class-wise spread and the other
 # baselines. The spread (classes 5 and 7) trains the paradigms at 10 epochs only: the 5-epoch runs stand
 # on class 3 and the random 10% beside the paper's table, and two more classes of them would add about
