@@ -45,7 +45,7 @@ reuse() {  # reuse FROM TO PATTERN...: hard-link FROM's finished models into TO 
 }
 share_originals() {  # share_originals TO: every trained original of $runs in TO (the command takes the one
   for d in "$runs"/*/; do  # whose key is its configuration's, e.g. curve-15's at the preset's 15 epochs)
-    if [ "${d%/}" != "$1" ]; then reuse "${d%/}" "$1" 'original-*.keras' 'original-*.history.json' 'original-*.acc-*.json'; fi
+    if [ "${d%/}" != "$1" ]; then reuse "${d%/}" "$1" 'original-*.keras' 'original-*.history.json' 'original-*.acc-*.json' 'original-*.eval-*.npz'; fi
   done
   return 0
 }
