@@ -14,10 +14,10 @@
 #   methods-random   the baselines (RANDOM_METHODS, default METHODS without boundary_expanding, a class-wise
 #                    method: its shadow class stands for one class) at 10 epochs, beside random's Retrain
 #   curve-<E>        the original's recipe at E epochs (the schedule scaled to E): plain and TTA test accuracy
+#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 class5 class7 random methods-class3 methods-random
 # TAG=x names a partial step's results file testbed-<step>-x-results.json: a run with a few METHODS holds only
 # their rows and Retrain's, and would otherwise replace the results of the step's earlier partial runs (the
 # full step's file holds every row: finished rows are reused).
-#   DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/testbed.sh class3 class5 class7 random methods-class3 methods-random
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/data/cifar10-jpeg.tar.gz}
@@ -68,7 +68,7 @@ for step in "$@"; do
       cmd=("${run[@]}" --forget-fraction 0.1 --paradigms retrain,finetune,pruned,lora,pruned_lora --epochs "$epochs")
       ;;
     methods-random)
-      share_originals "$out"  # before `random` has run too (the queue runs AMUN's row first)
+      share_originals "$out"  # before `random` has run too (a partial methods-random may run first)
       reuse "$runs/random" "$out" 'original-*' 'retrain-*'
       cmd=("${run[@]}" --forget-fraction 0.1 --paradigms "retrain,$random_methods" --epochs 10)
       ;;
