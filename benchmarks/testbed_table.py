@@ -6,7 +6,8 @@ paper's ResNet-50 table, random 10% forgetting beside AMUN's Table 1.
         runs/testbed/methods-random/results.json --spread runs/testbed/class{3,5,7}/results.json > table.md
 
 Each method at its largest epoch count (the paper's four paradigms also at 5 epochs); rows from several
-result files of one scenario join (the same original and Retrain: testbed.sh reuses them). Published
+result files of one scenario join; files from another original and Retrain (a fresh machine trains them
+again) keep their own Retrain row, and their rows are marked and scored against it. Published
 numbers are typed in from the papers, with their setting: they are what a reader compares against,
 not what we measured.
 """
@@ -37,16 +38,59 @@ AMUN_TABLE1 = {"retrain": (94.49, 100.0, 94.33, 50.00, 0.00), "finetune": (95.16
 PAPER4 = ("retrain", "finetune", "pruned", "lora", "pruned_lora")
 
 
+MARKS = ("", "‡", "§", "¶", "#")
+
+
+def _identity(results: dict) -> tuple:
+    """What tells one original-and-Retrain pair from another: the original's test accuracy and Retrain's
+    UA, RA and TA (a fresh machine trains them again, not bit for bit)."""
+    original = results.get("original") or {}
+    retrain = next((r for r in results["rows"] if r["paradigm"] == "retrain" and r.get("status", "ok") == "ok"), {})
+    return tuple(round(v, 2) if isinstance(v, float) else v
+                 for v in (original.get("test_acc"), retrain.get("UA"), retrain.get("RA"), retrain.get("TA")))
+
+
 def _rows(paths: list[str]) -> tuple[dict, dict]:
-    """{(method, epochs): row} over the files (the first file's Retrain wins), and the first file's original."""
-    rows, original = {}, None
+    """{(method, epochs): row} over the files (a method's first row wins), and the first file's original.
+
+    Files measured from another original or Retrain than the first file's form groups: each row carries
+    its group (``_group``, ``_retrain``: the Retrain its gaps are to), and every group but the first adds
+    its own Retrain as ``("retrain@G", epochs)`` and gets a mark, so that no row is read against another
+    run's Retrain."""
+    rows, original, groups = {}, None, []
     for path in paths:
         results = json.loads(Path(path).read_text())
         original = original or results.get("original")
+        ident = _identity(results)
+        if ident not in groups:
+            groups.append(ident)
+        group = groups.index(ident)
+        retrain = next((r for r in results["rows"] if r["paradigm"] == "retrain" and r.get("status", "ok") == "ok"), None)
         for r in results["rows"]:
             if r.get("status", "ok") == "ok":
-                rows.setdefault((r["paradigm"], r["epochs"]), r)
+                name = r["paradigm"] + (f"@{group}" if group and r["paradigm"] == "retrain" else "")
+                rows.setdefault((name, r["epochs"]), {**r, "_group": group, "_retrain": retrain,
+                                                      "_original": results.get("original") or {}})
     return rows, original or {}
+
+
+def _base(name: str) -> str:
+    return name.split("@")[0]
+
+
+def _label(name: str, row: dict) -> str:
+    return label(_base(name)) + MARKS[min(row.get("_group", 0), len(MARKS) - 1)]
+
+
+def _groups_note(rows: dict) -> list[str]:
+    """One line per group after the first: which original and Retrain its marked rows stand on."""
+    notes = []
+    for (name, _), r in sorted(rows.items()):
+        if _base(name) == "retrain" and r.get("_group", 0):
+            mark, o = MARKS[min(r["_group"], len(MARKS) - 1)], r["_original"]
+            notes += ["", f"{mark} Rows from another original (test {_f(o.get('test_acc'))}%) and their own Retrain "
+                          f"(the {label('retrain')}{mark} row), trained again on a fresh machine: their gaps are to that Retrain."]
+    return notes
 
 
 def _order(rows: dict, gap=None) -> list[tuple[str, int]]:
@@ -55,9 +99,9 @@ def _order(rows: dict, gap=None) -> list[tuple[str, int]]:
     largest = {}
     for name, epochs in rows:
         largest[name] = max(epochs, largest.get(name, 0))
-    keys = [(n, e) for (n, e) in rows if e == largest[n] or (n in PAPER4 and n != "retrain")]
+    keys = [(n, e) for (n, e) in rows if e == largest[n] or (_base(n) in PAPER4 and _base(n) != "retrain")]
     gap = gap or (lambda r: r.get("avg_gap", math.inf))
-    return sorted(keys, key=lambda k: (k[0] != "retrain", gap(rows[k]), k[1]))
+    return sorted(keys, key=lambda k: (_base(k[0]) != "retrain", gap(rows[k]), rows[k].get("_group", 0), k[1]))
 
 
 def _f(value, digits=2) -> str:
@@ -89,7 +133,7 @@ def _table(rows: dict, header: list[str], cells, gap=None, keep: list[str] | Non
              "|---" * (len(chosen) + 2) + "|"]
     for name, epochs in _order(rows, gap):
         values = cells(name, epochs, rows[(name, epochs)])
-        lines.append("| " + " | ".join([label(name), str(epochs), *(values[i] for i in chosen)]) + " |")
+        lines.append("| " + " | ".join([_label(name, rows[(name, epochs)]), str(epochs), *(values[i] for i in chosen)]) + " |")
     return lines
 
 
@@ -97,7 +141,7 @@ def class_wise(paths: list[str], keep: list[str] | None = None) -> str:
     rows, original = _rows(paths)
 
     def cells(name, epochs, r):
-        paper = PAPER_RESNET50.get(name, {}).get(epochs)
+        paper = PAPER_RESNET50.get(_base(name), {}).get(epochs)
         return [_f(r["UA"]), _mia(r, "MIA_loss_logreg"), _mia(r, "MIA_confidence_svc"), _f(r["RA"]), _f(r["TA"]),
                 _f(r.get("avg_gap")), _f(r.get("MIA_rmia_auc"), 1), _f(r.get("probe_forget_acc"), 1), _relearn(r),
                 _f(r.get("relearn_peak_acc"), 1), _f(r.get("rte_s"), 1), _f(r.get("prepare_s"), 0),
@@ -118,6 +162,7 @@ def class_wise(paths: list[str], keep: list[str] | None = None) -> str:
                   "ResNet-50 (23.5 M, SGD 200 epochs) on the original CIFAR-10, its Retrain at 96.70% test accuracy, "
                   "RTE on a T4 GPU.",
               *_unpublished_note(rows),
+              *_groups_note(rows),
               *_dagger_note(rows)]
     return "\n".join(lines)
 
@@ -150,16 +195,15 @@ def amun_gap(r: dict, retrain: dict) -> float:
 
 def random_forgetting(paths: list[str], keep: list[str] | None = None) -> str:
     rows, original = _rows(paths)
-    retrain = next((r for (n, _), r in rows.items() if n == "retrain"), None)
 
     def gap(r):
         if r["paradigm"] == "retrain":
             return 0.0
-        value = amun_gap(r, retrain) if retrain is not None else math.nan
+        value = amun_gap(r, r["_retrain"]) if r["_retrain"] is not None else math.nan  # its own run's Retrain
         return value if math.isfinite(value) else math.inf  # no RMIA AUC: last
 
     def cells(name, epochs, r):
-        amun = AMUN_TABLE1.get(name) if epochs == max(e for (n, e) in rows if n == name) else None
+        amun = AMUN_TABLE1.get(_base(name)) if epochs == max(e for (n, e) in rows if n == name) else None
         return [_f(100 - r["UA"]), _f(r["RA"]), _f(r["TA"]), _f(r.get("MIA_rmia_auc"), 1), _f(gap(r)),
                 _mia(r, "MIA_confidence_svc"), _f(r.get("avg_gap")), _f(r.get("probe_forget_acc"), 1),
                 _f(r.get("rte_s"), 1), _f(r.get("prepare_s"), 0), f"{r.get('trainable_params', 0):,}",
@@ -181,6 +225,7 @@ def random_forgetting(paths: list[str], keep: list[str] | None = None) -> str:
                   "sets of 5,000 drawn uniformly. SalUn's random 10% is 4,500 of 45,000 (a 5,000-image validation set "
                   "held out), so its published Avg. Gaps are of another split. AMUN's RL gap (1.74) is as published; its "
                   "row's own means give 1.77 (a mean of per-run gaps cannot be below the gap of the means).",
+              *_groups_note(rows),
               *_dagger_note(rows)]
     return "\n".join(lines)
 

@@ -81,3 +81,21 @@ def test_class_wise_says_which_rows_have_no_published_number(tmp_path):
     assert "Boundary Shrink, AMUN:" in note and "All-CNN" in note and "random forgetting only" in note
     assert "Boundary Expanding" not in note
     assert next(x for x in text.splitlines() if x.startswith("| AMUN")).endswith("|  |")  # its paper cell stays empty
+
+
+def test_rows_from_another_original_and_retrain_keep_their_own_retrain_and_are_marked(tmp_path):
+    first = _write(tmp_path / "a.json", -1, [_row("retrain", 10, 10.0, 99.0, 90.0),
+                                             _row("amun", 10, 8.0, 99.0, 90.0, MIA_rmia_auc=50.0)])
+    again = json.loads(Path(first).read_text())
+    again["original"]["test_acc"] = 90.2  # trained again on a fresh machine: another original, another Retrain
+    again["rows"] = [_row("retrain", 10, 12.0, 98.0, 89.0), _row("lora", 10, 12.0, 98.0, 89.0, MIA_rmia_auc=50.0)]
+    second = tmp_path / "b.json"
+    second.write_text(json.dumps(again))
+    text = table.random_forgetting([first, str(second)], keep=["forget acc", "gap (AMUN's formula)"])
+    lines = text.splitlines()
+    assert "| Retrain | 10 | 90.00 | 0.00 |" in lines and "| Retrain‡ | 10 | 88.00 | 0.00 |" in lines
+    assert "| LoRA‡ | 10 | 88.00 | 0.00 |" in lines  # scored against its own Retrain: against the first, 1.25
+    assert "| AMUN | 10 | 92.00 | 0.50 |" in lines
+    assert any(x.startswith("‡ Rows from another original (test 90.20%)") for x in lines)
+    same = table.random_forgetting([first, first])  # one original and Retrain: no mark, no note
+    assert "‡" not in same
