@@ -27,6 +27,9 @@ methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,bou
 epochs=${EPOCHS:-5,10}  # the paradigms' epoch counts in class<N> and random (the methods steps: 10)
 random_methods=${RANDOM_METHODS:-$(echo ",$methods," | sed 's/,boundary_expanding,/,/; s/^,//; s/,$//')}
 mkdir -p "$res" "$runs"
+# airbench in oneDNN on every CPU: it trained for hours on an AVX2 EPYC, where `auto` now leaves the kernels off
+# (they crash some narrow-ResNet steps there: models/onednn.py), and XLA's forms take about 2x its time
+export PRUNELORA_CPU_CONV=${PRUNELORA_CPU_CONV:-onednn}
 RUNS=${RUNS:-runs} bash benchmarks/testbed_state.sh restore  # what earlier machines trained (kept in the repo)
 # what a finished step's marker records beside its command: the package's code and the presets, so that a
 # step finished before either changed runs again (its finished models are reused; only what changed reruns)

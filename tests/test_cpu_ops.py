@@ -18,6 +18,8 @@ from prunelora_keras.models.lora import add_lora, merge
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the forms are JAX's")
 
 ONEDNN = onednn.missing() is None and onednn.choice() != "xla"  # the cpu-kernels extra and a compiler (CI has both)
+# ... and taken by ``auto`` here: on CPUs without AVX-512 ``auto`` leaves them off (onednn.NO_AVX512)
+ONEDNN = ONEDNN and (onednn.choice() == "onednn" or onednn._avx512())
 FORMS = [("lax", "taps"), ("im2col", "taps"), ("im2col", "lax")] + ([("onednn", "onednn")] if ONEDNN else [])
 XLA_FORMS_ONLY = {"conv": False, "max_pool": False, "onednn": True}  # plain_forms(...): this module's XLA forms
 
@@ -101,6 +103,19 @@ def test_the_layer_takes_the_faster_forms_only_where_they_pay_and_on_request(mon
         assert cpu_ops.conv_forms((2, 8, 8, 4), (3, 3, 4, 4), (1, 1), dtype="bfloat16") != ("onednn", "onednn")
 
 
+def test_auto_leaves_onednn_off_without_avx512_and_says_so_once(monkeypatch, capsys):
+    monkeypatch.setattr(onednn, "_BROKEN", [])
+    monkeypatch.setattr(onednn, "_avx512", lambda: False)
+    monkeypatch.setenv("PRUNELORA_CPU_CONV", "auto")
+    assert not onednn.enabled() and not onednn.enabled()
+    assert capsys.readouterr().err.count("oneDNN convolutions off (this CPU has no AVX-512") == 1
+    monkeypatch.setattr(onednn, "_library", lambda: None)  # forced: built and loaded as usual (not here)
+    monkeypatch.setattr(onednn, "missing", lambda: None)
+    monkeypatch.setattr(onednn, "_BROKEN", [])
+    monkeypatch.setenv("PRUNELORA_CPU_CONV", "onednn")
+    assert onednn.enabled()
+
+
 def test_the_onednn_choice_is_checked_and_a_required_missing_piece_is_one_line(monkeypatch):
     monkeypatch.setenv("PRUNELORA_CPU_CONV", "fast")
     with pytest.raises(ValueError, match="PRUNELORA_CPU_CONV='fast': expected one of auto, onednn, xla"):
@@ -134,6 +149,7 @@ def test_onednn_convolutions_under_vmap_and_in_a_pool_of_models():
 
 def test_a_failed_build_is_said_once_and_auto_uses_xla(monkeypatch, capsys):
     monkeypatch.setattr(onednn, "missing", lambda: None)
+    monkeypatch.setattr(onednn, "_avx512", lambda: True)
     monkeypatch.setattr(onednn, "_BROKEN", [])
 
     def broken():
