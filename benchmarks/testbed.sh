@@ -30,7 +30,7 @@ mkdir -p "$res" "$runs"
 # airbench in oneDNN on every CPU: it trained for hours on an AVX2 EPYC, where `auto` now leaves the kernels off
 # (they crash some narrow-ResNet steps there: models/onednn.py), and XLA's forms take about 2x its time
 export PRUNELORA_CPU_CONV=${PRUNELORA_CPU_CONV:-onednn}
-RUNS=${RUNS:-runs} bash benchmarks/testbed_state.sh restore  # what earlier machines trained (kept in the repo)
+RUNS=${RUNS:-runs} bash benchmarks/testbed_state.sh restore  # what earlier sessions trained (kept outside the work tree)
 # what a finished step's marker records beside its command: the package's code and the presets, so that a
 # step finished before either changed runs again (its finished models are reused; only what changed reruns)
 code=$(find prunelora_keras configs -type f \( -name '*.py' -o -name '*.toml' -o -name '*.cc' \) | LC_ALL=C sort \

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The testbed's expensive state kept in the repository between sessions (issue 41). The run folders
-# ($RUNS/testbed/<step>) are not kept when a session gets a fresh machine, and retraining what they held
+# The testbed's expensive state kept outside the work tree (issue 41): a session's work tree is laid anew,
+# which takes the run folders ($RUNS/testbed/<step>, ignored files) with it, and retraining what they held
 # costs hours of the two cores: the airbench original (about 45 min), each step's Retrain (about 35 min)
-# and every finished method (rows only). So:
+# and every finished method (rows only). Weights stay out of the repository, so a fresh machine (a new
+# $HOME) still trains them again. So:
 #   save     copies, from every step's run folder, the finished originals and Retrains (.keras, about 8 MB
 #            each, with their history and accuracy sidecars) and every finished method's rows
-#            (paradigms/*.json, a few kB) into benchmarks/state/testbed/<step>/ (each file once: a model
+#            (paradigms/*.json, a few kB) into $TESTBED_STATE/<step>/ (default ~/.cache/prunelora_keras/testbed-state) (each file once: a model
 #            shared by hard link between steps is saved under the first step that holds it)
 #   restore  puts them back where they came from (missing files only); testbed.sh does this before a step,
 #            so a step on a fresh machine reuses them instead of training again
 # Not kept: a training's epoch-end state (*.state.npz, about 3x a model) and the evaluation caches (they are
-# recomputed in minutes). Delete benchmarks/state/testbed when issue 41's tables are final.
+# recomputed in minutes).
 #   RUNS=runs bash benchmarks/testbed_state.sh save
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-runs}/testbed
-state=benchmarks/state/testbed
+state=${TESTBED_STATE:-$HOME/.cache/prunelora_keras/testbed-state}
 case "${1:-}" in
   save)
     declare -A seen=()
