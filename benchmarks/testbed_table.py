@@ -41,11 +41,10 @@ PAPER4 = ("retrain", "finetune", "pruned", "lora", "pruned_lora")
 MARKS = ("", "‡", "§", "¶", "#")
 
 
-def _identity(results: dict) -> tuple:
+def _identity(results: dict, retrain: dict | None) -> tuple:
     """What tells one original-and-Retrain pair from another: the original's test accuracy and Retrain's
     UA, RA and TA (a fresh machine trains them again, not bit for bit)."""
-    original = results.get("original") or {}
-    retrain = next((r for r in results["rows"] if r["paradigm"] == "retrain" and r.get("status", "ok") == "ok"), {})
+    original, retrain = results.get("original") or {}, retrain or {}
     return tuple(round(v, 2) if isinstance(v, float) else v
                  for v in (original.get("test_acc"), retrain.get("UA"), retrain.get("RA"), retrain.get("TA")))
 
@@ -61,11 +60,11 @@ def _rows(paths: list[str]) -> tuple[dict, dict]:
     for path in paths:
         results = json.loads(Path(path).read_text())
         original = original or results.get("original")
-        ident = _identity(results)
+        retrain = next((r for r in results["rows"] if r["paradigm"] == "retrain" and r.get("status", "ok") == "ok"), None)
+        ident = _identity(results, retrain)
         if ident not in groups:
             groups.append(ident)
         group = groups.index(ident)
-        retrain = next((r for r in results["rows"] if r["paradigm"] == "retrain" and r.get("status", "ok") == "ok"), None)
         for r in results["rows"]:
             if r.get("status", "ok") == "ok":
                 name = r["paradigm"] + (f"@{group}" if group and r["paradigm"] == "retrain" else "")

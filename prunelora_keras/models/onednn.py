@@ -132,8 +132,9 @@ NO_AVX512 = ("this CPU has no AVX-512, and on AVX2 CPUs the kernels can crash so
              "PRUNELORA_CPU_CONV=onednn forces them")
 
 
+@lru_cache(maxsize=1)
 def _avx512() -> bool:
-    """Whether the CPU reports AVX-512 (Linux's /proc/cpuinfo; elsewhere False: XLA's forms)."""
+    """Whether the CPU reports AVX-512 (Linux's /proc/cpuinfo, read once; elsewhere False: XLA's forms)."""
     try:
         return " avx512f" in Path("/proc/cpuinfo").read_text()
     except OSError:
