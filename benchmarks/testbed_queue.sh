@@ -16,8 +16,8 @@ cd "$(dirname "$0")/.."
 # methods-resnet18 methods-vit`; `RANDOM_METHODS=amun testbed.sh methods-random` (results
 # testbed-methods-random-amun-results.json) and `TAG=salun RANDOM_METHODS=salun testbed.sh methods-random`.
 # 2026-12-07 13:27 the run folders were gone (a fresh machine): every model trains again, the original first
-# (inside `random`); from then on benchmarks/testbed_state.sh keeps the finished models and rows in the
-# repository, and testbed.sh restores them before each step. Order: the random 10%'s paradigms (the second
+# (inside `random`); from then on benchmarks/testbed_state.sh keeps the finished models and rows outside the
+# work tree (never in git), and testbed.sh restores them before each step. Order: the random 10%'s paradigms (the second
 # scenario's table), then the baselines of AMUN's Table 1 beside the same Retrain (RL, l1-sparse, Boundary
 # Shrink and NegGrad+, the nearest to its GA), then the class-wise spread; then, past the cut that issue 41
 # closes with (docs/results.md), the other baselines. The spread
