@@ -27,8 +27,8 @@ methods=${METHODS:-salun,scrub,neggrad_plus,rl,l1_sparse,msg,boundary_shrink,bou
 epochs=${EPOCHS:-5,10}  # the paradigms' epoch counts in class<N> and random (the methods steps: 10)
 random_methods=${RANDOM_METHODS:-$(echo ",$methods," | sed 's/,boundary_expanding,/,/; s/^,//; s/,$//')}
 mkdir -p "$res" "$runs"
-# airbench in oneDNN on every CPU: it trained for hours on an AVX2 EPYC, where `auto` now leaves the kernels off
-# (they crash some narrow-ResNet steps there: models/onednn.py), and XLA's forms take about 2x its time
+# airbench in oneDNN (XLA's forms take about 2x its time): required, so that a machine without the
+# cpu-kernels extra or a compiler stops with the fix rather than training for 2x the hours
 export PRUNELORA_CPU_CONV=${PRUNELORA_CPU_CONV:-onednn}
 RUNS=${RUNS:-runs} bash benchmarks/testbed_state.sh restore  # what earlier sessions trained (kept outside the work tree)
 # what a finished step's marker records beside its command: the package's code and the presets, so that a

@@ -12,7 +12,7 @@ three seconds once; the library is kept in ``$PRUNELORA_CACHE`` (default
 ``~/.cache/prunelora_keras``) under a hash of the source and the versions, so an upgrade rebuilds.
 
 ``PRUNELORA_CPU_CONV`` chooses: ``auto`` (the default: oneDNN when the extra and a compiler are
-there and the CPU has AVX-512, else XLA's forms of ``cpu_ops``; see ``NO_AVX512``), ``onednn`` (required: a missing piece is a ``ValueError``
+there, else XLA's forms of ``cpu_ops``), ``onednn`` (required: a missing piece is a ``ValueError``
 naming it) or ``xla``.
 """
 
@@ -124,23 +124,6 @@ def _library() -> ctypes.CDLL:
     return library
 
 
-# On an AVX2 CPU without AVX-512 (an AMD EPYC, 2026-12-07) the kernels crash the process (a segmentation
-# fault) in some narrow-ResNet training steps (tests/test_backends.py's ResNet-18 at width 1/8, batch 64)
-# while airbench's trained correctly for hours; until that is found, ``auto`` takes them on AVX-512 CPUs
-# only, where every test and benchmark ran, and ``onednn`` still forces them.
-NO_AVX512 = ("this CPU has no AVX-512, and on AVX2 CPUs the kernels can crash some ResNet training steps; "
-             "PRUNELORA_CPU_CONV=onednn forces them")
-
-
-@lru_cache(maxsize=1)
-def _avx512() -> bool:
-    """Whether the CPU reports AVX-512 (Linux's /proc/cpuinfo, read once; elsewhere False: XLA's forms)."""
-    try:
-        return " avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 _BROKEN: list[str] = []  # why building or loading failed, once per process (auto then uses XLA's forms)
 
 
@@ -158,11 +141,6 @@ def enabled() -> bool:
     """
     wanted = choice()
     if wanted == "xla":
-        return False
-    if wanted == "auto" and not _avx512():
-        if not _BROKEN:
-            _BROKEN.append(NO_AVX512)
-            print(f"prunelora_keras: oneDNN convolutions off ({NO_AVX512}); using XLA's", file=sys.stderr)
         return False
     reason = missing() or (_BROKEN[0] if _BROKEN else None)
     if reason is None:

@@ -45,10 +45,21 @@ Geometry Shapes(const A& x, const B& w, const C& y, int64_t sh, int64_t sw, int6
 
 memory::desc Plain(const memory::dims& dims, Tag tag) { return memory::desc(dims, Dt::f32, tag); }
 
+// Every primitive takes its scratchpad from us (scratchpad_mode::user). oneDNN's default ("library")
+// binds a primitive to a thread-local buffer of the thread that created it but reads the executing
+// thread's; XLA runs these handlers on any of its pool's threads, so a cached primitive executed on
+// another thread got a null or too small buffer (a segmentation fault in gemm-based weight gradients on
+// an AVX2 CPU, 2026-12-07).
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
   return dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, Plain(g.src, Tag::nhwc),
-      Plain(g.weights, Tag::any), Plain(g.dst, Tag::nhwc), g.strides, g.pad_l, g.pad_r);
+      Plain(g.weights, Tag::any), Plain(g.dst, Tag::nhwc), g.strides, g.pad_l, g.pad_r, UserScratchpad());
 }
 
 // One primitive (and its descriptor) per geometry: choosing an implementation costs about a
@@ -98,6 +109,16 @@ std::mutex& Running() {
   return mutex;
 }
 
+// The scratchpad of the running call: one buffer, grown to the largest request, used under Running()
+// (one call at a time), 64-byte aligned as oneDNN's own.
+memory Scratchpad(const memory::desc& desc) {
+  static std::vector<char> buffer;
+  size_t bytes = desc.get_size();
+  if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
+  auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
+  return memory(desc, Engine(), reinterpret_cast<void*>((address + 63) & ~std::uintptr_t{63}));
+}
+
 ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   std::lock_guard<std::mutex> running(Running());
@@ -109,7 +130,8 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
     memory weights = WeightsIn(e.pd.weights_desc(), g, w.typed_data(), s);
     memory src(e.pd.src_desc(), Engine(), const_cast<float*>(x.typed_data()));
     memory dst(e.pd.dst_desc(), Engine(), y->typed_data());
-    e.primitive.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst}});
+    e.primitive.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DST, dst},
+                            {DNNL_ARG_SCRATCHPAD, Scratchpad(e.pd.scratchpad_desc())}});
     s.wait();
   } catch (const std::exception& err) {
     return Failed(err);
@@ -120,7 +142,7 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi::Result
 dnnl::convolution_backward_data::primitive_desc BackwardDataDesc(const Geometry& g) {
   return dnnl::convolution_backward_data::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, Tag::nhwc), Plain(g.weights, Tag::any),
-      Plain(g.dst, Tag::nhwc), g.strides, g.pad_l, g.pad_r, ForwardDesc(g));
+      Plain(g.dst, Tag::nhwc), g.strides, g.pad_l, g.pad_r, ForwardDesc(g), UserScratchpad());
 }
 
 ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
@@ -134,7 +156,8 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::
     memory weights = WeightsIn(e.pd.weights_desc(), g, w.typed_data(), s);
     memory diff_dst(e.pd.diff_dst_desc(), Engine(), const_cast<float*>(dy.typed_data()));
     memory diff_src(e.pd.diff_src_desc(), Engine(), dx->typed_data());
-    e.primitive.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src}});
+    e.primitive.execute(s, {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights}, {DNNL_ARG_DIFF_SRC, diff_src},
+                            {DNNL_ARG_SCRATCHPAD, Scratchpad(e.pd.scratchpad_desc())}});
     s.wait();
   } catch (const std::exception& err) {
     return Failed(err);
@@ -145,7 +168,7 @@ ffi::Error BackwardData(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w, ffi::
 dnnl::convolution_backward_weights::primitive_desc BackwardWeightsDesc(const Geometry& g) {
   return dnnl::convolution_backward_weights::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, Plain(g.src, Tag::nhwc), Plain(g.weights, Tag::any),
-      Plain(g.dst, Tag::nhwc), g.strides, g.pad_l, g.pad_r, ForwardDesc(g));
+      Plain(g.dst, Tag::nhwc), g.strides, g.pad_l, g.pad_r, ForwardDesc(g), UserScratchpad());
 }
 
 ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dw,
@@ -161,7 +184,8 @@ ffi::Error BackwardWeights(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> dy, ff
     memory user(Plain(g.weights, Tag::hwio), Engine(), dw->typed_data());
     bool plain = e.pd.diff_weights_desc() == user.get_desc();
     memory diff_weights = plain ? user : memory(e.pd.diff_weights_desc(), Engine());
-    e.primitive.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
+    e.primitive.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_DIFF_WEIGHTS, diff_weights},
+                            {DNNL_ARG_SCRATCHPAD, Scratchpad(e.pd.scratchpad_desc())}});
     if (!plain) dnnl::reorder(diff_weights, user).execute(s, diff_weights, user);
     s.wait();
   } catch (const std::exception& err) {
