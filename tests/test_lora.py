@@ -174,3 +174,19 @@ def test_plain_convolutions_and_pools_convert_to_the_fast_layers_and_back_after_
                          verbose=False, batch_size=10)
     assert [type(result.model.get_layer(n)) for n in ("conv", "pool", "own")] \
         == [keras.layers.Conv2D, keras.layers.MaxPooling2D, OwnConv]
+
+
+def test_keras_fit_and_predict_on_the_adapted_or_merged_copy_leave_the_source_model_intact():
+    # Keras's fit/predict on JAX donate the variables' buffers: a copy that shared its source's arrays
+    # deleted the source's weights ("Array has been deleted") the first time the copy was used.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(2, name="b")])
+    x, y = np.ones((4, 4), "float32"), np.zeros((4, 2), "float32")
+    before = model.predict(x, verbose=0)
+    adapted, _ = add_lora(model, ["a", "b"], rank=2)
+    adapted.compile("sgd", "mse")
+    adapted.fit(x, y, epochs=1, verbose=0)
+    merged = merge(adapted)
+    merged.predict(x, verbose=0)
+    np.testing.assert_array_equal(model.predict(x, verbose=0), before)
+    assert np.isfinite(adapted.predict(x, verbose=0)).all()
