@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from prunelora_keras.evaluation.features import output_activation  # noqa: F401  (re-exported)
+from prunelora_keras.training.inference import predict_inputs
 
 CHANCE_MARGIN = 5.0  # points above the majority-class rate that still count as chance
 
@@ -60,7 +61,9 @@ def require_logits(model: keras.Model, x_sample: np.ndarray | None = None, what:
         raise ValueError(f"the {what} {model.name} outputs {found[1]} of its layer {found[0]!r}, not logits (the "
                          f"losses and attacks here need logits): {fix}")
     if x_sample is not None and len(x_sample):
-        out = keras.ops.convert_to_numpy(model(x_sample, training=False)).astype(np.float64)
+        # One compiled forward, the one ``untrained_warnings`` uses (batch 256): a model called eagerly
+        # compiles each of its operations apart (a MobileNetV3: 243 programs, about 8 s).
+        out = predict_inputs(model, x_sample, 256).astype(np.float64)
         if out.ndim == 2 and out.shape[1] > 1 and (out >= 0).all() and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
             raise ValueError(f"the {what} {model.name}'s outputs are non-negative and sum to 1 on every sample: they "
                              f"are probabilities, not logits: {fix}")

@@ -277,9 +277,9 @@ def sparsity_report(model: keras.Model, layer_names: Sequence[str] | None = None
             continue
         if layer_names is not None and layer.name not in layer_names:
             continue
-        # convert_to_numpy, not np.asarray: on the torch backend a LoRA layer's merged kernel is a tensor
-        # that requires grad (it is computed from the trainable adapter), which numpy cannot read
-        kernel = keras.ops.convert_to_numpy(layer.merged_kernel() if hasattr(layer, "merged_kernel") else layer.kernel)
+        # on the host (a LoRA layer's merge too): no program compiled per layer, no torch tensor that requires grad
+        merged = getattr(layer, "merged_kernel_numpy", None)
+        kernel = merged() if merged is not None else keras.ops.convert_to_numpy(layer.kernel)
         unit_zero = np.all(kernel.reshape(-1, kernel.shape[-1]) == 0, axis=0)
         rows[layer.name] = {"zero_weights": float(np.mean(kernel == 0)), "zero_units": float(np.mean(unit_zero))}
         zeros += int(np.sum(kernel == 0))
