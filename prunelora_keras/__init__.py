@@ -5,8 +5,8 @@ so a ``~/.keras/keras.json`` that names another backend does not break it. An ex
 ``KERAS_BACKEND`` always wins.
 
 It also registers every custom layer the package's models and adapters use (the ViT's position
-embedding, attention and GELU, ``FlatDense``, ``FastConv2D``, ``FastMaxPool2D``, airbench's
-initialiser, the LoRA layers), so a saved model loads in a fresh
+embedding, attention and GELU, ``FlatDense``, ``FastConv2D``, ``FastDepthwiseConv2D``,
+``FastMaxPool2D``, airbench's initialiser, the LoRA layers), so a saved model loads in a fresh
 process after ``import prunelora_keras``:
 
     import prunelora_keras  # noqa: F401

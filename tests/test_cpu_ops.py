@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from prunelora_keras.models import airbench, cpu_ops, onednn, resnet18, resnet50
-from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, PointwiseConv2D
-from prunelora_keras.models.lora import add_lora, merge
+from prunelora_keras.models.layers import FastConv2D, FastDepthwiseConv2D, FastMaxPool2D, PointwiseConv2D
+from prunelora_keras.models.lora import add_lora, merge, with_fast_layers
 
 pytestmark = pytest.mark.skipif(keras.backend.backend() != "jax", reason="the forms are JAX's")
 
@@ -295,3 +295,52 @@ def test_models_with_the_fast_layers_save_and_load(tmp_path):
     legacy = keras.Sequential([keras.Input((4, 4, 3)), PointwiseConv2D(5, 1, name="p")])
     legacy.save(tmp_path / "legacy.keras")
     assert isinstance(keras.saving.load_model(tmp_path / "legacy.keras").get_layer("p"), FastConv2D)
+
+
+@pytest.mark.parametrize("config", [((2, 9, 8, 4), (3, 3, 4, 1), (1, 1), "same"),
+                                    ((2, 9, 8, 4), (3, 3, 4, 1), (2, 2), "same"),
+                                    ((2, 9, 9, 3), (5, 5, 3, 1), (2, 1), "valid"),
+                                    ((2, 7, 6, 3), (3, 2, 3, 2), (1, 2), "same")], ids=str)
+def test_depthwise_taps_and_their_gradients_equal_lax_and_numpy(config):
+    shape, kernel_shape, strides, padding = config
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    k = jnp.asarray(rng.normal(size=kernel_shape), jnp.float32)
+    channels, multiplier = kernel_shape[2:]
+
+    def lax_depthwise(x, k):  # Keras's own: a grouped convolution, kernel (kh, kw, 1, channels * multiplier)
+        return jax.lax.conv_general_dilated(x, k.reshape(*kernel_shape[:2], 1, channels * multiplier), strides,
+                                            padding.upper(), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            feature_group_count=channels)
+
+    y = lax_depthwise(x, k)
+    ours = cpu_ops.depthwise_conv2d(x, k, strides, padding)
+    np.testing.assert_allclose(ours, y, rtol=1e-5, atol=1e-5 * float(jnp.abs(y).max()))
+    # numpy, in float64: y[n, h, w, c * M + m] = sum_ij xp[n, h * sh + i, w * sw + j, c] k[i, j, c, m]
+    pads = [cpu_ops.explicit_padding(shape[a + 1], kernel_shape[a], strides[a], 1, padding) for a in (0, 1)]
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+    ho, wo = y.shape[1:3]
+    expected = sum(np.einsum("nhwc,cm->nhwcm", xp[:, i:i + strides[0] * (ho - 1) + 1:strides[0],
+                                                   j:j + strides[1] * (wo - 1) + 1:strides[1]], np.asarray(k[i, j]))
+                   for i in range(kernel_shape[0]) for j in range(kernel_shape[1])).reshape(y.shape)
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))  # noqa: E731
+    grads = jax.grad(loss(lambda x, k: cpu_ops.depthwise_conv2d(x, k, strides, padding)), argnums=(0, 1))(x, k)
+    theirs = jax.grad(loss(lax_depthwise), argnums=(0, 1))(x, k)
+    for g, t in zip(grads, theirs):
+        np.testing.assert_allclose(g, t, rtol=1e-4, atol=1e-4 * float(jnp.abs(t).max()))
+
+
+def test_depthwise_layers_become_fast_ones_with_the_same_outputs_and_load_back(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.DepthwiseConv2D(3, padding="same", name="dw"),
+                              keras.layers.DepthwiseConv2D(3, strides=2, depth_multiplier=2, name="dw2"),
+                              keras.layers.DepthwiseConv2D(3, dilation_rate=2, padding="same", name="dilated")])
+    fast = with_fast_layers(model)
+    assert [type(layer) for layer in fast.layers] == [FastDepthwiseConv2D] * 3
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(fast(x), model(x), rtol=1e-5, atol=1e-5)
+    with cpu_ops.plain_forms():  # the forms off: Keras's own call, to the bit
+        np.testing.assert_array_equal(fast(x), model(x))
+    fast.save(tmp_path / "fast.keras")
+    np.testing.assert_array_equal(keras.saving.load_model(tmp_path / "fast.keras")(x), fast(x))

@@ -31,7 +31,7 @@ import numpy as np
 from prunelora_keras.api.checks import (chance_warnings, forgotten_classes, labelled_arrays, require_epochs,
                                         require_logits, split_test)
 from prunelora_keras.api.targets import FoundTargets, find_targets  # noqa: F401  (re-exported: plk.find_targets)
-from prunelora_keras.models.layers import FastConv2D, FastMaxPool2D, FlatDense
+from prunelora_keras.models.layers import FastConv2D, FastDepthwiseConv2D, FastMaxPool2D, FlatDense
 from prunelora_keras.data.augment import Preprocess
 from prunelora_keras.data.datasets import Subset
 from prunelora_keras.evaluation.evaluate import Reference, evaluate_arrays
@@ -169,7 +169,7 @@ def prune(model: keras.Model, targets: Sequence[str] | None = None, amount: floa
     return copy, prune_units(copy, targets, amount, mode=mode)
 
 
-SPEED_LAYERS = (FastConv2D, FastMaxPool2D, FlatDense)
+SPEED_LAYERS = (FastConv2D, FastDepthwiseConv2D, FastMaxPool2D, FlatDense)
 
 
 def _with_callers_layer_types(out: keras.Model, model: keras.Model) -> keras.Model:

@@ -94,6 +94,33 @@ def fast_convolution(layer: layers.Conv2D, inputs, kernel, conv):
 
 
 @keras.saving.register_keras_serializable(package="prunelora_keras")
+class FastDepthwiseConv2D(layers.DepthwiseConv2D):
+    """A DepthwiseConv2D that trains about 4x faster on XLA:CPU; elsewhere exactly ``DepthwiseConv2D``.
+
+    On JAX's CPU platform (channels_last, no dilation) the convolution is ``cpu_ops.depthwise_conv2d``,
+    a sum of shifted products that XLA fuses, instead of lax's grouped convolution, which XLA:CPU runs
+    at a small fraction of its speed (MobileNets and EfficientNets are mostly these layers). Same
+    weights, config and outputs (to float rounding) as ``DepthwiseConv2D``.
+
+    Example:
+        >>> import numpy as np
+        >>> FastDepthwiseConv2D(3, padding="same")(np.ones((2, 8, 8, 4), "float32")).shape
+        (2, 8, 8, 4)
+    """
+
+    def call(self, inputs):
+        from prunelora_keras.models import cpu_ops
+
+        if (self.data_format != "channels_last" or tuple(self.dilation_rate) != (1, 1)
+                or not cpu_ops.on_jax_cpu("conv")):
+            return super().call(inputs)
+        y = cpu_ops.depthwise_conv2d(inputs, ops.convert_to_tensor(self.kernel), self.strides, self.padding)
+        if self.use_bias:
+            y = ops.add(y, self.bias)
+        return self.activation(y) if self.activation is not None else y
+
+
+@keras.saving.register_keras_serializable(package="prunelora_keras")
 class FastMaxPool2D(layers.MaxPooling2D):
     """A MaxPooling2D whose gradient on JAX's CPU platform avoids select-and-scatter.
 
