@@ -288,8 +288,8 @@ def user_context(model: keras.Model, retain: tuple[np.ndarray, np.ndarray], forg
     """``unlearn``'s (and each ``unlearn_pool`` member's) ``MethodContext`` for ``seed``: a copy of
     ``model`` made after ``keras.utils.set_random_seed(seed)``, its BatchNorm policy applied, its
     targets found (``find_targets(**target_options)``); inputs in the model's own domain. The copy's
-    plain Dense (on tokens), Conv2D and MaxPooling2D layers are the package's faster equivalents
-    (``with_fast_layers``); ``unlearn`` gives the caller's layer types back."""
+    plain Dense (on tokens), Conv2D, DepthwiseConv2D and MaxPooling2D layers are the package's faster
+    equivalents (``with_fast_layers``); ``unlearn`` gives the caller's layer types back."""
     keras.utils.set_random_seed(seed)
     work = with_fast_layers(model)
     work = copy_model(model) if work is model else work
