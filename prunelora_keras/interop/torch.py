@@ -47,7 +47,8 @@ def _pairs(model: keras.Model):
         prefix = torch_prefix(layer.name)
         if layer.name == "head":
             prefix = "linear" if is_resnet else "head"
-        kernel = layer.merged_kernel_numpy() if hasattr(layer, "merged_kernel_numpy") else getattr(layer, "kernel", None)
+        merged = getattr(layer, "merged_kernel_numpy", None)  # a LoRA layer: its merged kernel, on the host
+        kernel = merged() if merged is not None else getattr(layer, "kernel", None)
         if isinstance(layer, keras.layers.BatchNormalization):
             for key, var in (("weight", layer.gamma), ("bias", layer.beta), ("running_mean", layer.moving_mean),
                              ("running_var", layer.moving_variance)):
