@@ -29,6 +29,8 @@ import numpy as np
 from prunelora_keras.experiment.pipeline import device_description, versions
 from prunelora_keras.models import cpu_ops
 
+from conv_profile import _time  # the same timing: a warm-up call, then the median of `calls`
+
 MODELS = {"mobilenetv3small": keras.applications.MobileNetV3Small, "efficientnetb0": keras.applications.EfficientNetB0}
 
 
@@ -42,16 +44,6 @@ def depthwise_shapes(name: str, batch: int) -> list[dict]:
             rows.setdefault(key, {"input": key[0], "kernel": key[1], "strides": key[2], "padding": key[3], "count": 0})
             rows[key]["count"] += 1
     return list(rows.values())
-
-
-def _time(fn, calls: int) -> float:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 def variants(spec: dict, rng) -> dict:
