@@ -3,7 +3,7 @@
 A pool member is built exactly as the single-model path builds that model with the member's seed:
 the same ``unlearning.prepare_method`` (the registry's entry, its plan and trainer) or the same
 from-scratch trainer, so member k is the model the single loop would give for seed k. The pool
-then trains them together (``ensemble.PoolTrainer``) and scores them (``forgetting_quality.py``).
+then trains them together (``training.pool_trainer.PoolTrainer``) and scores them (``forgetting_quality.py``).
 
 Example:
     >>> seeds = member_seeds(0, "pruned_lora", 16)  # doctest: +SKIP
@@ -48,7 +48,7 @@ def method_pool(name: str, make_context: Callable[[int], MethodContext], seeds: 
         make_context: seed -> the ``MethodContext`` of that member: a fresh copy of the original
             model (a method may change it in place) and that seed; everything else equal.
         seeds: one per member (data order, dropout, adapter init, random labels).
-        mode, devices: how the K axis is mapped and sharded (``ensemble.PoolTrainer``).
+        mode, devices: how the K axis is mapped and sharded (``training.pool_trainer.PoolTrainer``).
         label: the name in progress lines (default ``name``).
         verbose: progress lines.
     Returns:
@@ -165,7 +165,7 @@ def unlearn_pool(model: keras.Model, retain: Any, forget: Any, method: str = "pr
         k: the number of runs (ignored when ``seeds`` is given).
         epochs: training epochs of each run.
         seeds: the runs' seeds (default: K reproducible seeds derived from the method's name).
-        mode: how the K axis is mapped ("auto", "vmap", "map", "loop"; ``ensemble.PoolTrainer``).
+        mode: how the K axis is mapped ("auto", "vmap", "map", "loop"; ``training.pool_trainer.PoolTrainer``).
         verbose: progress lines.
         **options: the shared options and the method's hyperparameters (``plk.unlearn_options``).
     Returns:

@@ -1,4 +1,4 @@
-"""What pool members must share: a pool (``ensemble.PoolTrainer``) trains every member with the first
+"""What pool members must share: a pool (``training.pool_trainer.PoolTrainer``) trains every member with the first
 member's step, so members that would compute another step are refused here, not trained wrongly.
 
 Compared: the trained/frozen/non-trainable values' layout, the masks, each layer's config (names
